@@ -1,0 +1,454 @@
+//! The only contract between sniffer's BPF programs and its userspace daemon.
+//!
+//! Everything that crosses the kernel boundary (ring buffer records, map keys and values, the
+//! configuration userspace computes at start) is a `#[repr(C)]` struct here, with no `bool`, no
+//! implicit padding and a size pinned by a const assert, so both sides agree byte for byte.
+#![no_std]
+
+/// Map names, as the BPF side declares them (`#[map]` takes the static's name) and as userspace
+/// looks them up, with their capacities next to them.
+pub mod maps {
+    /// Ring buffer of every event (data, socket, process).
+    pub const EVENTS: &str = "EVENTS";
+    /// Default ring buffer size; `--ring-mib` overrides it at load time.
+    pub const EVENTS_DEFAULT_BYTES: u32 = 16 << 20;
+
+    /// tgid -> target flags: the processes whose sockets are traced.
+    pub const TARGETS: &str = "TARGETS";
+    pub const TARGETS_CAPACITY: u32 = 16384;
+
+    /// Process names (`comm`, 16 bytes, NUL padded) that become targets when they exec.
+    pub const COMMS: &str = "COMMS";
+    pub const COMMS_CAPACITY: u32 = 64;
+
+    /// (tgid, fd) -> socket state, including the per-direction byte offsets.
+    pub const SOCKETS: &str = "SOCKETS";
+    pub const SOCKETS_CAPACITY: u32 = 65536;
+
+    /// tid -> syscall arguments saved at enter, consumed at exit.
+    pub const PENDING: &str = "PENDING";
+    pub const PENDING_CAPACITY: u32 = 16384;
+
+    /// Per-CPU staging buffer for one data event.
+    pub const SCRATCH: &str = "SCRATCH";
+
+    /// Per-CPU counters of what the kernel side could not do, indexed by [`crate::counters`].
+    pub const COUNTERS: &str = "COUNTERS";
+
+    /// One [`crate::Config`], written by userspace before any program is attached.
+    pub const CONFIG: &str = "CONFIG";
+}
+
+/// Program names: each BPF program is named after the tracepoint it attaches to.
+pub mod programs {
+    /// Category of the syscall tracepoints.
+    pub const SYSCALLS: &str = "syscalls";
+    /// Syscall tracepoints, every one with its enter and exit program.
+    pub const SYSCALL_TRACEPOINTS: &[&str] = &[
+        "sys_enter_read",
+        "sys_exit_read",
+        "sys_enter_readv",
+        "sys_exit_readv",
+        "sys_enter_recvfrom",
+        "sys_exit_recvfrom",
+        "sys_enter_recvmsg",
+        "sys_exit_recvmsg",
+        "sys_enter_write",
+        "sys_exit_write",
+        "sys_enter_writev",
+        "sys_exit_writev",
+        "sys_enter_sendto",
+        "sys_exit_sendto",
+        "sys_enter_sendmsg",
+        "sys_exit_sendmsg",
+        "sys_enter_sendfile64",
+        "sys_exit_sendfile64",
+        "sys_enter_connect",
+        "sys_exit_connect",
+        "sys_enter_accept",
+        "sys_exit_accept",
+        "sys_enter_accept4",
+        "sys_exit_accept4",
+        "sys_enter_close",
+    ];
+    /// Category of the process lifecycle tracepoints.
+    pub const SCHED: &str = "sched";
+    /// Classic tracepoints in [`SCHED`].
+    pub const SCHED_TRACEPOINTS: &[&str] = &["sched_process_exec", "sched_process_exit"];
+    /// BTF tracepoint: it hands over the child's `task_struct`, which tells a new process from a
+    /// new thread (the classic tracepoint only has the child's tid).
+    pub const SCHED_PROCESS_FORK: &str = "sched_process_fork";
+}
+
+/// Indexes into the per-CPU `COUNTERS` array.
+pub mod counters {
+    /// Data events the ring buffer had no room for.
+    pub const DATA_EVENTS_LOST: u32 = 0;
+    /// Payload bytes those lost data events covered.
+    pub const DATA_BYTES_LOST: u32 = 1;
+    /// Socket and process events the ring buffer had no room for.
+    pub const CONTROL_EVENTS_LOST: u32 = 2;
+    /// Syscalls not followed because the pending-arguments map was full.
+    pub const PENDING_FULL: u32 = 3;
+    /// Sockets not tracked because the sockets map was full.
+    pub const SOCKETS_FULL: u32 = 4;
+    /// Processes not followed because the targets map was full.
+    pub const TARGETS_FULL: u32 = 5;
+    /// Chunks whose user memory could not be read (sent as length-only).
+    pub const USER_READ_FAULTS: u32 = 6;
+    /// Number of counters.
+    pub const COUNT: u32 = 8;
+
+    /// Human names, indexed like the counters.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "data events lost",
+        "data bytes lost",
+        "control events lost",
+        "syscalls missed (pending map full)",
+        "sockets missed (socket map full)",
+        "processes missed (target map full)",
+        "user memory read faults",
+        "reserved",
+    ];
+}
+
+/// Bytes of payload one data event carries at most.
+pub const CHUNK_SIZE: usize = 16384;
+/// Default cap on the payload copied per syscall, in chunks; the rest is reported by length only.
+pub const DEFAULT_MAX_CHUNKS_PER_SYSCALL: u32 = 256;
+/// Hard bound on the chunk loop (bpf_loop iterations) per syscall; iovecs of length 0 use
+/// iterations too.
+pub const MAX_LOOP_ITERATIONS: u32 = 1024;
+/// Bound on iovecs walked per syscall (the kernel's UIO_MAXIOV).
+pub const MAX_IOVECS: u64 = 1024;
+/// Length of `task_struct.comm`.
+pub const COMM_LEN: usize = 16;
+/// Length of `sockaddr_un.sun_path`.
+pub const UNIX_PATH_LEN: usize = 108;
+/// "Not present in this kernel's BTF" in [`KernelOffsets`] and [`TracepointOffsets`].
+pub const OFFSET_ABSENT: u32 = u32::MAX;
+
+/// Kinds of ring buffer records; every record starts with its kind as a `u32`.
+pub mod kind {
+    pub const DATA: u32 = 1;
+    pub const SOCK_OPEN: u32 = 2;
+    pub const SOCK_CLOSE: u32 = 3;
+    pub const PROC_FORK: u32 = 4;
+    pub const PROC_EXEC: u32 = 5;
+    pub const PROC_EXIT: u32 = 6;
+}
+
+/// Direction of a data event, seen from the traced process.
+pub mod dir {
+    /// Bytes the process received (read, recv*).
+    pub const RECV: u32 = 0;
+    /// Bytes the process sent (write, send*, sendfile).
+    pub const SEND: u32 = 1;
+}
+
+/// How the kernel side learnt about a socket.
+pub mod role {
+    /// Found at its first read or write (it existed before tracing began, or came another way).
+    pub const UNKNOWN: u32 = 0;
+    /// The process called connect() on it.
+    pub const CLIENT: u32 = 1;
+    /// The process got it from accept().
+    pub const SERVER: u32 = 2;
+}
+
+/// Address families the kernel side records (values of `sa_family_t`).
+pub mod family {
+    pub const UNIX: u16 = 1;
+    pub const INET: u16 = 2;
+    pub const INET6: u16 = 10;
+}
+
+/// The syscall a data event came from.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Syscall {
+    Read = 0,
+    Readv = 1,
+    Recvfrom = 2,
+    Recvmsg = 3,
+    Write = 4,
+    Writev = 5,
+    Sendto = 6,
+    Sendmsg = 7,
+    Sendfile = 8,
+    Connect = 9,
+    Accept = 10,
+}
+
+impl Syscall {
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            0 => Self::Read,
+            1 => Self::Readv,
+            2 => Self::Recvfrom,
+            3 => Self::Recvmsg,
+            4 => Self::Write,
+            5 => Self::Writev,
+            6 => Self::Sendto,
+            7 => Self::Sendmsg,
+            8 => Self::Sendfile,
+            9 => Self::Connect,
+            10 => Self::Accept,
+            _ => return None,
+        })
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Readv => "readv",
+            Self::Recvfrom => "recvfrom",
+            Self::Recvmsg => "recvmsg",
+            Self::Write => "write",
+            Self::Writev => "writev",
+            Self::Sendto => "sendto",
+            Self::Sendmsg => "sendmsg",
+            Self::Sendfile => "sendfile",
+            Self::Connect => "connect",
+            Self::Accept => "accept",
+        }
+    }
+
+    /// Direction of the bytes this syscall moves.
+    pub const fn dir(self) -> u32 {
+        match self {
+            Self::Read | Self::Readv | Self::Recvfrom | Self::Recvmsg => dir::RECV,
+            _ => dir::SEND,
+        }
+    }
+}
+
+/// Header of a data event. The event covers bytes `[off, off + len)` of the socket's stream in
+/// direction `dir`; the first `cap` of them follow the header, the rest were not copied (over the
+/// per-syscall cap, sendfile, or unreadable user memory). Bytes of the stream that no event
+/// covers were lost (the ring buffer was full): userspace sees the hole in the offsets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DataHeader {
+    pub kind: u32,
+    pub dir: u32,
+    /// bpf_ktime_get_ns() at syscall exit.
+    pub ts_ns: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: i32,
+    /// A [`Syscall`] value.
+    pub syscall: u32,
+    /// Kernel address of the `struct sock`: tells sockets apart when fds are reused.
+    pub sk: u64,
+    /// Offset of this event's first byte in the stream (per socket and direction).
+    pub off: u64,
+    /// Bytes of the stream this event covers.
+    pub len: u64,
+    /// Bytes the whole syscall moved (its return value).
+    pub syscall_len: u64,
+    /// Bytes of payload that follow this header (`cap <= len`, `cap <= CHUNK_SIZE`).
+    pub cap: u32,
+    pub _pad: u32,
+}
+
+/// A data event as staged in the per-CPU scratch map; only `size_of::<DataHeader>() + cap` bytes
+/// of it go into the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DataEvent {
+    pub hdr: DataHeader,
+    pub data: [u8; CHUNK_SIZE],
+}
+
+/// One end of a socket: an IP address and port, or a unix socket path.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SockAddr {
+    /// IPv4 in the first 4 bytes (network order), or IPv6.
+    pub addr: [u8; 16],
+    /// Host byte order.
+    pub port: u16,
+    /// Bytes used in `path` (unix sockets); a leading NUL marks an abstract address.
+    pub path_len: u16,
+    pub _pad: u32,
+    pub path: [u8; UNIX_PATH_LEN],
+    pub _pad2: u32,
+}
+
+/// A socket the kernel side started or stopped tracking.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SockEvent {
+    /// [`kind::SOCK_OPEN`] or [`kind::SOCK_CLOSE`].
+    pub kind: u32,
+    /// A [`role`] value.
+    pub role: u32,
+    pub ts_ns: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: i32,
+    /// A [`family`] value (0 when unknown).
+    pub family: u16,
+    /// SOCK_STREAM etc.
+    pub sock_type: u16,
+    pub sk: u64,
+    /// For unix sockets: the peer's `struct sock` address (0 when unknown).
+    pub peer_sk: u64,
+    /// Stream offsets at this moment: the total bytes sent and received so far.
+    pub send_off: u64,
+    pub recv_off: u64,
+    pub local: SockAddr,
+    pub peer: SockAddr,
+}
+
+/// A traced process forked, exec'd or exited.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ProcEvent {
+    /// [`kind::PROC_FORK`], [`kind::PROC_EXEC`] or [`kind::PROC_EXIT`].
+    pub kind: u32,
+    /// The process (tgid): the child for a fork.
+    pub pid: u32,
+    pub ts_ns: u64,
+    /// Fork: the parent's tgid. Exec: the tid that called exec. Exit: 0.
+    pub ppid: u32,
+    /// Exit: the exit code as the kernel keeps it (`task_struct.exit_code`), when known.
+    pub exit_code: i32,
+    /// The process name after the event.
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Key of the sockets map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockKey {
+    pub tgid: u32,
+    pub fd: i32,
+}
+
+/// Value of the sockets map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SockState {
+    pub sk: u64,
+    /// Bytes sent so far: the offset of the next byte sent.
+    pub send_off: u64,
+    /// Bytes received so far.
+    pub recv_off: u64,
+    pub role: u32,
+    pub family: u16,
+    pub sock_type: u16,
+}
+
+/// Value of the pending map: what a syscall's enter saw, for its exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Pending {
+    /// The socket seen at enter (0 for connect/accept, whose socket is known at exit).
+    pub sk: u64,
+    /// The user buffer, iovec array or msghdr, by syscall.
+    pub buf: u64,
+    /// Buffer length or iovec count.
+    pub count: u64,
+    pub fd: i32,
+    /// A [`Syscall`] value.
+    pub syscall: u32,
+}
+
+/// Byte offsets of the kernel struct members the BPF side reads, computed by userspace from
+/// /sys/kernel/btf/vmlinux at start (rustc emits no CO-RE relocations). [`OFFSET_ABSENT`] turns
+/// the feature that needs a member off.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct KernelOffsets {
+    pub task_files: u32,
+    pub task_tgid: u32,
+    pub task_pid: u32,
+    pub task_exit_code: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    pub file_inode: u32,
+    pub file_private_data: u32,
+    pub inode_mode: u32,
+    pub socket_type: u32,
+    pub socket_sk: u32,
+    pub skc_family: u32,
+    pub skc_daddr: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_dport: u32,
+    pub skc_num: u32,
+    pub skc_v6_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    pub unix_addr: u32,
+    pub unix_peer: u32,
+    pub unix_address_len: u32,
+    pub unix_address_name: u32,
+    pub _pad: u32,
+}
+
+/// Field offsets inside the classic tracepoints' records, read from tracefs `format` files.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TracepointOffsets {
+    /// First argument of a sys_enter_* record; the others follow 8 bytes apart.
+    pub sys_enter_args: u32,
+    /// `ret` of a sys_exit_* record.
+    pub sys_exit_ret: u32,
+    /// `old_pid` of sched_process_exec: the tid that called exec.
+    pub exec_old_pid: u32,
+    /// `group_dead` of sched_process_exit, [`OFFSET_ABSENT`] on kernels without it.
+    pub exit_group_dead: u32,
+}
+
+/// Everything userspace tells the BPF side before attaching.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    pub kernel: KernelOffsets,
+    pub tp: TracepointOffsets,
+    /// Payload chunks copied per syscall at most; the rest goes as a length-only event.
+    pub max_chunks_per_syscall: u32,
+    /// Bit flags, see [`config_flags`].
+    pub flags: u32,
+}
+
+/// Bits of [`Config::flags`].
+pub mod config_flags {
+    /// The config was written (a zeroed map means userspace did not configure the programs).
+    pub const READY: u32 = 1;
+    /// Trace unix stream sockets too, not only TCP.
+    pub const UNIX: u32 = 2;
+}
+
+// Pin the layouts: a change here must be a deliberate change of the contract on both sides.
+const _: () = {
+    use core::mem::{align_of, size_of};
+    assert!(size_of::<DataHeader>() == 72);
+    assert!(size_of::<DataEvent>() == 72 + CHUNK_SIZE);
+    assert!(size_of::<SockAddr>() == 136);
+    assert!(size_of::<SockEvent>() == 64 + 2 * 136);
+    assert!(size_of::<ProcEvent>() == 40);
+    assert!(size_of::<SockKey>() == 8);
+    assert!(size_of::<SockState>() == 32);
+    assert!(size_of::<Pending>() == 32);
+    assert!(size_of::<KernelOffsets>() == 96);
+    assert!(size_of::<TracepointOffsets>() == 16);
+    assert!(size_of::<Config>() == 120);
+    assert!(align_of::<DataEvent>() == 8);
+    assert!(align_of::<SockEvent>() == 8);
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C), made only of integers and integer arrays, with no
+    // implicit padding (pinned by the size asserts above): every bit pattern is valid.
+    unsafe impl aya::Pod for DataHeader {}
+    unsafe impl aya::Pod for SockEvent {}
+    unsafe impl aya::Pod for ProcEvent {}
+    unsafe impl aya::Pod for SockKey {}
+    unsafe impl aya::Pod for SockState {}
+    unsafe impl aya::Pod for Config {}
+}

@@ -1,0 +1,2 @@
+// This file exists to enable the library target.
+#![no_std]

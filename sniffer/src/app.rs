@@ -1,0 +1,257 @@
+//! One sniffer run: attach, choose targets, start the command, pump events until the end,
+//! flush, report.
+use std::{process::ExitStatus, time::Duration};
+
+use anyhow::Context as _;
+use sniffer_common::{CHUNK_SIZE, counters};
+use tokio::{
+    process::{Child, Command},
+    signal::unix::{SignalKind, signal},
+    time::{Instant, MissedTickBehavior},
+};
+
+use crate::{
+    cli::Cli,
+    conns::ConnSink,
+    events::Reader,
+    pipeline::Pipeline,
+    probe::{self, Probe, ProbeOptions, target_flags},
+    procs::{self, ProcTable},
+    sinks::{self, conn_log::ConnLog, dump::DumpSink, raw::RawSink},
+};
+
+/// A mistake in what the user asked for: reported in one sentence, exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// How often pending work (lost-event checks, stream holes, output flush) is done.
+const TICK: Duration = Duration::from_millis(100);
+/// After a stop signal, how long the traced command gets to finish.
+const COMMAND_STOP_WAIT: Duration = Duration::from_secs(5);
+
+/// CLOCK_MONOTONIC in ns: the clock of the kernel's event timestamps (bpf_ktime_get_ns).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into a valid timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Exit status of a command, shell style.
+fn exit_code(status: ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt as _;
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(1)
+}
+
+/// Runs the sniffer; returns the process exit code.
+pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+    if cli.pids.is_empty() && cli.comms.is_empty() && cli.command.is_empty() {
+        return Err(UsageError(
+            "nothing to trace: give --pid PID, --comm NAME, or a command after --".into(),
+        )
+        .into());
+    }
+    let mut pids = Vec::new();
+    for &pid in &cli.pids {
+        let tgid =
+            procs::tgid_of(pid).ok_or_else(|| UsageError(format!("no process with pid {pid}")))?;
+        pids.push(tgid);
+    }
+
+    let open = |path: &std::path::Path| {
+        sinks::open_output(path)
+            .map_err(|e| UsageError(format!("cannot write {}: {e}", path.display())))
+    };
+    let mut conn_sinks: Vec<Box<dyn ConnSink>> = vec![Box::new(ConnLog::new(open(&cli.output)?))];
+    if let Some(dir) = &cli.dump_streams {
+        let dump = DumpSink::create(dir)
+            .map_err(|e| UsageError(format!("cannot write to {}: {e}", dir.display())))?;
+        conn_sinks.push(Box::new(dump));
+    }
+    let raw_out = cli.raw.as_deref().map(open).transpose()?;
+
+    let mut probe = Probe::load(&ProbeOptions {
+        ring_bytes: cli.ring_mib << 20,
+        max_capture_per_syscall: (cli.max_capture_kib << 10).max(CHUNK_SIZE as u32),
+        unix: !cli.no_unix,
+    })?;
+    let mut reader = Reader::new(probe.take_events()?, probe.take_sockets()?)
+        .context("watching the BPF ring buffer")?;
+    let start_ns = monotonic_ns();
+
+    let mut table = ProcTable::new();
+    for comm in &cli.comms {
+        let kept = probe.add_comm(comm)?;
+        if kept != *comm {
+            tracing::warn!("--comm {comm}: the kernel keeps 15 bytes of a name; matching {kept:?}");
+        }
+        pids.extend(procs::find_by_comm(&kept));
+    }
+    for &pid in &pids {
+        let how = if cli.pids.contains(&pid) {
+            target_flags::BY_PID
+        } else {
+            target_flags::BY_COMM
+        };
+        // Target first, so that a child forked while we look for children is followed.
+        probe.add_target(pid, how)?;
+        table.observe(pid);
+        for child in procs::descendants(pid) {
+            probe.add_target(child, how)?;
+            table.observe(child);
+        }
+    }
+
+    let raw = raw_out.map(|out| RawSink::new(out, start_ns));
+    let mut pipeline = Pipeline::new(table, raw, conn_sinks);
+
+    let mut child = match cli.command.split_first() {
+        Some((program, args)) => Some(spawn_traced(&probe, program, args)?),
+        None => None,
+    };
+    if child.is_none() {
+        eprintln!("sniffer: tracing; stop with Ctrl-C");
+    }
+
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut status: Option<ExitStatus> = None;
+    let mut stop_at: Option<Instant> = None;
+    let mut signals = 0;
+    let mut lost_reported = 0;
+
+    loop {
+        let deadline = stop_at.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            r = reader.readable() => {
+                r.context("waiting on the BPF ring buffer")?;
+                reader.drain(&mut |ev| pipeline.handle(ev));
+            }
+            _ = tick.tick() => {
+                reader.drain(&mut |ev| pipeline.handle(ev));
+                pipeline.tick(monotonic_ns());
+                lost_reported = report_losses(&probe, lost_reported);
+            }
+            s = wait_child(&mut child), if child.is_some() && status.is_none() => {
+                let s = s.context("waiting for the command")?;
+                status = Some(s);
+                stop_at = Some(Instant::now() + Duration::from_millis(cli.grace_ms));
+            }
+            _ = tokio::time::sleep_until(deadline), if stop_at.is_some() => break,
+            _ = sigint.recv() => {
+                signals += 1;
+                if !stop_requested(&mut child, &status, signals, libc::SIGINT, &mut stop_at) { break; }
+            }
+            _ = sigterm.recv() => {
+                signals += 1;
+                if !stop_requested(&mut child, &status, signals, libc::SIGTERM, &mut stop_at) { break; }
+            }
+        }
+    }
+
+    reader.drain(&mut |ev| pipeline.handle(ev));
+    let finals = reader.live_offsets();
+    let flushed = pipeline.finish(monotonic_ns(), &finals);
+    summary(&probe, &reader, &pipeline);
+    flushed.context("writing output")?;
+    Ok(status.map_or(0, exit_code))
+}
+
+/// Starts the traced command. It adds itself to the targets between fork and exec, so even its
+/// first syscalls are seen.
+fn spawn_traced(probe: &Probe, program: &str, args: &[String]) -> anyhow::Result<Child> {
+    let fd = probe.targets_fd();
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    // SAFETY: the closure only makes the bpf(2) syscall, which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || probe::add_self_to_targets(fd));
+    }
+    cmd.spawn()
+        .map_err(|e| UsageError(format!("cannot start {program}: {e}")).into())
+}
+
+async fn wait_child(child: &mut Option<Child>) -> std::io::Result<ExitStatus> {
+    match child {
+        Some(c) => c.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// First stop signal: pass it to a running command and give it time to end; otherwise (or on a
+/// second signal) stop now. Returns whether to keep running.
+fn stop_requested(
+    child: &mut Option<Child>,
+    status: &Option<ExitStatus>,
+    signals: u32,
+    sig: i32,
+    stop_at: &mut Option<Instant>,
+) -> bool {
+    match child.as_ref().and_then(Child::id) {
+        Some(pid) if status.is_none() && signals == 1 => {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(pid as i32, sig) };
+            *stop_at = Some(Instant::now() + COMMAND_STOP_WAIT);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Warns when the kernel side dropped events since the last check; returns the new count.
+fn report_losses(probe: &Probe, reported: u64) -> u64 {
+    let Ok(c) = probe.counters() else {
+        return reported;
+    };
+    let lost = c[counters::DATA_EVENTS_LOST as usize] + c[counters::CONTROL_EVENTS_LOST as usize];
+    if lost > reported {
+        tracing::warn!(
+            "the kernel dropped {} events so far (ring buffer full); the streams they belong to \
+             show exact 'lost' gaps; a bigger --ring-mib helps",
+            lost
+        );
+    }
+    lost
+}
+
+fn summary(probe: &Probe, reader: &Reader, pipeline: &Pipeline) {
+    let t = pipeline.totals;
+    eprintln!(
+        "sniffer: {} connections, {} events, {} payload bytes captured",
+        pipeline.conns.created(),
+        t.events,
+        t.bytes_captured
+    );
+    if let Ok(c) = probe.counters() {
+        let nonzero: Vec<String> = c
+            .iter()
+            .zip(counters::NAMES)
+            .filter(|(v, _)| **v > 0)
+            .map(|(v, name)| format!("{name}: {v}"))
+            .collect();
+        if !nonzero.is_empty() {
+            eprintln!("sniffer: kernel side: {}", nonzero.join(", "));
+        }
+    }
+    if reader.malformed > 0 {
+        eprintln!(
+            "sniffer: {} malformed kernel records skipped",
+            reader.malformed
+        );
+    }
+    if pipeline.conns.opens_lost > 0 {
+        eprintln!(
+            "sniffer: {} connections had their open event lost (addresses unknown)",
+            pipeline.conns.opens_lost
+        );
+    }
+}

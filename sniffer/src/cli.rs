@@ -1,0 +1,102 @@
+//! Command line.
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// See every HTTP call behind a command, without touching a single service.
+///
+/// eBPF programs on the socket send/recv syscalls of the chosen processes (and their children)
+/// stream the plaintext bytes to sniffer. Stop it with Ctrl-C, or give a command after `--`:
+/// sniffer then traces that command, and stops and exits with its status when it ends.
+#[derive(Debug, Parser)]
+#[command(name = "sniffer", version, max_term_width = 100)]
+pub struct Cli {
+    /// Trace this process with its threads and children, existing and future (repeatable).
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+
+    /// Trace every process with this name (as in /proc/PID/comm, 15 bytes at most), running now
+    /// or exec'd later (repeatable).
+    #[arg(long = "comm", value_name = "NAME")]
+    pub comms: Vec<String>,
+
+    /// The log: one entry per connection with its byte counts and gaps ("-" for stdout).
+    #[arg(short, long, value_name = "FILE", default_value = "sniffer.log")]
+    pub output: PathBuf,
+
+    /// Also print every captured chunk as one line (time, process, fd, addresses, direction,
+    /// syscall, length, escaped bytes) to FILE, or to stdout without FILE.
+    #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
+    pub raw: Option<PathBuf>,
+
+    /// Write each connection's two byte streams to files in DIR, with an index.jsonl.
+    #[arg(long, value_name = "DIR")]
+    pub dump_streams: Option<PathBuf>,
+
+    /// Ring buffer size in MiB (a power of two). A bigger ring rides out longer bursts.
+    #[arg(long, value_name = "MIB", default_value_t = 16, value_parser = power_of_two)]
+    pub ring_mib: u32,
+
+    /// Bytes copied per syscall at most, in KiB; the rest is counted and shown as a gap.
+    #[arg(long, value_name = "KIB", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(16..=65536))]
+    pub max_capture_kib: u32,
+
+    /// Do not trace unix stream sockets (TCP only).
+    #[arg(long)]
+    pub no_unix: bool,
+
+    /// After COMMAND exits, keep reading this long for the servers' last bytes (milliseconds).
+    #[arg(long, value_name = "MS", default_value_t = 300)]
+    pub grace_ms: u64,
+
+    /// More diagnostics on stderr (-v, -vv).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// The command to run and trace.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+fn power_of_two(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|e| format!("{e}"))?;
+    if n.is_power_of_two() && n <= 1024 {
+        Ok(n)
+    } else {
+        Err("must be a power of two between 1 and 1024".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_after_double_dash() {
+        let cli = Cli::try_parse_from(["sniffer", "--pid", "12", "--", "curl", "-s", "http://x"])
+            .unwrap();
+        assert_eq!(cli.pids, vec![12]);
+        assert_eq!(cli.command, vec!["curl", "-s", "http://x"]);
+        assert_eq!(cli.output, PathBuf::from("sniffer.log"));
+        assert!(cli.raw.is_none());
+    }
+
+    #[test]
+    fn raw_without_file_is_stdout() {
+        let cli = Cli::try_parse_from(["sniffer", "--comm", "curl", "--raw"]).unwrap();
+        assert_eq!(cli.raw, Some(PathBuf::from("-")));
+        let cli = Cli::try_parse_from(["sniffer", "--raw=out.txt", "--comm", "x"]).unwrap();
+        assert_eq!(cli.raw, Some(PathBuf::from("out.txt")));
+    }
+
+    #[test]
+    fn ring_size_must_be_a_power_of_two() {
+        assert!(Cli::try_parse_from(["sniffer", "--ring-mib", "3", "--comm", "x"]).is_err());
+        assert_eq!(
+            Cli::try_parse_from(["sniffer", "--ring-mib", "64", "--comm", "x"])
+                .unwrap()
+                .ring_mib,
+            64
+        );
+    }
+}

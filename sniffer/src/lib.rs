@@ -1,0 +1,15 @@
+//! sniffer: HTTP calls behind a command, seen from the socket syscalls with eBPF.
+//!
+//! The pipeline runs one way, a module per step (see ARCHITECTURE.md):
+//! [`probe`] (load, attach, targets) -> [`events`] (ring buffer -> typed events) ->
+//! [`procs`] (who the processes are) and [`conns`] (connections) -> [`stream`] (ordered
+//! bytes with exact gaps) -> [`sinks`]. [`pipeline`] wires the steps, [`app`] runs them.
+pub mod app;
+pub mod cli;
+pub mod conns;
+pub mod events;
+pub mod pipeline;
+pub mod probe;
+pub mod procs;
+pub mod sinks;
+pub mod stream;

@@ -1,0 +1,40 @@
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use sniffer::{app, cli::Cli, probe::ProbeError};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sniffer: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(app::run(cli)) {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("sniffer: {e:#}");
+            // Bad input and an unusable machine are the user's to fix: exit code 2.
+            let user_fixable = e.downcast_ref::<app::UsageError>().is_some()
+                || e.downcast_ref::<ProbeError>().is_some();
+            ExitCode::from(if user_fixable { 2 } else { 1 })
+        }
+    }
+}

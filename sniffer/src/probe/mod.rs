@@ -1,0 +1,294 @@
+//! Load and attach the BPF programs, configure them, and manage what they trace.
+//!
+//! Everything that talks to the kernel's BPF side lives here; the ring buffer itself is handed
+//! to [`crate::events`] and never read here.
+pub mod offsets;
+pub mod tracefs;
+
+use std::{
+    io,
+    os::fd::{AsFd as _, AsRawFd as _, RawFd},
+    path::Path,
+};
+
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{Array, HashMap, IterableMap as _, MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, TracePoint},
+};
+use sniffer_common::{
+    CHUNK_SIZE, COMM_LEN, Config, SockKey, SockState, config_flags, counters, maps, programs,
+};
+
+/// The BPF object built by `build.rs` from the sniffer-ebpf crate.
+static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sniffer"));
+
+/// How a target was added (the value in the targets map).
+pub mod target_flags {
+    pub const BY_PID: u32 = 1;
+    pub const BY_COMM: u32 = 2;
+    pub const BY_COMMAND: u32 = 8;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(
+        "cannot load BPF programs: not root (run sniffer as root, e.g. with sudo; it needs \
+         CAP_BPF and CAP_PERFMON to trace other processes)"
+    )]
+    NotRoot,
+    #[error(
+        "this sniffer binary was built without its BPF programs (SNIFFER_SKIP_BPF_BUILD); \
+         build it with `cargo xtask build`"
+    )]
+    NoObject,
+    #[error(transparent)]
+    Tracefs(#[from] tracefs::TracefsError),
+    #[error(transparent)]
+    Offsets(#[from] offsets::OffsetError),
+    #[error(
+        "the kernel refused to load sniffer's BPF programs: {0} (is the kernel locked down in \
+         confidentiality mode, or BPF restricted by a security module?)"
+    )]
+    Load(#[source] aya::EbpfError),
+    #[error("BPF program {name}: {source}")]
+    Program {
+        name: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("BPF map {name}: {source}")]
+    Map {
+        name: String,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("BPF map {0} is missing from the object")]
+    MissingMap(&'static str),
+    #[error("BPF program {0} is missing from the object")]
+    MissingProgram(String),
+    #[error("reading kernel BTF for BTF tracepoints: {0}")]
+    Btf(#[source] aya::BtfError),
+}
+
+fn map_err(name: &str) -> impl FnOnce(aya::maps::MapError) -> ProbeError + '_ {
+    move |source| ProbeError::Map {
+        name: name.to_owned(),
+        source,
+    }
+}
+
+fn prog_err(name: &str) -> impl FnOnce(aya::programs::ProgramError) -> ProbeError + '_ {
+    move |source| ProbeError::Program {
+        name: name.to_owned(),
+        source,
+    }
+}
+
+/// Load-time settings.
+#[derive(Clone, Debug)]
+pub struct ProbeOptions {
+    /// Ring buffer size in bytes (a power of two, at least a page).
+    pub ring_bytes: u32,
+    /// Payload bytes copied per syscall at most; the rest is counted, not copied.
+    pub max_capture_per_syscall: u32,
+    /// Trace unix stream sockets as well as TCP.
+    pub unix: bool,
+}
+
+/// The loaded, attached programs and the maps userspace drives.
+pub struct Probe {
+    /// Keeps the programs and their attachments alive; dropping it detaches everything.
+    ebpf: Ebpf,
+    targets: HashMap<MapData, u32, u32>,
+    comms: HashMap<MapData, [u8; COMM_LEN], u32>,
+}
+
+impl Probe {
+    /// Loads the programs, configures them from this kernel's BTF and tracefs, and attaches them.
+    pub fn load(opts: &ProbeOptions) -> Result<Self, ProbeError> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(ProbeError::NotRoot);
+        }
+        if BPF_OBJECT.is_empty() {
+            return Err(ProbeError::NoObject);
+        }
+        raise_memlock_limit();
+        let tracefs_root = tracefs::ensure_mounted()?;
+        let tp = tracefs::tracepoint_offsets(&tracefs_root)?;
+        let kernel = offsets::Layouts::open(Path::new(offsets::VMLINUX_BTF))?.kernel_offsets()?;
+        let mut flags = config_flags::READY;
+        if opts.unix {
+            flags |= config_flags::UNIX;
+        }
+        let config = Config {
+            kernel,
+            tp,
+            max_chunks_per_syscall: opts.max_capture_per_syscall.div_ceil(CHUNK_SIZE as u32),
+            flags,
+        };
+        tracing::debug!(?config, "BPF configuration");
+
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(maps::EVENTS, opts.ring_bytes)
+            .load(BPF_OBJECT)
+            .map_err(ProbeError::Load)?;
+        {
+            let map = ebpf
+                .map_mut(maps::CONFIG)
+                .ok_or(ProbeError::MissingMap(maps::CONFIG))?;
+            let mut cfg: Array<_, Config> = Array::try_from(map).map_err(map_err(maps::CONFIG))?;
+            cfg.set(0, config, 0).map_err(map_err(maps::CONFIG))?;
+        }
+        let targets = take_map(&mut ebpf, maps::TARGETS)?;
+        let targets = HashMap::try_from(targets).map_err(map_err(maps::TARGETS))?;
+        let comms = take_map(&mut ebpf, maps::COMMS)?;
+        let comms = HashMap::try_from(comms).map_err(map_err(maps::COMMS))?;
+
+        for name in programs::SYSCALL_TRACEPOINTS {
+            attach_tracepoint(&mut ebpf, programs::SYSCALLS, name)?;
+        }
+        for name in programs::SCHED_TRACEPOINTS {
+            attach_tracepoint(&mut ebpf, programs::SCHED, name)?;
+        }
+        let btf = Btf::from_sys_fs().map_err(ProbeError::Btf)?;
+        let name = programs::SCHED_PROCESS_FORK;
+        let prog: &mut BtfTracePoint = ebpf
+            .program_mut(name)
+            .ok_or_else(|| ProbeError::MissingProgram(name.to_owned()))?
+            .try_into()
+            .map_err(prog_err(name))?;
+        prog.load(name, &btf).map_err(prog_err(name))?;
+        prog.attach().map_err(prog_err(name))?;
+        tracing::debug!("BPF programs attached");
+        Ok(Self {
+            ebpf,
+            targets,
+            comms,
+        })
+    }
+
+    /// The ring buffer of events, for [`crate::events::Reader`]. Only the first call succeeds.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
+        let map = take_map(&mut self.ebpf, maps::EVENTS)?;
+        RingBuf::try_from(map).map_err(map_err(maps::EVENTS))
+    }
+
+    /// The sockets map, for the reader's final offsets of sockets that ended without a close.
+    pub fn take_sockets(&mut self) -> Result<HashMap<MapData, SockKey, SockState>, ProbeError> {
+        let map = take_map(&mut self.ebpf, maps::SOCKETS)?;
+        HashMap::try_from(map).map_err(map_err(maps::SOCKETS))
+    }
+
+    /// Traces process `tgid` (all its threads) from now on.
+    pub fn add_target(&mut self, tgid: u32, how: u32) -> Result<(), ProbeError> {
+        self.targets
+            .insert(tgid, how, 0)
+            .map_err(map_err(maps::TARGETS))
+    }
+
+    /// The targets map's fd, for a child to add itself between fork and exec.
+    pub fn targets_fd(&self) -> RawFd {
+        self.targets.map().fd().as_fd().as_raw_fd()
+    }
+
+    /// Makes every process that execs with this name a target. Returns the name as the kernel
+    /// keeps it (cut to 15 bytes).
+    pub fn add_comm(&mut self, name: &str) -> Result<String, ProbeError> {
+        let mut key = [0u8; COMM_LEN];
+        let n = name.len().min(COMM_LEN - 1);
+        key[..n].copy_from_slice(&name.as_bytes()[..n]);
+        self.comms.insert(key, 1, 0).map_err(map_err(maps::COMMS))?;
+        Ok(String::from_utf8_lossy(&key[..n]).into_owned())
+    }
+
+    /// Sums of the per-CPU counters, indexed by [`sniffer_common::counters`].
+    pub fn counters(&self) -> Result<[u64; counters::COUNT as usize], ProbeError> {
+        let map = self
+            .ebpf
+            .map(maps::COUNTERS)
+            .ok_or(ProbeError::MissingMap(maps::COUNTERS))?;
+        let arr: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(map).map_err(map_err(maps::COUNTERS))?;
+        let mut out = [0u64; counters::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let values = arr.get(&(i as u32), 0).map_err(map_err(maps::COUNTERS))?;
+            *slot = values.iter().sum();
+        }
+        Ok(out)
+    }
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
+    ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))
+}
+
+fn attach_tracepoint(ebpf: &mut Ebpf, category: &str, name: &str) -> Result<(), ProbeError> {
+    let prog: &mut TracePoint = ebpf
+        .program_mut(name)
+        .ok_or_else(|| ProbeError::MissingProgram(name.to_owned()))?
+        .try_into()
+        .map_err(prog_err(name))?;
+    let t = std::time::Instant::now();
+    prog.load().map_err(prog_err(name))?;
+    tracing::debug!("loaded {name} in {:?}", t.elapsed());
+    prog.attach(category, name).map_err(prog_err(name))?;
+    Ok(())
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; newer ones ignore it.
+fn raise_memlock_limit() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads a valid rlimit struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        tracing::debug!(
+            "raising RLIMIT_MEMLOCK failed: {}",
+            io::Error::last_os_error()
+        );
+    }
+}
+
+/// Adds the calling process to the targets map behind `fd` with the raw bpf(2) syscall.
+///
+/// For a child between fork and exec (`pre_exec`), where only async-signal-safe calls are
+/// allowed: it makes the command a target before its first instruction runs, with no race.
+pub fn add_self_to_targets(fd: RawFd) -> io::Result<()> {
+    // union bpf_attr for BPF_MAP_UPDATE_ELEM (uapi/linux/bpf.h).
+    #[repr(C)]
+    struct MapUpdate {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() } as u32;
+    let how = target_flags::BY_COMMAND;
+    let attr = MapUpdate {
+        map_fd: fd as u32,
+        _pad: 0,
+        key: std::ptr::from_ref(&pid) as u64,
+        value: std::ptr::from_ref(&how) as u64,
+        flags: 0,
+    };
+    // SAFETY: attr points at a valid bpf_attr prefix whose key/value point at live u32s.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_UPDATE_ELEM,
+            std::ptr::from_ref(&attr),
+            size_of::<MapUpdate>() as libc::c_uint,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

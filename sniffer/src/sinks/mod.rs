@@ -1,0 +1,109 @@
+//! Where results go. Each sink is a [`ConnSink`] fed by the connection table, except the raw
+//! chunk printer, which sees the kernel's events as they arrive.
+pub mod conn_log;
+pub mod dump;
+pub mod raw;
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{self, BufWriter, Write},
+    os::unix::fs::OpenOptionsExt as _,
+    path::Path,
+};
+
+use crate::{
+    conns::{Conn, ConnSink},
+    events::Dir,
+    procs::ProcTable,
+    stream::Piece,
+};
+
+/// Opens an output for writing: `-` is stdout; files are created private (0600), since
+/// captured traffic holds credentials.
+pub fn open_output(path: &Path) -> io::Result<Box<dyn Write + Send>> {
+    if path.as_os_str() == "-" {
+        return Ok(Box::new(BufWriter::new(io::stdout())));
+    }
+    Ok(Box::new(BufWriter::new(create_private(path)?)))
+}
+
+/// Creates (truncating) a file readable by its owner only.
+pub fn create_private(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// Several sinks fed in turn.
+#[derive(Default)]
+pub struct Fanout {
+    pub sinks: Vec<Box<dyn ConnSink>>,
+}
+
+impl ConnSink for Fanout {
+    fn opened(&mut self, conn: &Conn, procs: &ProcTable) {
+        for s in &mut self.sinks {
+            s.opened(conn, procs);
+        }
+    }
+
+    fn pieces(&mut self, conn: &Conn, dir: Dir, pieces: &[Piece], procs: &ProcTable) {
+        for s in &mut self.sinks {
+            s.pieces(conn, dir, pieces, procs);
+        }
+    }
+
+    fn ended(&mut self, conn: &Conn, procs: &ProcTable) {
+        for s in &mut self.sinks {
+            s.ended(conn, procs);
+        }
+    }
+
+    fn close(&mut self) -> io::Result<()> {
+        let mut first = Ok(());
+        for s in &mut self.sinks {
+            let r = s.close();
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
+}
+
+/// C-style escaping of captured bytes for one-line display: printable ASCII as is, `\r \n \t
+/// \\ \"` as escapes, anything else as `\xNN`.
+pub fn escape(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len());
+    for &b in bytes {
+        match b {
+            b'\r' => s.push_str("\\r"),
+            b'\n' => s.push_str("\\n"),
+            b'\t' => s.push_str("\\t"),
+            b'\\' => s.push_str("\\\\"),
+            b'"' => s.push_str("\\\""),
+            0x20..=0x7e => s.push(b as char),
+            _ => {
+                use std::fmt::Write as _;
+                let _ = write!(s, "\\x{b:02x}");
+            }
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_is_one_line_and_reversible_by_eye() {
+        assert_eq!(
+            escape(b"GET / HTTP/1.1\r\nX: \"q\"\\\t\x00\xff"),
+            "GET / HTTP/1.1\\r\\nX: \\\"q\\\"\\\\\\t\\x00\\xff"
+        );
+    }
+}
