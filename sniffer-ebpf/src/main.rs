@@ -43,6 +43,10 @@ static TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(maps::TARGETS_CAPA
 static COMMS: HashMap<[u8; COMM_LEN], u32> = HashMap::with_max_entries(maps::COMMS_CAPACITY, 0);
 #[map]
 static SOCKETS: HashMap<SockKey, SockState> = HashMap::with_max_entries(maps::SOCKETS_CAPACITY, 0);
+// sk -> role: a socket keeps the role it got at connect/accept when another process uses it
+// (a forking server accepts in the parent and serves in the child). LRU bounds it.
+#[map]
+static SK_ROLES: LruHashMap<u64, u32> = LruHashMap::with_max_entries(maps::SOCKETS_CAPACITY, 0);
 // LRU: an entry whose exit never comes (the thread died in the syscall) ages out.
 #[map]
 static PENDING: LruHashMap<u32, Pending> = LruHashMap::with_max_entries(maps::PENDING_CAPACITY, 0);
@@ -255,6 +259,7 @@ fn track_socket(cfg: &Config, tgid: u32, tid: u32, fd: i32, new_role: Option<u32
             Some((sk, _, _)) if sk == st.sk => {
                 if let Some(r) = new_role {
                     // connect/accept on a socket we already knew: addresses are known now.
+                    let _ = SK_ROLES.insert(&sk, &r, 0);
                     st.role = r;
                     emit_sock(cfg, kind::SOCK_OPEN, &key, st, tid, true);
                 }
@@ -268,11 +273,19 @@ fn track_socket(cfg: &Config, tgid: u32, tid: u32, fd: i32, new_role: Option<u32
         }
     }
     let (sk, fam, sock_type) = found?;
+    let role = match new_role {
+        Some(r) => {
+            let _ = SK_ROLES.insert(&sk, &r, 0);
+            r
+        }
+        // SAFETY: plain value read.
+        None => unsafe { SK_ROLES.get(&sk) }.copied().unwrap_or(role::UNKNOWN),
+    };
     let st = SockState {
         sk,
         send_off: 0,
         recv_off: 0,
-        role: new_role.unwrap_or(role::UNKNOWN),
+        role,
         family: fam,
         sock_type,
     };

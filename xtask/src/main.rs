@@ -1,1 +1,166 @@
-fn main() {}
+//! Developer tasks, so that people and CI run the same commands: `cargo xtask <verb>`.
+//!
+//! - `setup`: make this machine able to build the BPF programs (nightly with rust-src, and
+//!   bpf-linker linked against the LLVM inside that nightly), skipping what is already there;
+//! - `build [--release]`: the BPF object with nightly, embedded in `target/<profile>/sniffer`;
+//! - `run [--release] -- ARGS`: build, then run sniffer as root;
+//! - `test`: setup, build, all unit and real-kernel integration tests;
+//! - `lint`: rustfmt and clippy with warnings as errors.
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building the BPF programs needs (idempotent).
+    Setup,
+    /// Build sniffer with its BPF programs embedded.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build, then run sniffer as root with ARGS.
+    Run {
+        #[arg(long)]
+        release: bool,
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Setup, build, and run every test, including those on the real kernel.
+    Test {
+        /// Extra arguments for `cargo test` (after --), e.g. a test name filter.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// rustfmt --check and clippy -D warnings on every crate, the BPF one included.
+    Lint,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.task {
+        Task::Setup => setup::setup(),
+        Task::Build { release } => build(release).map(drop),
+        Task::Run { release, args } => run(release, &args),
+        Task::Test { args } => test(&args),
+        Task::Lint => lint(),
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Runs a command, failing with its command line when it fails.
+pub fn run_cmd(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace())
+        .env("PATH", setup::path_with_cargo_bin());
+    cmd
+}
+
+/// Builds sniffer (after setup when a toolchain piece is missing); returns the binary's path.
+fn build(release: bool) -> anyhow::Result<PathBuf> {
+    setup::ensure()?;
+    let mut cmd = cargo();
+    cmd.args(["build", "--package", "sniffer"]);
+    if release {
+        cmd.arg("--release");
+    }
+    // The BPF build is the point here, whatever the caller's environment says.
+    cmd.env_remove("SNIFFER_SKIP_BPF_BUILD");
+    run_cmd(&mut cmd)?;
+    let bin = workspace()
+        .join("target")
+        .join(if release { "release" } else { "debug" })
+        .join("sniffer");
+    Ok(bin)
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+fn run(release: bool, args: &[String]) -> anyhow::Result<()> {
+    let bin = build(release)?;
+    let mut cmd = if is_root() {
+        Command::new(&bin)
+    } else {
+        let mut c = Command::new("sudo");
+        c.arg(&bin);
+        c
+    };
+    cmd.args(args);
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {}", bin.display()))?;
+    std::process::exit(status.code().unwrap_or(1));
+}
+
+fn test(args: &[String]) -> anyhow::Result<()> {
+    let bin = build(false)?;
+    let mut cmd = cargo();
+    // The default members: every crate but the BPF one, which only builds for BPF.
+    cmd.arg("test")
+        .args(args)
+        .env("SNIFFER_BIN", &bin)
+        .env_remove("SNIFFER_SKIP_BPF_BUILD");
+    run_cmd(&mut cmd)
+}
+
+fn lint() -> anyhow::Result<()> {
+    setup::ensure()?;
+    run_cmd(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run_cmd(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // The BPF crate only builds for the BPF target, with nightly.
+    let toolchain = setup::bpf_toolchain();
+    run_cmd(
+        Command::new("rustup")
+            .args(["run", &toolchain, "cargo", "clippy", "--package", "sniffer-ebpf"])
+            .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+            .args(["--", "-D", "warnings"])
+            .current_dir(workspace())
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("CARGO")
+            .env_remove("RUSTC")
+            .env("PATH", setup::path_with_cargo_bin())
+            .env("CARGO_TARGET_DIR", workspace().join("target").join("bpf-clippy")),
+    )
+}

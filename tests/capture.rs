@@ -1,0 +1,344 @@
+//! The kernel capture path, end to end: real servers and clients on 127.0.0.1, the real
+//! sniffer binary with its BPF programs loaded into this kernel, and assertions on the bytes.
+use std::{fs, path::Path, process::Command, time::Duration};
+
+use sniffer_tests::{
+    Capture, ConnRecord, Interactive, Running, Server, fixture, kernel_tests, pattern,
+    sniff_command,
+};
+
+const LIMIT: Duration = Duration::from_secs(120);
+const HELLO: &[u8] = b"hello from sniffer's test server\n";
+
+/// A directory to serve: hi.txt and a 100 kB binary blob.
+fn www() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(dir.path().join("hi.txt"), HELLO).expect("write");
+    fs::write(dir.path().join("blob"), pattern(100_000)).expect("write");
+    dir
+}
+
+fn one<'a>(conns: impl IntoIterator<Item = &'a ConnRecord>, what: &str, cap: &Capture) -> &'a ConnRecord {
+    let all: Vec<&ConnRecord> = conns.into_iter().collect();
+    assert_eq!(all.len(), 1, "expected one {what} connection\n{}", cap.describe());
+    all[0]
+}
+
+fn assert_no_gaps(c: &ConnRecord) {
+    for d in [&c.send, &c.recv] {
+        assert!(d.gaps.is_empty(), "unexpected gaps in {c:#?}");
+        assert_eq!(d.bytes, d.captured, "{c:#?}");
+    }
+}
+
+#[test]
+fn curl_and_server_streams_are_the_same_bytes_in_order() {
+    if !kernel_tests() {
+        return;
+    }
+    let www = www();
+    let server = Server::start(www.path(), &[]);
+    let url = format!("http://127.0.0.1:{}/blob", server.port);
+    let out = www.path().join("out");
+    let cap = sniff_command(
+        &["--pid", &server.pid().to_string()],
+        &["curl", "-s", "-o", out.to_str().unwrap(), &url],
+        LIMIT,
+    );
+    assert!(cap.status.success(), "{}", cap.describe());
+    let client = one(cap.conns.iter().filter(|c| c.comm == "curl"), "curl", &cap);
+    let srv = one(cap.conns_of(server.pid()), "server", &cap);
+
+    let request = cap.stream(client, "send");
+    let host = format!("Host: 127.0.0.1:{}\r\n", server.port);
+    assert!(request.starts_with(b"GET /blob HTTP/1.1\r\n"), "{}", String::from_utf8_lossy(&request));
+    assert!(request.windows(host.len()).any(|w| w == host.as_bytes()));
+    assert!(request.ends_with(b"\r\n\r\n"));
+    assert_eq!(request, cap.stream(srv, "recv"), "client sent what the server received");
+
+    let response = cap.stream(client, "recv");
+    assert!(response.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    assert!(response.ends_with(&pattern(100_000)), "the body, byte for byte, at the end");
+    assert_eq!(response, cap.stream(srv, "send"), "server sent what the client received");
+    assert_no_gaps(client);
+    assert_no_gaps(srv);
+
+    assert_eq!((client.role.as_str(), srv.role.as_str()), ("client", "server"));
+    assert_eq!(client.transport, "tcp");
+    assert_eq!(client.peer, format!("127.0.0.1:{}", server.port));
+    assert_eq!(srv.local, client.peer);
+    assert_eq!(srv.peer, client.local);
+    assert_eq!(client.end.as_deref(), Some("closed"));
+
+    // The raw view shows both sides' syscalls with their addresses.
+    let curl_line = format!("fd {} {} -> {} send", client.fd, client.local, client.peer);
+    let srv_line = format!("fd {} {} -> {} recv", srv.fd, srv.local, srv.peer);
+    assert!(cap.raw.contains(&curl_line), "raw lacks {curl_line:?}:\n{}", cap.raw);
+    assert!(cap.raw.contains(&srv_line), "raw lacks {srv_line:?}:\n{}", cap.raw);
+    assert!(cap.raw.contains("\"GET /blob HTTP/1.1\\r\\n"));
+    assert_eq!(fs::read(&out).unwrap(), pattern(100_000));
+}
+
+#[test]
+fn python_urllib_client_is_captured_but_its_file_io_is_not() {
+    if !kernel_tests() {
+        return;
+    }
+    let www = www();
+    let server = Server::start(www.path(), &[]);
+    let url = format!("http://127.0.0.1:{}/hi.txt", server.port);
+    let body_out = www.path().join("body");
+    let marker_file = www.path().join("marker");
+    let marker = format!("FILE-MARKER-{}-must-not-be-captured", std::process::id());
+    let cap = sniff_command(
+        &["--pid", &server.pid().to_string()],
+        &[
+            "python3",
+            fixture("urllib_client.py").to_str().unwrap(),
+            &url,
+            body_out.to_str().unwrap(),
+            marker_file.to_str().unwrap(),
+            &marker,
+        ],
+        LIMIT,
+    );
+    assert!(cap.status.success(), "{}", cap.describe());
+    let client = one(cap.conns.iter().filter(|c| c.role == "client"), "client", &cap);
+    let srv = one(cap.conns_of(server.pid()), "server", &cap);
+    assert_ne!(client.pid, server.pid());
+
+    let request = cap.stream(client, "send");
+    assert!(request.starts_with(b"GET /hi.txt HTTP/1.1\r\n"));
+    assert!(String::from_utf8_lossy(&request).contains("User-Agent: Python-urllib/"));
+    assert_eq!(request, cap.stream(srv, "recv"));
+    let response = cap.stream(client, "recv");
+    assert!(response.ends_with(HELLO));
+    assert_eq!(response, cap.stream(srv, "send"));
+    assert_no_gaps(client);
+
+    // urllib on a plain socket: sendall -> sendto(2), recv_into -> recvfrom(2).
+    let tag = format!("[{}] fd {} ", client.pid, client.fd);
+    assert!(
+        cap.raw.lines().any(|l| l.contains(&tag) && l.contains(" send sendto ")),
+        "no sendto by the client:\n{}",
+        cap.raw
+    );
+    assert!(
+        cap.raw.lines().any(|l| l.contains(&tag) && l.contains(" recv recvfrom ")),
+        "no recvfrom by the client:\n{}",
+        cap.raw
+    );
+    // The marker went through write(2)/read(2) on a file, never a socket.
+    let all = cap.all_output();
+    assert!(
+        !all.windows(marker.len()).any(|w| w == marker.as_bytes()),
+        "file bytes leaked into the capture"
+    );
+    assert_eq!(fs::read(&body_out).unwrap(), HELLO);
+}
+
+#[test]
+fn comm_traces_a_process_started_after_the_sniffer() {
+    if !kernel_tests() {
+        return;
+    }
+    let www = www();
+    let server = Server::start(www.path(), &[]);
+    let url = format!("http://127.0.0.1:{}/hi.txt", server.port);
+    // A command name of our own: the kernel names a process after the file it execs.
+    let name = format!("sncomm{}", std::process::id() % 100_000);
+    let link = www.path().join(&name);
+    std::os::unix::fs::symlink(which("curl"), &link).expect("symlink");
+
+    let running = Running::start(&["--comm", &name]);
+    let traced = Command::new(&link).args(["-s", "-o", "/dev/null", &url]).status().unwrap();
+    let untraced = Command::new("curl").args(["-s", "-o", "/dev/null", &url]).status().unwrap();
+    assert!(traced.success() && untraced.success());
+    let cap = running.stop();
+    assert!(cap.status.success(), "{}", cap.describe());
+
+    let c = one(cap.conns.iter().filter(|c| c.comm == name), &name, &cap);
+    assert!(cap.stream(c, "send").starts_with(b"GET /hi.txt HTTP/1.1\r\n"));
+    assert!(cap.stream(c, "recv").ends_with(HELLO));
+    assert_eq!(c.peer, format!("127.0.0.1:{}", server.port));
+    assert!(
+        cap.conns.iter().all(|c| c.comm == name),
+        "only the named process is traced\n{}",
+        cap.describe()
+    );
+}
+
+#[test]
+fn pid_of_a_preforked_master_traces_its_existing_workers() {
+    if !kernel_tests() {
+        return;
+    }
+    let www = www();
+    let server = Server::start(www.path(), &["--mode", "prefork", "--workers", "2"]);
+    let workers: Vec<u32> = server
+        .lines
+        .expect("WORKERS ", Duration::from_secs(20))
+        .split_whitespace()
+        .skip(1)
+        .map(|w| w.parse().unwrap())
+        .collect();
+    let running = Running::start(&["--pid", &server.pid().to_string()]);
+    let url = format!("http://127.0.0.1:{}/hi.txt", server.port);
+    for _ in 0..4 {
+        let st = Command::new("curl").args(["-s", "-o", "/dev/null", &url]).status().unwrap();
+        assert!(st.success());
+    }
+    let cap = running.stop();
+    let served: Vec<&ConnRecord> = cap.conns.iter().filter(|c| c.role == "server").collect();
+    assert_eq!(served.len(), 4, "{}", cap.describe());
+    for c in served {
+        assert!(workers.contains(&c.pid), "served by a worker, not pid {}", c.pid);
+        assert!(cap.stream(c, "recv").starts_with(b"GET /hi.txt HTTP/1.1\r\n"));
+        assert!(cap.stream(c, "send").ends_with(HELLO));
+        assert_eq!(c.local, format!("127.0.0.1:{}", server.port));
+    }
+}
+
+#[test]
+fn pid_follows_children_forked_after_attaching() {
+    if !kernel_tests() {
+        return;
+    }
+    let www = www();
+    let server = Server::start(www.path(), &["--mode", "fork"]);
+    let running = Running::start(&["--pid", &server.pid().to_string()]);
+    let url = format!("http://127.0.0.1:{}/hi.txt", server.port);
+    for _ in 0..2 {
+        let st = Command::new("curl").args(["-s", "-o", "/dev/null", &url]).status().unwrap();
+        assert!(st.success());
+    }
+    let cap = running.stop();
+    // The parent accepts and closes its copy; the child it forks after that serves.
+    let served: Vec<&ConnRecord> = cap
+        .conns
+        .iter()
+        .filter(|c| c.role == "server" && c.recv.bytes > 0)
+        .collect();
+    assert_eq!(served.len(), 2, "{}", cap.describe());
+    assert_ne!(served[0].pid, served[1].pid, "one forked child per connection");
+    for c in served {
+        assert_ne!(c.pid, server.pid(), "served by the child");
+        assert!(cap.stream(c, "recv").starts_with(b"GET /hi.txt HTTP/1.1\r\n"));
+        assert!(cap.stream(c, "send").ends_with(HELLO));
+    }
+    let accepted = cap.conns_of(server.pid());
+    assert_eq!(accepted.len(), 2, "the parent's accepted sockets\n{}", cap.describe());
+    assert!(accepted.iter().all(|c| c.role == "server" && c.recv.bytes == 0));
+    assert!(cap.raw.contains(&format!("fork from {}", server.pid())), "{}", cap.raw);
+}
+
+#[test]
+fn connection_opened_before_attaching_is_captured_with_its_addresses() {
+    if !kernel_tests() {
+        return;
+    }
+    let www = www();
+    let server = Server::start(www.path(), &[]);
+    let mut client = Interactive::start(Command::new("python3").args([
+        fixture("preconnected_client.py").to_str().unwrap(),
+        "127.0.0.1",
+        &server.port.to_string(),
+        "/hi.txt",
+    ]));
+    let local_port: u16 = client
+        .lines
+        .expect("LOCAL ", Duration::from_secs(20))
+        .trim_start_matches("LOCAL ")
+        .parse()
+        .unwrap();
+    let running = Running::start(&["--pid", &client.guard.pid().to_string()]);
+    client.send_line("go");
+    client.lines.expect("GOT ", Duration::from_secs(20));
+    client.guard.wait_timeout(Duration::from_secs(20));
+    let cap = running.stop();
+
+    let c = one(cap.conns_of(client.guard.pid()), "client", &cap);
+    assert_eq!(c.local, format!("127.0.0.1:{local_port}"));
+    assert_eq!(c.peer, format!("127.0.0.1:{}", server.port));
+    assert_eq!(c.role, "unknown", "found at first use, not at connect");
+    assert!(cap.stream(c, "send").starts_with(b"GET /hi.txt HTTP/1.1\r\n"));
+    assert!(cap.stream(c, "recv").ends_with(HELLO));
+    assert_no_gaps(c);
+}
+
+#[test]
+fn fifty_megabytes_are_counted_to_the_byte() {
+    if !kernel_tests() {
+        return;
+    }
+    const SIZE: usize = 50 << 20;
+    let www = www();
+    fs::write(www.path().join("big"), pattern(SIZE)).expect("write");
+    let server = Server::start(www.path(), &[]);
+    let url = format!("http://127.0.0.1:{}/big", server.port);
+    let sizes = www.path().join("sizes");
+    // Through a shell: the sniffer follows sh's child too. curl reports what it received.
+    let script = format!(
+        "curl -s -o /dev/null -w '%{{size_header}} %{{size_download}}' '{url}' > '{}'",
+        sizes.display()
+    );
+    let cap = sniff_command(&["--pid", &server.pid().to_string()], &["sh", "-c", &script], LIMIT);
+    assert!(cap.status.success(), "{}", cap.describe());
+    let reported = fs::read_to_string(&sizes).unwrap();
+    let total: u64 = reported.split_whitespace().map(|n| n.parse::<u64>().unwrap()).sum();
+    assert!(total > SIZE as u64);
+
+    let client = one(cap.conns.iter().filter(|c| c.comm == "curl"), "curl", &cap);
+    let srv = one(cap.conns_of(server.pid()), "server", &cap);
+    for (who, d) in [("client recv", &client.recv), ("server send", &srv.send)] {
+        assert_eq!(d.bytes, total, "{who}: the stream is exactly as long as the transfer");
+        let gap_bytes: u64 = d.gaps.iter().map(|g| g.len).sum();
+        assert_eq!(d.captured + gap_bytes, d.bytes, "{who}: captured + gaps = all");
+        assert_eq!(d.uncaptured + d.lost, gap_bytes, "{who}: every gap has a cause");
+        assert!(d.gaps.iter().all(|g| g.kind == "lost" || g.kind == "uncaptured"));
+    }
+    // Whatever was lost is also reported by the run, never silent.
+    if client.recv.lost + srv.send.lost > 0 {
+        assert!(cap.stderr.contains("lost"), "losses not reported:\n{}", cap.stderr);
+    } else {
+        let got = cap.stream(client, "recv");
+        assert!(got.ends_with(&pattern(SIZE)), "with nothing lost, the body is intact");
+    }
+}
+
+#[test]
+fn sendfile_bodies_are_counted_not_copied_and_keep_the_stream_length() {
+    if !kernel_tests() {
+        return;
+    }
+    let www = www();
+    let server = Server::start(www.path(), &["--sendfile"]);
+    let url = format!("http://127.0.0.1:{}/blob", server.port);
+    let cap = sniff_command(
+        &["--pid", &server.pid().to_string()],
+        &["curl", "-s", "-o", "/dev/null", &url],
+        LIMIT,
+    );
+    assert!(cap.status.success(), "{}", cap.describe());
+    let client = one(cap.conns.iter().filter(|c| c.comm == "curl"), "curl", &cap);
+    let srv = one(cap.conns_of(server.pid()), "server", &cap);
+    // The server's body left by sendfile(2): headers captured, 100000 bytes counted as a gap.
+    assert_eq!(srv.send.bytes, client.recv.bytes);
+    assert_eq!(srv.send.uncaptured, 100_000, "{srv:#?}");
+    let gap = srv.send.gaps.last().expect("a gap for the body");
+    assert_eq!((gap.kind.as_str(), gap.len), ("uncaptured", 100_000));
+    assert_eq!(gap.off + gap.len, srv.send.bytes, "the body ends the stream");
+    assert!(cap.raw.contains(" send sendfile 100000 "), "{}", cap.raw);
+    // The client read the same bytes with recv: all of them captured.
+    assert!(cap.stream(client, "recv").ends_with(&pattern(100_000)));
+}
+
+fn which(program: &str) -> std::path::PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(program))
+                .find(|p| Path::new(p).is_file())
+        })
+        .unwrap_or_else(|| panic!("{program} not on PATH"))
+}
