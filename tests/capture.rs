@@ -18,9 +18,18 @@ fn www() -> tempfile::TempDir {
     dir
 }
 
-fn one<'a>(conns: impl IntoIterator<Item = &'a ConnRecord>, what: &str, cap: &Capture) -> &'a ConnRecord {
+fn one<'a>(
+    conns: impl IntoIterator<Item = &'a ConnRecord>,
+    what: &str,
+    cap: &Capture,
+) -> &'a ConnRecord {
     let all: Vec<&ConnRecord> = conns.into_iter().collect();
-    assert_eq!(all.len(), 1, "expected one {what} connection\n{}", cap.describe());
+    assert_eq!(
+        all.len(),
+        1,
+        "expected one {what} connection\n{}",
+        cap.describe()
+    );
     all[0]
 }
 
@@ -51,19 +60,37 @@ fn curl_and_server_streams_are_the_same_bytes_in_order() {
 
     let request = cap.stream(client, "send");
     let host = format!("Host: 127.0.0.1:{}\r\n", server.port);
-    assert!(request.starts_with(b"GET /blob HTTP/1.1\r\n"), "{}", String::from_utf8_lossy(&request));
+    assert!(
+        request.starts_with(b"GET /blob HTTP/1.1\r\n"),
+        "{}",
+        String::from_utf8_lossy(&request)
+    );
     assert!(request.windows(host.len()).any(|w| w == host.as_bytes()));
     assert!(request.ends_with(b"\r\n\r\n"));
-    assert_eq!(request, cap.stream(srv, "recv"), "client sent what the server received");
+    assert_eq!(
+        request,
+        cap.stream(srv, "recv"),
+        "client sent what the server received"
+    );
 
     let response = cap.stream(client, "recv");
     assert!(response.starts_with(b"HTTP/1.1 200 OK\r\n"));
-    assert!(response.ends_with(&pattern(100_000)), "the body, byte for byte, at the end");
-    assert_eq!(response, cap.stream(srv, "send"), "server sent what the client received");
+    assert!(
+        response.ends_with(&pattern(100_000)),
+        "the body, byte for byte, at the end"
+    );
+    assert_eq!(
+        response,
+        cap.stream(srv, "send"),
+        "server sent what the client received"
+    );
     assert_no_gaps(client);
     assert_no_gaps(srv);
 
-    assert_eq!((client.role.as_str(), srv.role.as_str()), ("client", "server"));
+    assert_eq!(
+        (client.role.as_str(), srv.role.as_str()),
+        ("client", "server")
+    );
     assert_eq!(client.transport, "tcp");
     assert_eq!(client.peer, format!("127.0.0.1:{}", server.port));
     assert_eq!(srv.local, client.peer);
@@ -73,8 +100,16 @@ fn curl_and_server_streams_are_the_same_bytes_in_order() {
     // The raw view shows both sides' syscalls with their addresses.
     let curl_line = format!("fd {} {} -> {} send", client.fd, client.local, client.peer);
     let srv_line = format!("fd {} {} -> {} recv", srv.fd, srv.local, srv.peer);
-    assert!(cap.raw.contains(&curl_line), "raw lacks {curl_line:?}:\n{}", cap.raw);
-    assert!(cap.raw.contains(&srv_line), "raw lacks {srv_line:?}:\n{}", cap.raw);
+    assert!(
+        cap.raw.contains(&curl_line),
+        "raw lacks {curl_line:?}:\n{}",
+        cap.raw
+    );
+    assert!(
+        cap.raw.contains(&srv_line),
+        "raw lacks {srv_line:?}:\n{}",
+        cap.raw
+    );
     assert!(cap.raw.contains("\"GET /blob HTTP/1.1\\r\\n"));
     assert_eq!(fs::read(&out).unwrap(), pattern(100_000));
 }
@@ -103,7 +138,11 @@ fn python_urllib_client_is_captured_but_its_file_io_is_not() {
         LIMIT,
     );
     assert!(cap.status.success(), "{}", cap.describe());
-    let client = one(cap.conns.iter().filter(|c| c.role == "client"), "client", &cap);
+    let client = one(
+        cap.conns.iter().filter(|c| c.role == "client"),
+        "client",
+        &cap,
+    );
     let srv = one(cap.conns_of(server.pid()), "server", &cap);
     assert_ne!(client.pid, server.pid());
 
@@ -119,12 +158,16 @@ fn python_urllib_client_is_captured_but_its_file_io_is_not() {
     // urllib on a plain socket: sendall -> sendto(2), recv_into -> recvfrom(2).
     let tag = format!("[{}] fd {} ", client.pid, client.fd);
     assert!(
-        cap.raw.lines().any(|l| l.contains(&tag) && l.contains(" send sendto ")),
+        cap.raw
+            .lines()
+            .any(|l| l.contains(&tag) && l.contains(" send sendto ")),
         "no sendto by the client:\n{}",
         cap.raw
     );
     assert!(
-        cap.raw.lines().any(|l| l.contains(&tag) && l.contains(" recv recvfrom ")),
+        cap.raw
+            .lines()
+            .any(|l| l.contains(&tag) && l.contains(" recv recvfrom ")),
         "no recvfrom by the client:\n{}",
         cap.raw
     );
@@ -151,14 +194,23 @@ fn comm_traces_a_process_started_after_the_sniffer() {
     std::os::unix::fs::symlink(which("curl"), &link).expect("symlink");
 
     let running = Running::start(&["--comm", &name]);
-    let traced = Command::new(&link).args(["-s", "-o", "/dev/null", &url]).status().unwrap();
-    let untraced = Command::new("curl").args(["-s", "-o", "/dev/null", &url]).status().unwrap();
+    let traced = Command::new(&link)
+        .args(["-s", "-o", "/dev/null", &url])
+        .status()
+        .unwrap();
+    let untraced = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", &url])
+        .status()
+        .unwrap();
     assert!(traced.success() && untraced.success());
     let cap = running.stop();
     assert!(cap.status.success(), "{}", cap.describe());
 
     let c = one(cap.conns.iter().filter(|c| c.comm == name), &name, &cap);
-    assert!(cap.stream(c, "send").starts_with(b"GET /hi.txt HTTP/1.1\r\n"));
+    assert!(
+        cap.stream(c, "send")
+            .starts_with(b"GET /hi.txt HTTP/1.1\r\n")
+    );
     assert!(cap.stream(c, "recv").ends_with(HELLO));
     assert_eq!(c.peer, format!("127.0.0.1:{}", server.port));
     assert!(
@@ -185,15 +237,25 @@ fn pid_of_a_preforked_master_traces_its_existing_workers() {
     let running = Running::start(&["--pid", &server.pid().to_string()]);
     let url = format!("http://127.0.0.1:{}/hi.txt", server.port);
     for _ in 0..4 {
-        let st = Command::new("curl").args(["-s", "-o", "/dev/null", &url]).status().unwrap();
+        let st = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", &url])
+            .status()
+            .unwrap();
         assert!(st.success());
     }
     let cap = running.stop();
     let served: Vec<&ConnRecord> = cap.conns.iter().filter(|c| c.role == "server").collect();
     assert_eq!(served.len(), 4, "{}", cap.describe());
     for c in served {
-        assert!(workers.contains(&c.pid), "served by a worker, not pid {}", c.pid);
-        assert!(cap.stream(c, "recv").starts_with(b"GET /hi.txt HTTP/1.1\r\n"));
+        assert!(
+            workers.contains(&c.pid),
+            "served by a worker, not pid {}",
+            c.pid
+        );
+        assert!(
+            cap.stream(c, "recv")
+                .starts_with(b"GET /hi.txt HTTP/1.1\r\n")
+        );
         assert!(cap.stream(c, "send").ends_with(HELLO));
         assert_eq!(c.local, format!("127.0.0.1:{}", server.port));
     }
@@ -209,7 +271,10 @@ fn pid_follows_children_forked_after_attaching() {
     let running = Running::start(&["--pid", &server.pid().to_string()]);
     let url = format!("http://127.0.0.1:{}/hi.txt", server.port);
     for _ in 0..2 {
-        let st = Command::new("curl").args(["-s", "-o", "/dev/null", &url]).status().unwrap();
+        let st = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", &url])
+            .status()
+            .unwrap();
         assert!(st.success());
     }
     let cap = running.stop();
@@ -220,16 +285,35 @@ fn pid_follows_children_forked_after_attaching() {
         .filter(|c| c.role == "server" && c.recv.bytes > 0)
         .collect();
     assert_eq!(served.len(), 2, "{}", cap.describe());
-    assert_ne!(served[0].pid, served[1].pid, "one forked child per connection");
+    assert_ne!(
+        served[0].pid, served[1].pid,
+        "one forked child per connection"
+    );
     for c in served {
         assert_ne!(c.pid, server.pid(), "served by the child");
-        assert!(cap.stream(c, "recv").starts_with(b"GET /hi.txt HTTP/1.1\r\n"));
+        assert!(
+            cap.stream(c, "recv")
+                .starts_with(b"GET /hi.txt HTTP/1.1\r\n")
+        );
         assert!(cap.stream(c, "send").ends_with(HELLO));
     }
     let accepted = cap.conns_of(server.pid());
-    assert_eq!(accepted.len(), 2, "the parent's accepted sockets\n{}", cap.describe());
-    assert!(accepted.iter().all(|c| c.role == "server" && c.recv.bytes == 0));
-    assert!(cap.raw.contains(&format!("fork from {}", server.pid())), "{}", cap.raw);
+    assert_eq!(
+        accepted.len(),
+        2,
+        "the parent's accepted sockets\n{}",
+        cap.describe()
+    );
+    assert!(
+        accepted
+            .iter()
+            .all(|c| c.role == "server" && c.recv.bytes == 0)
+    );
+    assert!(
+        cap.raw.contains(&format!("fork from {}", server.pid())),
+        "{}",
+        cap.raw
+    );
 }
 
 #[test]
@@ -261,7 +345,10 @@ fn connection_opened_before_attaching_is_captured_with_its_addresses() {
     assert_eq!(c.local, format!("127.0.0.1:{local_port}"));
     assert_eq!(c.peer, format!("127.0.0.1:{}", server.port));
     assert_eq!(c.role, "unknown", "found at first use, not at connect");
-    assert!(cap.stream(c, "send").starts_with(b"GET /hi.txt HTTP/1.1\r\n"));
+    assert!(
+        cap.stream(c, "send")
+            .starts_with(b"GET /hi.txt HTTP/1.1\r\n")
+    );
     assert!(cap.stream(c, "recv").ends_with(HELLO));
     assert_no_gaps(c);
 }
@@ -282,27 +369,56 @@ fn fifty_megabytes_are_counted_to_the_byte() {
         "curl -s -o /dev/null -w '%{{size_header}} %{{size_download}}' '{url}' > '{}'",
         sizes.display()
     );
-    let cap = sniff_command(&["--pid", &server.pid().to_string()], &["sh", "-c", &script], LIMIT);
+    let cap = sniff_command(
+        &["--pid", &server.pid().to_string()],
+        &["sh", "-c", &script],
+        LIMIT,
+    );
     assert!(cap.status.success(), "{}", cap.describe());
     let reported = fs::read_to_string(&sizes).unwrap();
-    let total: u64 = reported.split_whitespace().map(|n| n.parse::<u64>().unwrap()).sum();
+    let total: u64 = reported
+        .split_whitespace()
+        .map(|n| n.parse::<u64>().unwrap())
+        .sum();
     assert!(total > SIZE as u64);
 
     let client = one(cap.conns.iter().filter(|c| c.comm == "curl"), "curl", &cap);
     let srv = one(cap.conns_of(server.pid()), "server", &cap);
     for (who, d) in [("client recv", &client.recv), ("server send", &srv.send)] {
-        assert_eq!(d.bytes, total, "{who}: the stream is exactly as long as the transfer");
+        assert_eq!(
+            d.bytes, total,
+            "{who}: the stream is exactly as long as the transfer"
+        );
         let gap_bytes: u64 = d.gaps.iter().map(|g| g.len).sum();
-        assert_eq!(d.captured + gap_bytes, d.bytes, "{who}: captured + gaps = all");
-        assert_eq!(d.uncaptured + d.lost, gap_bytes, "{who}: every gap has a cause");
-        assert!(d.gaps.iter().all(|g| g.kind == "lost" || g.kind == "uncaptured"));
+        assert_eq!(
+            d.captured + gap_bytes,
+            d.bytes,
+            "{who}: captured + gaps = all"
+        );
+        assert_eq!(
+            d.uncaptured + d.lost,
+            gap_bytes,
+            "{who}: every gap has a cause"
+        );
+        assert!(
+            d.gaps
+                .iter()
+                .all(|g| g.kind == "lost" || g.kind == "uncaptured")
+        );
     }
     // Whatever was lost is also reported by the run, never silent.
     if client.recv.lost + srv.send.lost > 0 {
-        assert!(cap.stderr.contains("lost"), "losses not reported:\n{}", cap.stderr);
+        assert!(
+            cap.stderr.contains("lost"),
+            "losses not reported:\n{}",
+            cap.stderr
+        );
     } else {
         let got = cap.stream(client, "recv");
-        assert!(got.ends_with(&pattern(SIZE)), "with nothing lost, the body is intact");
+        assert!(
+            got.ends_with(&pattern(SIZE)),
+            "with nothing lost, the body is intact"
+        );
     }
 }
 
@@ -327,7 +443,11 @@ fn sendfile_bodies_are_counted_not_copied_and_keep_the_stream_length() {
     assert_eq!(srv.send.uncaptured, 100_000, "{srv:#?}");
     let gap = srv.send.gaps.last().expect("a gap for the body");
     assert_eq!((gap.kind.as_str(), gap.len), ("uncaptured", 100_000));
-    assert_eq!(gap.off + gap.len, srv.send.bytes, "the body ends the stream");
+    assert_eq!(
+        gap.off + gap.len,
+        srv.send.bytes,
+        "the body ends the stream"
+    );
     assert!(cap.raw.contains(" send sendfile 100000 "), "{}", cap.raw);
     // The client read the same bytes with recv: all of them captured.
     assert!(cap.stream(client, "recv").ends_with(&pattern(100_000)));

@@ -108,7 +108,7 @@ fn current_target() -> Option<(u32, u32)> {
     let id = bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
     // SAFETY: the value is only tested for presence.
-    unsafe { TARGETS.get(&tgid) }?;
+    unsafe { TARGETS.get(tgid) }?;
     Some((tgid, id as u32))
 }
 
@@ -252,14 +252,14 @@ fn emit_sock(cfg: &Config, ev_kind: u32, key: &SockKey, st: &SockState, tid: u32
 fn track_socket(cfg: &Config, tgid: u32, tid: u32, fd: i32, new_role: Option<u32>) -> Option<u64> {
     let key = SockKey { tgid, fd };
     let found = fd_socket(&cfg.kernel, fd, cfg.flags);
-    if let Some(st) = SOCKETS.get_ptr_mut(&key) {
+    if let Some(st) = SOCKETS.get_ptr_mut(key) {
         // SAFETY: map value pointer, valid during this program run.
         let st = unsafe { &mut *st };
         match found {
             Some((sk, _, _)) if sk == st.sk => {
                 if let Some(r) = new_role {
                     // connect/accept on a socket we already knew: addresses are known now.
-                    let _ = SK_ROLES.insert(&sk, &r, 0);
+                    let _ = SK_ROLES.insert(sk, r, 0);
                     st.role = r;
                     emit_sock(cfg, kind::SOCK_OPEN, &key, st, tid, true);
                 }
@@ -268,18 +268,20 @@ fn track_socket(cfg: &Config, tgid: u32, tid: u32, fd: i32, new_role: Option<u32
             _ => {
                 let old = *st;
                 emit_sock(cfg, kind::SOCK_CLOSE, &key, &old, tid, false);
-                let _ = SOCKETS.remove(&key);
+                let _ = SOCKETS.remove(key);
             }
         }
     }
     let (sk, fam, sock_type) = found?;
     let role = match new_role {
         Some(r) => {
-            let _ = SK_ROLES.insert(&sk, &r, 0);
+            let _ = SK_ROLES.insert(sk, r, 0);
             r
         }
         // SAFETY: plain value read.
-        None => unsafe { SK_ROLES.get(&sk) }.copied().unwrap_or(role::UNKNOWN),
+        None => unsafe { SK_ROLES.get(sk) }
+            .copied()
+            .unwrap_or(role::UNKNOWN),
     };
     let st = SockState {
         sk,
@@ -289,7 +291,7 @@ fn track_socket(cfg: &Config, tgid: u32, tid: u32, fd: i32, new_role: Option<u32
         family: fam,
         sock_type,
     };
-    if SOCKETS.insert(&key, &st, BPF_NOEXIST as u64).is_err() {
+    if SOCKETS.insert(key, st, BPF_NOEXIST as u64).is_err() {
         count(counters::SOCKETS_FULL, 1);
         return None;
     }
@@ -313,10 +315,10 @@ fn enter_data(ctx: &TracePointContext, sc: Syscall, flags_arg: Option<u32>) -> u
     let Some((tgid, tid)) = current_target() else {
         return 0;
     };
-    if let Some(i) = flags_arg {
-        if arg(ctx, cfg, i) & MSG_PEEK != 0 {
-            return 0;
-        }
+    if let Some(i) = flags_arg
+        && arg(ctx, cfg, i) & MSG_PEEK != 0
+    {
+        return 0;
     }
     let fd = arg(ctx, cfg, 0) as i32;
     let Some(sk) = track_socket(cfg, tgid, tid, fd, None) else {
@@ -329,7 +331,7 @@ fn enter_data(ctx: &TracePointContext, sc: Syscall, flags_arg: Option<u32>) -> u
         fd,
         syscall: sc as u32,
     };
-    if PENDING.insert(&tid, &p, 0).is_err() {
+    if PENDING.insert(tid, p, 0).is_err() {
         count(counters::PENDING_FULL, 1);
     }
     0
@@ -349,7 +351,7 @@ fn enter_sock(ctx: &TracePointContext, sc: Syscall) -> u32 {
         fd: arg(ctx, cfg, 0) as i32,
         syscall: sc as u32,
     };
-    if PENDING.insert(&tid, &p, 0).is_err() {
+    if PENDING.insert(tid, p, 0).is_err() {
         count(counters::PENDING_FULL, 1);
     }
     0
@@ -393,7 +395,7 @@ pub fn sys_enter_sendfile64(ctx: TracePointContext) -> u32 {
         fd,
         syscall: Syscall::Sendfile as u32,
     };
-    if PENDING.insert(&tid, &p, 0).is_err() {
+    if PENDING.insert(tid, p, 0).is_err() {
         count(counters::PENDING_FULL, 1);
     }
     0
@@ -425,10 +427,10 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
         fd: arg(&ctx, cfg, 0) as i32,
     };
     // SAFETY: copied out before the entry is removed.
-    if let Some(st) = unsafe { SOCKETS.get(&key) } {
+    if let Some(st) = unsafe { SOCKETS.get(key) } {
         let st = *st;
         emit_sock(cfg, kind::SOCK_CLOSE, &key, &st, tid, false);
-        let _ = SOCKETS.remove(&key);
+        let _ = SOCKETS.remove(key);
     }
     0
 }
@@ -456,8 +458,8 @@ pub struct Copy {
 #[inline(always)]
 fn take_pending(tid: u32) -> Option<Pending> {
     // SAFETY: copied out before removal.
-    let p = unsafe { PENDING.get(&tid) }.copied()?;
-    let _ = PENDING.remove(&tid);
+    let p = unsafe { PENDING.get(tid) }.copied()?;
+    let _ = PENDING.remove(tid);
     Some(p)
 }
 
@@ -552,7 +554,7 @@ fn exit_data(ctx: &TracePointContext) -> u32 {
         return 0;
     };
     let key = SockKey { tgid, fd: p.fd };
-    let Some(st) = SOCKETS.get_ptr_mut(&key) else {
+    let Some(st) = SOCKETS.get_ptr_mut(key) else {
         return 0;
     };
     let d = sc.dir();
@@ -730,7 +732,7 @@ fn emit_proc(ev_kind: u32, pid: u32, ppid: u32, exit_code: i32) {
 
 #[inline(always)]
 fn add_target(tgid: u32, how: u32) -> bool {
-    if TARGETS.insert(&tgid, &how, 0).is_err() {
+    if TARGETS.insert(tgid, how, 0).is_err() {
         count(counters::TARGETS_FULL, 1);
         return false;
     }
@@ -770,10 +772,10 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     // After exec the caller is the thread group leader: current tgid is the process.
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: presence tests only.
-    let known = unsafe { TARGETS.get(&tgid) }.is_some();
+    let known = unsafe { TARGETS.get(tgid) }.is_some();
     if !known {
         let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
-        if unsafe { COMMS.get(&comm) }.is_none() || !add_target(tgid, 2) {
+        if unsafe { COMMS.get(comm) }.is_none() || !add_target(tgid, 2) {
             return 0;
         }
     }
@@ -793,15 +795,15 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         // SAFETY: read of the tracepoint record at an offset from its tracefs format.
         unsafe { ctx.read_at::<u8>(cfg.tp.exit_group_dead as usize) }.unwrap_or(0) != 0
     };
-    let _ = PENDING.remove(&tid);
+    let _ = PENDING.remove(tid);
     if !group_dead {
         return 0;
     }
     // SAFETY: presence test only.
-    if unsafe { TARGETS.get(&tgid) }.is_none() {
+    if unsafe { TARGETS.get(tgid) }.is_none() {
         return 0;
     }
-    let _ = TARGETS.remove(&tgid);
+    let _ = TARGETS.remove(tgid);
     let task = unsafe { bpf_get_current_task() };
     let code = kread::<i32>(task, cfg.kernel.task_exit_code).unwrap_or(0);
     emit_proc(kind::PROC_EXIT, tgid, 0, code);

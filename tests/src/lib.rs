@@ -290,7 +290,10 @@ fn sniffer_cmd(dir: &Path, args: &[&str]) -> Command {
 pub fn sniff_command(args: &[&str], command: &[&str], limit: Duration) -> Capture {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cmd = sniffer_cmd(dir.path(), args);
-    cmd.arg("--").args(command).stderr(Stdio::piped()).stdout(Stdio::null());
+    cmd.arg("--")
+        .args(command)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null());
     let mut g = Guard::spawn(&mut cmd);
     let stderr = g.child.stderr.take().expect("stderr");
     let err_thread = thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());

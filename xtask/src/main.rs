@@ -49,14 +49,22 @@ enum Task {
     Lint,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match cli.task {
+    let result = match cli.task {
         Task::Setup => setup::setup(),
         Task::Build { release } => build(release).map(drop),
         Task::Run { release, args } => run(release, &args),
         Task::Test { args } => test(&args),
         Task::Lint => lint(),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The chain of causes, without a backtrace of xtask itself.
+            eprintln!("xtask: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 
@@ -141,19 +149,20 @@ fn test(args: &[String]) -> anyhow::Result<()> {
 fn lint() -> anyhow::Result<()> {
     setup::ensure()?;
     run_cmd(cargo().args(["fmt", "--all", "--", "--check"]))?;
-    run_cmd(cargo().args([
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
+    // Default members: every crate but the BPF one, linted below for its own target.
+    run_cmd(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     // The BPF crate only builds for the BPF target, with nightly.
     let toolchain = setup::bpf_toolchain();
     run_cmd(
         Command::new("rustup")
-            .args(["run", &toolchain, "cargo", "clippy", "--package", "sniffer-ebpf"])
+            .args([
+                "run",
+                &toolchain,
+                "cargo",
+                "clippy",
+                "--package",
+                "sniffer-ebpf",
+            ])
             .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
             .args(["--", "-D", "warnings"])
             .current_dir(workspace())
@@ -161,6 +170,9 @@ fn lint() -> anyhow::Result<()> {
             .env_remove("CARGO")
             .env_remove("RUSTC")
             .env("PATH", setup::path_with_cargo_bin())
-            .env("CARGO_TARGET_DIR", workspace().join("target").join("bpf-clippy")),
+            .env(
+                "CARGO_TARGET_DIR",
+                workspace().join("target").join("bpf-clippy"),
+            ),
     )
 }

@@ -86,7 +86,8 @@ fn probe_toolchain(name: &str) -> anyhow::Result<Option<Toolchain>> {
     let Some(vv) = rustc(name, &["-vV"]) else {
         return Ok(None);
     };
-    let llvm_major = llvm_major(&vv).ok_or_else(|| anyhow!("`rustc +{name} -vV` names no LLVM version"))?;
+    let llvm_major =
+        llvm_major(&vv).ok_or_else(|| anyhow!("`rustc +{name} -vV` names no LLVM version"))?;
     let sysroot = rustc(name, &["--print", "sysroot"])
         .map(|s| PathBuf::from(s.trim()))
         .ok_or_else(|| anyhow!("`rustc +{name} --print sysroot` failed"))?;
@@ -150,8 +151,7 @@ fn bpf_linker_matches(tc: &Toolchain) -> bool {
     String::from_utf8_lossy(&out.stdout).lines().any(|l| {
         // "\tlibLLVM.so.22.1-rust-1.97.0-nightly => /path/to/it (0x...)"
         l.contains("libLLVM")
-            && l
-                .split("=>")
+            && l.split("=>")
                 .nth(1)
                 .and_then(|r| r.split_whitespace().next())
                 .and_then(|p| fs::canonicalize(p).ok())
@@ -185,7 +185,8 @@ pub fn setup() -> anyhow::Result<()> {
                      whose LLVM major bpf-linker supports and set SNIFFER_BPF_TOOLCHAIN to it"
                 )
             })?;
-            probe_toolchain(&name)?.ok_or_else(|| anyhow!("toolchain {name} still missing after install"))?
+            probe_toolchain(&name)?
+                .ok_or_else(|| anyhow!("toolchain {name} still missing after install"))?
         }
     };
     eprintln!(
@@ -196,7 +197,13 @@ pub fn setup() -> anyhow::Result<()> {
     );
     if !tc.has_rust_src() {
         eprintln!("xtask: adding rust-src to {}", tc.name);
-        run_cmd(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", &tc.name]))?;
+        run_cmd(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            &tc.name,
+        ]))?;
     }
     if bpf_linker_matches(&tc) {
         eprintln!("xtask: bpf-linker already links this LLVM");
