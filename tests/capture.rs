@@ -34,6 +34,7 @@ fn one<'a>(
 }
 
 fn assert_no_gaps(c: &ConnRecord) {
+    assert!(c.end_known && !c.open_lost, "{c:#?}");
     for d in [&c.send, &c.recv] {
         assert!(d.gaps.is_empty(), "unexpected gaps in {c:#?}");
         assert_eq!(d.bytes, d.captured, "{c:#?}");
@@ -384,6 +385,11 @@ fn fifty_megabytes_are_counted_to_the_byte() {
 
     let client = one(cap.conns.iter().filter(|c| c.comm == "curl"), "curl", &cap);
     let srv = one(cap.conns_of(server.pid()), "server", &cap);
+    assert!(
+        client.end_known && srv.end_known,
+        "final lengths known\n{}",
+        cap.describe()
+    );
     for (who, d) in [("client recv", &client.recv), ("server send", &srv.send)] {
         assert_eq!(
             d.bytes, total,

@@ -15,7 +15,7 @@
 use core::{arch::asm, ffi::c_void, mem::size_of, ptr};
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_RING_SIZE},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
         bpf_probe_read_kernel, bpf_probe_read_user,
@@ -217,10 +217,18 @@ fn fill_addresses(k: &KernelOffsets, sk: u64, fam: u16, ev: &mut SockEvent) {
 
 /// Emits a socket open/close event; `addresses` reads both ends from the kernel socket.
 #[inline(always)]
-fn emit_sock(cfg: &Config, ev_kind: u32, key: &SockKey, st: &SockState, tid: u32, addresses: bool) {
+/// Returns whether the event went out.
+fn emit_sock(
+    cfg: &Config,
+    ev_kind: u32,
+    key: &SockKey,
+    st: &SockState,
+    tid: u32,
+    addresses: bool,
+) -> bool {
     let Some(mut entry) = EVENTS.reserve::<SockEvent>(0) else {
         count(counters::CONTROL_EVENTS_LOST, 1);
-        return;
+        return false;
     };
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` points at a reserved, exclusively owned SockEvent-sized record.
@@ -243,6 +251,17 @@ fn emit_sock(cfg: &Config, ev_kind: u32, key: &SockKey, st: &SockState, tid: u32
         }
     }
     entry.submit(0);
+    true
+}
+
+/// Whether a data event of `size` bytes may use the ring buffer: data leaves the last eighth
+/// free for socket and process events, which are few and small but carry what makes the data
+/// readable (addresses, final stream lengths, who is who).
+#[inline(always)]
+fn room_for_data(size: u64) -> bool {
+    let used = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
+    let total = EVENTS.query(u64::from(BPF_RB_RING_SIZE));
+    used + size + (total >> 3) <= total
 }
 
 /// The tracked state of `fd` in the current process, registering the socket when it is new or
@@ -429,8 +448,11 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     // SAFETY: copied out before the entry is removed.
     if let Some(st) = unsafe { SOCKETS.get(key) } {
         let st = *st;
-        emit_sock(cfg, kind::SOCK_CLOSE, &key, &st, tid, false);
-        let _ = SOCKETS.remove(key);
+        // When the close event is lost the entry stays: its final offsets then reach userspace
+        // when the fd is reused, the process exits, or the sniffer stops.
+        if emit_sock(cfg, kind::SOCK_CLOSE, &key, &st, tid, false) {
+            let _ = SOCKETS.remove(key);
+        }
     }
     0
 }
@@ -522,7 +544,9 @@ extern "C" fn copy_chunk(_index: u64, _ctx: *mut c_void) -> i64 {
         };
         (*ev).hdr.cap = cap as u32;
         let size = size_of::<DataHeader>() as u64 + cap;
-        if bpf_ringbuf_output(ptr::addr_of!(EVENTS).cast_mut().cast(), ev.cast(), size, 0) < 0 {
+        if !room_for_data(size)
+            || bpf_ringbuf_output(ptr::addr_of!(EVENTS).cast_mut().cast(), ev.cast(), size, 0) < 0
+        {
             count(counters::DATA_EVENTS_LOST, 1);
             count(counters::DATA_BYTES_LOST, n);
         }

@@ -43,6 +43,9 @@ pub struct Conn {
     pub streams: [Stream; 2],
     /// The socket-open event was lost: addresses are unknown.
     pub open_lost: bool,
+    /// The kernel's final stream offsets were known at the end, so the streams' lengths are
+    /// exact; false when the close event was lost and the kernel entry was gone too.
+    pub end_known: bool,
 }
 
 impl Conn {
@@ -111,6 +114,7 @@ impl ConnTable {
             ended: None,
             streams: [Stream::new(), Stream::new()],
             open_lost,
+            end_known: false,
         }
     }
 
@@ -272,6 +276,7 @@ impl ConnTable {
             }
         }
         self.scratch = out;
+        conn.end_known = final_offsets.is_some();
         conn.ended = Some((ts_ns, why));
         sink.ended(&conn, procs);
     }

@@ -339,6 +339,8 @@ pub struct Reader {
     sockets: HashMap<MapData, SockKey, SockState>,
     /// fds with a live kernel socket entry, per process.
     live: StdHashMap<u32, HashSet<i32>>,
+    /// The last data event's (tgid, fd): runs of chunks skip the set insert.
+    last_data: Option<(u32, i32)>,
     /// Records that did not decode (a bug on one side of the contract if ever non-zero).
     pub malformed: u64,
     /// Records read.
@@ -357,6 +359,7 @@ impl Reader {
             ring,
             sockets,
             live: StdHashMap::new(),
+            last_data: None,
             malformed: 0,
             records: 0,
         })
@@ -399,11 +402,19 @@ impl Reader {
 
     fn bookkeep(&mut self, ev: Event) -> Event {
         match ev {
+            // A socket whose open event was lost is known from its data.
+            Event::Data(ref c) if self.last_data != Some((c.tgid, c.fd)) => {
+                self.live.entry(c.tgid).or_default().insert(c.fd);
+                self.last_data = Some((c.tgid, c.fd));
+                ev
+            }
             Event::SockOpen(ref s) => {
+                self.last_data = None;
                 self.live.entry(s.tgid).or_default().insert(s.fd);
                 ev
             }
             Event::SockClose(ref s) => {
+                self.last_data = None;
                 if let Some(fds) = self.live.get_mut(&s.tgid) {
                     fds.remove(&s.fd);
                 }
@@ -412,6 +423,7 @@ impl Reader {
             Event::Exit {
                 ts_ns, pid, code, ..
             } => {
+                self.last_data = None;
                 let fds = self.live.remove(&pid).unwrap_or_default();
                 let sockets = fds
                     .into_iter()

@@ -192,6 +192,7 @@ pub struct ConnRecord {
     pub peer: String,
     pub end: Option<String>,
     pub open_lost: bool,
+    pub end_known: bool,
     pub send: DirRecord,
     pub recv: DirRecord,
 }

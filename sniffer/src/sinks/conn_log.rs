@@ -50,6 +50,12 @@ impl ConnLog {
             conn.ended
                 .map_or("-".to_owned(), |e| format!("{:?}", e.1).to_lowercase())
         )?;
+        if !conn.end_known {
+            writeln!(
+                self.out,
+                "    length unknown: the kernel's final byte counts were lost with its close event"
+            )?;
+        }
         let mut any = false;
         for &(id, dir, off, len, kind) in &self.gaps {
             if id == conn.id {

@@ -52,6 +52,8 @@ struct ConnRecord<'a> {
     ended_ns: Option<u64>,
     end: Option<End>,
     open_lost: bool,
+    /// Whether the streams' lengths are the kernel's final counts.
+    end_known: bool,
     send: DirRecord,
     recv: DirRecord,
 }
@@ -174,6 +176,7 @@ impl DumpSink {
             ended_ns: conn.ended.map(|e| e.0),
             end: conn.ended.map(|e| e.1),
             open_lost: conn.open_lost,
+            end_known: conn.end_known,
             send,
             recv,
         };
