@@ -354,27 +354,24 @@ fn connection_opened_before_attaching_is_captured_with_its_addresses() {
     assert_no_gaps(c);
 }
 
-#[test]
-fn fifty_megabytes_are_counted_to_the_byte() {
-    if !kernel_tests() {
-        return;
-    }
+/// Downloads 50 MB through a traced server with curl (under sh, so following a fork is part of
+/// it) and checks both views of the body against curl's own count. Returns the capture, the
+/// client and server records, and the total.
+fn fifty_megabytes(extra: &[&str]) -> (Capture, u64, ConnRecord, ConnRecord) {
     const SIZE: usize = 50 << 20;
     let www = www();
     fs::write(www.path().join("big"), pattern(SIZE)).expect("write");
     let server = Server::start(www.path(), &[]);
     let url = format!("http://127.0.0.1:{}/big", server.port);
     let sizes = www.path().join("sizes");
-    // Through a shell: the sniffer follows sh's child too. curl reports what it received.
     let script = format!(
         "curl -s -o /dev/null -w '%{{size_header}} %{{size_download}}' '{url}' > '{}'",
         sizes.display()
     );
-    let cap = sniff_command(
-        &["--pid", &server.pid().to_string()],
-        &["sh", "-c", &script],
-        LIMIT,
-    );
+    let pid = server.pid().to_string();
+    let mut args = vec!["--pid", pid.as_str()];
+    args.extend_from_slice(extra);
+    let cap = sniff_command(&args, &["sh", "-c", &script], LIMIT);
     assert!(cap.status.success(), "{}", cap.describe());
     let reported = fs::read_to_string(&sizes).unwrap();
     let total: u64 = reported
@@ -383,8 +380,8 @@ fn fifty_megabytes_are_counted_to_the_byte() {
         .sum();
     assert!(total > SIZE as u64);
 
-    let client = one(cap.conns.iter().filter(|c| c.comm == "curl"), "curl", &cap);
-    let srv = one(cap.conns_of(server.pid()), "server", &cap);
+    let client = one(cap.conns.iter().filter(|c| c.comm == "curl"), "curl", &cap).clone();
+    let srv = one(cap.conns_of(server.pid()), "server", &cap).clone();
     assert!(
         client.end_known && srv.end_known,
         "final lengths known\n{}",
@@ -415,17 +412,49 @@ fn fifty_megabytes_are_counted_to_the_byte() {
     // Whatever was lost is also reported by the run, never silent.
     if client.recv.lost + srv.send.lost > 0 {
         assert!(
-            cap.stderr.contains("lost"),
+            cap.stderr.contains("data bytes lost"),
             "losses not reported:\n{}",
             cap.stderr
         );
     } else {
-        let got = cap.stream(client, "recv");
+        let got = cap.stream(&client, "recv");
         assert!(
             got.ends_with(&pattern(SIZE)),
             "with nothing lost, the body is intact"
         );
     }
+    (cap, total, client, srv)
+}
+
+#[test]
+fn fifty_megabytes_are_counted_to_the_byte() {
+    if !kernel_tests() {
+        return;
+    }
+    fifty_megabytes(&[]);
+}
+
+#[test]
+fn events_lost_to_a_full_ring_are_exact_gaps_not_a_shorter_stream() {
+    if !kernel_tests() {
+        return;
+    }
+    // 100 MB of events through a 1 MiB ring: the reader cannot keep up, the kernel drops.
+    let (cap, total, client, srv) = fifty_megabytes(&["--ring-mib", "1"]);
+    let lost = client.recv.lost + srv.send.lost;
+    assert!(
+        lost > 0,
+        "a 1 MiB ring kept up with 100 MB: this machine is too fast for this test to show \
+         losses\n{}",
+        cap.stderr
+    );
+    assert!(lost < 2 * total);
+    // The capture still names both ends and the request intact: control events kept their room.
+    assert!(
+        cap.stream(&client, "send")
+            .starts_with(b"GET /big HTTP/1.1\r\n")
+    );
+    assert!(!client.open_lost && !srv.open_lost);
 }
 
 #[test]
@@ -457,6 +486,73 @@ fn sendfile_bodies_are_counted_not_copied_and_keep_the_stream_length() {
     assert!(cap.raw.contains(" send sendfile 100000 "), "{}", cap.raw);
     // The client read the same bytes with recv: all of them captured.
     assert!(cap.stream(client, "recv").ends_with(&pattern(100_000)));
+}
+
+#[test]
+fn ipv6_loopback_connections_have_ipv6_addresses() {
+    if !kernel_tests() {
+        return;
+    }
+    let www = www();
+    let server = Server::start(www.path(), &["--bind", "::1"]);
+    let url = format!("http://[::1]:{}/hi.txt", server.port);
+    let cap = sniff_command(
+        &["--pid", &server.pid().to_string()],
+        &["curl", "-s", "-o", "/dev/null", &url],
+        LIMIT,
+    );
+    assert!(cap.status.success(), "{}", cap.describe());
+    let client = one(cap.conns.iter().filter(|c| c.comm == "curl"), "curl", &cap);
+    let srv = one(cap.conns_of(server.pid()), "server", &cap);
+    assert_eq!(client.transport, "tcp6");
+    assert_eq!(client.peer, format!("[::1]:{}", server.port));
+    assert!(client.local.starts_with("[::1]:"), "{}", client.local);
+    assert_eq!(
+        (srv.local.as_str(), srv.peer.as_str()),
+        (client.peer.as_str(), client.local.as_str())
+    );
+    assert_eq!(cap.stream(client, "send"), cap.stream(srv, "recv"));
+    assert!(cap.stream(client, "recv").ends_with(HELLO));
+}
+
+#[test]
+fn unix_stream_sockets_are_captured_with_their_path() {
+    if !kernel_tests() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("srv.sock");
+    let cap = sniff_command(
+        &[],
+        &[
+            "python3",
+            fixture("unix_pair.py").to_str().unwrap(),
+            path.to_str().unwrap(),
+        ],
+        LIMIT,
+    );
+    assert!(cap.status.success(), "{}", cap.describe());
+    let unix = format!("unix:{}", path.display());
+    let client = one(
+        cap.conns.iter().filter(|c| c.role == "client"),
+        "client",
+        &cap,
+    );
+    let srv = one(
+        cap.conns.iter().filter(|c| c.role == "server"),
+        "server",
+        &cap,
+    );
+    assert_eq!(client.transport, "unix");
+    assert_eq!(client.peer, unix, "the client's peer is the server's path");
+    assert_eq!(srv.local, unix);
+    assert_eq!(
+        cap.stream(client, "send"),
+        b"GET /over-unix HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    );
+    assert_eq!(cap.stream(client, "send"), cap.stream(srv, "recv"));
+    assert_eq!(cap.stream(client, "recv"), cap.stream(srv, "send"));
+    assert!(cap.stream(client, "recv").ends_with(b"unix says hi\n"));
 }
 
 fn which(program: &str) -> std::path::PathBuf {

@@ -187,8 +187,9 @@ async fn wait_child(child: &mut Option<Child>) -> std::io::Result<ExitStatus> {
     }
 }
 
-/// First stop signal: pass it to a running command and give it time to end; otherwise (or on a
-/// second signal) stop now. Returns whether to keep running.
+/// First stop signal while the command runs: give it time to end (Ctrl-C reached it too, from
+/// the terminal; a SIGTERM is passed on). Otherwise, or on a second signal, stop now. Returns
+/// whether to keep running.
 fn stop_requested(
     child: &mut Option<Child>,
     status: &Option<ExitStatus>,
@@ -198,8 +199,10 @@ fn stop_requested(
 ) -> bool {
     match child.as_ref().and_then(Child::id) {
         Some(pid) if status.is_none() && signals == 1 => {
-            // SAFETY: kill has no memory-safety preconditions.
-            unsafe { libc::kill(pid as i32, sig) };
+            if sig == libc::SIGTERM {
+                // SAFETY: kill has no memory-safety preconditions.
+                unsafe { libc::kill(pid as i32, sig) };
+            }
             *stop_at = Some(Instant::now() + COMMAND_STOP_WAIT);
             true
         }
