@@ -199,11 +199,8 @@ fn comm_traces_a_process_started_after_the_sniffer() {
         .args(["-s", "-o", "/dev/null", &url])
         .status()
         .unwrap();
-    let untraced = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", &url])
-        .status()
-        .unwrap();
-    assert!(traced.success() && untraced.success());
+    assert!(traced.success());
+    curl(&url); // named curl: not traced
     let cap = running.stop();
     assert!(cap.status.success(), "{}", cap.describe());
 
@@ -238,11 +235,7 @@ fn pid_of_a_preforked_master_traces_its_existing_workers() {
     let running = Running::start(&["--pid", &server.pid().to_string()]);
     let url = format!("http://127.0.0.1:{}/hi.txt", server.port);
     for _ in 0..4 {
-        let st = Command::new("curl")
-            .args(["-s", "-o", "/dev/null", &url])
-            .status()
-            .unwrap();
-        assert!(st.success());
+        curl(&url);
     }
     let cap = running.stop();
     let served: Vec<&ConnRecord> = cap.conns.iter().filter(|c| c.role == "server").collect();
@@ -272,11 +265,7 @@ fn pid_follows_children_forked_after_attaching() {
     let running = Running::start(&["--pid", &server.pid().to_string()]);
     let url = format!("http://127.0.0.1:{}/hi.txt", server.port);
     for _ in 0..2 {
-        let st = Command::new("curl")
-            .args(["-s", "-o", "/dev/null", &url])
-            .status()
-            .unwrap();
-        assert!(st.success());
+        curl(&url);
     }
     let cap = running.stop();
     // The parent accepts and closes its copy; the child it forks after that serves.
@@ -553,6 +542,15 @@ fn unix_stream_sockets_are_captured_with_their_path() {
     assert_eq!(cap.stream(client, "send"), cap.stream(srv, "recv"));
     assert_eq!(cap.stream(client, "recv"), cap.stream(srv, "send"));
     assert!(cap.stream(client, "recv").ends_with(b"unix says hi\n"));
+}
+
+/// An untraced `curl` of `url` that must succeed.
+fn curl(url: &str) {
+    let st = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", url])
+        .status()
+        .expect("run curl");
+    assert!(st.success(), "curl {url}: {st}");
 }
 
 fn which(program: &str) -> std::path::PathBuf {

@@ -485,10 +485,17 @@ fn take_pending(tid: u32) -> Option<Pending> {
     Some(p)
 }
 
+/// What every syscall exit starts from: the config, (tgid, tid), the arguments its enter saved
+/// (none: the enter was not ours), and the return value.
 #[inline(always)]
-fn exit_ret(ctx: &TracePointContext, cfg: &Config) -> i64 {
+fn exit_start(ctx: &TracePointContext) -> Option<(&'static Config, u32, u32, Pending, i64)> {
+    let cfg = config()?;
+    let id = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((id >> 32) as u32, id as u32);
+    let p = take_pending(tid)?;
     // SAFETY: read of the tracepoint record at an offset from its tracefs format.
-    unsafe { ctx.read_at::<i64>(cfg.tp.sys_exit_ret as usize) }.unwrap_or(-1)
+    let ret = unsafe { ctx.read_at::<i64>(cfg.tp.sys_exit_ret as usize) }.unwrap_or(-1);
+    Some((cfg, tgid, tid, p, ret))
 }
 
 /// One bpf_loop iteration: step to the next iovec, or emit one chunk of at most CHUNK_SIZE.
@@ -563,13 +570,9 @@ extern "C" fn copy_chunk(_index: u64, _ctx: *mut c_void) -> i64 {
 /// bytes as chunk events, then what the chunk cap left over as one length-only event.
 #[inline(always)]
 fn exit_data(ctx: &TracePointContext) -> u32 {
-    let Some(cfg) = config() else { return 0 };
-    let id = bpf_get_current_pid_tgid();
-    let (tgid, tid) = ((id >> 32) as u32, id as u32);
-    let Some(p) = take_pending(tid) else {
+    let Some((cfg, tgid, tid, p, ret)) = exit_start(ctx) else {
         return 0;
     };
-    let ret = exit_ret(ctx, cfg);
     if ret <= 0 {
         return 0;
     }
@@ -700,13 +703,9 @@ exit_programs!(
 /// Exit of connect (0 or -EINPROGRESS: the socket's addresses are set) and accept (the new fd).
 #[inline(always)]
 fn exit_sock(ctx: &TracePointContext) -> u32 {
-    let Some(cfg) = config() else { return 0 };
-    let id = bpf_get_current_pid_tgid();
-    let (tgid, tid) = ((id >> 32) as u32, id as u32);
-    let Some(p) = take_pending(tid) else {
+    let Some((cfg, tgid, tid, p, ret)) = exit_start(ctx) else {
         return 0;
     };
-    let ret = exit_ret(ctx, cfg);
     match Syscall::from_u32(p.syscall) {
         Some(Syscall::Connect) if ret == 0 || ret == -EINPROGRESS => {
             track_socket(cfg, tgid, tid, p.fd, Some(role::CLIENT));

@@ -440,10 +440,9 @@ impl Reader {
         }
     }
 
-    fn take_socket(&mut self, tgid: u32, fd: i32) -> Option<FinalOffsets> {
-        let key = SockKey { tgid, fd };
-        let st = self.sockets.get(&key, 0).ok()?;
-        let _ = self.sockets.remove(&key);
+    /// The kernel's current offsets of a socket.
+    fn offsets(&self, tgid: u32, fd: i32) -> Option<FinalOffsets> {
+        let st = self.sockets.get(&SockKey { tgid, fd }, 0).ok()?;
         Some(FinalOffsets {
             tgid,
             fd,
@@ -453,25 +452,18 @@ impl Reader {
         })
     }
 
+    /// The final offsets of a socket of an exited process; its kernel entry goes.
+    fn take_socket(&mut self, tgid: u32, fd: i32) -> Option<FinalOffsets> {
+        let f = self.offsets(tgid, fd)?;
+        let _ = self.sockets.remove(&SockKey { tgid, fd });
+        Some(f)
+    }
+
     /// Final offsets of every socket still open, at shutdown.
-    pub fn live_offsets(&mut self) -> Vec<FinalOffsets> {
-        let live: Vec<(u32, i32)> = self
-            .live
+    pub fn live_offsets(&self) -> Vec<FinalOffsets> {
+        self.live
             .iter()
-            .flat_map(|(&tgid, fds)| fds.iter().map(move |&fd| (tgid, fd)))
-            .collect();
-        live.into_iter()
-            .filter_map(|(tgid, fd)| {
-                let key = SockKey { tgid, fd };
-                let st = self.sockets.get(&key, 0).ok()?;
-                Some(FinalOffsets {
-                    tgid,
-                    fd,
-                    sk: st.sk,
-                    sent: st.send_off,
-                    received: st.recv_off,
-                })
-            })
+            .flat_map(|(&tgid, fds)| fds.iter().filter_map(move |&fd| self.offsets(tgid, fd)))
             .collect()
     }
 }
