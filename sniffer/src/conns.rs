@@ -269,7 +269,7 @@ impl ConnTable {
                 Dir::Send => sent,
                 Dir::Recv => received,
             });
-            conn.streams[dir.index()].finish(end, &mut out);
+            conn.streams[dir.index()].finish(end, ts_ns, &mut out);
             if !out.is_empty() {
                 sink.pieces(&conn, dir, &out, procs);
                 out.clear();
@@ -303,13 +303,13 @@ mod tests {
         fn pieces(&mut self, c: &Conn, dir: Dir, pieces: &[Piece], _: &ProcTable) {
             for p in pieces {
                 match p {
-                    Piece::Data { off, bytes } => self.log.push(format!(
+                    Piece::Data { off, bytes, .. } => self.log.push(format!(
                         "#{} {} @{off} {:?}",
                         c.id,
                         dir.name(),
                         String::from_utf8_lossy(bytes)
                     )),
-                    Piece::Gap { off, len, kind } => self.log.push(format!(
+                    Piece::Gap { off, len, kind, .. } => self.log.push(format!(
                         "#{} {} @{off} gap {len} {kind:?}",
                         c.id,
                         dir.name()

@@ -18,11 +18,21 @@ pub enum GapKind {
     Lost,
 }
 
-/// What the stream delivers, in stream order.
+/// What the stream delivers, in stream order. `ts_ns` is the kernel time of the syscall that
+/// moved the bytes (for a lost gap: of the next bytes that did arrive).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Piece {
-    Data { off: u64, bytes: Vec<u8> },
-    Gap { off: u64, len: u64, kind: GapKind },
+    Data {
+        off: u64,
+        bytes: Vec<u8>,
+        ts_ns: u64,
+    },
+    Gap {
+        off: u64,
+        len: u64,
+        kind: GapKind,
+        ts_ns: u64,
+    },
 }
 
 /// Running totals of one stream.
@@ -92,7 +102,11 @@ impl Stream {
             if off > self.next {
                 break;
             }
-            let Held { len, mut data, .. } = entry.remove();
+            let Held {
+                len,
+                mut data,
+                ts_ns,
+            } = entry.remove();
             self.held_bytes -= len;
             let end = off + len;
             if end <= self.next {
@@ -112,6 +126,7 @@ impl Stream {
                 out.push(Piece::Data {
                     off: start,
                     bytes: data,
+                    ts_ns,
                 });
             }
             if copied < len {
@@ -120,6 +135,7 @@ impl Stream {
                     off: start + copied,
                     len: len - copied,
                     kind: GapKind::Uncaptured,
+                    ts_ns,
                 });
             }
             self.next = end;
@@ -129,21 +145,23 @@ impl Stream {
 
     /// Declares the hole before the first held piece lost and delivers on.
     fn skip_hole(&mut self, out: &mut Vec<Piece>) {
-        let Some((&off, _)) = self.held.first_key_value() else {
+        let Some((&off, held)) = self.held.first_key_value() else {
             return;
         };
         if off > self.next {
-            self.lose(off, out);
+            let ts_ns = held.ts_ns;
+            self.lose(off, ts_ns, out);
         }
         self.deliver(out);
     }
 
-    fn lose(&mut self, to: u64, out: &mut Vec<Piece>) {
+    fn lose(&mut self, to: u64, ts_ns: u64, out: &mut Vec<Piece>) {
         let len = to - self.next;
         out.push(Piece::Gap {
             off: self.next,
             len,
             kind: GapKind::Lost,
+            ts_ns,
         });
         self.stats.lost += len;
         self.next = to;
@@ -165,16 +183,16 @@ impl Stream {
         !self.held.is_empty()
     }
 
-    /// Ends the stream: delivers everything held, and reports as lost any hole, including a
-    /// tail up to `end` (the kernel's final offset) when it is known.
-    pub fn finish(&mut self, end: Option<u64>, out: &mut Vec<Piece>) {
+    /// Ends the stream at kernel time `ts_ns`: delivers everything held, and reports as lost
+    /// any hole, including a tail up to `end` (the kernel's final offset) when it is known.
+    pub fn finish(&mut self, end: Option<u64>, ts_ns: u64, out: &mut Vec<Piece>) {
         while self.has_hole() {
             self.skip_hole(out);
         }
         if let Some(end) = end
             && end > self.next
         {
-            self.lose(end, out);
+            self.lose(end, ts_ns, out);
         }
     }
 }
@@ -183,15 +201,28 @@ impl Stream {
 mod tests {
     use super::*;
 
-    fn data(off: u64, b: &[u8]) -> Piece {
-        Piece::Data {
-            off,
-            bytes: b.to_vec(),
-        }
+    /// Pieces without their times, to compare.
+    #[derive(Debug, PartialEq)]
+    enum P {
+        D(u64, Vec<u8>),
+        G(u64, u64, GapKind),
     }
 
-    fn gap(off: u64, len: u64, kind: GapKind) -> Piece {
-        Piece::Gap { off, len, kind }
+    fn data(off: u64, b: &[u8]) -> P {
+        P::D(off, b.to_vec())
+    }
+
+    fn gap(off: u64, len: u64, kind: GapKind) -> P {
+        P::G(off, len, kind)
+    }
+
+    fn strip(out: &[Piece]) -> Vec<P> {
+        out.iter()
+            .map(|p| match p {
+                Piece::Data { off, bytes, .. } => P::D(*off, bytes.clone()),
+                Piece::Gap { off, len, kind, .. } => P::G(*off, *len, *kind),
+            })
+            .collect()
     }
 
     #[test]
@@ -200,7 +231,7 @@ mod tests {
         let mut out = Vec::new();
         s.push(0, 4, b"GET ".to_vec(), 1, &mut out);
         s.push(4, 2, b"/ ".to_vec(), 2, &mut out);
-        assert_eq!(out, vec![data(0, b"GET "), data(4, b"/ ")]);
+        assert_eq!(strip(&out), vec![data(0, b"GET "), data(4, b"/ ")]);
         assert_eq!(s.stats.bytes, 6);
         assert_eq!(s.stats.captured, 6);
     }
@@ -213,7 +244,7 @@ mod tests {
         assert!(out.is_empty());
         assert!(s.has_hole());
         s.push(0, 4, b"GET ".to_vec(), 2, &mut out);
-        assert_eq!(out, vec![data(0, b"GET "), data(4, b"/ ")]);
+        assert_eq!(strip(&out), vec![data(0, b"GET "), data(4, b"/ ")]);
         assert!(!s.has_hole());
     }
 
@@ -224,7 +255,7 @@ mod tests {
         s.push(0, 10, b"abc".to_vec(), 1, &mut out);
         s.push(10, 1, b"z".to_vec(), 2, &mut out);
         assert_eq!(
-            out,
+            strip(&out),
             vec![
                 data(0, b"abc"),
                 gap(3, 7, GapKind::Uncaptured),
@@ -248,7 +279,7 @@ mod tests {
             "the hole's next piece is newer than the deadline"
         );
         s.expire(20, &mut out);
-        assert_eq!(out, vec![gap(2, 3, GapKind::Lost), data(5, b"fg")]);
+        assert_eq!(strip(&out), vec![gap(2, 3, GapKind::Lost), data(5, b"fg")]);
         assert_eq!(s.stats.lost, 3);
         // A late piece for the lost range is a duplicate, not a rewrite of history.
         out.clear();
@@ -264,9 +295,9 @@ mod tests {
         s.push(0, 3, b"abc".to_vec(), 1, &mut out);
         s.push(6, 1, b"g".to_vec(), 2, &mut out);
         out.clear();
-        s.finish(Some(10), &mut out);
+        s.finish(Some(10), 3, &mut out);
         assert_eq!(
-            out,
+            strip(&out),
             vec![
                 gap(3, 3, GapKind::Lost),
                 data(6, b"g"),
@@ -283,7 +314,7 @@ mod tests {
         let mut out = Vec::new();
         s.push(0, 4, b"abcd".to_vec(), 1, &mut out);
         s.push(2, 4, b"cdef".to_vec(), 2, &mut out);
-        assert_eq!(out, vec![data(0, b"abcd"), data(4, b"ef")]);
+        assert_eq!(strip(&out), vec![data(0, b"abcd"), data(4, b"ef")]);
         assert_eq!(s.stats.duplicate, 2);
     }
 
@@ -293,7 +324,7 @@ mod tests {
         let mut out = Vec::new();
         s.push(1, MAX_HELD_BYTES + 1, Vec::new(), 1, &mut out);
         assert_eq!(
-            out,
+            strip(&out),
             vec![
                 gap(0, 1, GapKind::Lost),
                 gap(1, MAX_HELD_BYTES + 1, GapKind::Uncaptured)

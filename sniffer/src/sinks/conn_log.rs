@@ -81,7 +81,7 @@ impl ConnLog {
 impl ConnSink for ConnLog {
     fn pieces(&mut self, conn: &Conn, dir: Dir, pieces: &[Piece], _procs: &ProcTable) {
         for p in pieces {
-            if let Piece::Gap { off, len, kind } = *p {
+            if let Piece::Gap { off, len, kind, .. } = *p {
                 // Adjacent gaps of one cause are one gap to a reader.
                 match self.gaps.last_mut() {
                     Some(g) if g.0 == conn.id && g.1 == dir && g.4 == kind && g.2 + g.3 == off => {

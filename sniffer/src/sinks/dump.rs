@@ -133,7 +133,7 @@ impl DumpSink {
                         w.write_all(bytes)?;
                     }
                 }
-                Piece::Gap { off, len, kind } => entry.gaps[dir.index()].push(GapRecord {
+                Piece::Gap { off, len, kind, .. } => entry.gaps[dir.index()].push(GapRecord {
                     off: *off,
                     len: *len,
                     kind: *kind,

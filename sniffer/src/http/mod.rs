@@ -1,0 +1,5 @@
+//! HTTP/1.x on a byte stream (RFC 9112): heads, body framing, chunked coding, and a parser per
+//! direction that turns stream pieces into messages.
+pub mod chunked;
+pub mod head;
+pub mod parser;
