@@ -8,6 +8,7 @@ pub mod app;
 pub mod cli;
 pub mod conns;
 pub mod events;
+pub mod exchange;
 pub mod http;
 pub mod pipeline;
 pub mod probe;

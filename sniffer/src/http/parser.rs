@@ -146,12 +146,12 @@ impl DirParser {
         matches!(self.state, State::Tunnel)
     }
 
-    /// Feeds one piece. `rule` decides the body of a message from its head (responses depend
-    /// on their request).
+    /// Feeds one piece. `rule` decides the body of a message from its head and the time of its
+    /// first byte (a response is framed by the request it answers).
     pub fn feed(
         &mut self,
         piece: &Piece,
-        rule: &mut dyn FnMut(&Head) -> BodyRule,
+        rule: &mut dyn FnMut(&Head, u64) -> BodyRule,
         out: &mut Vec<Parsed>,
     ) {
         match piece {
@@ -193,7 +193,7 @@ impl DirParser {
         &mut self,
         bytes: &[u8],
         ts: u64,
-        rule: &mut dyn FnMut(&Head) -> BodyRule,
+        rule: &mut dyn FnMut(&Head, u64) -> BodyRule,
         out: &mut Vec<Parsed>,
     ) {
         let mut work: Vec<(Vec<u8>, u64)> = Vec::new();
@@ -213,7 +213,7 @@ impl DirParser {
         mut bytes: &[u8],
         mut at: u64,
         ts: u64,
-        rule: &mut dyn FnMut(&Head) -> BodyRule,
+        rule: &mut dyn FnMut(&Head, u64) -> BodyRule,
         out: &mut Vec<Parsed>,
     ) -> Option<(Vec<u8>, u64)> {
         while !bytes.is_empty() {
@@ -359,10 +359,10 @@ impl DirParser {
         &mut self,
         head: Head,
         ts: u64,
-        rule: &mut dyn FnMut(&Head) -> BodyRule,
+        rule: &mut dyn FnMut(&Head, u64) -> BodyRule,
         out: &mut Vec<Parsed>,
     ) {
-        let body_rule = rule(&head);
+        let body_rule = rule(&head, self.buf_ts);
         out.push(Parsed::Head {
             off: self.buf_off,
             head: head.clone(),
@@ -545,7 +545,7 @@ mod tests {
     fn run(requests: bool, pieces: &[Piece]) -> Vec<Parsed> {
         let mut p = DirParser::new(requests, 64);
         let mut out = Vec::new();
-        let mut rule = |h: &Head| {
+        let mut rule = |h: &Head, _: u64| {
             if requests {
                 request_body(h)
             } else {
@@ -716,7 +716,7 @@ mod tests {
         let mut p = DirParser::new(false, 64);
         let mut out = Vec::new();
         let mut methods = vec!["HEAD", "GET", "GET"].into_iter();
-        let mut rule = |h: &Head| response_body(h, methods.next());
+        let mut rule = |h: &Head, _: u64| response_body(h, methods.next());
         let bytes = b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\nHTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n";
         p.feed(&data(0, bytes, 1), &mut rule, &mut out);
         let msgs = ends(&out);
@@ -758,7 +758,7 @@ mod tests {
     fn connect_turns_the_connection_into_a_tunnel() {
         let mut p = DirParser::new(false, 64);
         let mut out = Vec::new();
-        let mut rule = |h: &Head| response_body(h, Some("CONNECT"));
+        let mut rule = |h: &Head, _: u64| response_body(h, Some("CONNECT"));
         p.feed(
             &data(0, b"HTTP/1.1 200 OK\r\n\r\n\x16\x03\x01binary", 1),
             &mut rule,
