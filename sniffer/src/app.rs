@@ -14,10 +14,21 @@ use crate::{
     cli::Cli,
     conns::ConnSink,
     events::Reader,
+    exchange::Exchanges,
+    filter::Filter,
+    names::Names,
     pipeline::Pipeline,
     probe::{self, Probe, ProbeOptions, target_flags},
     procs::{self, ProcTable},
-    sinks::{self, conn_log::ConnLog, dump::DumpSink, raw::RawSink},
+    sinks::{
+        self,
+        conn_log::ConnLog,
+        dump::DumpSink,
+        jsonl::{Jsonl, LogFanout},
+        log::NumberedLog,
+        raw::RawSink,
+    },
+    stitch::Stitcher,
 };
 
 /// A mistake in what the user asked for: reported in one sentence, exit code 2.
@@ -69,7 +80,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         sinks::open_output(path)
             .map_err(|e| UsageError(format!("cannot write {}: {e}", path.display())))
     };
-    let mut conn_sinks: Vec<Box<dyn ConnSink>> = vec![Box::new(ConnLog::new(open(&cli.output)?))];
+    let filter = cli
+        .filter
+        .as_deref()
+        .map(Filter::load)
+        .transpose()
+        .map_err(|e| UsageError(e.to_string()))?;
+    let redact = !cli.no_redact;
+    let preview = (cli.preview_kib as usize) << 10;
+    let mut logs = LogFanout::default();
+    logs.sinks.push(Box::new(NumberedLog::new(
+        open(&cli.output)?,
+        redact,
+        preview,
+    )));
+    if let Some(path) = &cli.jsonl {
+        logs.sinks
+            .push(Box::new(Jsonl::new(open(path)?, redact, preview)));
+    }
+    let names = Names::new(cli.names.iter().cloned().collect());
+    let http = Exchanges::new(Stitcher::new(logs, names, filter), preview);
+    let mut conn_sinks: Vec<Box<dyn ConnSink>> = Vec::new();
+    if let Some(path) = &cli.connections {
+        conn_sinks.push(Box::new(ConnLog::new(open(path)?)));
+    }
     if let Some(dir) = &cli.dump_streams {
         let dump = DumpSink::create(dir)
             .map_err(|e| UsageError(format!("cannot write to {}: {e}", dir.display())))?;
@@ -110,7 +144,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     }
 
     let raw = raw_out.map(|out| RawSink::new(out, start_ns));
-    let mut pipeline = Pipeline::new(table, raw, conn_sinks);
+    let mut pipeline = Pipeline::new(table, raw, conn_sinks, http);
 
     let mut child = match cli.command.split_first() {
         Some((program, args)) => Some(spawn_traced(&probe, program, args)?),
@@ -228,22 +262,35 @@ fn report_losses(probe: &Probe, reported: u64) -> u64 {
 
 fn summary(probe: &Probe, reader: &Reader, pipeline: &Pipeline) {
     let t = pipeline.totals;
+    let h = pipeline.http_stats();
+    let counters = probe.counters().unwrap_or_default();
+    let lost = counters[counters::DATA_EVENTS_LOST as usize]
+        + counters[counters::CONTROL_EVENTS_LOST as usize];
     eprintln!(
-        "sniffer: {} connections, {} events, {} payload bytes captured",
+        "sniffer: {} exchanges, {} messages, {} body bytes, {} events lost, {} broken \
+         ({} connections, {} kernel events, {} payload bytes captured{})",
+        h.exchanges,
+        h.messages,
+        h.body_bytes,
+        lost,
+        h.broken,
         pipeline.conns.created(),
         t.events,
-        t.bytes_captured
-    );
-    if let Ok(c) = probe.counters() {
-        let nonzero: Vec<String> = c
-            .iter()
-            .zip(counters::NAMES)
-            .filter(|(v, _)| **v > 0)
-            .map(|(v, name)| format!("{name}: {v}"))
-            .collect();
-        if !nonzero.is_empty() {
-            eprintln!("sniffer: kernel side: {}", nonzero.join(", "));
+        t.bytes_captured,
+        if h.filtered > 0 {
+            format!(", {} exchanges filtered out", h.filtered)
+        } else {
+            String::new()
         }
+    );
+    let nonzero: Vec<String> = counters
+        .iter()
+        .zip(counters::NAMES)
+        .filter(|(v, _)| **v > 0)
+        .map(|(v, name)| format!("{name}: {v}"))
+        .collect();
+    if !nonzero.is_empty() {
+        eprintln!("sniffer: kernel side: {}", nonzero.join(", "));
     }
     if reader.malformed > 0 {
         eprintln!(

@@ -20,9 +20,33 @@ pub struct Cli {
     #[arg(long = "comm", value_name = "NAME")]
     pub comms: Vec<String>,
 
-    /// The log: one entry per connection with its byte counts and gaps ("-" for stdout).
+    /// The numbered log: one entry per HTTP message, in causal order ("-" for stdout).
     #[arg(short, long, value_name = "FILE", default_value = "sniffer.log")]
     pub output: PathBuf,
+
+    /// Also write one JSON object per exchange (times, ends, headers, bodies, flags) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub jsonl: Option<PathBuf>,
+
+    /// Leave out messages matching a should_not_hook.json filter file.
+    #[arg(long, value_name = "FILE")]
+    pub filter: Option<PathBuf>,
+
+    /// Show tokens, passwords and cookies as they are (default: a sha256 fingerprint).
+    #[arg(long)]
+    pub no_redact: bool,
+
+    /// Name the process PID (and the ones it forks) LABEL in logs and diagrams (repeatable).
+    #[arg(long = "name", value_name = "PID=LABEL", value_parser = crate::names::parse_override)]
+    pub names: Vec<(u32, String)>,
+
+    /// Body bytes kept per message for the log's preview, in KiB.
+    #[arg(long, value_name = "KIB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=16384))]
+    pub preview_kib: u32,
+
+    /// Also write one entry per connection (process, addresses, bytes each way, gaps) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub connections: Option<PathBuf>,
 
     /// Also print every captured chunk as one line (time, process, fd, addresses, direction,
     /// syscall, length, escaped bytes) to FILE, or to stdout without FILE.
@@ -87,6 +111,14 @@ mod tests {
         assert_eq!(cli.raw, Some(PathBuf::from("-")));
         let cli = Cli::try_parse_from(["sniffer", "--raw=out.txt", "--comm", "x"]).unwrap();
         assert_eq!(cli.raw, Some(PathBuf::from("out.txt")));
+    }
+
+    #[test]
+    fn names_parse_as_pid_label() {
+        let cli =
+            Cli::try_parse_from(["sniffer", "--name", "42=glance-api", "--comm", "x"]).unwrap();
+        assert_eq!(cli.names, vec![(42, "glance-api".to_owned())]);
+        assert!(Cli::try_parse_from(["sniffer", "--name", "glance", "--comm", "x"]).is_err());
     }
 
     #[test]

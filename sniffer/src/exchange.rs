@@ -29,6 +29,8 @@ pub struct MsgKey {
     pub conn: u64,
     pub request: bool,
     pub seq: u64,
+    /// The connection is the client's end (it sends the requests).
+    pub client_view: bool,
 }
 
 /// What the exchange layer reports about the messages of a connection.
@@ -215,10 +217,12 @@ impl<S: HttpSink> Exchanges<S> {
         for p in out.drain(..) {
             match p {
                 Parsed::Begin { ts, .. } => {
+                    let req_dir = if is_request { dir } else { other(dir) };
                     let key = MsgKey {
                         conn: conn.id,
                         request: is_request,
                         seq: st.seq[dir.index()],
+                        client_view: req_dir == Dir::Send,
                     };
                     st.seq[dir.index()] += 1;
                     st.current[dir.index()] = Some((key, ts));

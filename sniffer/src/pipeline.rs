@@ -1,11 +1,47 @@
 //! The userspace pipeline after the ring buffer: typed events -> process table and
-//! connections -> ordered streams -> sinks. One direction: no step reaches back.
+//! connections -> ordered streams -> HTTP exchanges -> stitching and naming -> sinks. One
+//! direction: no step reaches back.
 use crate::{
-    conns::{ConnSink, ConnTable},
-    events::{Event, FinalOffsets},
+    conns::{Conn, ConnSink, ConnTable},
+    events::{Dir, Event, FinalOffsets},
+    exchange::Exchanges,
     procs::ProcTable,
-    sinks::{Fanout, raw::RawSink},
+    sinks::{Fanout, jsonl::LogFanout, raw::RawSink},
+    stitch::{Stats, Stitcher},
+    stream::Piece,
 };
+
+/// The HTTP steps: exchanges per connection, then stitching, naming and ordering.
+pub type Http = Exchanges<Stitcher<LogFanout>>;
+
+/// Everything downstream of the connection table: byte-stream sinks and the HTTP steps.
+pub struct Downstream {
+    pub streams: Fanout,
+    pub http: Http,
+}
+
+impl ConnSink for Downstream {
+    fn opened(&mut self, conn: &Conn, procs: &ProcTable) {
+        self.streams.opened(conn, procs);
+        self.http.opened(conn, procs);
+    }
+
+    fn pieces(&mut self, conn: &Conn, dir: Dir, pieces: &[Piece], procs: &ProcTable) {
+        self.streams.pieces(conn, dir, pieces, procs);
+        self.http.pieces(conn, dir, pieces, procs);
+    }
+
+    fn ended(&mut self, conn: &Conn, procs: &ProcTable) {
+        self.streams.ended(conn, procs);
+        self.http.ended(conn, procs);
+    }
+
+    fn close(&mut self) -> std::io::Result<()> {
+        let streams = self.streams.close();
+        let http = self.http.close();
+        streams.and(http)
+    }
+}
 
 /// How long a hole in a stream is waited for before it is reported lost: pieces from other
 /// CPUs land in the ring buffer a little out of order, lost ones never land.
@@ -23,21 +59,34 @@ pub struct Pipeline {
     pub procs: ProcTable,
     pub conns: ConnTable,
     raw: Option<RawSink>,
-    sinks: Fanout,
+    sinks: Downstream,
     pub totals: Totals,
     pub raw_error: Option<std::io::Error>,
 }
 
 impl Pipeline {
-    pub fn new(procs: ProcTable, raw: Option<RawSink>, sinks: Vec<Box<dyn ConnSink>>) -> Self {
+    pub fn new(
+        procs: ProcTable,
+        raw: Option<RawSink>,
+        streams: Vec<Box<dyn ConnSink>>,
+        http: Http,
+    ) -> Self {
         Self {
             procs,
             conns: ConnTable::new(),
             raw,
-            sinks: Fanout { sinks },
+            sinks: Downstream {
+                streams: Fanout { sinks: streams },
+                http,
+            },
             totals: Totals::default(),
             raw_error: None,
         }
+    }
+
+    /// Exchanges, messages and breakage so far.
+    pub fn http_stats(&self) -> Stats {
+        self.sinks.http.sink.stats
     }
 
     pub fn handle(&mut self, ev: Event) {
@@ -88,13 +137,15 @@ impl Pipeline {
         }
     }
 
-    /// Periodic work: report stream holes that waited too long as lost.
+    /// Periodic work: report stream holes that waited too long as lost, write the messages
+    /// whose place in the order is final.
     pub fn tick(&mut self, now_ns: u64) {
         self.conns.expire(
             now_ns.saturating_sub(HOLE_WAIT_NS),
             &mut self.sinks,
             &self.procs,
         );
+        self.sinks.http.sink.tick(now_ns, &self.procs);
         self.flush_raw();
     }
 

@@ -2,6 +2,8 @@
 //! chunk printer, which sees the kernel's events as they arrive.
 pub mod conn_log;
 pub mod dump;
+pub mod jsonl;
+pub mod log;
 pub mod raw;
 
 use std::{

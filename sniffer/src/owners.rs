@@ -1,0 +1,231 @@
+//! Which local process owns a TCP socket, for the end of an exchange that is not traced: the
+//! server listening on a port, or the client behind a peer address.
+//!
+//! Read from /proc/net/tcp{,6} (socket inode by address and state) and /proc/*/fd (inode ->
+//! process). A full scan costs milliseconds, so it is redone only on a miss, at most once per
+//! [`MIN_REFRESH`].
+use std::{
+    collections::HashMap,
+    fs,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use crate::procs::{Proc, parse_cmdline, parse_stat};
+
+/// Fewest time between two scans of /proc.
+pub const MIN_REFRESH: Duration = Duration::from_millis(500);
+
+const TCP_ESTABLISHED: u8 = 0x01;
+const TCP_LISTEN: u8 = 0x0A;
+
+/// One line of /proc/net/tcp or tcp6: (local, remote, state, inode).
+pub fn parse_proc_net_line(line: &str) -> Option<(SocketAddr, SocketAddr, u8, u64)> {
+    let f: Vec<&str> = line.split_whitespace().collect();
+    if f.len() < 10 {
+        return None;
+    }
+    let local = parse_hex_addr(f[1])?;
+    let remote = parse_hex_addr(f[2])?;
+    let state = u8::from_str_radix(f[3], 16).ok()?;
+    let inode = f[9].parse().ok()?;
+    Some((local, remote, state, inode))
+}
+
+/// `0100007F:1F90` (IPv4, one little-endian word) or 32 hex digits in four little-endian words
+/// (IPv6), then the port in big-endian hex.
+fn parse_hex_addr(s: &str) -> Option<SocketAddr> {
+    let (addr, port) = s.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let word = |i: usize| -> Option<[u8; 4]> {
+        let v = u32::from_str_radix(addr.get(i * 8..i * 8 + 8)?, 16).ok()?;
+        Some(v.to_le_bytes())
+    };
+    let ip = match addr.len() {
+        8 => IpAddr::V4(Ipv4Addr::from(word(0)?)),
+        32 => {
+            let mut b = [0u8; 16];
+            for i in 0..4 {
+                b[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
+            }
+            IpAddr::V6(Ipv6Addr::from(b)).to_canonical()
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// `socket:[12345]` -> 12345.
+fn socket_inode(link: &str) -> Option<u64> {
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+#[derive(Debug, Default)]
+struct Snapshot {
+    /// Listening sockets: (address, inode).
+    listening: Vec<(SocketAddr, u64)>,
+    /// Established sockets by local address.
+    established: HashMap<SocketAddr, u64>,
+    /// Socket inode -> pid.
+    owner: HashMap<u64, u32>,
+}
+
+#[derive(Debug, Default)]
+pub struct Owners {
+    snap: Snapshot,
+    scanned: Option<Instant>,
+}
+
+impl Owners {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn refresh(&mut self) {
+        if self.scanned.is_some_and(|t| t.elapsed() < MIN_REFRESH) {
+            return;
+        }
+        self.scanned = Some(Instant::now());
+        let mut snap = Snapshot::default();
+        for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+            let Ok(text) = fs::read_to_string(table) else {
+                continue;
+            };
+            for (local, _, state, inode) in text.lines().skip(1).filter_map(parse_proc_net_line) {
+                match state {
+                    TCP_LISTEN => snap.listening.push((local, inode)),
+                    TCP_ESTABLISHED => {
+                        snap.established.insert(local, inode);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if let Ok(dir) = fs::read_dir("/proc") {
+            for pid in dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
+                let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+                    continue;
+                };
+                for fd in fds.flatten() {
+                    if let Some(inode) = fs::read_link(fd.path())
+                        .ok()
+                        .and_then(|l| socket_inode(l.to_str()?))
+                    {
+                        snap.owner.entry(inode).or_insert(pid);
+                    }
+                }
+            }
+        }
+        self.snap = snap;
+    }
+
+    fn listener_in_snapshot(&self, addr: SocketAddr) -> Option<u32> {
+        self.snap
+            .listening
+            .iter()
+            .filter(|(l, _)| l.port() == addr.port())
+            .find(|(l, _)| l.ip() == addr.ip() || l.ip().is_unspecified())
+            .and_then(|(_, inode)| self.snap.owner.get(inode).copied())
+    }
+
+    /// The process listening on `addr` (its exact address, or the wildcard).
+    pub fn listener(&mut self, addr: SocketAddr) -> Option<u32> {
+        if let Some(pid) = self.listener_in_snapshot(addr) {
+            return Some(pid);
+        }
+        self.refresh();
+        self.listener_in_snapshot(addr)
+    }
+
+    /// The process whose connected socket has local address `addr`.
+    pub fn owner(&mut self, addr: SocketAddr) -> Option<u32> {
+        let find = |s: &Snapshot| {
+            s.established
+                .get(&addr)
+                .and_then(|i| s.owner.get(i))
+                .copied()
+        };
+        if let Some(pid) = find(&self.snap) {
+            return Some(pid);
+        }
+        self.refresh();
+        find(&self.snap)
+    }
+}
+
+/// What /proc says of a process we do not trace.
+pub fn read_proc(pid: u32) -> Option<Proc> {
+    let (comm, ppid) = parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?;
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| parse_cmdline(&b))
+        .unwrap_or_default();
+    Some(Proc {
+        pid,
+        ppid,
+        comm,
+        cmdline,
+        exit_code: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_net_tcp_lines() {
+        let v4 = "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 123456 1 0000000000000000 100 0 0 10 0";
+        assert_eq!(
+            parse_proc_net_line(v4),
+            Some((
+                "127.0.0.1:8080".parse().unwrap(),
+                "0.0.0.0:0".parse().unwrap(),
+                TCP_LISTEN,
+                123456
+            ))
+        );
+        let v6 = "   1: 00000000000000000000000001000000:1388 00000000000000000000000001000000:9C40 01 00000000:00000000 00:00000000 00000000     0        0 777 1 0000000000000000 20 4 30 10 -1";
+        assert_eq!(
+            parse_proc_net_line(v6),
+            Some((
+                "[::1]:5000".parse().unwrap(),
+                "[::1]:40000".parse().unwrap(),
+                TCP_ESTABLISHED,
+                777
+            ))
+        );
+        let mapped = "   2: 0000000000000000FFFF00000100007F:0050 00000000000000000000000000000000:0000 0A 0:0 0:0 0 0 0 9 1";
+        assert_eq!(
+            parse_proc_net_line(mapped).map(|l| l.0),
+            Some("127.0.0.1:80".parse().unwrap())
+        );
+        assert_eq!(
+            parse_proc_net_line("  sl  local_address rem_address   st"),
+            None
+        );
+    }
+
+    #[test]
+    fn socket_links() {
+        assert_eq!(socket_inode("socket:[42]"), Some(42));
+        assert_eq!(socket_inode("pipe:[42]"), None);
+        assert_eq!(socket_inode("/dev/null"), None);
+    }
+
+    #[test]
+    fn finds_this_process_listening() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut o = Owners::new();
+        assert_eq!(o.listener(addr), Some(std::process::id()));
+        let c = std::net::TcpStream::connect(addr).unwrap();
+        let local = c.local_addr().unwrap();
+        // Within MIN_REFRESH of the last scan: a miss does not rescan.
+        assert_eq!(o.owner(local), None);
+        o.scanned = None;
+        assert_eq!(o.owner(local), Some(std::process::id()));
+    }
+}

@@ -1,0 +1,305 @@
+//! How a message's headers and body are shown: JSON pretty-printed with 2 spaces (as the
+//! reference logs), text as is, binary as its size and first bytes in hex; gzip/deflate bodies
+//! decoded first (bounded); secrets replaced by a short fingerprint so the same token can
+//! still be followed from the response that issued it to the requests that use it.
+use std::io::Read as _;
+
+use sha2::{Digest as _, Sha256};
+
+use crate::http::{head::Head, parser::Body};
+
+/// Header fields whose values are secrets.
+const SECRET_HEADERS: &[&str] = &[
+    "x-auth-token",
+    "x-subject-token",
+    "x-service-token",
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+];
+
+/// JSON member names whose string values are secrets.
+const SECRET_FIELDS: &[&str] = &["password", "secret"];
+
+/// Bytes of a binary body shown in hex.
+pub const BINARY_PREVIEW: usize = 32;
+/// Most bytes a compressed preview may inflate to.
+const MAX_INFLATED: u64 = 1 << 20;
+
+/// `<redacted sha256:1a2b3c4d>`: the first 8 hex digits of the value's SHA-256.
+pub fn fingerprint(value: &[u8]) -> String {
+    let digest = Sha256::digest(value);
+    let hex: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    format!("<redacted sha256:{hex}>")
+}
+
+pub fn is_secret_header(name: &str) -> bool {
+    SECRET_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// A header value for display: lossy UTF-8, or its fingerprint when secret and `redact`.
+pub fn header_value(name: &str, value: &[u8], redact: bool) -> String {
+    if redact && is_secret_header(name) && !value.is_empty() {
+        fingerprint(value)
+    } else {
+        String::from_utf8_lossy(value).into_owned()
+    }
+}
+
+/// Replaces secret members' string values, at any depth.
+fn redact_json(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, val) in map.iter_mut() {
+                let secret = SECRET_FIELDS.iter().any(|f| f.eq_ignore_ascii_case(k));
+                match val {
+                    serde_json::Value::String(s) if secret => {
+                        *s = fingerprint(s.as_bytes());
+                    }
+                    _ => redact_json(val),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(redact_json),
+        _ => {}
+    }
+}
+
+/// The body bytes to show: the preview, inflated when gzip/deflate encoded (RFC 9110 §8.4).
+/// Returns the bytes and whether they were decoded.
+fn decoded(head: &Head, preview: &[u8]) -> (Vec<u8>, bool) {
+    let enc = head
+        .header("content-encoding")
+        .map(|e| String::from_utf8_lossy(e).trim().to_ascii_lowercase());
+    let inflate = |r: &mut dyn std::io::Read| -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        // A truncated preview ends mid-stream: keep what inflated before the error.
+        let _ = r.take(MAX_INFLATED).read_to_end(&mut out);
+        (!out.is_empty()).then_some(out)
+    };
+    let out = match enc.as_deref() {
+        Some("gzip" | "x-gzip") => inflate(&mut flate2::read::GzDecoder::new(preview)),
+        Some("deflate") => inflate(&mut flate2::read::ZlibDecoder::new(preview))
+            .or_else(|| inflate(&mut flate2::read::DeflateDecoder::new(preview))),
+        _ => None,
+    };
+    match out {
+        Some(o) => (o, true),
+        None => (preview.to_vec(), false),
+    }
+}
+
+fn is_json_type(head: &Head) -> bool {
+    head.header("content-type").is_some_and(|ct| {
+        let ct = String::from_utf8_lossy(ct).to_ascii_lowercase();
+        ct.contains("/json") || ct.contains("+json")
+    })
+}
+
+fn is_binary_type(head: &Head) -> bool {
+    head.header("content-type").is_some_and(|ct| {
+        let ct = String::from_utf8_lossy(ct).to_ascii_lowercase();
+        ct.starts_with("application/octet-stream")
+            || ct.starts_with("image/")
+            || ct.starts_with("audio/")
+            || ct.starts_with("video/")
+    })
+}
+
+/// Text that reads as text: UTF-8 without control characters other than whitespace.
+fn looks_like_text(b: &[u8]) -> bool {
+    match std::str::from_utf8(b) {
+        Ok(s) => s
+            .chars()
+            .all(|c| !c.is_control() || c == '\n' || c == '\r' || c == '\t'),
+        // A preview may end inside a multi-byte character.
+        Err(e) => e.error_len().is_none() && looks_like_text(&b[..e.valid_up_to()]),
+    }
+}
+
+/// The body as the log shows it: `none`, pretty JSON, text, or `<octet-stream N bytes> 0x...`,
+/// followed by notes on what is missing. `text_limit` bounds text shown.
+pub fn body(head: &Head, body: &Body, redact: bool, text_limit: usize) -> String {
+    if body.len == 0 {
+        return "none".to_owned();
+    }
+    let (bytes, was_decoded) = decoded(head, &body.preview);
+    let whole = body.preview_is_whole();
+    let mut out = if is_binary_type(head) || !looks_like_text(&bytes) {
+        let hex: String = body
+            .preview
+            .iter()
+            .take(BINARY_PREVIEW)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("<octet-stream {} bytes> 0x{hex}", body.len)
+    } else {
+        let json = (whole
+            && (is_json_type(head) || bytes.first().is_some_and(|b| *b == b'{' || *b == b'[')))
+        .then(|| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .flatten();
+        match json {
+            Some(mut v) => {
+                if redact {
+                    redact_json(&mut v);
+                }
+                serde_json::to_string_pretty(&v).unwrap_or_default()
+            }
+            None => {
+                let n = bytes.len().min(text_limit);
+                let mut t = String::from_utf8_lossy(&bytes[..n]).into_owned();
+                if redact && is_json_type(head) {
+                    t = redact_json_text(&t);
+                }
+                // The entry's own blank lines follow: a final newline would add one.
+                while t.ends_with('\n') || t.ends_with('\r') {
+                    t.pop();
+                }
+                t
+            }
+        }
+    };
+    if !whole {
+        let shown = body.preview.len() as u64;
+        out.push_str(&format!(
+            "\n[{} of {} body bytes shown{}]",
+            shown.min(body.len),
+            body.len,
+            if body.missing > 0 {
+                format!("; {} bytes not captured", body.missing)
+            } else {
+                String::new()
+            }
+        ));
+    }
+    if was_decoded {
+        out.push_str("\n[decoded from its Content-Encoding]");
+    }
+    out
+}
+
+/// JSON that does not parse (truncated) still hides `"password": "..."` values.
+fn redact_json_text(t: &str) -> String {
+    let mut out = t.to_owned();
+    for field in SECRET_FIELDS {
+        let re = regex::Regex::new(&format!(r#"(?i)("{field}"\s*:\s*")((?:[^"\\]|\\.)*)(")"#));
+        if let Ok(re) = re {
+            out = re
+                .replace_all(&out, |c: &regex::Captures<'_>| {
+                    format!("{}{}{}", &c[1], fingerprint(c[2].as_bytes()), &c[3])
+                })
+                .into_owned();
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use super::*;
+    use crate::http::head::{HeadParse, parse_head};
+
+    fn head(s: &str) -> Head {
+        match parse_head(s.as_bytes()) {
+            HeadParse::Complete(h) => h,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn whole(b: &[u8]) -> Body {
+        Body {
+            len: b.len() as u64,
+            preview: b.to_vec(),
+            missing: 0,
+        }
+    }
+
+    #[test]
+    fn json_is_pretty_with_two_spaces_and_secrets_fingerprinted() {
+        let h = head("POST / HTTP/1.1\r\nContent-Type: application/json\r\n\r\n");
+        let b = whole(br#"{"auth":{"identity":{"methods":["password"],"password":{"user":{"name":"admin","password":"asdf"}}}}}"#);
+        let shown = body(&h, &b, true, 1000);
+        let want = format!(
+            "{{\n  \"auth\": {{\n    \"identity\": {{\n      \"methods\": [\n        \"password\"\n      ],\n      \"password\": {{\n        \"user\": {{\n          \"name\": \"admin\",\n          \"password\": \"{}\"\n        }}\n      }}\n    }}\n  }}\n}}",
+            fingerprint(b"asdf")
+        );
+        assert_eq!(shown, want);
+        assert!(body(&h, &b, false, 1000).contains("\"password\": \"asdf\""));
+    }
+
+    #[test]
+    fn fingerprints_are_stable_and_short() {
+        assert_eq!(fingerprint(b"gAAAAABj"), fingerprint(b"gAAAAABj"));
+        assert_ne!(fingerprint(b"a"), fingerprint(b"b"));
+        assert_eq!(fingerprint(b"abc"), "<redacted sha256:ba7816bf>");
+        assert_eq!(
+            header_value("X-Auth-Token", b"abc", true),
+            "<redacted sha256:ba7816bf>"
+        );
+        assert_eq!(header_value("X-Auth-Token", b"abc", false), "abc");
+        assert_eq!(header_value("Accept", b"*/*", true), "*/*");
+    }
+
+    #[test]
+    fn binary_is_size_and_hex() {
+        let h = head("PUT / HTTP/1.1\r\nContent-Type: application/octet-stream\r\n\r\n");
+        let b = Body {
+            len: 21233664,
+            preview: b"QFI\xfb\x00\x00\x00\x03".to_vec(),
+            missing: 21233656,
+        };
+        let shown = body(&h, &b, true, 1000);
+        assert!(
+            shown.starts_with("<octet-stream 21233664 bytes> 0x514649fb00000003"),
+            "{shown}"
+        );
+        assert!(shown.contains("21233656 bytes not captured"));
+    }
+
+    #[test]
+    fn gzip_is_decoded_for_display() {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(br#"{"a":1}"#).unwrap();
+        let gz = enc.finish().unwrap();
+        let h = head(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n\r\n",
+        );
+        let shown = body(&h, &whole(&gz), true, 1000);
+        assert_eq!(
+            shown,
+            "{\n  \"a\": 1\n}\n[decoded from its Content-Encoding]"
+        );
+    }
+
+    #[test]
+    fn text_empty_and_truncated() {
+        let h = head("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n");
+        assert_eq!(body(&h, &whole(b"hello\n"), true, 1000), "hello");
+        assert_eq!(body(&h, &whole(b""), true, 1000), "none");
+        let b = Body {
+            len: 100,
+            preview: b"hello".to_vec(),
+            missing: 0,
+        };
+        assert_eq!(
+            body(&h, &b, true, 1000),
+            "hello\n[5 of 100 body bytes shown]"
+        );
+    }
+
+    #[test]
+    fn truncated_json_still_hides_passwords() {
+        let h = head("POST / HTTP/1.1\r\nContent-Type: application/json\r\n\r\n");
+        let b = Body {
+            len: 500,
+            preview: br#"{"user": {"password": "s3cr\"et", "name": "x"#.to_vec(),
+            missing: 0,
+        };
+        let shown = body(&h, &b, true, 1000);
+        assert!(!shown.contains("s3cr"), "{shown}");
+        assert!(shown.contains("<redacted sha256:"));
+    }
+}

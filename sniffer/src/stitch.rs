@@ -1,0 +1,1060 @@
+//! One exchange from both ends, named, in causal order, numbered.
+//!
+//! When the client and the server of a connection are both traced, each reports the exchange
+//! from its side; the two views are stitched into one (the connections must be each other's
+//! peers, the request heads must agree, and views pair in order). Each message is placed at the
+//! kernel time of its first byte (the earliest of its views), so a call a server makes while it
+//! serves a request sits inside that exchange. A message is written once it is complete and no
+//! message that began before it can still arrive: events from other CPUs reach userspace a
+//! little late, so the order is final after a short slack.
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    io,
+};
+
+use crate::{
+    conns::Conn,
+    events::{Endpoint, Transport},
+    exchange::{HttpEvent, HttpSink, MsgKey},
+    filter::{Filter, Subject},
+    http::{
+        head::{Head, StartLine},
+        parser::{Ending, Message},
+    },
+    names::{Names, devstack_service, participant},
+    owners::{Owners, read_proc},
+    procs::ProcTable,
+};
+
+/// How long after a message's first byte its place in the order is taken as final.
+pub const ORDER_SLACK_NS: u64 = 250_000_000;
+/// How long a written exchange stays matchable for the other end's late view.
+const KEEP_DONE_NS: u64 = 10_000_000_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Which {
+    Request,
+    Response,
+}
+
+/// One end's view of an exchange.
+#[derive(Clone, Debug)]
+pub struct View {
+    pub pid: u32,
+    pub conn: u64,
+    pub local: Endpoint,
+    pub peer: Endpoint,
+    pub transport: Transport,
+}
+
+#[derive(Debug)]
+pub struct Exchange {
+    pub id: u64,
+    pub client: Option<View>,
+    pub server: Option<View>,
+    pub request: Option<Message>,
+    pub response: Option<Message>,
+    /// 1xx responses before the final one.
+    pub interim: Vec<Message>,
+    /// Kernel time of the request's and the response's first bytes.
+    pub request_ts: u64,
+    pub response_ts: Option<u64>,
+    /// Why this exchange could not be read whole.
+    pub broken: Option<&'static str>,
+    /// A response whose request was not seen.
+    pub orphan: bool,
+    /// The connection ended with no response.
+    pub unanswered: bool,
+    pub from: String,
+    pub to: String,
+    pub url: String,
+    pub numbers: [Option<u64>; 2],
+    pub filtered: bool,
+    written: [bool; 2],
+    head: Option<Head>,
+    keys: Vec<MsgKey>,
+    resolved: bool,
+    done_at: Option<u64>,
+}
+
+impl Exchange {
+    pub fn method(&self) -> &str {
+        self.head.as_ref().and_then(Head::method).unwrap_or("")
+    }
+
+    pub fn message(&self, which: Which) -> Option<&Message> {
+        match which {
+            Which::Request => self.request.as_ref(),
+            Which::Response => self.response.as_ref(),
+        }
+    }
+
+    /// A message of this exchange that did not end complete, or the exchange is broken.
+    pub fn is_incomplete(&self) -> bool {
+        let bad = |m: &Option<Message>| m.as_ref().is_some_and(|m| m.ending != Ending::Complete);
+        bad(&self.request) || bad(&self.response) || self.unanswered || self.broken.is_some()
+    }
+}
+
+/// A message ready to be written, with its number.
+pub struct Entry<'a> {
+    pub number: u64,
+    pub which: Which,
+    pub exchange: &'a Exchange,
+    pub msg: &'a Message,
+}
+
+/// Where numbered messages go.
+pub trait LogSink {
+    fn message(&mut self, e: &Entry<'_>);
+    /// Every message of the exchange was written (or it ended without one).
+    fn exchange(&mut self, _x: &Exchange) {}
+    fn close(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Totals for the end-of-run summary.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    pub exchanges: u64,
+    pub messages: u64,
+    pub body_bytes: u64,
+    pub broken: u64,
+    pub filtered: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Item {
+    Msg(u64, Which),
+    /// A response whose first byte came; its exchange is known at its end.
+    Pending(MsgKey),
+}
+
+#[derive(Debug)]
+struct ConnInfo {
+    local: Endpoint,
+    peer: Endpoint,
+    sk: u64,
+    peer_sk: u64,
+    client: bool,
+    transport: Transport,
+    /// Exchanges of this connection, in order, for pairing with the other end's.
+    exchanges: VecDeque<u64>,
+    /// The other end's name, when it is not traced (looked up while it is alive).
+    far_name: Option<String>,
+    ended: Option<u64>,
+}
+
+pub struct Stitcher<L: LogSink> {
+    exchanges: HashMap<u64, Exchange>,
+    by_key: HashMap<MsgKey, u64>,
+    queue: BTreeMap<(u64, u64), Item>,
+    position: HashMap<Item, (u64, u64)>,
+    conns: HashMap<u64, ConnInfo>,
+    by_addr: HashMap<(Endpoint, Endpoint), Vec<u64>>,
+    next_id: u64,
+    next_seq: u64,
+    next_number: u64,
+    names: Names,
+    owners: Owners,
+    filter: Option<Filter>,
+    slack_ns: u64,
+    now: u64,
+    pub stats: Stats,
+    pub sink: L,
+}
+
+impl<L: LogSink> Stitcher<L> {
+    pub fn new(sink: L, names: Names, filter: Option<Filter>) -> Self {
+        Self {
+            exchanges: HashMap::new(),
+            by_key: HashMap::new(),
+            queue: BTreeMap::new(),
+            position: HashMap::new(),
+            conns: HashMap::new(),
+            by_addr: HashMap::new(),
+            next_id: 0,
+            next_seq: 0,
+            next_number: 0,
+            names,
+            owners: Owners::new(),
+            filter,
+            slack_ns: ORDER_SLACK_NS,
+            now: 0,
+            stats: Stats::default(),
+            sink,
+        }
+    }
+
+    fn enqueue(&mut self, ts: u64, item: Item) {
+        self.next_seq += 1;
+        let pos = (ts, self.next_seq);
+        self.queue.insert(pos, item);
+        self.position.insert(item, pos);
+    }
+
+    fn dequeue(&mut self, item: Item) -> Option<(u64, u64)> {
+        let pos = self.position.remove(&item)?;
+        self.queue.remove(&pos);
+        Some(pos)
+    }
+
+    fn conn_info(&mut self, conn: &Conn, client: bool, procs: &ProcTable) {
+        if self.conns.contains_key(&conn.id) {
+            return;
+        }
+        let mut info = ConnInfo {
+            local: conn.local.clone(),
+            peer: conn.peer.clone(),
+            sk: conn.sk,
+            peer_sk: conn.peer_sk,
+            client,
+            transport: conn.transport,
+            exchanges: VecDeque::new(),
+            far_name: None,
+            ended: None,
+        };
+        // Name the other end now, while its process is alive, unless it is traced too.
+        if self.peer_conns(&info).is_empty() {
+            info.far_name = self.far_name(&info, procs);
+        }
+        self.by_addr
+            .entry((conn.local.clone(), conn.peer.clone()))
+            .or_default()
+            .push(conn.id);
+        self.conns.insert(conn.id, info);
+    }
+
+    /// Traced connections that are the other end of `c`.
+    fn peer_conns(&self, c: &ConnInfo) -> Vec<u64> {
+        let mut out: Vec<u64> = self
+            .by_addr
+            .get(&(c.peer.clone(), c.local.clone()))
+            .cloned()
+            .unwrap_or_default();
+        if c.transport == Transport::Unix && (c.sk != 0 || c.peer_sk != 0) {
+            out.extend(
+                self.conns
+                    .iter()
+                    .filter(|(_, o)| {
+                        o.transport == Transport::Unix
+                            && ((c.peer_sk != 0 && o.sk == c.peer_sk)
+                                || (o.peer_sk != 0 && o.peer_sk == c.sk))
+                    })
+                    .map(|(id, _)| *id),
+            );
+        }
+        out.retain(|id| self.conns.get(id).is_some_and(|o| o.client != c.client));
+        out
+    }
+
+    /// The name of a process we may not trace.
+    fn pid_name(&self, pid: u32, procs: &ProcTable) -> String {
+        if procs.get(pid).is_some() {
+            self.names.of(pid, procs)
+        } else {
+            read_proc(pid).map_or_else(|| format!("pid {pid}"), |p| participant(&p))
+        }
+    }
+
+    /// The untraced other end of a connection: the local process owning it, if any.
+    fn far_name(&mut self, c: &ConnInfo, procs: &ProcTable) -> Option<String> {
+        let Endpoint::Inet(peer) = c.peer else {
+            return None;
+        };
+        let pid = if c.client {
+            self.owners.listener(peer)
+        } else {
+            self.owners.owner(peer)
+        }?;
+        Some(self.pid_name(pid, procs))
+    }
+
+    fn new_exchange(&mut self, view: View, client: bool, ts: u64) -> u64 {
+        self.next_id += 1;
+        let id = self.next_id;
+        let (c, s) = if client {
+            (Some(view), None)
+        } else {
+            (None, Some(view))
+        };
+        self.exchanges.insert(
+            id,
+            Exchange {
+                id,
+                client: c,
+                server: s,
+                request: None,
+                response: None,
+                interim: Vec::new(),
+                request_ts: ts,
+                response_ts: None,
+                broken: None,
+                orphan: false,
+                unanswered: false,
+                from: String::new(),
+                to: String::new(),
+                url: String::new(),
+                numbers: [None, None],
+                filtered: false,
+                written: [false, false],
+                head: None,
+                keys: Vec::new(),
+                resolved: false,
+                done_at: None,
+            },
+        );
+        id
+    }
+
+    fn view(conn: &Conn) -> View {
+        View {
+            pid: conn.tgid,
+            conn: conn.id,
+            local: conn.local.clone(),
+            peer: conn.peer.clone(),
+            transport: conn.transport,
+        }
+    }
+
+    /// Looks for the other end's view of exchange `x` and merges the two.
+    fn stitch(&mut self, x: u64) {
+        let Some(ex) = self.exchanges.get(&x) else {
+            return;
+        };
+        let Some(head) = ex.head.clone() else { return };
+        let (mine, client) = match (&ex.client, &ex.server) {
+            (Some(v), None) => (v.conn, true),
+            (None, Some(v)) => (v.conn, false),
+            _ => return,
+        };
+        let Some(info) = self.conns.get(&mine) else {
+            return;
+        };
+        let same_head = |h: &Option<Head>| h.as_ref().is_some_and(|h| h.start == head.start);
+        for peer in self.peer_conns(info) {
+            let Some(pinfo) = self.conns.get(&peer) else {
+                continue;
+            };
+            let found = pinfo.exchanges.iter().copied().find(|y| {
+                self.exchanges.get(y).is_some_and(|e| {
+                    let unpaired = if client {
+                        e.client.is_none()
+                    } else {
+                        e.server.is_none()
+                    };
+                    unpaired && same_head(&e.head)
+                })
+            });
+            if let Some(y) = found {
+                self.merge(x, y);
+                return;
+            }
+        }
+    }
+
+    /// Merges two views of one exchange into one.
+    fn merge(&mut self, a: u64, b: u64) {
+        let (Some(ea), Some(eb)) = (self.exchanges.get(&a), self.exchanges.get(&b)) else {
+            return;
+        };
+        // Keep the one already written from, else the earlier.
+        let a_first = (ea.written[0], std::cmp::Reverse(ea.request_ts))
+            >= (eb.written[0], std::cmp::Reverse(eb.request_ts));
+        let (keep, gone) = if a_first { (a, b) } else { (b, a) };
+        let Some(g) = self.exchanges.remove(&gone) else {
+            return;
+        };
+        for k in &g.keys {
+            self.by_key.insert(*k, keep);
+        }
+        for info in self.conns.values_mut() {
+            for e in info.exchanges.iter_mut() {
+                if *e == gone {
+                    *e = keep;
+                }
+            }
+        }
+        let gone_req = self.dequeue(Item::Msg(gone, Which::Request));
+        let gone_resp = self.dequeue(Item::Msg(gone, Which::Response));
+        let Some(k) = self.exchanges.get_mut(&keep) else {
+            return;
+        };
+        k.client = k.client.take().or(g.client);
+        k.server = k.server.take().or(g.server);
+        k.keys.extend(g.keys);
+        k.interim.extend(g.interim);
+        k.written[0] |= g.written[0];
+        k.written[1] |= g.written[1];
+        k.request = better(k.request.take(), g.request);
+        k.response = better(k.response.take(), g.response);
+        k.broken = k.broken.or(g.broken);
+        k.unanswered &= g.unanswered;
+        let earlier_req = gone_req.is_some_and(|p| p.0 < k.request_ts);
+        k.request_ts = k.request_ts.min(g.request_ts);
+        if let Some(ts) = g.response_ts {
+            k.response_ts = Some(k.response_ts.map_or(ts, |t| t.min(ts)));
+        }
+        let written = k.written;
+        let response_ts = k.response_ts;
+        let request_ts = k.request_ts;
+        // The merged messages take the earlier of the two places.
+        if earlier_req && !written[0] {
+            self.dequeue(Item::Msg(keep, Which::Request));
+            self.enqueue(request_ts, Item::Msg(keep, Which::Request));
+        }
+        if gone_resp.is_some() && !written[1] {
+            let had = self.dequeue(Item::Msg(keep, Which::Response));
+            let ts = match (had, gone_resp) {
+                (Some(h), Some(g)) => h.0.min(g.0),
+                (None, Some(g)) => g.0,
+                _ => response_ts.unwrap_or(request_ts),
+            };
+            self.enqueue(ts, Item::Msg(keep, Which::Response));
+        }
+    }
+
+    fn on_begin(&mut self, conn: &Conn, key: MsgKey, ts: u64) {
+        if key.request {
+            let x = self.new_exchange(Self::view(conn), key.client_view, ts);
+            if let Some(e) = self.exchanges.get_mut(&x) {
+                e.keys.push(key);
+            }
+            self.by_key.insert(key, x);
+            if let Some(info) = self.conns.get_mut(&conn.id) {
+                info.exchanges.push_back(x);
+            }
+            self.enqueue(ts, Item::Msg(x, Which::Request));
+        } else {
+            self.enqueue(ts, Item::Pending(key));
+        }
+    }
+
+    fn on_response(
+        &mut self,
+        conn: &Conn,
+        key: MsgKey,
+        msg: Message,
+        request: Option<MsgKey>,
+        interim: bool,
+    ) {
+        let pending = self.dequeue(Item::Pending(key));
+        let ts = pending.map_or(msg.first_ts, |p| p.0);
+        let x = match request.and_then(|r| self.by_key.get(&r).copied()) {
+            Some(x) => x,
+            None => {
+                // No request to pair with: an exchange of its own, shown as such.
+                let x = self.new_exchange(Self::view(conn), key.client_view, ts);
+                if let Some(e) = self.exchanges.get_mut(&x) {
+                    e.orphan = true;
+                    e.keys.push(key);
+                }
+                x
+            }
+        };
+        self.by_key.insert(key, x);
+        let Some(e) = self.exchanges.get_mut(&x) else {
+            return;
+        };
+        if !e.keys.contains(&key) {
+            e.keys.push(key);
+        }
+        if interim {
+            e.interim.push(msg);
+            return;
+        }
+        let first = e.response.is_none();
+        e.response = better(e.response.take(), Some(msg));
+        e.response_ts = Some(e.response_ts.map_or(ts, |t| t.min(ts)));
+        let written = e.written[1];
+        if first {
+            self.enqueue(ts, Item::Msg(x, Which::Response));
+        } else if !written {
+            // The other end's view of a response already placed: keep the earlier place.
+            if let Some(pos) = self.position.get(&Item::Msg(x, Which::Response)).copied()
+                && ts < pos.0
+            {
+                self.dequeue(Item::Msg(x, Which::Response));
+                self.enqueue(ts, Item::Msg(x, Which::Response));
+            }
+        }
+    }
+
+    fn on_broken(&mut self, key: MsgKey, reason: &'static str) {
+        self.stats.broken += 1;
+        if self.dequeue(Item::Pending(key)).is_some() {
+            return;
+        }
+        let Some(x) = self.by_key.get(&key).copied() else {
+            return;
+        };
+        let Some(e) = self.exchanges.get_mut(&x) else {
+            return;
+        };
+        e.broken = Some(reason);
+        if e.request.is_none() && e.head.is_none() {
+            // Nothing readable began: no entry.
+            self.dequeue(Item::Msg(x, Which::Request));
+            self.exchanges.remove(&x);
+            self.by_key.remove(&key);
+        }
+    }
+
+    /// Names the ends and the URL of an exchange.
+    fn resolve(&mut self, x: u64, procs: &ProcTable) {
+        let Some(e) = self.exchanges.get(&x) else {
+            return;
+        };
+        if e.resolved {
+            return;
+        }
+        let from = match (&e.client, &e.server) {
+            (Some(c), _) => self.names.of(c.pid, procs),
+            (None, Some(s)) => self
+                .conns
+                .get(&s.conn)
+                .and_then(|i| i.far_name.clone())
+                .unwrap_or_else(|| s.peer.to_string()),
+            (None, None) => "?".into(),
+        };
+        let head = e.head.as_ref().or(e.request.as_ref().map(|m| &m.head));
+        let target = match head.map(|h| &h.start) {
+            Some(StartLine::Request { target, .. }) => target.clone(),
+            _ => String::new(),
+        };
+        let host = head
+            .and_then(|h| h.header("host"))
+            .map(|h| String::from_utf8_lossy(h).into_owned());
+        let server_addr = match (&e.client, &e.server) {
+            (Some(c), _) => c.peer.clone(),
+            (None, Some(s)) => s.local.clone(),
+            _ => Endpoint::Unknown,
+        };
+        let url = if target.starts_with("http://") || target.starts_with("https://") {
+            target.clone()
+        } else if e.orphan {
+            String::new()
+        } else {
+            let authority = host.clone().unwrap_or_else(|| server_addr.to_string());
+            format!("http://{authority}{target}")
+        };
+        let to = match (&e.server, &e.client) {
+            (Some(s), _) => self.names.of(s.pid, procs),
+            (None, Some(c)) => {
+                let far = self.conns.get(&c.conn).and_then(|i| i.far_name.clone());
+                let port = match &server_addr {
+                    Endpoint::Inet(a) => Some(a.port()),
+                    _ => None,
+                };
+                let path = target.split("://").nth(1).map_or(target.as_str(), |rest| {
+                    rest.find('/').map_or("/", |i| &rest[i..])
+                });
+                far.or_else(|| devstack_service(port, path).map(str::to_owned))
+                    .or(host)
+                    .unwrap_or_else(|| server_addr.to_string())
+            }
+            (None, None) => "?".into(),
+        };
+        let filtered = self.filter.as_ref().is_some_and(|f| {
+            f.excludes(&Subject {
+                from: &from,
+                to: &to,
+                method: e.method(),
+                url: &url,
+            })
+        });
+        if let Some(e) = self.exchanges.get_mut(&x) {
+            e.from = from;
+            e.to = to;
+            e.url = url;
+            e.filtered = filtered;
+            e.resolved = true;
+            if filtered {
+                self.stats.filtered += 1;
+            }
+        }
+    }
+
+    fn write(&mut self, x: u64, which: Which, procs: &ProcTable) {
+        self.resolve(x, procs);
+        let Some(e) = self.exchanges.get_mut(&x) else {
+            return;
+        };
+        let idx = which as usize;
+        if e.written[idx] {
+            return;
+        }
+        e.written[idx] = true;
+        let body_len = e.message(which).map(|m| m.body.len);
+        if !e.filtered
+            && let Some(body_len) = body_len
+        {
+            self.next_number += 1;
+            e.numbers[idx] = Some(self.next_number);
+            self.stats.messages += 1;
+            self.stats.body_bytes += body_len;
+            if which == Which::Request || e.orphan {
+                self.stats.exchanges += 1;
+            }
+            let e = &self.exchanges[&x];
+            let msg = e.message(which).expect("checked above");
+            self.sink.message(&Entry {
+                number: self.next_number,
+                which,
+                exchange: e,
+                msg,
+            });
+        }
+        self.maybe_done(x);
+    }
+
+    /// An exchange whose messages are all written goes to the per-exchange sinks.
+    fn maybe_done(&mut self, x: u64) {
+        let now = self.now;
+        let Some(e) = self.exchanges.get_mut(&x) else {
+            return;
+        };
+        if e.done_at.is_some() {
+            return;
+        }
+        let req_done = e.written[0] || e.request.is_none();
+        let resp_done = e.written[1] || (e.response.is_none() && e.unanswered);
+        if req_done && resp_done && (e.written[0] || e.written[1]) {
+            e.done_at = Some(now);
+            if !e.filtered {
+                self.sink.exchange(e);
+            }
+        }
+    }
+
+    /// Writes what is ready: messages at the front of the order that are complete and older
+    /// than the slack (all of them when `force`).
+    fn release(&mut self, force: bool, procs: &ProcTable) {
+        while let Some((&(ts, _), &item)) = self.queue.first_key_value() {
+            if !force && ts.saturating_add(self.slack_ns) > self.now {
+                break;
+            }
+            match item {
+                Item::Pending(_) => {
+                    if !force {
+                        break;
+                    }
+                    self.dequeue(item);
+                }
+                Item::Msg(x, which) => {
+                    let ready = self
+                        .exchanges
+                        .get(&x)
+                        .is_some_and(|e| e.message(which).is_some());
+                    if !ready && !force {
+                        break;
+                    }
+                    self.dequeue(item);
+                    if ready {
+                        self.write(x, which, procs);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Forgets exchanges written long ago and connections ended long ago.
+    fn expire(&mut self) {
+        let now = self.now;
+        let old: Vec<u64> = self
+            .exchanges
+            .values()
+            .filter(|e| e.done_at.is_some_and(|t| t + KEEP_DONE_NS < now))
+            .map(|e| e.id)
+            .collect();
+        for x in old {
+            if let Some(e) = self.exchanges.remove(&x) {
+                for k in e.keys {
+                    self.by_key.remove(&k);
+                }
+            }
+        }
+        let gone: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.ended.is_some_and(|t| t + KEEP_DONE_NS < now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            if let Some(c) = self.conns.remove(&id)
+                && let Some(v) = self.by_addr.get_mut(&(c.local.clone(), c.peer.clone()))
+            {
+                v.retain(|i| *i != id);
+                if v.is_empty() {
+                    self.by_addr.remove(&(c.local, c.peer));
+                }
+            }
+        }
+        for c in self.conns.values_mut() {
+            let live = &self.exchanges;
+            c.exchanges.retain(|x| live.contains_key(x));
+        }
+    }
+
+    /// Periodic work at kernel time `now_ns`.
+    pub fn tick(&mut self, now_ns: u64, procs: &ProcTable) {
+        self.now = now_ns;
+        self.release(false, procs);
+        self.expire();
+    }
+
+    /// The end: everything still waiting is written.
+    pub fn finish(&mut self, now_ns: u64, procs: &ProcTable) {
+        self.now = now_ns;
+        self.release(true, procs);
+        let ids: Vec<u64> = self.exchanges.keys().copied().collect();
+        for x in ids {
+            if let Some(e) = self.exchanges.get_mut(&x) {
+                e.unanswered |= e.response.is_none();
+            }
+            self.maybe_done(x);
+        }
+    }
+}
+
+/// Of two views of one message, the one that shows more.
+fn better(a: Option<Message>, b: Option<Message>) -> Option<Message> {
+    match (a, b) {
+        (Some(a), Some(b)) => {
+            let rank = |m: &Message| {
+                (
+                    m.ending == Ending::Complete,
+                    std::cmp::Reverse(m.body.missing),
+                    m.body.preview.len(),
+                )
+            };
+            Some(if rank(&b) > rank(&a) { b } else { a })
+        }
+        (a, b) => a.or(b),
+    }
+}
+
+impl<L: LogSink> HttpSink for Stitcher<L> {
+    fn event(&mut self, conn: &Conn, ev: HttpEvent, procs: &ProcTable) {
+        match ev {
+            HttpEvent::Begin { key, ts } => {
+                self.conn_info(conn, key.client_view, procs);
+                self.on_begin(conn, key, ts);
+            }
+            HttpEvent::RequestHead { key, head } => {
+                if let Some(x) = self.by_key.get(&key).copied() {
+                    if let Some(e) = self.exchanges.get_mut(&x) {
+                        e.head = Some(head);
+                    }
+                    self.stitch(x);
+                }
+            }
+            HttpEvent::Request { key, msg } => {
+                if let Some(x) = self.by_key.get(&key).copied()
+                    && let Some(e) = self.exchanges.get_mut(&x)
+                {
+                    if e.head.is_none() {
+                        e.head = Some(msg.head.clone());
+                    }
+                    e.request = better(e.request.take(), Some(msg));
+                }
+            }
+            HttpEvent::Response {
+                key,
+                msg,
+                request,
+                interim,
+            } => {
+                self.conn_info(conn, key.client_view, procs);
+                self.on_response(conn, key, msg, request, interim);
+            }
+            HttpEvent::Broken { key, reason, .. } => self.on_broken(key, reason),
+        }
+    }
+
+    fn conn_ended(&mut self, conn: &Conn, _procs: &ProcTable) {
+        let now = self.now;
+        let Some(info) = self.conns.get_mut(&conn.id) else {
+            return;
+        };
+        info.ended = Some(now);
+        let xs: Vec<u64> = info.exchanges.iter().copied().collect();
+        for x in xs {
+            if let Some(e) = self.exchanges.get_mut(&x)
+                && e.response.is_none()
+            {
+                // Unless the other end's view still brings the response.
+                let other = if e.client.is_some() && e.server.is_some() {
+                    let other_conn = if e.client.as_ref().is_some_and(|c| c.conn == conn.id) {
+                        e.server.as_ref().map(|s| s.conn)
+                    } else {
+                        e.client.as_ref().map(|c| c.conn)
+                    };
+                    other_conn
+                        .is_some_and(|c| self.conns.get(&c).is_some_and(|i| i.ended.is_none()))
+                } else {
+                    false
+                };
+                if !other {
+                    e.unanswered = true;
+                }
+            }
+            self.maybe_done(x);
+        }
+    }
+
+    fn close(&mut self) -> io::Result<()> {
+        self.sink.close()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::{
+        conns::ConnSink as _,
+        events::{Dir, Role},
+        exchange::Exchanges,
+        stream::{Piece, Stream},
+    };
+
+    /// Records the numbered titles.
+    #[derive(Default)]
+    struct Titles {
+        lines: Vec<String>,
+        exchanges: Vec<(u64, bool)>,
+    }
+
+    impl LogSink for Titles {
+        fn message(&mut self, e: &Entry<'_>) {
+            self.lines.push(crate::sinks::log::title(
+                e.number, e.which, e.exchange, e.msg,
+            ));
+        }
+        fn exchange(&mut self, x: &Exchange) {
+            self.exchanges
+                .push((x.id, x.client.is_some() && x.server.is_some()));
+        }
+    }
+
+    fn addr(s: &str) -> Endpoint {
+        Endpoint::Inet(s.parse::<SocketAddr>().unwrap())
+    }
+
+    fn conn(id: u64, pid: u32, role: Role, local: &str, peer: &str) -> Conn {
+        Conn {
+            id,
+            tgid: pid,
+            fd: id as i32,
+            sk: id,
+            peer_sk: 0,
+            role,
+            transport: Transport::Tcp,
+            local: addr(local),
+            peer: addr(peer),
+            opened_ns: 0,
+            ended: None,
+            streams: [Stream::new(), Stream::new()],
+            open_lost: false,
+            end_known: true,
+        }
+    }
+
+    struct World {
+        http: Exchanges<Stitcher<Titles>>,
+        procs: ProcTable,
+        conns: Vec<Conn>,
+        off: HashMap<(u64, usize), u64>,
+    }
+
+    impl World {
+        /// openstack (100) -> glance-api (200) -> keystone (300), all on loopback.
+        fn new(filter: Option<Filter>) -> Self {
+            let mut procs = ProcTable::new();
+            procs.on_fork(100, 1, "openstack");
+            procs.on_fork(200, 1, "glance-api");
+            procs.on_fork(300, 1, "keystone");
+            let conns = vec![
+                conn(1, 100, Role::Client, "127.0.0.1:40000", "127.0.0.1:9292"),
+                conn(2, 200, Role::Server, "127.0.0.1:9292", "127.0.0.1:40000"),
+                conn(3, 200, Role::Client, "127.0.0.1:40001", "127.0.0.1:5000"),
+                conn(4, 300, Role::Server, "127.0.0.1:5000", "127.0.0.1:40001"),
+            ];
+            let mut st = Stitcher::new(Titles::default(), Names::default(), filter);
+            st.slack_ns = 100;
+            Self {
+                http: Exchanges::new(st, 4096),
+                procs,
+                conns,
+                off: HashMap::new(),
+            }
+        }
+
+        /// `bytes` moved at time `ts` on connection `c` in direction `dir`.
+        fn bytes(&mut self, c: u64, dir: Dir, ts: u64, bytes: &[u8]) {
+            let off = self.off.entry((c, dir.index())).or_insert(0);
+            let p = Piece::Data {
+                off: *off,
+                bytes: bytes.to_vec(),
+                ts_ns: ts,
+            };
+            *off += bytes.len() as u64;
+            let conn = &self.conns[(c - 1) as usize];
+            self.http.pieces(conn, dir, &[p], &self.procs);
+        }
+
+        fn tick(&mut self, now: u64) {
+            self.http.sink.tick(now, &self.procs);
+        }
+
+        fn end_all(&mut self, now: u64) -> Vec<String> {
+            for c in &self.conns {
+                self.http.ended(c, &self.procs);
+            }
+            self.http.sink.finish(now, &self.procs);
+            self.http.sink.sink.lines.clone()
+        }
+    }
+
+    const IMAGES: &[u8] = b"GET /v2/images HTTP/1.1\r\nHost: 127.0.0.1:9292\r\n\r\n";
+    const IMAGES_OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
+    const TOKENS: &[u8] = b"GET /v3/auth/tokens HTTP/1.1\r\nHost: 127.0.0.1:5000\r\n\r\n";
+    const TOKENS_OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+
+    const NESTED: [&str; 4] = [
+        "### [1] (openstack) REQ >>> (glance-api) : GET http://127.0.0.1:9292/v2/images",
+        "### [2] (glance-api) REQ >>> (keystone) : GET http://127.0.0.1:5000/v3/auth/tokens",
+        "### [3] (glance-api) RESP <<< (keystone) : 200 OK GET http://127.0.0.1:5000/v3/auth/tokens",
+        "### [4] (openstack) RESP <<< (glance-api) : 200 OK GET http://127.0.0.1:9292/v2/images",
+    ];
+
+    #[test]
+    fn both_ends_traced_give_one_exchange_each_nested_in_causal_order() {
+        let mut w = World::new(None);
+        w.bytes(1, Dir::Send, 10, IMAGES);
+        w.bytes(2, Dir::Recv, 11, IMAGES);
+        w.bytes(3, Dir::Send, 20, TOKENS);
+        w.bytes(4, Dir::Recv, 21, TOKENS);
+        w.bytes(4, Dir::Send, 30, TOKENS_OK);
+        w.bytes(3, Dir::Recv, 31, TOKENS_OK);
+        w.bytes(2, Dir::Send, 40, IMAGES_OK);
+        w.bytes(1, Dir::Recv, 41, IMAGES_OK);
+        assert_eq!(w.end_all(1000), NESTED);
+        let ex = &w.http.sink.sink.exchanges;
+        assert_eq!(ex.len(), 2);
+        assert!(
+            ex.iter().all(|(_, both)| *both),
+            "each exchange has both views"
+        );
+    }
+
+    #[test]
+    fn views_arriving_out_of_order_still_number_in_kernel_time_order() {
+        let mut w = World::new(None);
+        // Servers' events reach userspace first, clients' later (other CPUs, held streams).
+        w.bytes(4, Dir::Recv, 21, TOKENS);
+        w.bytes(2, Dir::Recv, 11, IMAGES);
+        w.bytes(4, Dir::Send, 30, TOKENS_OK);
+        w.bytes(3, Dir::Send, 20, TOKENS);
+        w.bytes(2, Dir::Send, 40, IMAGES_OK);
+        w.bytes(1, Dir::Send, 10, IMAGES);
+        w.bytes(3, Dir::Recv, 31, TOKENS_OK);
+        w.bytes(1, Dir::Recv, 41, IMAGES_OK);
+        assert_eq!(w.end_all(1000), NESTED);
+    }
+
+    #[test]
+    fn messages_are_written_as_soon_as_their_place_is_final() {
+        let mut w = World::new(None);
+        w.bytes(1, Dir::Send, 10, IMAGES);
+        w.bytes(2, Dir::Recv, 11, IMAGES);
+        w.tick(50);
+        assert!(
+            w.http.sink.sink.lines.is_empty(),
+            "within the slack nothing is final"
+        );
+        w.tick(111);
+        assert_eq!(w.http.sink.sink.lines, NESTED[..1]);
+        w.bytes(3, Dir::Send, 200, TOKENS);
+        w.bytes(4, Dir::Recv, 201, TOKENS);
+        w.tick(350);
+        assert_eq!(
+            w.http.sink.sink.lines,
+            NESTED[..2],
+            "streamed, not only at exit"
+        );
+    }
+
+    #[test]
+    fn only_the_client_traced_names_the_server_by_url() {
+        let mut w = World::new(None);
+        w.conns[0] = conn(1, 100, Role::Client, "127.0.0.1:40000", "127.0.0.1:1");
+        w.bytes(
+            1,
+            Dir::Send,
+            10,
+            b"GET /identity/v3 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        );
+        w.bytes(
+            1,
+            Dir::Recv,
+            20,
+            b"HTTP/1.1 300 Multiple Choices\r\nContent-Length: 0\r\n\r\n",
+        );
+        assert_eq!(
+            w.end_all(1000),
+            vec![
+                "### [1] (openstack) REQ >>> (keystone) : GET http://127.0.0.1/identity/v3",
+                "### [2] (openstack) RESP <<< (keystone) : 300 Multiple Choices GET http://127.0.0.1/identity/v3",
+            ]
+        );
+    }
+
+    #[test]
+    fn filtered_exchanges_are_left_out_and_not_numbered() {
+        let f = Filter::parse(
+            r#"{"filters": [{"from": "glance-api", "to": "keystone"}]}"#,
+            "f",
+        )
+        .unwrap();
+        let mut w = World::new(Some(f));
+        w.bytes(1, Dir::Send, 10, IMAGES);
+        w.bytes(2, Dir::Recv, 11, IMAGES);
+        w.bytes(3, Dir::Send, 20, TOKENS);
+        w.bytes(4, Dir::Recv, 21, TOKENS);
+        w.bytes(4, Dir::Send, 30, TOKENS_OK);
+        w.bytes(3, Dir::Recv, 31, TOKENS_OK);
+        w.bytes(2, Dir::Send, 40, IMAGES_OK);
+        w.bytes(1, Dir::Recv, 41, IMAGES_OK);
+        assert_eq!(
+            w.end_all(1000),
+            vec![
+                "### [1] (openstack) REQ >>> (glance-api) : GET http://127.0.0.1:9292/v2/images",
+                "### [2] (openstack) RESP <<< (glance-api) : 200 OK GET http://127.0.0.1:9292/v2/images",
+            ]
+        );
+        assert_eq!(w.http.sink.stats.filtered, 1);
+    }
+
+    #[test]
+    fn a_response_without_its_request_is_shown_as_such() {
+        let mut w = World::new(None);
+        w.conns[0] = conn(1, 100, Role::Unknown, "127.0.0.1:40000", "127.0.0.1:9292");
+        // Attached mid-connection: only a response is seen, then the connection ends.
+        w.bytes(
+            1,
+            Dir::Recv,
+            10,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        );
+        let lines = w.end_all(1000);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(
+            lines[0],
+            "### [1] (openstack) RESP <<< (127.0.0.1:9292) : 200 OK ? (request not seen)"
+        );
+    }
+}
