@@ -163,6 +163,7 @@ impl Pipeline {
     pub fn finish(&mut self, now_ns: u64, finals: &[FinalOffsets]) -> std::io::Result<()> {
         self.conns
             .finish(now_ns, finals, &mut self.sinks, &self.procs);
+        self.sinks.http.sink.finish(now_ns, &self.procs);
         self.flush_raw();
         let sinks = self.sinks.close();
         match self.raw_error.take() {

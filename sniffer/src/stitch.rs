@@ -54,8 +54,9 @@ pub struct Exchange {
     pub server: Option<View>,
     pub request: Option<Message>,
     pub response: Option<Message>,
-    /// 1xx responses before the final one.
+    /// 1xx responses before the final one (from one end's view).
     pub interim: Vec<Message>,
+    interim_conn: Option<u64>,
     /// Kernel time of the request's and the response's first bytes.
     pub request_ts: u64,
     pub response_ts: Option<u64>,
@@ -288,6 +289,7 @@ impl<L: LogSink> Stitcher<L> {
                 request: None,
                 response: None,
                 interim: Vec::new(),
+                interim_conn: None,
                 request_ts: ts,
                 response_ts: None,
                 broken: None,
@@ -318,38 +320,66 @@ impl<L: LogSink> Stitcher<L> {
         }
     }
 
-    /// Looks for the other end's view of exchange `x` and merges the two.
+    /// Looks for the other end's view of exchange `x` and merges the two: on a peer
+    /// connection, an exchange without a view from this end whose request head is the same;
+    /// failing that, when one end lost what the other saw (events dropped), an exchange that
+    /// has only a response on one end and only a request (or a matching response) on the other.
     fn stitch(&mut self, x: u64) {
         let Some(ex) = self.exchanges.get(&x) else {
             return;
         };
-        let Some(head) = ex.head.clone() else { return };
         let (mine, client) = match (&ex.client, &ex.server) {
             (Some(v), None) => (v.conn, true),
             (None, Some(v)) => (v.conn, false),
             _ => return,
         };
+        let head = ex.head.clone();
+        let orphan = ex.orphan && head.is_none();
+        let request_ts = ex.request_ts;
+        let response_ts = ex.response_ts.unwrap_or(u64::MAX);
+        let status = ex.response.as_ref().and_then(|m| m.head.status());
         let Some(info) = self.conns.get(&mine) else {
             return;
         };
-        let same_head = |h: &Option<Head>| h.as_ref().is_some_and(|h| h.start == head.start);
-        for peer in self.peer_conns(info) {
-            let Some(pinfo) = self.conns.get(&peer) else {
-                continue;
-            };
-            let found = pinfo.exchanges.iter().copied().find(|y| {
-                self.exchanges.get(y).is_some_and(|e| {
-                    let unpaired = if client {
-                        e.client.is_none()
-                    } else {
-                        e.server.is_none()
-                    };
-                    unpaired && same_head(&e.head)
-                })
-            });
-            if let Some(y) = found {
-                self.merge(x, y);
-                return;
+        let peers = self.peer_conns(info);
+        let unpaired = |e: &Exchange| {
+            if client {
+                e.client.is_none()
+            } else {
+                e.server.is_none()
+            }
+        };
+        let same_head =
+            |e: &Exchange| matches!((&head, &e.head), (Some(a), Some(b)) if a.start == b.start);
+        let adopts = |e: &Exchange| {
+            let e_status = e.response.as_ref().and_then(|m| m.head.status());
+            if orphan {
+                // This end saw only the response: the other end's exchange began before it, or
+                // the other end lost the request too and has the same response.
+                let answered = e_status.is_none() || e_status == status;
+                (e.head.is_some() && e.request_ts <= response_ts && answered)
+                    || (e.orphan && e.head.is_none() && e_status == status)
+            } else {
+                // The other end saw only a response, after this request began.
+                e.orphan && e.head.is_none() && e.response_ts.is_some_and(|t| t >= request_ts)
+            }
+        };
+        for pass in [&same_head as &dyn Fn(&Exchange) -> bool, &adopts] {
+            for peer in &peers {
+                let Some(pinfo) = self.conns.get(peer) else {
+                    continue;
+                };
+                let found = pinfo.exchanges.iter().copied().find(|y| {
+                    *y != x
+                        && self
+                            .exchanges
+                            .get(y)
+                            .is_some_and(|e| unpaired(e) && pass(e))
+                });
+                if let Some(y) = found {
+                    self.merge(x, y);
+                    return;
+                }
             }
         }
     }
@@ -384,12 +414,17 @@ impl<L: LogSink> Stitcher<L> {
         k.client = k.client.take().or(g.client);
         k.server = k.server.take().or(g.server);
         k.keys.extend(g.keys);
-        k.interim.extend(g.interim);
+        if k.interim.is_empty() {
+            k.interim = g.interim;
+            k.interim_conn = g.interim_conn;
+        }
         k.written[0] |= g.written[0];
         k.written[1] |= g.written[1];
         k.request = better(k.request.take(), g.request);
         k.response = better(k.response.take(), g.response);
         k.broken = k.broken.or(g.broken);
+        k.head = k.head.take().or(g.head);
+        k.orphan &= g.orphan;
         k.unanswered &= g.unanswered;
         let earlier_req = gone_req.is_some_and(|p| p.0 < k.request_ts);
         k.request_ts = k.request_ts.min(g.request_ts);
@@ -444,15 +479,20 @@ impl<L: LogSink> Stitcher<L> {
         let x = match request.and_then(|r| self.by_key.get(&r).copied()) {
             Some(x) => x,
             None => {
-                // No request to pair with: an exchange of its own, shown as such.
+                // No request to pair with: an exchange of its own, shown as such unless the
+                // other end saw the request (stitched below, once the response is in).
                 let x = self.new_exchange(Self::view(conn), key.client_view, ts);
                 if let Some(e) = self.exchanges.get_mut(&x) {
                     e.orphan = true;
                     e.keys.push(key);
                 }
+                if let Some(info) = self.conns.get_mut(&conn.id) {
+                    info.exchanges.push_back(x);
+                }
                 x
             }
         };
+        let orphan = self.exchanges.get(&x).is_some_and(|e| e.orphan);
         self.by_key.insert(key, x);
         let Some(e) = self.exchanges.get_mut(&x) else {
             return;
@@ -461,7 +501,11 @@ impl<L: LogSink> Stitcher<L> {
             e.keys.push(key);
         }
         if interim {
-            e.interim.push(msg);
+            // Both ends see the same 1xx: keep one end's.
+            if e.interim_conn.is_none_or(|c| c == conn.id) {
+                e.interim_conn = Some(conn.id);
+                e.interim.push(msg);
+            }
             return;
         }
         let first = e.response.is_none();
@@ -470,6 +514,9 @@ impl<L: LogSink> Stitcher<L> {
         let written = e.written[1];
         if first {
             self.enqueue(ts, Item::Msg(x, Which::Response));
+            if orphan {
+                self.stitch(x);
+            }
         } else if !written {
             // The other end's view of a response already placed: keep the earlier place.
             if let Some(pos) = self.position.get(&Item::Msg(x, Which::Response)).copied()
@@ -863,6 +910,18 @@ mod tests {
         }
     }
 
+    impl Conn {
+        fn clone_for_test(&self) -> Conn {
+            conn(
+                self.id,
+                self.tgid,
+                self.role,
+                &self.local.to_string(),
+                &self.peer.to_string(),
+            )
+        }
+    }
+
     struct World {
         http: Exchanges<Stitcher<Titles>>,
         procs: ProcTable,
@@ -1037,6 +1096,33 @@ mod tests {
             ]
         );
         assert_eq!(w.http.sink.stats.filtered, 1);
+    }
+
+    #[test]
+    fn a_request_one_end_lost_is_taken_from_the_other_end() {
+        for client_first in [true, false] {
+            let mut w = World::new(None);
+            // The client's events for its request were dropped (ring full); the server saw all.
+            if client_first {
+                w.bytes(1, Dir::Recv, 41, IMAGES_OK);
+                let c = w.conns[0].clone_for_test();
+                w.http.ended(&c, &w.procs);
+            }
+            w.bytes(2, Dir::Recv, 11, IMAGES);
+            w.bytes(2, Dir::Send, 40, IMAGES_OK);
+            if !client_first {
+                w.bytes(1, Dir::Recv, 41, IMAGES_OK);
+            }
+            let lines = w.end_all(1000);
+            assert_eq!(
+                lines,
+                vec![
+                    "### [1] (openstack) REQ >>> (glance-api) : GET http://127.0.0.1:9292/v2/images",
+                    "### [2] (openstack) RESP <<< (glance-api) : 200 OK GET http://127.0.0.1:9292/v2/images",
+                ],
+                "client view first: {client_first}"
+            );
+        }
     }
 
     #[test]

@@ -157,12 +157,16 @@ pub struct Server {
 impl Server {
     /// Serves `dir`; `extra` are more http_server.py arguments (--mode, --bind, ...).
     pub fn start(dir: &Path, extra: &[&str]) -> Self {
+        let dir = dir.to_str().expect("UTF-8 path");
+        let mut args = vec!["--dir", dir];
+        args.extend_from_slice(extra);
+        Self::script("http_server.py", &args)
+    }
+
+    /// Runs a server fixture that prints `PORT <n>` once it listens.
+    pub fn script(script: &str, args: &[&str]) -> Self {
         let mut cmd = Command::new("python3");
-        cmd.arg(fixture("http_server.py"))
-            .arg("--dir")
-            .arg(dir)
-            .args(extra)
-            .stdout(Stdio::piped());
+        cmd.arg(fixture(script)).args(args).stdout(Stdio::piped());
         let mut guard = Guard::spawn(&mut cmd);
         let lines = Lines::new(guard.child.stdout.take().expect("stdout"));
         let port = lines
@@ -232,6 +236,7 @@ impl Capture {
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad index line {l}: {e}")))
             .collect();
         let raw = fs::read_to_string(dir.path().join("raw.txt")).unwrap_or_default();
+        // The numbered log: what a user reads.
         let log = fs::read_to_string(dir.path().join("sniffer.log")).unwrap_or_default();
         Self {
             dir,
@@ -283,6 +288,8 @@ fn sniffer_cmd(dir: &Path, args: &[&str]) -> Command {
         .arg(format!("--raw={}", dir.join("raw.txt").display()))
         .arg("--dump-streams")
         .arg(dir.join("streams"))
+        .arg("--jsonl")
+        .arg(dir.join("exchanges.jsonl"))
         .args(args);
     cmd
 }

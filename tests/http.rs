@@ -1,0 +1,226 @@
+//! HTTP exchanges on the real kernel: every framing rule over one keep-alive connection, a
+//! nested call chain with both ends traced, and naming when only one end is traced.
+use std::{fs, process::Command, time::Duration};
+
+use sniffer_tests::{Server, fixture, kernel_tests, pattern, sniff_command};
+
+const LIMIT: Duration = Duration::from_secs(180);
+
+/// The `### [N] ...` lines of a numbered log.
+fn titles(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.starts_with("### ["))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The entry (title to the next title) of message N.
+fn entry(log: &str, n: usize) -> String {
+    let start = log
+        .find(&format!("### [{n}] "))
+        .unwrap_or_else(|| panic!("no entry {n} in\n{log}"));
+    let rest = &log[start..];
+    let end = rest[4..].find("\n### [").map_or(rest.len(), |i| i + 4);
+    rest[..end].to_owned()
+}
+
+fn jsonl(cap: &sniffer_tests::Capture) -> Vec<serde_json::Value> {
+    fs::read_to_string(cap.dir.path().join("exchanges.jsonl"))
+        .expect("jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect()
+}
+
+/// A python3 fixture as a command line.
+fn py(script: &str, args: &[&str]) -> Vec<String> {
+    let mut v = vec!["python3".to_owned(), fixture(script).display().to_string()];
+    v.extend(args.iter().map(|s| (*s).to_owned()));
+    v
+}
+
+fn run(args: &[&str], command: &[String]) -> sniffer_tests::Capture {
+    let cmd: Vec<&str> = command.iter().map(String::as_str).collect();
+    let cap = sniff_command(args, &cmd, LIMIT);
+    assert!(cap.status.success(), "{}", cap.describe());
+    cap
+}
+
+#[test]
+fn every_framing_on_one_keep_alive_connection_is_logged_once_in_order() {
+    if !kernel_tests() {
+        return;
+    }
+    const BIG: usize = 30 << 20;
+    let server = Server::script("http_variety.py", &[]);
+    let port = server.port.to_string();
+    let pid = server.pid().to_string();
+    // Both ends traced: 60 MB of payload crosses the ring buffer. A ring that holds it all
+    // keeps a slow (debug) reader from losing events; what losses do is another test's.
+    let cap = run(
+        &["--pid", &pid, "--ring-mib", "256"],
+        &py("http_variety_client.py", &[&port, &BIG.to_string()]),
+    );
+    let log = &cap.log;
+    let u = format!("http://127.0.0.1:{port}");
+    let (c, s) = ("(http_variety_client.py)", "(http_variety.py)");
+    let want = vec![
+        format!("### [1] {c} REQ >>> {s} : GET {u}/len"),
+        format!("### [2] {c} RESP <<< {s} : 200 OK GET {u}/len"),
+        format!("### [3] {c} REQ >>> {s} : GET {u}/chunked"),
+        format!("### [4] {c} RESP <<< {s} : 200 OK GET {u}/chunked"),
+        format!("### [5] {c} REQ >>> {s} : HEAD {u}/head"),
+        format!("### [6] {c} RESP <<< {s} : 200 OK HEAD {u}/head"),
+        format!("### [7] {c} REQ >>> {s} : GET {u}/nocontent"),
+        format!("### [8] {c} RESP <<< {s} : 204 No Content GET {u}/nocontent"),
+        format!("### [9] {c} REQ >>> {s} : POST {u}/echo"),
+        format!("### [10] {c} RESP <<< {s} : 200 OK POST {u}/echo"),
+        format!("### [11] {c} REQ >>> {s} : GET {u}/big?n={BIG}"),
+        format!("### [12] {c} RESP <<< {s} : 200 OK GET {u}/big?n={BIG}"),
+        format!("### [13] {c} REQ >>> {s} : PUT http://127.0.0.1/upload"),
+        format!("### [14] {c} RESP <<< {s} : 201 Created PUT http://127.0.0.1/upload"),
+        format!("### [15] {c} REQ >>> {s} : GET {u}/close"),
+        format!("### [16] {c} RESP <<< {s} : 200 OK GET {u}/close"),
+    ];
+    assert_eq!(titles(log), want, "{}", cap.describe());
+
+    assert!(
+        entry(log, 2).ends_with("\n\nlength body\n\n"),
+        "{}",
+        entry(log, 2)
+    );
+    let chunked = entry(log, 4);
+    assert!(chunked.contains("Transfer-Encoding: chunked\n"));
+    assert!(
+        chunked.contains("\n\nhello chunked world\n[trailer] X-Checksum: 42\n"),
+        "{chunked}"
+    );
+    assert!(
+        entry(log, 6).ends_with("Content-Length: 10\n\nnone\n\n"),
+        "HEAD: no body"
+    );
+    assert!(entry(log, 8).ends_with("\n\nnone\n\n"));
+    let echo = entry(log, 9);
+    assert!(
+        echo.contains("{\n  \"user\": \"admin\",\n  \"password\": \"<redacted sha256:"),
+        "JSON pretty-printed, members in order, password hidden:\n{echo}"
+    );
+    assert!(!log.contains("hunter2"), "a password leaked into the log");
+    let hex: String = pattern(32).iter().map(|b| format!("{b:02x}")).collect();
+    let big = entry(log, 12);
+    assert!(
+        big.contains(&format!("\n<octet-stream {BIG} bytes> 0x{hex}\n")),
+        "{big}"
+    );
+    assert!(
+        big.contains(&format!("[65536 of {BIG} body bytes shown")),
+        "{big}"
+    );
+    assert!(entry(log, 16).ends_with("\n\nuntil the end\n\n"));
+
+    let ex = jsonl(&cap);
+    assert_eq!(ex.len(), 8, "one record per exchange");
+    for x in &ex {
+        assert!(
+            x["client"].is_object() && x["server"].is_object(),
+            "both ends: {x}"
+        );
+        assert_eq!(x["incomplete"], false, "{x}");
+    }
+    let by_url = |suffix: &str| {
+        ex.iter()
+            .find(|x| x["url"].as_str().unwrap().ends_with(suffix))
+            .unwrap()
+    };
+    assert_eq!(by_url("/chunked")["response"]["body_size"], 19);
+    assert_eq!(
+        by_url(&format!("/big?n={BIG}"))["response"]["body_size"],
+        BIG as u64
+    );
+    assert_eq!(
+        by_url("/upload")["interim_statuses"],
+        serde_json::json!([100])
+    );
+    assert_eq!(by_url("/upload")["request"]["body_size"], 5);
+    assert!(
+        cap.stderr.contains("sniffer: 8 exchanges, 16 messages,"),
+        "{}",
+        cap.stderr
+    );
+}
+
+#[test]
+fn a_call_made_while_serving_sits_inside_the_outer_exchange() {
+    if !kernel_tests() {
+        return;
+    }
+    let back = Server::script("chain_server.py", &[]);
+    let front = Server::script("chain_server.py", &["--next", &back.port.to_string()]);
+    let (fp, bp) = (front.pid().to_string(), back.pid().to_string());
+    let url = format!("http://127.0.0.1:{}/work", front.port);
+    let cap = run(
+        &[
+            "--pid",
+            &fp,
+            "--pid",
+            &bp,
+            "--name",
+            &format!("{fp}=front"),
+            "--name",
+            &format!("{bp}=back"),
+        ],
+        &["curl".into(), "-s".into(), url.clone()],
+    );
+    let inner = format!("http://127.0.0.1:{}/inner", back.port);
+    assert_eq!(
+        titles(&cap.log),
+        vec![
+            format!("### [1] (curl) REQ >>> (front) : GET {url}"),
+            format!("### [2] (front) REQ >>> (back) : GET {inner}"),
+            format!("### [3] (front) RESP <<< (back) : 200 OK GET {inner}"),
+            format!("### [4] (curl) RESP <<< (front) : 200 OK GET {url}"),
+        ],
+        "{}",
+        cap.describe()
+    );
+    assert!(entry(&cap.log, 3).ends_with("\n\ninner\n\n"));
+    assert!(entry(&cap.log, 4).ends_with("\n\nouter+inner\n\n"));
+    let ex = jsonl(&cap);
+    assert_eq!(ex.len(), 2);
+    assert!(
+        ex.iter()
+            .all(|x| x["client"].is_object() && x["server"].is_object())
+    );
+}
+
+#[test]
+fn one_end_traced_names_the_other_end_from_its_process() {
+    if !kernel_tests() {
+        return;
+    }
+    let server = Server::script("http_variety.py", &[]);
+    let port = server.port.to_string();
+    // Only the client: the server is named after the process listening on the port.
+    let cap = run(&[], &py("http_variety_client.py", &[&port, "10"]));
+    let t = titles(&cap.log);
+    assert_eq!(t.len(), 16, "{}", cap.describe());
+    assert!(
+        t[0].starts_with("### [1] (http_variety_client.py) REQ >>> (http_variety.py) : GET"),
+        "{t:?}"
+    );
+    // Only the server: the client is named after the process owning the peer socket.
+    let running = sniffer_tests::Running::start(&["--pid", &server.pid().to_string()]);
+    let st = Command::new("python3")
+        .arg(fixture("http_variety_client.py"))
+        .args([&port, "10"])
+        .output()
+        .unwrap();
+    assert!(st.status.success());
+    let cap = running.stop();
+    let t = titles(&cap.log);
+    assert_eq!(t.len(), 16, "{}", cap.describe());
+    assert!(
+        t[0].starts_with("### [1] (http_variety_client.py) REQ >>> (http_variety.py) : GET"),
+        "{t:?}"
+    );
+}
