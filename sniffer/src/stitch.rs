@@ -158,7 +158,8 @@ pub struct Stitcher<L: LogSink> {
     next_seq: u64,
     next_number: u64,
     names: Names,
-    owners: Owners,
+    /// Looks up untraced processes in /proc; None keeps the stitcher off the live system.
+    owners: Option<Owners>,
     filter: Option<Filter>,
     slack_ns: u64,
     now: u64,
@@ -179,13 +180,19 @@ impl<L: LogSink> Stitcher<L> {
             next_seq: 0,
             next_number: 0,
             names,
-            owners: Owners::new(),
+            owners: Some(Owners::new()),
             filter,
             slack_ns: ORDER_SLACK_NS,
             now: 0,
             stats: Stats::default(),
             sink,
         }
+    }
+
+    /// A stitcher that names only what its events say, without reading /proc (fuzzing).
+    pub fn offline(mut self) -> Self {
+        self.owners = None;
+        self
     }
 
     fn enqueue(&mut self, ts: u64, item: Item) {
@@ -264,10 +271,11 @@ impl<L: LogSink> Stitcher<L> {
         let Endpoint::Inet(peer) = c.peer else {
             return None;
         };
+        let owners = self.owners.as_mut()?;
         let pid = if c.client {
-            self.owners.listener(peer)
+            owners.listener(peer)
         } else {
-            self.owners.owner(peer)
+            owners.owner(peer)
         }?;
         Some(self.pid_name(pid, procs))
     }

@@ -5,7 +5,8 @@
 //! - `build [--release]`: the BPF object with nightly, embedded in `target/<profile>/sniffer`;
 //! - `run [--release] -- ARGS`: build, then run sniffer as root;
 //! - `test`: setup, build, all unit and real-kernel integration tests;
-//! - `lint`: rustfmt and clippy with warnings as errors.
+//! - `lint`: rustfmt and clippy with warnings as errors;
+//! - `fuzz [--seconds N]`: cargo fuzz on the reassembly, seeded from `fuzz/corpus/`.
 mod setup;
 
 use std::{
@@ -47,6 +48,15 @@ enum Task {
     },
     /// rustfmt --check and clippy -D warnings on every crate, the BPF one included.
     Lint,
+    /// Fuzz the userspace reassembly (cargo fuzz, nightly) for a bounded time.
+    Fuzz {
+        /// How long to run, in seconds.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// The fuzz target (fuzz/fuzz_targets/).
+        #[arg(long, default_value = "reassembler")]
+        target: String,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -57,6 +67,7 @@ fn main() -> std::process::ExitCode {
         Task::Run { release, args } => run(release, &args),
         Task::Test { args } => test(&args),
         Task::Lint => lint(),
+        Task::Fuzz { seconds, target } => fuzz(seconds, &target),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -174,5 +185,41 @@ fn lint() -> anyhow::Result<()> {
                 "CARGO_TARGET_DIR",
                 workspace().join("target").join("bpf-clippy"),
             ),
+    )
+}
+
+/// Runs a cargo-fuzz target for `seconds`, installing cargo-fuzz when missing. New corpus
+/// entries go to target/fuzz-corpus, so the committed seeds stay as they are; a crash is left
+/// in fuzz/artifacts/ and fails the run.
+fn fuzz(seconds: u64, target: &str) -> anyhow::Result<()> {
+    let toolchain = setup::bpf_toolchain();
+    setup::ensure()?;
+    let has_fuzz = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .env("PATH", setup::path_with_cargo_bin())
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_fuzz {
+        eprintln!("xtask: installing cargo-fuzz");
+        run_cmd(cargo().args(["install", "cargo-fuzz", "--locked"]))?;
+    }
+    let ws = workspace();
+    let scratch = ws.join("target").join("fuzz-corpus").join(target);
+    std::fs::create_dir_all(&scratch)?;
+    run_cmd(
+        Command::new("rustup")
+            .args(["run", &toolchain, "cargo", "fuzz", "run", target])
+            .arg(&scratch)
+            .arg(ws.join("fuzz").join("corpus").join(target))
+            .arg("--")
+            .arg(format!("-max_total_time={seconds}"))
+            .arg("-rss_limit_mb=4096")
+            .current_dir(&ws)
+            .env("PATH", setup::path_with_cargo_bin())
+            // The reassembly needs no BPF object.
+            .env("SNIFFER_SKIP_BPF_BUILD", "1")
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("CARGO")
+            .env_remove("RUSTC"),
     )
 }
