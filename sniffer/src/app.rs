@@ -11,7 +11,7 @@ use tokio::{
 };
 
 use crate::{
-    cli::Cli,
+    cli::RunArgs,
     conns::ConnSink,
     events::Reader,
     exchange::Exchanges,
@@ -24,7 +24,7 @@ use crate::{
         self,
         conn_log::ConnLog,
         dump::DumpSink,
-        jsonl::{Jsonl, LogFanout},
+        jsonl::{HarSink, Jsonl, LogFanout, Recorder},
         log::NumberedLog,
         raw::RawSink,
     },
@@ -52,6 +52,13 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Wall-clock time in ns since the Unix epoch.
+fn unix_ns() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128)
+}
+
 /// Exit status of a command, shell style.
 fn exit_code(status: ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt as _;
@@ -62,7 +69,7 @@ fn exit_code(status: ExitStatus) -> i32 {
 }
 
 /// Runs the sniffer; returns the process exit code.
-pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
     if cli.pids.is_empty() && cli.comms.is_empty() && cli.command.is_empty() {
         return Err(UsageError(
             "nothing to trace: give --pid PID, --comm NAME, or a command after --".into(),
@@ -88,6 +95,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         .map_err(|e| UsageError(e.to_string()))?;
     let redact = !cli.no_redact;
     let preview = (cli.preview_kib as usize) << 10;
+    let recorder = Recorder {
+        redact,
+        text_limit: preview,
+        unix_offset_ns: unix_ns() - i128::from(monotonic_ns()),
+    };
     let mut logs = LogFanout::default();
     logs.sinks.push(Box::new(NumberedLog::new(
         open(&cli.output)?,
@@ -95,8 +107,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         preview,
     )));
     if let Some(path) = &cli.jsonl {
+        logs.sinks.push(Box::new(Jsonl::new(open(path)?, recorder)));
+    }
+    if let Some(path) = &cli.har {
         logs.sinks
-            .push(Box::new(Jsonl::new(open(path)?, redact, preview)));
+            .push(Box::new(HarSink::new(open(path)?, recorder)));
     }
     let names = Names::new(cli.names.iter().cloned().collect());
     let http = Exchanges::new(Stitcher::new(logs, names, filter), preview);

@@ -1,7 +1,7 @@
 //! Command line.
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 
 /// See every HTTP call behind a command, without touching a single service.
 ///
@@ -9,8 +9,58 @@ use clap::Parser;
 /// stream the plaintext bytes to sniffer. Stop it with Ctrl-C, or give a command after `--`:
 /// sniffer then traces that command, and stops and exits with its status when it ends.
 #[derive(Debug, Parser)]
-#[command(name = "sniffer", version, max_term_width = 100)]
+#[command(
+    name = "sniffer",
+    version,
+    max_term_width = 100,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub tool: Option<Tool>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Converters of what a run wrote.
+#[derive(Debug, Subcommand)]
+pub enum Tool {
+    /// Turn a numbered log (or a .jsonl) into a mermaid sequence diagram and a body page.
+    Diagram(DiagramArgs),
+    /// Turn a .jsonl into an HTTP Archive (HAR 1.2) for browser devtools and HAR viewers.
+    Har(HarArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DiagramArgs {
+    /// The numbered log (sniffer.log) or the JSONL (a name ending in .jsonl).
+    pub log: PathBuf,
+    /// Where the diagram goes ("-" for stdout).
+    #[arg(short, long, value_name = "FILE", default_value = "diagram.md")]
+    pub output: PathBuf,
+    /// Also write the bodies page (mkdocs-material tabs) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub body: Option<PathBuf>,
+    /// Replace ids in paths by names ({image_id}, {account}, {id1}...) and list them.
+    #[arg(long)]
+    pub placeholders: bool,
+    /// A complete ```mermaid block with sequenceDiagram, autonumber and participants.
+    #[arg(long)]
+    pub standalone: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct HarArgs {
+    /// The JSONL a run wrote with --jsonl.
+    pub jsonl: PathBuf,
+    /// Where the HAR goes ("-" for stdout).
+    #[arg(short, long, value_name = "FILE", default_value = "sniffer.har")]
+    pub output: PathBuf,
+}
+
+/// Tracing: what to trace and where the results go.
+#[derive(Debug, Args)]
+pub struct RunArgs {
     /// Trace this process with its threads and children, existing and future (repeatable).
     #[arg(long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
@@ -27,6 +77,10 @@ pub struct Cli {
     /// Also write one JSON object per exchange (times, ends, headers, bodies, flags) to FILE.
     #[arg(long, value_name = "FILE")]
     pub jsonl: Option<PathBuf>,
+
+    /// Also write the exchanges as an HTTP Archive (HAR 1.2) to FILE at the end.
+    #[arg(long, value_name = "FILE")]
+    pub har: Option<PathBuf>,
 
     /// Leave out messages matching a should_not_hook.json filter file.
     #[arg(long, value_name = "FILE")]
@@ -82,6 +136,41 @@ pub struct Cli {
     pub command: Vec<String>,
 }
 
+/// Whether the subcommands parse and stay apart from tracing options.
+#[cfg(test)]
+mod tool_tests {
+    use super::*;
+
+    #[test]
+    fn diagram_and_har_subcommands() {
+        let cli = Cli::try_parse_from([
+            "sniffer",
+            "diagram",
+            "x.log",
+            "--body",
+            "b.md",
+            "--placeholders",
+        ])
+        .unwrap();
+        match cli.tool {
+            Some(Tool::Diagram(d)) => {
+                assert_eq!(d.log, PathBuf::from("x.log"));
+                assert_eq!(d.output, PathBuf::from("diagram.md"));
+                assert_eq!(d.body, Some(PathBuf::from("b.md")));
+                assert!(d.placeholders && !d.standalone);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            Cli::try_parse_from(["sniffer", "har", "x.jsonl", "-o", "-"])
+                .unwrap()
+                .tool,
+            Some(Tool::Har(_))
+        ));
+        assert!(Cli::try_parse_from(["sniffer", "--pid", "1", "diagram", "x"]).is_err());
+    }
+}
+
 fn power_of_two(s: &str) -> Result<u32, String> {
     let n: u32 = s.parse().map_err(|e| format!("{e}"))?;
     if n.is_power_of_two() && n <= 1024 {
@@ -98,7 +187,8 @@ mod tests {
     #[test]
     fn command_after_double_dash() {
         let cli = Cli::try_parse_from(["sniffer", "--pid", "12", "--", "curl", "-s", "http://x"])
-            .unwrap();
+            .unwrap()
+            .run;
         assert_eq!(cli.pids, vec![12]);
         assert_eq!(cli.command, vec!["curl", "-s", "http://x"]);
         assert_eq!(cli.output, PathBuf::from("sniffer.log"));
@@ -107,16 +197,21 @@ mod tests {
 
     #[test]
     fn raw_without_file_is_stdout() {
-        let cli = Cli::try_parse_from(["sniffer", "--comm", "curl", "--raw"]).unwrap();
+        let cli = Cli::try_parse_from(["sniffer", "--comm", "curl", "--raw"])
+            .unwrap()
+            .run;
         assert_eq!(cli.raw, Some(PathBuf::from("-")));
-        let cli = Cli::try_parse_from(["sniffer", "--raw=out.txt", "--comm", "x"]).unwrap();
+        let cli = Cli::try_parse_from(["sniffer", "--raw=out.txt", "--comm", "x"])
+            .unwrap()
+            .run;
         assert_eq!(cli.raw, Some(PathBuf::from("out.txt")));
     }
 
     #[test]
     fn names_parse_as_pid_label() {
-        let cli =
-            Cli::try_parse_from(["sniffer", "--name", "42=glance-api", "--comm", "x"]).unwrap();
+        let cli = Cli::try_parse_from(["sniffer", "--name", "42=glance-api", "--comm", "x"])
+            .unwrap()
+            .run;
         assert_eq!(cli.names, vec![(42, "glance-api".to_owned())]);
         assert!(Cli::try_parse_from(["sniffer", "--name", "glance", "--comm", "x"]).is_err());
     }
@@ -127,6 +222,7 @@ mod tests {
         assert_eq!(
             Cli::try_parse_from(["sniffer", "--ring-mib", "64", "--comm", "x"])
                 .unwrap()
+                .run
                 .ring_mib,
             64
         );

@@ -7,9 +7,11 @@
 pub mod app;
 pub mod cli;
 pub mod conns;
+pub mod diagram;
 pub mod events;
 pub mod exchange;
 pub mod filter;
+pub mod har;
 pub mod http;
 pub mod names;
 pub mod owners;
@@ -20,3 +22,4 @@ pub mod render;
 pub mod sinks;
 pub mod stitch;
 pub mod stream;
+pub mod tools;

@@ -1,11 +1,21 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use sniffer::{app, cli::Cli, probe::ProbeError};
+use sniffer::{app, cli::Cli, probe::ProbeError, tools};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(tool) = cli.tool {
+        return match tools::run(tool) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sniffer: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let cli = cli.run;
     let level = match cli.verbose {
         0 => "warn",
         1 => "info",

@@ -23,8 +23,11 @@ struct EndRecord {
 #[derive(Serialize)]
 struct MessageRecord {
     number: Option<u64>,
+    /// Kernel (CLOCK_MONOTONIC) times of the first and last bytes.
     first_ts_ns: u64,
     last_ts_ns: u64,
+    /// The same first byte in ns since the Unix epoch.
+    first_unix_ns: i128,
     headers: Vec<(String, String)>,
     body_size: u64,
     body_missing: u64,
@@ -56,10 +59,18 @@ struct ExchangeRecord<'a> {
     broken: Option<&'static str>,
 }
 
+/// Turns exchanges into JSON records (for JSONL and HAR).
+#[derive(Clone, Copy, Debug)]
+pub struct Recorder {
+    pub redact: bool,
+    pub text_limit: usize,
+    /// Unix time minus kernel monotonic time, in ns.
+    pub unix_offset_ns: i128,
+}
+
 pub struct Jsonl {
     out: Box<dyn Write + Send>,
-    redact: bool,
-    text_limit: usize,
+    rec: Recorder,
     error: Option<io::Error>,
 }
 
@@ -72,21 +83,13 @@ fn end(v: &Option<View>) -> Option<EndRecord> {
     })
 }
 
-impl Jsonl {
-    pub fn new(out: Box<dyn Write + Send>, redact: bool, text_limit: usize) -> Self {
-        Self {
-            out,
-            redact,
-            text_limit,
-            error: None,
-        }
-    }
-
+impl Recorder {
     fn message_record(&self, x: &Exchange, which: Which, m: &Message) -> MessageRecord {
         MessageRecord {
             number: x.numbers[which as usize],
             first_ts_ns: m.first_ts,
             last_ts_ns: m.last_ts,
+            first_unix_ns: i128::from(m.first_ts) + self.unix_offset_ns,
             headers: m
                 .head
                 .headers
@@ -111,7 +114,8 @@ impl Jsonl {
         }
     }
 
-    fn record(&mut self, x: &Exchange) -> io::Result<()> {
+    /// The record of an exchange.
+    pub fn record(&self, x: &Exchange) -> serde_json::Value {
         let (status, reason) = match x.response.as_ref().map(|m| &m.head.start) {
             Some(StartLine::Response { status, reason, .. }) => {
                 (Some(*status), Some(reason.as_str()))
@@ -142,7 +146,21 @@ impl Jsonl {
             unanswered: x.unanswered,
             broken: x.broken,
         };
-        serde_json::to_writer(&mut self.out, &rec)?;
+        serde_json::to_value(&rec).unwrap_or_default()
+    }
+}
+
+impl Jsonl {
+    pub fn new(out: Box<dyn Write + Send>, rec: Recorder) -> Self {
+        Self {
+            out,
+            rec,
+            error: None,
+        }
+    }
+
+    fn write(&mut self, x: &Exchange) -> io::Result<()> {
+        serde_json::to_writer(&mut self.out, &self.rec.record(x))?;
         self.out.write_all(b"\n")?;
         self.out.flush()
     }
@@ -153,7 +171,7 @@ impl LogSink for Jsonl {
 
     fn exchange(&mut self, x: &Exchange) {
         if self.error.is_none()
-            && let Err(e) = self.record(x)
+            && let Err(e) = self.write(x)
         {
             self.error = Some(e);
         }
@@ -195,5 +213,37 @@ impl LogSink for LogFanout {
             }
         }
         first
+    }
+}
+
+/// `--har FILE`: the exchanges as an HTTP Archive, written at the end.
+pub struct HarSink {
+    out: Box<dyn Write + Send>,
+    rec: Recorder,
+    records: Vec<serde_json::Value>,
+}
+
+impl HarSink {
+    pub fn new(out: Box<dyn Write + Send>, rec: Recorder) -> Self {
+        Self {
+            out,
+            rec,
+            records: Vec::new(),
+        }
+    }
+}
+
+impl LogSink for HarSink {
+    fn message(&mut self, _e: &crate::stitch::Entry<'_>) {}
+
+    fn exchange(&mut self, x: &Exchange) {
+        self.records.push(self.rec.record(x));
+    }
+
+    fn close(&mut self) -> io::Result<()> {
+        let har = crate::har::from_records(&self.records);
+        serde_json::to_writer_pretty(&mut self.out, &har)?;
+        self.out.write_all(b"\n")?;
+        self.out.flush()
     }
 }

@@ -1,0 +1,277 @@
+//! The messages a diagram is drawn from, read back from the numbered log or the JSONL.
+use regex::Regex;
+
+/// One message, as the log shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Msg {
+    pub number: u64,
+    pub request: bool,
+    /// The client (the request's sender), whichever way this message goes.
+    pub from: String,
+    /// The server.
+    pub to: String,
+    pub method: String,
+    pub url: String,
+    pub status: Option<u16>,
+    pub reason: String,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    /// The exchange it belongs to, when the input says (JSONL).
+    pub exchange: Option<u64>,
+}
+
+impl Msg {
+    /// The URL's path and query, without scheme and host (`?` when unknown).
+    pub fn path(&self) -> String {
+        path_of(&self.url)
+    }
+}
+
+/// `http://host:port/a/b?q` -> `/a/b?q`.
+pub fn path_of(url: &str) -> String {
+    match url.split_once("://") {
+        Some((_, rest)) => match rest.find('/') {
+            Some(i) => rest[i..].to_owned(),
+            None => "/".to_owned(),
+        },
+        None if url.is_empty() => "?".to_owned(),
+        None => url.to_owned(),
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ReadError {
+    #[error("line {line}: not a message title: {text}")]
+    Title { line: usize, text: String },
+    #[error("line {line}: {message}")]
+    Json { line: usize, message: String },
+    #[error("no messages found")]
+    Empty,
+}
+
+/// Reads a numbered log (`### [N] (FROM) REQ >>> (TO) : ...`); the reference logs' unnumbered
+/// titles (`### (FROM) ...`) are numbered in order.
+pub fn from_log(text: &str) -> Result<Vec<Msg>, ReadError> {
+    let title = Regex::new(r"^### (?:\[(\d+)\] )?\((.*?)\) (REQ >>>|RESP <<<) \((.*?)\) : (.*)$")
+        .expect("valid regex");
+    let lines: Vec<&str> = text.lines().collect();
+    let starts: Vec<usize> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.starts_with("### "))
+        .map(|(i, _)| i)
+        .collect();
+    let mut out = Vec::new();
+    for (k, &start) in starts.iter().enumerate() {
+        let end = starts.get(k + 1).copied().unwrap_or(lines.len());
+        let caps = title
+            .captures(lines[start])
+            .ok_or_else(|| ReadError::Title {
+                line: start + 1,
+                text: lines[start].to_owned(),
+            })?;
+        let number = caps
+            .get(1)
+            .and_then(|n| n.as_str().parse().ok())
+            .unwrap_or(out.len() as u64 + 1);
+        let request = &caps[3] == "REQ >>>";
+        let rest = caps[5].to_owned();
+        let (method, url, status, reason) = if request {
+            let (m, u) = rest.split_once(' ').unwrap_or((rest.as_str(), ""));
+            (m.to_owned(), u.to_owned(), None, String::new())
+        } else {
+            parse_response_title(&rest)
+        };
+        let body_lines = &lines[start + 1..end];
+        let blank = body_lines
+            .iter()
+            .position(|l| l.is_empty())
+            .unwrap_or(body_lines.len());
+        let headers = body_lines[..blank]
+            .iter()
+            .map(|h| {
+                let (n, v) = h.split_once(':').unwrap_or((h, ""));
+                (n.to_owned(), v.strip_prefix(' ').unwrap_or(v).to_owned())
+            })
+            .collect();
+        let mut body: Vec<&str> = body_lines.get(blank + 1..).unwrap_or_default().to_vec();
+        while body.last().is_some_and(|l| l.is_empty()) {
+            body.pop();
+        }
+        out.push(Msg {
+            number,
+            request,
+            from: caps[2].to_owned(),
+            to: caps[4].to_owned(),
+            method,
+            url,
+            status,
+            reason,
+            headers,
+            body: body.join("\n"),
+            exchange: None,
+        });
+    }
+    if out.is_empty() {
+        return Err(ReadError::Empty);
+    }
+    Ok(out)
+}
+
+/// `200 OK GET http://x/y`, `300 MULTIPLE CHOICES GET http://x/`, `200 OK ? (request not seen)`.
+fn parse_response_title(rest: &str) -> (String, String, Option<u16>, String) {
+    let (status, after) = rest.split_once(' ').unwrap_or((rest, ""));
+    let status = status.parse().ok();
+    if let Some(reason) = after.strip_suffix(" ? (request not seen)") {
+        return ("?".into(), String::new(), status, reason.to_owned());
+    }
+    let mut words: Vec<&str> = after.split(' ').collect();
+    let url = if words.len() >= 2 {
+        words.pop().unwrap_or("")
+    } else {
+        ""
+    };
+    let method = if words.len() >= 2 {
+        words.pop().unwrap_or("")
+    } else {
+        ""
+    };
+    (method.to_owned(), url.to_owned(), status, words.join(" "))
+}
+
+/// Reads the JSONL (one exchange per line) into its numbered messages, in number order.
+pub fn from_jsonl(text: &str) -> Result<Vec<Msg>, ReadError> {
+    let mut out = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| ReadError::Json {
+            line: i + 1,
+            message: e.to_string(),
+        })?;
+        let s = |k: &str| v[k].as_str().unwrap_or("").to_owned();
+        for (key, request) in [("request", true), ("response", false)] {
+            let m = &v[key];
+            let Some(number) = m["number"].as_u64() else {
+                continue;
+            };
+            let headers = m["headers"]
+                .as_array()
+                .map(|hs| {
+                    hs.iter()
+                        .map(|h| {
+                            (
+                                h[0].as_str().unwrap_or("").to_owned(),
+                                h[1].as_str().unwrap_or("").to_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(Msg {
+                number,
+                request,
+                from: s("from"),
+                to: s("to"),
+                method: s("method"),
+                url: s("url"),
+                status: if request {
+                    None
+                } else {
+                    v["status"].as_u64().map(|n| n as u16)
+                },
+                reason: if request { String::new() } else { s("reason") },
+                headers,
+                body: m["body"].as_str().unwrap_or("").to_owned(),
+                exchange: v["id"].as_u64(),
+            });
+        }
+    }
+    if out.is_empty() {
+        return Err(ReadError::Empty);
+    }
+    out.sort_by_key(|m| m.number);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LOG: &str = "\n### [1] (openstack) REQ >>> (keystone) : GET http://127.0.0.1/identity/\nHost: 127.0.0.1\nAccept: application/json\n\nnone\n\n\n### [2] (openstack) RESP <<< (keystone) : 300 MULTIPLE CHOICES GET http://127.0.0.1/identity/\nContent-Type: application/json\n\n{\n  \"a\": 1\n}\n\n\n### [3] (glance-api) RESP <<< (keystone) : 200 OK ? (request not seen)\n\nnone\n\n";
+
+    #[test]
+    fn numbered_log_entries() {
+        let m = from_log(LOG).unwrap();
+        assert_eq!(m.len(), 3);
+        assert_eq!(
+            (m[0].number, m[0].request, m[0].method.as_str()),
+            (1, true, "GET")
+        );
+        assert_eq!(m[0].path(), "/identity/");
+        assert_eq!(
+            m[0].headers,
+            vec![
+                ("Host".into(), "127.0.0.1".into()),
+                ("Accept".into(), "application/json".into())
+            ]
+        );
+        assert_eq!(m[0].body, "none");
+        assert_eq!(
+            (m[1].status, m[1].reason.as_str(), m[1].method.as_str()),
+            (Some(300), "MULTIPLE CHOICES", "GET")
+        );
+        assert_eq!(m[1].body, "{\n  \"a\": 1\n}");
+        assert_eq!(
+            (m[2].status, m[2].reason.as_str(), m[2].path().as_str()),
+            (Some(200), "OK", "?")
+        );
+    }
+
+    #[test]
+    fn reference_titles_without_numbers() {
+        let m = from_log("\n### (openstack) REQ >>> (glance-api) : POST http://127.0.0.1:60999/v2/images\nHost: x\n\nnone\n\n\n### (openstack) RESP <<< (glance-api) : 201 Created POST http://127.0.0.1:60999/v2/images\n\nnone\n").unwrap();
+        assert_eq!(m.iter().map(|x| x.number).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(m[1].reason, "Created");
+    }
+
+    #[test]
+    fn bad_titles_and_empty_input_are_errors() {
+        assert_eq!(
+            from_log("### nonsense\n"),
+            Err(ReadError::Title {
+                line: 1,
+                text: "### nonsense".into()
+            })
+        );
+        assert_eq!(from_log("just text\n"), Err(ReadError::Empty));
+        assert!(matches!(
+            from_jsonl("{bad"),
+            Err(ReadError::Json { line: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn jsonl_exchanges_to_messages() {
+        let line = r#"{"id":4,"from":"a","to":"b","method":"GET","url":"http://h/x","status":204,"reason":"No Content","request":{"number":2,"headers":[["Host","h"]],"body":"none"},"response":{"number":3,"headers":[],"body":"none"}}"#;
+        let m = from_jsonl(line).unwrap();
+        assert_eq!(m.len(), 2);
+        assert_eq!(
+            (m[0].number, m[0].request, m[0].exchange),
+            (2, true, Some(4))
+        );
+        assert_eq!(
+            (m[1].status, m[1].reason.as_str()),
+            (Some(204), "No Content")
+        );
+    }
+
+    #[test]
+    fn paths_without_scheme_and_host() {
+        assert_eq!(path_of("http://h:1/a/b?c=d"), "/a/b?c=d");
+        assert_eq!(path_of("http://h"), "/");
+        assert_eq!(path_of(""), "?");
+    }
+}

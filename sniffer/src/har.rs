@@ -1,0 +1,217 @@
+//! HTTP Archive 1.2 of the exchanges, so a run opens in browser devtools or any HAR viewer.
+//!
+//! Built from the JSONL records (the live `--har` sink makes the same records first), with
+//! times from the kernel timestamps converted to wall clock.
+use serde_json::{Value, json};
+
+/// `2026-11-24T06:45:14.123Z` for a time in ns since the Unix epoch.
+pub fn iso8601(unix_ns: i128) -> String {
+    let ms_total = unix_ns.div_euclid(1_000_000);
+    let secs = ms_total.div_euclid(1000);
+    let ms = ms_total.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's days_from_civil, inverted).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+        sod / 3600,
+        (sod % 3600) / 60,
+        sod % 60
+    )
+}
+
+fn headers(v: &Value) -> Vec<Value> {
+    v.as_array()
+        .map(|hs| {
+            hs.iter()
+                .map(|h| json!({"name": h[0], "value": h[1]}))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn header<'a>(v: &'a Value, name: &str) -> Option<&'a str> {
+    v.as_array()?
+        .iter()
+        .find(|h| h[0].as_str().is_some_and(|n| n.eq_ignore_ascii_case(name)))
+        .and_then(|h| h[1].as_str())
+}
+
+fn query(url: &str) -> Vec<Value> {
+    url.split_once('?')
+        .map(|(_, q)| {
+            q.split('&')
+                .filter(|p| !p.is_empty())
+                .map(|p| {
+                    let (n, v) = p.split_once('=').unwrap_or((p, ""));
+                    json!({"name": n, "value": v})
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Milliseconds between two kernel times (never negative).
+fn ms(from: &Value, to: &Value) -> f64 {
+    match (from.as_u64(), to.as_u64()) {
+        (Some(a), Some(b)) if b >= a => (b - a) as f64 / 1e6,
+        _ => 0.0,
+    }
+}
+
+/// One HAR entry from one JSONL exchange record; None for an exchange without its request.
+fn entry(x: &Value) -> Option<Value> {
+    let req = &x["request"];
+    if !req.is_object() {
+        return None;
+    }
+    let resp = &x["response"];
+    let started = req["first_unix_ns"].as_i64().map_or(0, i128::from);
+    let body_text = |m: &Value| {
+        if m["body"] == "none" {
+            Value::Null
+        } else {
+            m["body"].clone()
+        }
+    };
+    let url = x["url"].as_str().unwrap_or("");
+    let send = ms(&req["first_ts_ns"], &req["last_ts_ns"]);
+    let wait = ms(&req["last_ts_ns"], &resp["first_ts_ns"]);
+    let receive = ms(&resp["first_ts_ns"], &resp["last_ts_ns"]);
+    let mut request = json!({
+        "method": x["method"],
+        "url": url,
+        "httpVersion": "HTTP/1.1",
+        "cookies": [],
+        "headers": headers(&req["headers"]),
+        "queryString": query(url),
+        "headersSize": -1,
+        "bodySize": req["body_size"],
+    });
+    if req["body_size"].as_u64().unwrap_or(0) > 0 {
+        request["postData"] = json!({
+            "mimeType": header(&req["headers"], "content-type").unwrap_or(""),
+            "text": body_text(req),
+        });
+    }
+    let response = if resp.is_object() {
+        json!({
+            "status": x["status"],
+            "statusText": x["reason"],
+            "httpVersion": "HTTP/1.1",
+            "cookies": [],
+            "headers": headers(&resp["headers"]),
+            "content": {
+                "size": resp["body_size"],
+                "mimeType": header(&resp["headers"], "content-type").unwrap_or(""),
+                "text": body_text(resp),
+            },
+            "redirectURL": header(&resp["headers"], "location").unwrap_or(""),
+            "headersSize": -1,
+            "bodySize": resp["body_size"],
+        })
+    } else {
+        // HAR needs a response: an unanswered request gets status 0, as browsers write it.
+        json!({
+            "status": 0, "statusText": "", "httpVersion": "HTTP/1.1", "cookies": [], "headers": [],
+            "content": {"size": 0, "mimeType": ""}, "redirectURL": "", "headersSize": -1, "bodySize": -1,
+        })
+    };
+    let server_ip = x["server"]["local"]
+        .as_str()
+        .or(x["client"]["peer"].as_str())
+        .and_then(|a| {
+            a.rsplit_once(':')
+                .map(|(ip, _)| ip.trim_matches(['[', ']']).to_owned())
+        });
+    let mut e = json!({
+        "startedDateTime": iso8601(started),
+        "time": send + wait + receive,
+        "request": request,
+        "response": response,
+        "cache": {},
+        "timings": {"send": send, "wait": wait, "receive": receive},
+        "_from": x["from"],
+        "_to": x["to"],
+        "_incomplete": x["incomplete"],
+    });
+    if let Some(ip) = server_ip {
+        e["serverIPAddress"] = json!(ip);
+    }
+    Some(e)
+}
+
+/// The HAR document for JSONL exchange records.
+pub fn from_records(records: &[Value]) -> Value {
+    let entries: Vec<Value> = records.iter().filter_map(entry).collect();
+    json!({
+        "log": {
+            "version": "1.2",
+            "creator": {"name": "sniffer", "version": env!("CARGO_PKG_VERSION")},
+            "entries": entries,
+        }
+    })
+}
+
+/// Parses JSONL text into records, naming the line of the first that does not parse.
+pub fn read_jsonl(text: &str) -> Result<Vec<Value>, String> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| serde_json::from_str(l).map_err(|e| format!("line {}: {e}", i + 1)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iso_dates() {
+        assert_eq!(iso8601(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            iso8601(1_795_000_000_123_456_789),
+            "2026-11-18T11:06:40.123Z"
+        );
+        assert_eq!(iso8601(951_782_400_000_000_000), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn an_exchange_becomes_an_entry() {
+        let rec: Value = serde_json::from_str(
+            r#"{"id":1,"from":"openstack","to":"keystone","method":"POST","url":"http://127.0.0.1:5000/v3/auth/tokens?nocatalog","status":201,"reason":"CREATED",
+                "client":{"pid":1,"local":"127.0.0.1:40000","peer":"127.0.0.1:5000","transport":"tcp"},"server":null,
+                "request":{"number":1,"first_ts_ns":1000000,"last_ts_ns":2000000,"first_unix_ns":0,"headers":[["Content-Type","application/json"]],"body_size":2,"body":"{}"},
+                "response":{"number":2,"first_ts_ns":5000000,"last_ts_ns":6000000,"headers":[["Location","http://x/"]],"body_size":0,"body":"none"},
+                "incomplete":false}"#,
+        )
+        .unwrap();
+        let har = from_records(&[rec]);
+        let e = &har["log"]["entries"][0];
+        assert_eq!(har["log"]["version"], "1.2");
+        assert_eq!(e["startedDateTime"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(e["time"], 5.0);
+        assert_eq!(
+            e["timings"],
+            json!({"send": 1.0, "wait": 3.0, "receive": 1.0})
+        );
+        assert_eq!(
+            e["request"]["queryString"],
+            json!([{"name": "nocatalog", "value": ""}])
+        );
+        assert_eq!(e["request"]["postData"]["mimeType"], "application/json");
+        assert_eq!(e["response"]["redirectURL"], "http://x/");
+        assert_eq!(e["response"]["content"]["text"], Value::Null);
+        assert_eq!(e["serverIPAddress"], "127.0.0.1");
+    }
+}

@@ -1,0 +1,175 @@
+#!/usr/bin/env python3
+"""A small OpenStack on 127.0.0.1 for sniffer's end-to-end test: keystone and glance-api under
+uWSGI with devstack's process names, all state in one directory.
+
+usage: bed.py VENV STATE_DIR
+
+Configures keystone (sqlite, fernet tokens, admin/secret bootstrapped, endpoints on 127.0.0.1)
+and glance-api (sqlite, file store, keystonemiddleware auth_token with its own `glance` service
+user), starts both, then prints one JSON line:
+
+  {"keystone": {"pid": N, "port": N, "log": PATH}, "glance": {...}, "env": {OS_* ...}}
+
+and waits until its stdin closes or it gets SIGTERM; it then stops the services it started
+(their whole process groups) and nothing else.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+venv, state = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
+os.makedirs(state, exist_ok=True)
+bin_ = lambda name: os.path.join(venv, "bin", name)  # noqa: E731
+children = []
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def run(*args, env=None):
+    subprocess.run(args, check=True, env=env, stdout=subprocess.DEVNULL, stderr=open(os.path.join(state, "setup.err"), "a"))
+
+
+def write(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def start_uwsgi(name, port, module, env_var, env_val, log):
+    """uWSGI master + 2 workers, titled like devstack (`keystone uWSGI master`)."""
+    p = subprocess.Popen(
+        [
+            bin_("uwsgi"), "--http11-socket", f"127.0.0.1:{port}", "--module", module,
+            "--home", venv, "--master", "--processes", "2", "--threads", "1",
+            "--procname-prefix-spaced", name, "--env", f"{env_var}={env_val}",
+            "--logto", log, "--die-on-term", "--need-app", "--lazy-apps",
+            "--buffer-size", "65535", "--http-keepalive",
+        ],
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+    )
+    children.append(p)
+    return p
+
+
+def wait_http(url, deadline=120):
+    end = time.time() + deadline
+    while time.time() < end:
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            return
+        except urllib.error.HTTPError:
+            return  # it answers
+        except Exception:
+            time.sleep(0.3)
+    raise SystemExit(f"{url} did not answer in {deadline}s")
+
+
+def stop(*_):
+    for p in children:
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    for p in children:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+    sys.exit(0)
+
+
+signal.signal(signal.SIGTERM, stop)
+
+kport, gport = free_port(), free_port()
+kurl = f"http://127.0.0.1:{kport}/v3"
+
+# keystone
+kconf = os.path.join(state, "keystone.conf")
+write(kconf, f"""[DEFAULT]
+[database]
+connection = sqlite:///{state}/keystone.db
+[token]
+provider = fernet
+[fernet_tokens]
+key_repository = {state}/fernet-keys
+[fernet_receipts]
+key_repository = {state}/fernet-receipts
+[credential]
+key_repository = {state}/credential-keys
+""")
+km = lambda *a: run(bin_("keystone-manage"), "--config-file", kconf, *a)  # noqa: E731
+km("db_sync")
+km("fernet_setup", "--keystone-user", "root", "--keystone-group", "root")
+km("credential_setup", "--keystone-user", "root", "--keystone-group", "root")
+km("bootstrap", "--bootstrap-password", "secret", "--bootstrap-username", "admin",
+   "--bootstrap-project-name", "admin", "--bootstrap-role-name", "admin",
+   "--bootstrap-service-name", "keystone", "--bootstrap-region-id", "RegionOne",
+   "--bootstrap-admin-url", kurl, "--bootstrap-public-url", kurl, "--bootstrap-internal-url", kurl)
+klog = os.path.join(state, "keystone-requests.log")
+keystone = start_uwsgi("keystone", kport, "keystone.wsgi.api:application", "OS_KEYSTONE_CONFIG_FILES", kconf, klog)
+wait_http(kurl)
+
+env = dict(os.environ, OS_AUTH_URL=kurl, OS_USERNAME="admin", OS_PASSWORD="secret",
+           OS_PROJECT_NAME="admin", OS_USER_DOMAIN_NAME="Default", OS_PROJECT_DOMAIN_NAME="Default",
+           OS_IDENTITY_API_VERSION="3", OS_REGION_NAME="RegionOne", OS_INTERFACE="public")
+osc = lambda *a: run(bin_("openstack"), *a, env=env)  # noqa: E731
+osc("project", "create", "service", "--domain", "Default")
+osc("user", "create", "glance", "--domain", "Default", "--password", "secret")
+osc("role", "add", "--project", "service", "--user", "glance", "admin")
+osc("service", "create", "--name", "glance", "image")
+for iface in ("public", "internal", "admin"):
+    osc("endpoint", "create", "--region", "RegionOne", "image", iface, f"http://127.0.0.1:{gport}")
+
+# glance-api
+getc = os.path.join(state, "glance-etc")
+os.makedirs(getc, exist_ok=True)
+with open(os.path.join(venv, "etc", "glance", "glance-api-paste.ini")) as f:
+    write(os.path.join(getc, "glance-api-paste.ini"), f.read())
+gconf = os.path.join(getc, "glance-api.conf")
+write(gconf, f"""[DEFAULT]
+enabled_backends = fs:file
+[database]
+connection = sqlite:///{state}/glance.db
+[keystone_authtoken]
+www_authenticate_uri = {kurl}
+auth_url = {kurl}
+auth_type = password
+project_domain_name = Default
+user_domain_name = Default
+project_name = service
+username = glance
+password = secret
+[paste_deploy]
+flavor = keystone
+[glance_store]
+default_backend = fs
+[fs]
+filesystem_store_datadir = {state}/images
+[os_glance_staging_store]
+filesystem_store_datadir = {state}/staging
+[os_glance_tasks_store]
+filesystem_store_datadir = {state}/tasks
+""")
+run(bin_("glance-manage"), "--config-file", gconf, "db_sync")
+glog = os.path.join(state, "glance-requests.log")
+glance = start_uwsgi("glance-api", gport, "glance.wsgi.api:application", "OS_GLANCE_CONFIG_DIR", getc, glog)
+wait_http(f"http://127.0.0.1:{gport}/")
+
+print(json.dumps({
+    "keystone": {"pid": keystone.pid, "port": kport, "log": klog},
+    "glance": {"pid": glance.pid, "port": gport, "log": glog},
+    "env": {k: v for k, v in env.items() if k.startswith("OS_")},
+}), flush=True)
+sys.stdin.read()
+stop()
