@@ -10,8 +10,8 @@ user), starts both, then prints one JSON line:
 
   {"keystone": {"pid": N, "port": N, "log": PATH}, "glance": {...}, "env": {OS_* ...}}
 
-and waits until its stdin closes or it gets SIGTERM; it then stops the services it started
-(their whole process groups) and nothing else.
+and waits until its stdin closes or it gets SIGTERM; it then stops the services it started and
+nothing else. The services share this script's process group, so killing the group stops all.
 """
 import json
 import os
@@ -55,7 +55,7 @@ def start_uwsgi(name, port, module, env_var, env_val, log):
             "--logto", log, "--die-on-term", "--need-app", "--lazy-apps",
             "--buffer-size", "65535", "--http-keepalive",
         ],
-        start_new_session=True,
+        # Same process group as this script: whoever stops the bed's group stops them too.
         stdin=subprocess.DEVNULL,
     )
     children.append(p)
@@ -77,15 +77,12 @@ def wait_http(url, deadline=120):
 
 def stop(*_):
     for p in children:
-        try:
-            os.killpg(p.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+        p.terminate()
     for p in children:
         try:
             p.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
+            p.kill()
     sys.exit(0)
 
 

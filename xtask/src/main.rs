@@ -6,7 +6,8 @@
 //! - `run [--release] -- ARGS`: build, then run sniffer as root;
 //! - `test`: setup, build, all unit and real-kernel integration tests;
 //! - `lint`: rustfmt and clippy with warnings as errors;
-//! - `fuzz [--seconds N]`: cargo fuzz on the reassembly, seeded from `fuzz/corpus/`.
+//! - `fuzz [--seconds N]`: cargo fuzz on the reassembly, seeded from `fuzz/corpus/`;
+//! - `e2e`: keystone + glance-api + the openstack CLI from PyPI, sniffed for real.
 mod setup;
 
 use std::{
@@ -48,6 +49,12 @@ enum Task {
     },
     /// rustfmt --check and clippy -D warnings on every crate, the BPF one included.
     Lint,
+    /// End to end on a real OpenStack: keystone, glance-api and the openstack CLI from PyPI.
+    E2e {
+        /// Extra arguments for `cargo test` (after --).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Fuzz the userspace reassembly (cargo fuzz, nightly) for a bounded time.
     Fuzz {
         /// How long to run, in seconds.
@@ -68,6 +75,7 @@ fn main() -> std::process::ExitCode {
         Task::Test { args } => test(&args),
         Task::Lint => lint(),
         Task::Fuzz { seconds, target } => fuzz(seconds, &target),
+        Task::E2e { args } => e2e(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -162,6 +170,18 @@ fn lint() -> anyhow::Result<()> {
     run_cmd(cargo().args(["fmt", "--all", "--", "--check"]))?;
     // Default members: every crate but the BPF one, linted below for its own target.
     run_cmd(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    // The end-to-end test only builds with its feature.
+    run_cmd(cargo().args([
+        "clippy",
+        "--package",
+        "sniffer-tests",
+        "--features",
+        "e2e",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     // The BPF crate only builds for the BPF target, with nightly.
     let toolchain = setup::bpf_toolchain();
     run_cmd(
@@ -222,4 +242,52 @@ fn fuzz(seconds: u64, target: &str) -> anyhow::Result<()> {
             .env_remove("CARGO")
             .env_remove("RUSTC"),
     )
+}
+
+/// Python packages of the OpenStack test bed.
+const OPENSTACK_PACKAGES: &[&str] = &["keystone", "glance", "python-openstackclient", "uwsgi"];
+
+/// A venv with keystone, glance, the openstack CLI and uWSGI under target/, made when missing
+/// (about 40 s from PyPI wheels).
+fn openstack_venv() -> anyhow::Result<PathBuf> {
+    let venv = workspace().join("target").join("openstack-venv");
+    let ready = venv.join("bin").join("openstack").is_file()
+        && venv.join("bin").join("uwsgi").is_file()
+        && venv.join("bin").join("keystone-manage").is_file()
+        && venv.join("bin").join("glance-manage").is_file();
+    if ready {
+        return Ok(venv);
+    }
+    eprintln!(
+        "xtask: installing {} into {}",
+        OPENSTACK_PACKAGES.join(", "),
+        venv.display()
+    );
+    run_cmd(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    run_cmd(
+        Command::new(venv.join("bin").join("pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(OPENSTACK_PACKAGES),
+    )?;
+    Ok(venv)
+}
+
+fn e2e(args: &[String]) -> anyhow::Result<()> {
+    let venv = openstack_venv()?;
+    let bin = build(false)?;
+    let mut cmd = cargo();
+    cmd.args([
+        "test",
+        "--package",
+        "sniffer-tests",
+        "--features",
+        "e2e",
+        "--test",
+        "openstack",
+    ])
+    .args(args)
+    .env("SNIFFER_BIN", &bin)
+    .env("SNIFFER_OPENSTACK_VENV", &venv)
+    .env_remove("SNIFFER_SKIP_BPF_BUILD");
+    run_cmd(&mut cmd)
 }
