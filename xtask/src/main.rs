@@ -182,6 +182,18 @@ fn lint() -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // The fuzz crate is a workspace of its own: make sure it still builds against the library.
+    run_cmd(
+        cargo()
+            .args([
+                "check",
+                "--manifest-path",
+                "fuzz/Cargo.toml",
+                "--target-dir",
+            ])
+            .arg(workspace().join("target").join("fuzz-check"))
+            .env("SNIFFER_SKIP_BPF_BUILD", "1"),
+    )?;
     // The BPF crate only builds for the BPF target, with nightly.
     let toolchain = setup::bpf_toolchain();
     run_cmd(
