@@ -2,7 +2,7 @@
 //! nested call chain with both ends traced, and naming when only one end is traced.
 use std::{fs, process::Command, time::Duration};
 
-use sniffer_tests::{Server, fixture, kernel_tests, pattern, sniff_command};
+use sniffer_tests::{Server, fixture, kernel_tests, pattern};
 
 const LIMIT: Duration = Duration::from_secs(180);
 
@@ -39,9 +39,10 @@ fn py(script: &str, args: &[&str]) -> Vec<String> {
     v
 }
 
+/// A sniffer run as users run it: the numbered log and the JSONL, bounded copy.
 fn run(args: &[&str], command: &[String]) -> sniffer_tests::Capture {
     let cmd: Vec<&str> = command.iter().map(String::as_str).collect();
-    let cap = sniff_command(args, &cmd, LIMIT);
+    let cap = sniffer_tests::sniff_command_with(args, &cmd, LIMIT, false);
     assert!(cap.status.success(), "{}", cap.describe());
     cap
 }
@@ -55,10 +56,9 @@ fn every_framing_on_one_keep_alive_connection_is_logged_once_in_order() {
     let server = Server::script("http_variety.py", &[]);
     let port = server.port.to_string();
     let pid = server.pid().to_string();
-    // Both ends traced: 60 MB of payload crosses the ring buffer. A ring that holds it all
-    // keeps a slow (debug) reader from losing events; what losses do is another test's.
+    // Both ends traced: 30 MB each way, of which only heads and previews cross the ring.
     let cap = run(
-        &["--pid", &pid, "--ring-mib", "256"],
+        &["--pid", &pid],
         &py("http_variety_client.py", &[&port, &BIG.to_string()]),
     );
     let log = &cap.log;
@@ -223,4 +223,58 @@ fn one_end_traced_names_the_other_end_from_its_process() {
         t[0].starts_with("### [1] (http_variety_client.py) REQ >>> (http_variety.py) : GET"),
         "{t:?}"
     );
+}
+
+#[test]
+fn a_gigabyte_download_copies_under_a_megabyte_and_the_next_exchange_is_framed() {
+    if !kernel_tests() {
+        return;
+    }
+    const GB: u64 = 1 << 30;
+    let server = Server::script("http_variety.py", &[]);
+    let u = format!("http://127.0.0.1:{}", server.port);
+    // One curl, one connection, two requests: the gigabyte, then a small one after it.
+    let cap = run(
+        &[],
+        &[
+            "curl".into(),
+            "-s".into(),
+            "-o".into(),
+            "/dev/null".into(),
+            "-o".into(),
+            "/dev/null".into(),
+            format!("{u}/stream?n={GB}"),
+            format!("{u}/len"),
+        ],
+    );
+    let t = titles(&cap.log);
+    assert_eq!(
+        t,
+        vec![
+            format!("### [1] (curl) REQ >>> (http_variety.py) : GET {u}/stream?n={GB}"),
+            format!("### [2] (curl) RESP <<< (http_variety.py) : 200 OK GET {u}/stream?n={GB}"),
+            format!("### [3] (curl) REQ >>> (http_variety.py) : GET {u}/len"),
+            format!("### [4] (curl) RESP <<< (http_variety.py) : 200 OK GET {u}/len"),
+        ],
+        "{}",
+        cap.stderr
+    );
+    assert!(entry(&cap.log, 2).contains(&format!("<octet-stream {GB} bytes> 0x")));
+    assert!(
+        entry(&cap.log, 4).ends_with("\n\nlength body\n\n"),
+        "framed right after the gigabyte"
+    );
+    let captured: u64 = cap
+        .stderr
+        .split(" payload bytes captured")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no payload figure in\n{}", cap.stderr));
+    assert!(
+        captured < 1 << 20,
+        "{captured} payload bytes went through the ring buffer"
+    );
+    let ex = jsonl(&cap);
+    assert_eq!(ex[0]["response"]["body_size"], GB);
 }

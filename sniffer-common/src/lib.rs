@@ -25,6 +25,10 @@ pub mod maps {
     pub const SOCKETS: &str = "SOCKETS";
     pub const SOCKETS_CAPACITY: u32 = 65536;
 
+    /// (tgid, fd, dir) -> what userspace wants copied of that stream (bounded copy).
+    pub const COPY_CTL: &str = "COPY_CTL";
+    pub const COPY_CTL_CAPACITY: u32 = 2 * SOCKETS_CAPACITY;
+
     /// tid -> syscall arguments saved at enter, consumed at exit.
     pub const PENDING: &str = "PENDING";
     pub const PENDING_CAPACITY: u32 = 16384;
@@ -341,6 +345,31 @@ pub struct SockState {
     pub sock_type: u16,
 }
 
+/// Key of the copy-control map: one direction of one socket of one process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct StreamKey {
+    pub tgid: u32,
+    pub fd: i32,
+    /// A [`dir`] value.
+    pub dir: u32,
+    pub _pad: u32,
+}
+
+/// What userspace wants copied of a stream, in stream offsets: everything before
+/// `credit_until`, except `[skip_from, skip_until)` (a body beyond its preview). Bytes not
+/// copied are still counted, in length-only events. Without an entry the kernel copies up to
+/// [`Config::initial_credit_kib`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CopyCtl {
+    /// The socket this is for (an fd reused for another socket does not inherit it).
+    pub sk: u64,
+    pub credit_until: u64,
+    pub skip_from: u64,
+    pub skip_until: u64,
+}
+
 /// Value of the pending map: what a syscall's enter saw, for its exit.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -412,6 +441,9 @@ pub struct Config {
     pub max_chunks_per_syscall: u32,
     /// Bit flags, see [`config_flags`].
     pub flags: u32,
+    /// Bytes of a stream copied before userspace says more (KiB; 0: no limit).
+    pub initial_credit_kib: u32,
+    pub _pad: u32,
 }
 
 /// Bits of [`Config::flags`].
@@ -435,7 +467,9 @@ const _: () = {
     assert!(size_of::<Pending>() == 32);
     assert!(size_of::<KernelOffsets>() == 96);
     assert!(size_of::<TracepointOffsets>() == 16);
-    assert!(size_of::<Config>() == 120);
+    assert!(size_of::<Config>() == 128);
+    assert!(size_of::<StreamKey>() == 16);
+    assert!(size_of::<CopyCtl>() == 32);
     assert!(align_of::<DataEvent>() == 8);
     assert!(align_of::<SockEvent>() == 8);
 };
@@ -451,4 +485,6 @@ mod pod {
     unsafe impl aya::Pod for SockKey {}
     unsafe impl aya::Pod for SockState {}
     unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for StreamKey {}
+    unsafe impl aya::Pod for CopyCtl {}
 }

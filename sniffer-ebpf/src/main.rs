@@ -29,9 +29,10 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use sniffer_common::{
-    CHUNK_SIZE, COMM_LEN, Config, DataEvent, DataHeader, KernelOffsets, MAX_IOVECS,
+    CHUNK_SIZE, COMM_LEN, Config, CopyCtl, DataEvent, DataHeader, KernelOffsets, MAX_IOVECS,
     MAX_LOOP_ITERATIONS, OFFSET_ABSENT, Pending, ProcEvent, SockAddr, SockEvent, SockKey,
-    SockState, Syscall, UNIX_PATH_LEN, config_flags, counters, dir, family, kind, maps, role,
+    SockState, StreamKey, Syscall, UNIX_PATH_LEN, config_flags, counters, dir, family, kind, maps,
+    role,
 };
 
 // Map statics are named as `sniffer_common::maps` names them.
@@ -47,6 +48,9 @@ static SOCKETS: HashMap<SockKey, SockState> = HashMap::with_max_entries(maps::SO
 // (a forking server accepts in the parent and serves in the child). LRU bounds it.
 #[map]
 static SK_ROLES: LruHashMap<u64, u32> = LruHashMap::with_max_entries(maps::SOCKETS_CAPACITY, 0);
+#[map]
+static COPY_CTL: HashMap<StreamKey, CopyCtl> =
+    HashMap::with_max_entries(maps::COPY_CTL_CAPACITY, 0);
 // LRU: an entry whose exit never comes (the thread died in the syscall) ages out.
 #[map]
 static PENDING: LruHashMap<u32, Pending> = LruHashMap::with_max_entries(maps::PENDING_CAPACITY, 0);
@@ -475,6 +479,10 @@ pub struct Copy {
     remaining: u64,
     /// Chunks still allowed for this syscall.
     chunks_left: u64,
+    /// Stream offsets of the bounded copy: skip `[skip_at, skip_to)`, stop copying at `stop_at`.
+    skip_at: u64,
+    skip_to: u64,
+    stop_at: u64,
 }
 
 #[inline(always)]
@@ -505,7 +513,8 @@ extern "C" fn copy_chunk(_index: u64, _ctx: *mut c_void) -> i64 {
     };
     // SAFETY: per-CPU map value, used by this program run only.
     let c = unsafe { &mut *c };
-    if c.remaining == 0 || c.chunks_left == 0 {
+    if c.remaining == 0 || c.chunks_left == 0 || c.hdr.off >= c.stop_at {
+        // The rest goes as one length-only event (see exit_data).
         return 1;
     }
     if c.seg_left == 0 {
@@ -527,9 +536,35 @@ extern "C" fn copy_chunk(_index: u64, _ctx: *mut c_void) -> i64 {
         };
         return 0;
     }
+    let off = c.hdr.off;
+    if off >= c.skip_at && off < c.skip_to {
+        // A body beyond its preview: counted, not copied.
+        let mut n = c.skip_to - off;
+        if n > c.seg_left {
+            n = c.seg_left;
+        }
+        let mut hdr = c.hdr;
+        hdr.len = n;
+        hdr.cap = 0;
+        if EVENTS.output::<DataHeader>(&hdr, 0).is_err() {
+            count(counters::DATA_EVENTS_LOST, 1);
+            count(counters::DATA_BYTES_LOST, n);
+        }
+        c.hdr.off += n;
+        c.base += n;
+        c.seg_left -= n;
+        c.remaining -= n;
+        return 0;
+    }
     let mut n = c.seg_left;
     if n > CHUNK_SIZE as u64 {
         n = CHUNK_SIZE as u64;
+    }
+    if off < c.skip_at && c.skip_at - off < n {
+        n = c.skip_at - off;
+    }
+    if c.stop_at - off < n {
+        n = c.stop_at - off;
     }
     let Some(ev) = SCRATCH.get_ptr_mut(0) else {
         return 1;
@@ -597,6 +632,19 @@ fn exit_data(ctx: &TracePointContext) -> u32 {
         };
         fetch_add(counter, ret)
     };
+    // What userspace wants copied of this stream; without word from it, a first window.
+    let skey = StreamKey {
+        tgid,
+        fd: p.fd,
+        dir: d,
+        _pad: 0,
+    };
+    // SAFETY: copied out of the map value.
+    let (skip_at, skip_to, stop_at) = match unsafe { COPY_CTL.get(skey) } {
+        Some(ctl) if ctl.sk == p.sk => (ctl.skip_from, ctl.skip_until, ctl.credit_until),
+        _ if cfg.initial_credit_kib == 0 => (u64::MAX, u64::MAX, u64::MAX),
+        _ => (u64::MAX, u64::MAX, u64::from(cfg.initial_credit_kib) << 10),
+    };
     let Some(state) = COPY_STATE.get_ptr_mut(0) else {
         return 0;
     };
@@ -624,6 +672,9 @@ fn exit_data(ctx: &TracePointContext) -> u32 {
         iov_left: 0,
         remaining: ret,
         chunks_left: u64::from(cfg.max_chunks_per_syscall),
+        skip_at,
+        skip_to,
+        stop_at,
     };
     match sc {
         Syscall::Read | Syscall::Write | Syscall::Recvfrom | Syscall::Sendto => {

@@ -114,7 +114,11 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
             .push(Box::new(HarSink::new(open(path)?, recorder)));
     }
     let names = Names::new(cli.names.iter().cloned().collect());
-    let http = Exchanges::new(Stitcher::new(logs, names, filter), preview);
+    let full_capture = cli.full_capture || cli.dump_streams.is_some();
+    let mut http = Exchanges::new(Stitcher::new(logs, names, filter), preview);
+    if !full_capture {
+        http = http.with_bounded_copy(u64::from(cli.copy_window_kib) << 10);
+    }
     let mut conn_sinks: Vec<Box<dyn ConnSink>> = Vec::new();
     if let Some(path) = &cli.connections {
         conn_sinks.push(Box::new(ConnLog::new(open(path)?)));
@@ -130,7 +134,9 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
         ring_bytes: cli.ring_mib << 20,
         max_capture_per_syscall: (cli.max_capture_kib << 10).max(CHUNK_SIZE as u32),
         unix: !cli.no_unix,
+        initial_credit_kib: if full_capture { 0 } else { cli.copy_window_kib },
     })?;
+    let mut copy_control = probe.take_copy_control()?;
     let mut reader = Reader::new(probe.take_events()?, probe.take_sockets()?)
         .context("watching the BPF ring buffer")?;
     let start_ns = monotonic_ns();
@@ -184,10 +190,16 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
             r = reader.readable() => {
                 r.context("waiting on the BPF ring buffer")?;
                 reader.drain(&mut |ev| pipeline.handle(ev));
+                for h in pipeline.take_hints() {
+                    copy_control.apply(&h);
+                }
             }
             _ = tick.tick() => {
                 reader.drain(&mut |ev| pipeline.handle(ev));
                 pipeline.tick(monotonic_ns());
+                for h in pipeline.take_hints() {
+                    copy_control.apply(&h);
+                }
                 lost_reported = report_losses(&probe, lost_reported);
             }
             s = wait_child(&mut child), if child.is_some() && status.is_none() => {

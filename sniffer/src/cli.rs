@@ -119,6 +119,15 @@ pub struct RunArgs {
     #[arg(long, value_name = "KIB", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(16..=65536))]
     pub max_capture_kib: u32,
 
+    /// Copy only what the log shows: heads, body previews, and this much credit ahead per
+    /// stream (KiB); bodies beyond their preview are counted, not copied.
+    #[arg(long, value_name = "KIB", default_value_t = 512, value_parser = clap::value_parser!(u32).range(64..=1048576))]
+    pub copy_window_kib: u32,
+
+    /// Copy every byte of every stream (implied by --dump-streams).
+    #[arg(long)]
+    pub full_capture: bool,
+
     /// Do not trace unix stream sockets (TCP only).
     #[arg(long)]
     pub no_unix: bool,

@@ -9,13 +9,16 @@
 //! before any request head is known wait (bounded) for it.
 use std::collections::{HashMap, VecDeque};
 
+use sniffer_common::{CopyCtl, dir as kdir};
+
 use crate::{
     conns::{Conn, ConnSink},
     events::{Dir, Role},
     http::{
         head::{Head, request_body, response_body, starts_like_response},
-        parser::{DirParser, Message, Parsed},
+        parser::{CopyWant, DirParser, Message, Parsed},
     },
+    probe::CopyHint,
     procs::ProcTable,
     stream::Piece,
 };
@@ -89,6 +92,8 @@ struct HttpConn {
     seq: [u64; 2],
     /// The message in progress per direction (after its Begin).
     current: [Option<(MsgKey, u64)>; 2],
+    /// What the kernel was last told to copy, per direction.
+    told: [Option<CopyWant>; 2],
 }
 
 impl HttpConn {
@@ -101,6 +106,7 @@ impl HttpConn {
             held_bytes: 0,
             seq: [0, 0],
             current: [None, None],
+            told: [None, None],
         }
     }
 }
@@ -109,6 +115,10 @@ impl HttpConn {
 pub struct Exchanges<S: HttpSink> {
     conns: HashMap<u64, HttpConn>,
     preview_limit: usize,
+    /// Bounded copy: the credit window in bytes, or None to copy everything.
+    copy_window: Option<u64>,
+    /// What the kernel should copy, for the probe to apply.
+    pub hints: Vec<CopyHint>,
     pub sink: S,
     scratch: Vec<Parsed>,
 }
@@ -118,9 +128,57 @@ impl<S: HttpSink> Exchanges<S> {
         Self {
             conns: HashMap::new(),
             preview_limit,
+            copy_window: None,
+            hints: Vec::new(),
             sink,
             scratch: Vec::new(),
         }
+    }
+
+    /// Tells the kernel, through [`Self::hints`], to copy only what the log can show: heads,
+    /// previews, and `window` bytes of credit ahead.
+    pub fn with_bounded_copy(mut self, window: u64) -> Self {
+        self.copy_window = Some(window);
+        self
+    }
+
+    /// A hint when what direction `dir` of `conn` is worth copying changed enough to say.
+    fn advise(&mut self, conn: &Conn, dir: Dir) {
+        let Some(window) = self.copy_window else {
+            return;
+        };
+        let Some(st) = self.conns.get_mut(&conn.id) else {
+            return;
+        };
+        let Some(parser) = st.parsers[dir.index()].as_ref() else {
+            return;
+        };
+        let want = parser.copy_want(window);
+        let told = &mut st.told[dir.index()];
+        let worth = match told {
+            None => true,
+            Some(t) => {
+                t.skip != want.skip
+                    || want.credit_until < t.credit_until
+                    || want.credit_until >= t.credit_until + window / 2
+            }
+        };
+        if !worth {
+            return;
+        }
+        *told = Some(want);
+        let (skip_from, skip_until) = want.skip.unwrap_or((u64::MAX, u64::MAX));
+        self.hints.push(CopyHint {
+            tgid: conn.tgid,
+            fd: conn.fd,
+            dir: kernel_dir(dir),
+            ctl: Some(CopyCtl {
+                sk: conn.sk,
+                credit_until: want.credit_until,
+                skip_from,
+                skip_until,
+            }),
+        });
     }
 
     /// Feeds one piece of direction `dir`. `wait`: response bytes may be held until their request
@@ -195,6 +253,7 @@ impl<S: HttpSink> Exchanges<S> {
         }
         let request_head = self.report(conn, dir, is_request, &mut out, procs);
         self.scratch = out;
+        self.advise(conn, dir);
         if request_head {
             self.release_held(conn, procs, wait);
         }
@@ -303,6 +362,13 @@ impl<S: HttpSink> Exchanges<S> {
     }
 }
 
+const fn kernel_dir(d: Dir) -> u32 {
+    match d {
+        Dir::Recv => kdir::RECV,
+        Dir::Send => kdir::SEND,
+    }
+}
+
 fn other(d: Dir) -> Dir {
     match d {
         Dir::Recv => Dir::Send,
@@ -342,7 +408,20 @@ impl<S: HttpSink> ConnSink for Exchanges<S> {
             }
             self.scratch = out;
         }
-        self.conns.remove(&conn.id);
+        if let Some(st) = self.conns.remove(&conn.id)
+            && self.copy_window.is_some()
+        {
+            for d in [Dir::Recv, Dir::Send] {
+                if st.told[d.index()].is_some() {
+                    self.hints.push(CopyHint {
+                        tgid: conn.tgid,
+                        fd: conn.fd,
+                        dir: kernel_dir(d),
+                        ctl: None,
+                    });
+                }
+            }
+        }
         self.sink.conn_ended(conn, procs);
     }
 

@@ -84,6 +84,11 @@ impl Pipeline {
         }
     }
 
+    /// What the kernel should copy, decided since the last call (bounded copy).
+    pub fn take_hints(&mut self) -> Vec<crate::probe::CopyHint> {
+        std::mem::take(&mut self.sinks.http.hints)
+    }
+
     /// Exchanges, messages and breakage so far.
     pub fn http_stats(&self) -> Stats {
         self.sinks.http.sink.stats

@@ -281,23 +281,36 @@ impl Capture {
     }
 }
 
-fn sniffer_cmd(dir: &Path, args: &[&str]) -> Command {
+fn sniffer_cmd(dir: &Path, args: &[&str], streams: bool) -> Command {
     let mut cmd = Command::new(sniffer_bin());
     cmd.arg("-o")
         .arg(dir.join("sniffer.log"))
-        .arg(format!("--raw={}", dir.join("raw.txt").display()))
-        .arg("--dump-streams")
-        .arg(dir.join("streams"))
         .arg("--jsonl")
-        .arg(dir.join("exchanges.jsonl"))
-        .args(args);
+        .arg(dir.join("exchanges.jsonl"));
+    if streams {
+        // Every byte of every stream, in files, and every kernel event as a line.
+        cmd.arg(format!("--raw={}", dir.join("raw.txt").display()))
+            .arg("--dump-streams")
+            .arg(dir.join("streams"));
+    }
+    cmd.args(args);
     cmd
 }
 
-/// Runs `sniffer ARGS -- COMMAND` to completion (at most `limit`).
+/// Runs `sniffer ARGS -- COMMAND` to completion (at most `limit`), with stream dumps.
 pub fn sniff_command(args: &[&str], command: &[&str], limit: Duration) -> Capture {
+    sniff_command_with(args, command, limit, true)
+}
+
+/// Like [`sniff_command`]; `streams: false` leaves out the dumps (and their full copy).
+pub fn sniff_command_with(
+    args: &[&str],
+    command: &[&str],
+    limit: Duration,
+    streams: bool,
+) -> Capture {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut cmd = sniffer_cmd(dir.path(), args);
+    let mut cmd = sniffer_cmd(dir.path(), args, streams);
     cmd.arg("--")
         .args(command)
         .stderr(Stdio::piped())
@@ -321,7 +334,7 @@ impl Running {
     /// Starts `sniffer ARGS` and waits until it traces.
     pub fn start(args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut cmd = sniffer_cmd(dir.path(), args);
+        let mut cmd = sniffer_cmd(dir.path(), args, true);
         cmd.stderr(Stdio::piped()).stdout(Stdio::null());
         let mut guard = Guard::spawn(&mut cmd);
         let (tx, rx) = mpsc::channel();

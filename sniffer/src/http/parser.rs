@@ -63,6 +63,18 @@ pub struct Message {
     pub after_gap: bool,
 }
 
+/// Bytes of non-HTTP data read while resynchronising before the direction is taken for
+/// something else than HTTP and no longer copied.
+pub const MAX_GARBAGE: u64 = 1 << 20;
+
+/// What of this direction is worth copying from now on, in stream offsets: everything before
+/// `credit_until` except the `skip` range (a body beyond its preview).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CopyWant {
+    pub credit_until: u64,
+    pub skip: Option<(u64, u64)>,
+}
+
 /// What the parser reports, in stream order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Parsed {
@@ -115,6 +127,8 @@ pub struct DirParser {
     after_gap: bool,
     /// Offset of the next byte expected.
     pos: u64,
+    /// Bytes read while resynchronising since the last start line.
+    garbage: u64,
 }
 
 impl DirParser {
@@ -129,6 +143,7 @@ impl DirParser {
             preview_limit,
             after_gap: false,
             pos: 0,
+            garbage: 0,
         }
     }
 
@@ -311,6 +326,7 @@ impl DirParser {
                 }
                 State::Resync { from_start } => {
                     let from_start = *from_start;
+                    self.garbage += bytes.len() as u64;
                     if self.buf.is_empty() {
                         self.buf_off = at;
                         self.buf_ts = ts;
@@ -336,6 +352,7 @@ impl DirParser {
                 let off = self.buf_off + i as u64;
                 let tail = self.buf.split_off(i);
                 self.buf.clear();
+                self.garbage = 0;
                 self.state = State::Idle;
                 Some((tail, off))
             }
@@ -474,6 +491,47 @@ impl DirParser {
                     }
                 }
             }
+        }
+    }
+
+    /// What is worth copying of this direction from its current position, keeping `window`
+    /// bytes of credit ahead for heads to come: a body with a known length is skipped once its
+    /// preview is full (the next head, right after it, is copied); a close-delimited body, a
+    /// tunnel, or a stream that has shown only non-HTTP bytes for long are not copied at all.
+    pub fn copy_want(&self, window: u64) -> CopyWant {
+        let pos = self.pos;
+        let open = CopyWant {
+            credit_until: pos + window,
+            skip: None,
+        };
+        let stop = CopyWant {
+            credit_until: pos,
+            skip: None,
+        };
+        match &self.state {
+            State::Tunnel => stop,
+            State::Resync { .. } if self.garbage > MAX_GARBAGE => stop,
+            State::Body(body) => {
+                let Some(msg) = &self.msg else { return open };
+                let preview_done =
+                    msg.body.missing > 0 || msg.body.preview.len() >= self.preview_limit;
+                if !preview_done {
+                    return open;
+                }
+                let left = match body {
+                    BodyState::Length(left) => *left,
+                    BodyState::Chunked(c) => c.data_left(),
+                    BodyState::UntilClose => return stop,
+                };
+                if left == 0 {
+                    return open;
+                }
+                CopyWant {
+                    credit_until: pos + left + window,
+                    skip: Some((pos, pos + left)),
+                }
+            }
+            _ => open,
         }
     }
 
@@ -752,6 +810,61 @@ mod tests {
         let m = ends(&run(true, &split(&bytes, &[100, 500])))[0].clone();
         assert_eq!(m.body.len, 1000);
         assert_eq!(m.body.preview.len(), 64);
+    }
+
+    #[test]
+    fn copy_wants_skip_bodies_beyond_the_preview() {
+        let mut p = DirParser::new(true, 4);
+        let mut out = Vec::new();
+        let mut rule = |h: &Head, _: u64| request_body(h);
+        assert_eq!(
+            p.copy_want(100),
+            CopyWant {
+                credit_until: 100,
+                skip: None
+            }
+        );
+        let head = b"PUT /f HTTP/1.1\r\nContent-Length: 1000\r\n\r\n";
+        let h = head.len() as u64;
+        p.feed(&data(0, head, 1), &mut rule, &mut out);
+        assert_eq!(
+            p.copy_want(100),
+            CopyWant {
+                credit_until: h + 100,
+                skip: None
+            },
+            "preview first"
+        );
+        p.feed(&data(h, b"abcdef", 2), &mut rule, &mut out);
+        assert_eq!(
+            p.copy_want(100),
+            CopyWant {
+                credit_until: h + 1000 + 100,
+                skip: Some((h + 6, h + 1000))
+            },
+            "the rest of the body skipped, the next head copied"
+        );
+        // Chunked: the rest of the current chunk.
+        let mut p = DirParser::new(false, 2);
+        let mut rule = |h: &Head, _: u64| response_body(h, Some("GET"));
+        let bytes = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nabcd";
+        p.feed(&data(0, bytes, 1), &mut rule, &mut out);
+        let end = bytes.len() as u64;
+        assert_eq!(p.copy_want(8).skip, Some((end, end + 12)));
+        // Close-delimited and tunnels: nothing more.
+        let mut p = DirParser::new(false, 2);
+        p.feed(
+            &data(0, b"HTTP/1.0 200 OK\r\n\r\nabc", 1),
+            &mut rule,
+            &mut out,
+        );
+        assert_eq!(
+            p.copy_want(8),
+            CopyWant {
+                credit_until: 22,
+                skip: None
+            }
+        );
     }
 
     #[test]

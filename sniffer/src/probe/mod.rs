@@ -17,7 +17,8 @@ use aya::{
     programs::{BtfTracePoint, TracePoint},
 };
 use sniffer_common::{
-    CHUNK_SIZE, COMM_LEN, Config, SockKey, SockState, config_flags, counters, maps, programs,
+    CHUNK_SIZE, COMM_LEN, Config, CopyCtl, SockKey, SockState, StreamKey, config_flags, counters,
+    maps, programs,
 };
 
 /// The BPF object built by `build.rs` from the sniffer-ebpf crate.
@@ -94,6 +95,8 @@ pub struct ProbeOptions {
     pub max_capture_per_syscall: u32,
     /// Trace unix stream sockets as well as TCP.
     pub unix: bool,
+    /// Bytes of a stream copied before userspace widens the window (KiB; 0: copy everything).
+    pub initial_credit_kib: u32,
 }
 
 /// The loaded, attached programs and the maps userspace drives.
@@ -127,6 +130,8 @@ impl Probe {
             tp,
             max_chunks_per_syscall: opts.max_capture_per_syscall.div_ceil(CHUNK_SIZE as u32),
             flags,
+            initial_credit_kib: opts.initial_credit_kib,
+            _pad: 0,
         };
         tracing::debug!(?config, "BPF configuration");
 
@@ -181,6 +186,15 @@ impl Probe {
         HashMap::try_from(map).map_err(map_err(maps::SOCKETS))
     }
 
+    /// The copy-control map, for the bounded copy.
+    pub fn take_copy_control(&mut self) -> Result<CopyControl, ProbeError> {
+        let map = take_map(&mut self.ebpf, maps::COPY_CTL)?;
+        Ok(CopyControl {
+            map: HashMap::try_from(map).map_err(map_err(maps::COPY_CTL))?,
+            failed: 0,
+        })
+    }
+
     /// Traces process `tgid` (all its threads) from now on.
     pub fn add_target(&mut self, tgid: u32, how: u32) -> Result<(), ProbeError> {
         self.targets
@@ -217,6 +231,41 @@ impl Probe {
             *slot = values.iter().sum();
         }
         Ok(out)
+    }
+}
+
+/// What one direction of one socket should copy from now on; `ctl: None` forgets the stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CopyHint {
+    pub tgid: u32,
+    pub fd: i32,
+    /// A [`sniffer_common::dir`] value.
+    pub dir: u32,
+    pub ctl: Option<CopyCtl>,
+}
+
+/// Tells the kernel how much of each stream to copy (see [`sniffer_common::CopyCtl`]).
+pub struct CopyControl {
+    map: HashMap<MapData, StreamKey, CopyCtl>,
+    /// Updates the kernel refused (map full): those streams keep the first window.
+    pub failed: u64,
+}
+
+impl CopyControl {
+    pub fn apply(&mut self, hint: &CopyHint) {
+        let key = StreamKey {
+            tgid: hint.tgid,
+            fd: hint.fd,
+            dir: hint.dir,
+            _pad: 0,
+        };
+        let r = match &hint.ctl {
+            Some(ctl) => self.map.insert(key, ctl, 0),
+            None => self.map.remove(&key),
+        };
+        if r.is_err() && hint.ctl.is_some() {
+            self.failed += 1;
+        }
     }
 }
 
