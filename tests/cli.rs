@@ -91,3 +91,37 @@ fn without_root_it_says_to_run_as_root() {
         .expect("run sniffer");
     assert_usage_error(&out, "cannot load BPF programs: not root");
 }
+
+#[test]
+fn a_filter_file_that_cannot_be_read_is_named() {
+    assert_usage_error(
+        &run(&[
+            "-o",
+            "/dev/null",
+            "--comm",
+            "x",
+            "--filter",
+            "/nonexistent/filters.json",
+        ]),
+        "cannot read filter file /nonexistent/filters.json",
+    );
+}
+
+#[test]
+fn a_malformed_filter_file_names_line_and_column() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = dir.path().join("bad.json");
+    fs::write(&f, "{\n  \"filters\": [\n    {\"from\": }\n  ]\n}\n").expect("write");
+    let out = run(&[
+        "-o",
+        "/dev/null",
+        "--comm",
+        "x",
+        "--filter",
+        f.to_str().unwrap(),
+    ]);
+    assert_usage_error(
+        &out,
+        &format!("filter file {}, line 3 column 14:", f.display()),
+    );
+}

@@ -287,15 +287,30 @@ fn report_losses(probe: &Probe, reported: u64) -> u64 {
     lost
 }
 
+/// CPU seconds (user + system) and peak resident memory (bytes) of this process so far.
+pub fn own_usage() -> (f64, u64) {
+    // SAFETY: getrusage fills a zeroed rusage struct.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF with a valid pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    (
+        secs(ru.ru_utime) + secs(ru.ru_stime),
+        ru.ru_maxrss as u64 * 1024,
+    )
+}
+
 fn summary(probe: &Probe, reader: &Reader, pipeline: &Pipeline) {
     let t = pipeline.totals;
+    let (cpu, rss) = own_usage();
     let h = pipeline.http_stats();
     let counters = probe.counters().unwrap_or_default();
     let lost = counters[counters::DATA_EVENTS_LOST as usize]
         + counters[counters::CONTROL_EVENTS_LOST as usize];
     eprintln!(
         "sniffer: {} exchanges, {} messages, {} body bytes, {} events lost, {} broken \
-         ({} connections, {} kernel events, {} payload bytes captured{})",
+         ({} connections, {} kernel events, {} payload bytes captured, cpu {cpu:.2} s, peak rss \
+         {} KiB{})",
         h.exchanges,
         h.messages,
         h.body_bytes,
@@ -304,6 +319,7 @@ fn summary(probe: &Probe, reader: &Reader, pipeline: &Pipeline) {
         pipeline.conns.created(),
         t.events,
         t.bytes_captured,
+        rss >> 10,
         if h.filtered > 0 {
             format!(", {} exchanges filtered out", h.filtered)
         } else {
@@ -323,6 +339,13 @@ fn summary(probe: &Probe, reader: &Reader, pipeline: &Pipeline) {
         eprintln!(
             "sniffer: {} malformed kernel records skipped",
             reader.malformed
+        );
+    }
+    if pipeline.conns.evicted > 0 || h.forced > 0 {
+        eprintln!(
+            "sniffer: memory bounds reached: {} connections let go (idlest first), {} messages \
+             written before their time",
+            pipeline.conns.evicted, h.forced
         );
     }
     if pipeline.conns.opens_lost > 0 {

@@ -23,7 +23,12 @@ pub enum End {
     ProcessExit,
     /// The sniffer stopped while it was open.
     Shutdown,
+    /// Too many connections were tracked: the idlest was let go (counted).
+    Evicted,
 }
+
+/// Connections tracked at once; past it the idlest is let go.
+pub const MAX_CONNS: usize = 65536;
 
 #[derive(Debug)]
 pub struct Conn {
@@ -38,6 +43,8 @@ pub struct Conn {
     pub local: Endpoint,
     pub peer: Endpoint,
     pub opened_ns: u64,
+    /// Kernel time of its last bytes.
+    pub last_ns: u64,
     pub ended: Option<(u64, End)>,
     /// Indexed by [`Dir::index`].
     pub streams: [Stream; 2],
@@ -73,12 +80,42 @@ pub struct ConnTable {
     next_id: u64,
     /// Connections whose socket-open event never came.
     pub opens_lost: u64,
+    /// Connections let go because [`MAX_CONNS`] were tracked.
+    pub evicted: u64,
+    max_conns: usize,
     scratch: Vec<Piece>,
 }
 
 impl ConnTable {
     pub fn new() -> Self {
-        Self::default()
+        Self {
+            max_conns: MAX_CONNS,
+            ..Self::default()
+        }
+    }
+
+    /// Tracks at most `n` connections at once (tests).
+    pub fn with_max_conns(mut self, n: usize) -> Self {
+        self.max_conns = n;
+        self
+    }
+
+    /// Makes room for one more connection by ending the idlest one.
+    fn make_room(&mut self, ts_ns: u64, sink: &mut dyn ConnSink, procs: &ProcTable) {
+        while self.live.len() >= self.max_conns.max(1) {
+            let Some(key) = self
+                .live
+                .iter()
+                .min_by_key(|(_, c)| c.last_ns)
+                .map(|(k, _)| *k)
+            else {
+                return;
+            };
+            if let Some(c) = self.live.remove(&key) {
+                self.evicted += 1;
+                self.end(c, ts_ns, End::Evicted, None, sink, procs);
+            }
+        }
     }
 
     pub fn get(&self, tgid: u32, fd: i32) -> Option<&Conn> {
@@ -111,6 +148,7 @@ impl ConnTable {
             local: s.local.clone(),
             peer: s.peer.clone(),
             opened_ns: s.ts_ns,
+            last_ns: s.ts_ns,
             ended: None,
             streams: [Stream::new(), Stream::new()],
             open_lost,
@@ -134,6 +172,7 @@ impl ConnTable {
                 self.end(old, s.ts_ns, End::Replaced, None, sink, procs);
             }
         }
+        self.make_room(s.ts_ns, sink, procs);
         let conn = self.create(s, false);
         sink.opened(&conn, procs);
         self.live.insert(key, conn);
@@ -180,6 +219,7 @@ impl ConnTable {
                 self.end(old, chunk.ts_ns, End::Replaced, None, sink, procs);
             }
             self.opens_lost += 1;
+            self.make_room(chunk.ts_ns, sink, procs);
             let conn = self.create(&s, true);
             sink.opened(&conn, procs);
             self.live.insert(key, conn);
@@ -189,6 +229,7 @@ impl ConnTable {
         };
         let mut out = std::mem::take(&mut self.scratch);
         let len = chunk.len;
+        conn.last_ns = chunk.ts_ns;
         conn.streams[chunk.dir.index()].push(chunk.off, len, chunk.data, chunk.ts_ns, &mut out);
         if !out.is_empty() {
             sink.pieces(conn, chunk.dir, &out, procs);
@@ -414,6 +455,25 @@ mod tests {
         assert_eq!(r.log, vec!["open #1 ? -> ?", "#1 recv @0 \"x\""]);
         assert_eq!(t.opens_lost, 1);
         assert!(t.get(7, 4).unwrap().open_lost);
+    }
+
+    #[test]
+    fn past_the_cap_the_idlest_connection_is_let_go() {
+        let mut t = ConnTable::new().with_max_conns(2);
+        let mut r = Record::default();
+        let p = ProcTable::new();
+        t.open(&sock(3, 0xa, 0, 0), &mut r, &p);
+        t.open(&sock(4, 0xb, 0, 0), &mut r, &p);
+        t.data(chunk(3, 0xa, Dir::Send, 0, b"busy"), &mut r, &p);
+        t.open(&sock(5, 0xc, 0, 0), &mut r, &p);
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.evicted, 1);
+        assert!(t.get(7, 4).is_none(), "fd 4 was the idlest");
+        assert!(
+            r.log.contains(&"end #2 Some(Evicted)".to_owned()),
+            "{:?}",
+            r.log
+        );
     }
 
     #[test]

@@ -492,6 +492,7 @@ mod tests {
             local: Endpoint::Inet(a),
             peer: Endpoint::Inet(b),
             opened_ns: 0,
+            last_ns: 0,
             ended: None,
             streams: [Stream::new(), Stream::new()],
             open_lost: false,

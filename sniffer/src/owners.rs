@@ -16,7 +16,6 @@ use crate::procs::{Proc, parse_cmdline, parse_stat};
 /// Fewest time between two scans of /proc.
 pub const MIN_REFRESH: Duration = Duration::from_millis(500);
 
-const TCP_ESTABLISHED: u8 = 0x01;
 const TCP_LISTEN: u8 = 0x0A;
 
 /// One line of /proc/net/tcp or tcp6: (local, remote, state, inode).
@@ -67,8 +66,8 @@ fn socket_inode(link: &str) -> Option<u64> {
 struct Snapshot {
     /// Listening sockets: (address, inode).
     listening: Vec<(SocketAddr, u64)>,
-    /// Established sockets by local address.
-    established: HashMap<SocketAddr, u64>,
+    /// Connected sockets (established or closing) by local address.
+    connected: HashMap<SocketAddr, u64>,
     /// Socket inode -> pid.
     owner: HashMap<u64, u32>,
 }
@@ -97,8 +96,10 @@ impl Owners {
             for (local, _, state, inode) in text.lines().skip(1).filter_map(parse_proc_net_line) {
                 match state {
                     TCP_LISTEN => snap.listening.push((local, inode)),
-                    TCP_ESTABLISHED => {
-                        snap.established.insert(local, inode);
+                    // Closing sockets (CLOSE_WAIT, FIN_WAIT...) still belong to their process;
+                    // TIME_WAIT ones (inode 0) no longer do.
+                    _ if inode != 0 => {
+                        snap.connected.insert(local, inode);
                     }
                     _ => {}
                 }
@@ -119,6 +120,12 @@ impl Owners {
                 }
             }
         }
+        tracing::debug!(
+            listening = snap.listening.len(),
+            connected = snap.connected.len(),
+            sockets = snap.owner.len(),
+            "scanned /proc for socket owners"
+        );
         self.snap = snap;
     }
 
@@ -140,14 +147,9 @@ impl Owners {
         self.listener_in_snapshot(addr)
     }
 
-    /// The process whose connected socket has local address `addr`.
+    /// The process whose connected (or closing) socket has local address `addr`.
     pub fn owner(&mut self, addr: SocketAddr) -> Option<u32> {
-        let find = |s: &Snapshot| {
-            s.established
-                .get(&addr)
-                .and_then(|i| s.owner.get(i))
-                .copied()
-        };
+        let find = |s: &Snapshot| s.connected.get(&addr).and_then(|i| s.owner.get(i)).copied();
         if let Some(pid) = find(&self.snap) {
             return Some(pid);
         }
@@ -193,7 +195,7 @@ mod tests {
             Some((
                 "[::1]:5000".parse().unwrap(),
                 "[::1]:40000".parse().unwrap(),
-                TCP_ESTABLISHED,
+                0x01,
                 777
             ))
         );
@@ -227,5 +229,32 @@ mod tests {
         assert_eq!(o.owner(local), None);
         o.scanned = None;
         assert_eq!(o.owner(local), Some(std::process::id()));
+    }
+}
+
+#[cfg(test)]
+mod other_process_tests {
+    use super::*;
+
+    #[test]
+    fn finds_another_process_connected() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", &format!("import socket,time,sys\ns=socket.create_connection(('127.0.0.1',{port}))\nprint(s.getsockname()[1], flush=True)\ntime.sleep(3)")])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let local: SocketAddr = format!("127.0.0.1:{}", line.trim()).parse().unwrap();
+        let mut o = Owners::new();
+        let got = o.owner(local);
+        let _ = child.kill();
+        assert_eq!(got, Some(child.id()), "{:?}", o.snap.connected.get(&local));
     }
 }

@@ -28,6 +28,8 @@ use crate::{
 
 /// How long after a message's first byte its place in the order is taken as final.
 pub const ORDER_SLACK_NS: u64 = 250_000_000;
+/// Messages waiting for their place at most; past it the oldest are written as they are.
+pub const MAX_QUEUED: usize = 100_000;
 /// How long a written exchange stays matchable for the other end's late view.
 const KEEP_DONE_NS: u64 = 10_000_000_000;
 
@@ -123,6 +125,8 @@ pub struct Stats {
     pub body_bytes: u64,
     pub broken: u64,
     pub filtered: u64,
+    /// Messages written before their time because too many waited ([`MAX_QUEUED`]).
+    pub forced: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -276,7 +280,9 @@ impl<L: LogSink> Stitcher<L> {
             owners.listener(peer)
         } else {
             owners.owner(peer)
-        }?;
+        };
+        tracing::debug!(client = c.client, %peer, ?pid, "owner of the untraced end");
+        let pid = pid?;
         Some(self.pid_name(pid, procs))
     }
 
@@ -685,10 +691,15 @@ impl<L: LogSink> Stitcher<L> {
 
     /// Writes what is ready: messages at the front of the order that are complete and older
     /// than the slack (all of them when `force`).
-    fn release(&mut self, force: bool, procs: &ProcTable) {
+    fn release(&mut self, force_all: bool, procs: &ProcTable) {
         while let Some((&(ts, _), &item)) = self.queue.first_key_value() {
+            let crowded = self.queue.len() > MAX_QUEUED;
+            let force = force_all || crowded;
             if !force && ts.saturating_add(self.slack_ns) > self.now {
                 break;
+            }
+            if crowded && !force_all {
+                self.stats.forced += 1;
             }
             match item {
                 Item::Pending(_) => {
@@ -911,6 +922,7 @@ mod tests {
             local: addr(local),
             peer: addr(peer),
             opened_ns: 0,
+            last_ns: 0,
             ended: None,
             streams: [Stream::new(), Stream::new()],
             open_lost: false,

@@ -362,8 +362,19 @@ impl Running {
     }
 
     /// Stops it with SIGINT (as Ctrl-C does) and reads its results.
-    pub fn stop(mut self) -> Capture {
-        self.guard.signal(libc::SIGINT);
+    pub fn stop(self) -> Capture {
+        self.stop_with(libc::SIGINT)
+    }
+
+    /// Kills it with SIGKILL: no chance to clean up.
+    pub fn kill(mut self) {
+        self.guard.signal(libc::SIGKILL);
+        self.guard.wait_timeout(Duration::from_secs(10));
+    }
+
+    /// Stops it with `sig` and reads its results.
+    pub fn stop_with(mut self, sig: i32) -> Capture {
+        self.guard.signal(sig);
         let status = self.guard.wait_timeout(Duration::from_secs(30));
         thread::sleep(Duration::from_millis(50));
         let stderr = self.stderr.lock().expect("lock").clone();
