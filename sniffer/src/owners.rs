@@ -255,6 +255,7 @@ mod other_process_tests {
         let mut o = Owners::new();
         let got = o.owner(local);
         let _ = child.kill();
+        let _ = child.wait();
         assert_eq!(got, Some(child.id()), "{:?}", o.snap.connected.get(&local));
     }
 }
