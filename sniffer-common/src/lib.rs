@@ -11,7 +11,7 @@ pub mod maps {
     /// Ring buffer of every event (data, socket, process).
     pub const EVENTS: &str = "EVENTS";
     /// Default ring buffer size; `--ring-mib` overrides it at load time.
-    pub const EVENTS_DEFAULT_BYTES: u32 = 16 << 20;
+    pub const EVENTS_DEFAULT_BYTES: u32 = 8 << 20;
 
     /// tgid -> target flags: the processes whose sockets are traced.
     pub const TARGETS: &str = "TARGETS";

@@ -15,7 +15,9 @@
 use core::{arch::asm, ffi::c_void, mem::size_of, ptr};
 
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_RING_SIZE},
+    bindings::{
+        BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE,
+    },
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
         bpf_probe_read_kernel, bpf_probe_read_user,
@@ -254,8 +256,24 @@ fn emit_sock(
             fill_addresses(&cfg.kernel, st.sk, st.family, ev);
         }
     }
-    entry.submit(0);
+    entry.submit(wakeup(size_of::<SockEvent>() as u64));
     true
+}
+
+/// Bytes waiting in the ring buffer past which the reader is woken up. Below it, records wait
+/// for the reader's own short poll: one wakeup per record (the default) costs a context switch
+/// per syscall traced, which a busy server pays for.
+const WAKEUP_BYTES: u64 = 256 << 10;
+
+/// Wakeup flag for a record of `size` bytes.
+#[inline(always)]
+fn wakeup(size: u64) -> u64 {
+    let used = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
+    if used + size >= WAKEUP_BYTES {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else {
+        u64::from(BPF_RB_NO_WAKEUP)
+    }
 }
 
 /// Whether a data event of `size` bytes may use the ring buffer: data leaves the last eighth
@@ -546,7 +564,10 @@ extern "C" fn copy_chunk(_index: u64, _ctx: *mut c_void) -> i64 {
         let mut hdr = c.hdr;
         hdr.len = n;
         hdr.cap = 0;
-        if EVENTS.output::<DataHeader>(&hdr, 0).is_err() {
+        if EVENTS
+            .output::<DataHeader>(&hdr, wakeup(size_of::<DataHeader>() as u64))
+            .is_err()
+        {
             count(counters::DATA_EVENTS_LOST, 1);
             count(counters::DATA_BYTES_LOST, n);
         }
@@ -587,7 +608,12 @@ extern "C" fn copy_chunk(_index: u64, _ctx: *mut c_void) -> i64 {
         (*ev).hdr.cap = cap as u32;
         let size = size_of::<DataHeader>() as u64 + cap;
         if !room_for_data(size)
-            || bpf_ringbuf_output(ptr::addr_of!(EVENTS).cast_mut().cast(), ev.cast(), size, 0) < 0
+            || bpf_ringbuf_output(
+                ptr::addr_of!(EVENTS).cast_mut().cast(),
+                ev.cast(),
+                size,
+                wakeup(size),
+            ) < 0
         {
             count(counters::DATA_EVENTS_LOST, 1);
             count(counters::DATA_BYTES_LOST, n);
@@ -722,7 +748,10 @@ fn exit_data(ctx: &TracePointContext) -> u32 {
     if remaining > 0 {
         hdr.len = remaining;
         hdr.cap = 0;
-        if EVENTS.output::<DataHeader>(&hdr, 0).is_err() {
+        if EVENTS
+            .output::<DataHeader>(&hdr, wakeup(size_of::<DataHeader>() as u64))
+            .is_err()
+        {
             count(counters::DATA_EVENTS_LOST, 1);
             count(counters::DATA_BYTES_LOST, remaining);
         }
@@ -801,7 +830,7 @@ fn emit_proc(ev_kind: u32, pid: u32, ppid: u32, exit_code: i32) {
         exit_code,
         comm,
     });
-    entry.submit(0);
+    entry.submit(wakeup(size_of::<ProcEvent>() as u64));
 }
 
 #[inline(always)]

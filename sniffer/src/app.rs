@@ -38,6 +38,9 @@ pub struct UsageError(pub String);
 
 /// How often pending work (lost-event checks, stream holes, output flush) is done.
 const TICK: Duration = Duration::from_millis(100);
+/// How often the ring buffer is read without a wakeup: the kernel wakes the reader only when
+/// much is waiting, so a quiet trickle is picked up by this poll.
+const POLL: Duration = Duration::from_millis(10);
 /// After a stop signal, how long the traced command gets to finish.
 const COMMAND_STOP_WAIT: Duration = Duration::from_secs(5);
 
@@ -179,6 +182,8 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut poll = tokio::time::interval(POLL);
+    poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut status: Option<ExitStatus> = None;
     let mut stop_at: Option<Instant> = None;
     let mut signals = 0;
@@ -189,6 +194,12 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
         tokio::select! {
             r = reader.readable() => {
                 r.context("waiting on the BPF ring buffer")?;
+                reader.drain(&mut |ev| pipeline.handle(ev));
+                for h in pipeline.take_hints() {
+                    copy_control.apply(&h);
+                }
+            }
+            _ = poll.tick() => {
                 reader.drain(&mut |ev| pipeline.handle(ev));
                 for h in pipeline.take_hints() {
                     copy_control.apply(&h);

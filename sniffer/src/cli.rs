@@ -111,8 +111,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub dump_streams: Option<PathBuf>,
 
-    /// Ring buffer size in MiB (a power of two). A bigger ring rides out longer bursts.
-    #[arg(long, value_name = "MIB", default_value_t = 16, value_parser = power_of_two)]
+    /// Ring buffer size in MiB (a power of two). A bigger ring rides out longer bursts; it is
+    /// mapped twice into sniffer's memory, so it counts double in its RSS.
+    #[arg(long, value_name = "MIB", default_value_t = 8, value_parser = power_of_two)]
     pub ring_mib: u32,
 
     /// Bytes copied per syscall at most, in KiB; the rest is counted and shown as a gap.

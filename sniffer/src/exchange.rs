@@ -183,14 +183,14 @@ impl<S: HttpSink> Exchanges<S> {
 
     /// Feeds one piece of direction `dir`. `wait`: response bytes may be held until their request
     /// is known (false when the connection ends or too much waited).
-    fn feed(&mut self, conn: &Conn, dir: Dir, piece: Piece, procs: &ProcTable, wait: bool) {
+    fn feed(&mut self, conn: &Conn, dir: Dir, piece: &Piece, procs: &ProcTable, wait: bool) {
         let preview_limit = self.preview_limit;
         let st = self.conns.entry(conn.id).or_insert_with(HttpConn::new);
         if st.req_dir.is_none() {
             let decided = match conn.role {
                 Role::Client => Some(Dir::Send),
                 Role::Server => Some(Dir::Recv),
-                Role::Unknown => match &piece {
+                Role::Unknown => match piece {
                     Piece::Data { bytes, .. } => {
                         starts_like_response(bytes).map(|resp| if resp { other(dir) } else { dir })
                     }
@@ -204,7 +204,7 @@ impl<S: HttpSink> Exchanges<S> {
                     st.parsers[other(req_dir).index()] = Some(DirParser::new(false, preview_limit));
                 }
                 None if wait => {
-                    hold(st, dir, piece);
+                    hold(st, dir, piece.clone());
                     return;
                 }
                 None => return,
@@ -212,7 +212,7 @@ impl<S: HttpSink> Exchanges<S> {
             let held = std::mem::take(&mut st.held);
             st.held_bytes = 0;
             for (d, p) in held {
-                self.feed(conn, d, p, procs, wait);
+                self.feed(conn, d, &p, procs, wait);
             }
             self.feed(conn, dir, piece, procs, wait);
             return;
@@ -225,7 +225,7 @@ impl<S: HttpSink> Exchanges<S> {
             .as_ref()
             .is_some_and(DirParser::is_idle);
         if !is_request && wait && st.pending.is_empty() && resp_idle {
-            hold(st, dir, piece);
+            hold(st, dir, piece.clone());
             if st.held_bytes >= MAX_HELD {
                 self.release_held(conn, procs, false);
             }
@@ -249,7 +249,7 @@ impl<S: HttpSink> Exchanges<S> {
                     response_body(h, method)
                 }
             };
-            parser.feed(&piece, &mut rule, &mut out);
+            parser.feed(piece, &mut rule, &mut out);
         }
         let request_head = self.report(conn, dir, is_request, &mut out, procs);
         self.scratch = out;
@@ -357,7 +357,7 @@ impl<S: HttpSink> Exchanges<S> {
         let held = std::mem::take(&mut st.held);
         st.held_bytes = 0;
         for (d, p) in held {
-            self.feed(conn, d, p, procs, wait);
+            self.feed(conn, d, &p, procs, wait);
         }
     }
 }
@@ -386,7 +386,7 @@ fn hold(st: &mut HttpConn, dir: Dir, piece: Piece) {
 impl<S: HttpSink> ConnSink for Exchanges<S> {
     fn pieces(&mut self, conn: &Conn, dir: Dir, pieces: &[Piece], procs: &ProcTable) {
         for p in pieces {
-            self.feed(conn, dir, p.clone(), procs, true);
+            self.feed(conn, dir, p, procs, true);
         }
     }
 

@@ -27,11 +27,12 @@ use crate::{
 };
 
 /// How long after a message's first byte its place in the order is taken as final.
-pub const ORDER_SLACK_NS: u64 = 250_000_000;
+pub const ORDER_SLACK_NS: u64 = 100_000_000;
 /// Messages waiting for their place at most; past it the oldest are written as they are.
 pub const MAX_QUEUED: usize = 100_000;
-/// How long a written exchange stays matchable for the other end's late view.
-const KEEP_DONE_NS: u64 = 10_000_000_000;
+/// How long a written exchange with one end's view stays matchable for the other end's late
+/// view (it comes within the order slack unless events were lost).
+const KEEP_DONE_NS: u64 = 2_000_000_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Which {
@@ -112,6 +113,8 @@ pub trait LogSink {
     fn message(&mut self, e: &Entry<'_>);
     /// Every message of the exchange was written (or it ended without one).
     fn exchange(&mut self, _x: &Exchange) {}
+    /// Periodically: push what was written so far out (the log streams).
+    fn flush(&mut self) {}
     fn close(&mut self) -> io::Result<()> {
         Ok(())
     }
@@ -686,6 +689,36 @@ impl<L: LogSink> Stitcher<L> {
             if !e.filtered {
                 self.sink.exchange(e);
             }
+            // Written: the messages are no longer needed. The exchange itself stays a moment
+            // only if the other end is traced and its view may still come.
+            e.request = None;
+            e.response = None;
+            e.interim.clear();
+            let view = match (&e.client, &e.server) {
+                (Some(_), Some(_)) => None,
+                (Some(v), None) | (None, Some(v)) => Some(v.conn),
+                (None, None) => None,
+            };
+            let partner_possible = view
+                .and_then(|c| self.conns.get(&c))
+                .is_some_and(|info| !self.peer_conns(info).is_empty());
+            if !partner_possible {
+                self.forget(x);
+            }
+        }
+    }
+
+    /// Drops an exchange and its keys.
+    fn forget(&mut self, x: u64) {
+        if let Some(e) = self.exchanges.remove(&x) {
+            for k in e.keys {
+                self.by_key.remove(&k);
+            }
+            for v in [e.client, e.server].into_iter().flatten() {
+                if let Some(info) = self.conns.get_mut(&v.conn) {
+                    info.exchanges.retain(|i| *i != x);
+                }
+            }
         }
     }
 
@@ -735,11 +768,7 @@ impl<L: LogSink> Stitcher<L> {
             .map(|e| e.id)
             .collect();
         for x in old {
-            if let Some(e) = self.exchanges.remove(&x) {
-                for k in e.keys {
-                    self.by_key.remove(&k);
-                }
-            }
+            self.forget(x);
         }
         let gone: Vec<u64> = self
             .conns
@@ -768,6 +797,7 @@ impl<L: LogSink> Stitcher<L> {
         self.now = now_ns;
         self.release(false, procs);
         self.expire();
+        self.sink.flush();
     }
 
     /// The end: everything still waiting is written.

@@ -83,6 +83,11 @@ impl Stream {
         if len == 0 {
             return;
         }
+        // The common case: the next piece in order, nothing waiting: straight through.
+        if off == self.next && self.held.is_empty() {
+            self.accept(off, len, data, ts_ns, out);
+            return;
+        }
         self.held_bytes += len;
         if let Some(prev) = self.held.insert(off, Held { len, data, ts_ns }) {
             // The same offset twice: keep the newer, count the older as duplicate.
@@ -102,45 +107,46 @@ impl Stream {
             if off > self.next {
                 break;
             }
-            let Held {
-                len,
-                mut data,
-                ts_ns,
-            } = entry.remove();
+            let Held { len, data, ts_ns } = entry.remove();
             self.held_bytes -= len;
-            let end = off + len;
-            if end <= self.next {
-                self.stats.duplicate += len;
-                continue;
-            }
-            // Overlap with what was delivered: keep only the new tail.
-            let skip = self.next - off;
-            self.stats.duplicate += skip;
-            let skip_data = (skip as usize).min(data.len());
-            data.drain(..skip_data);
-            let start = self.next;
-            let len = end - start;
-            let copied = data.len() as u64;
-            if copied > 0 {
-                self.stats.captured += copied;
-                out.push(Piece::Data {
-                    off: start,
-                    bytes: data,
-                    ts_ns,
-                });
-            }
-            if copied < len {
-                self.stats.uncaptured += len - copied;
-                out.push(Piece::Gap {
-                    off: start + copied,
-                    len: len - copied,
-                    kind: GapKind::Uncaptured,
-                    ts_ns,
-                });
-            }
-            self.next = end;
-            self.stats.bytes = end;
+            self.accept(off, len, data, ts_ns, out);
         }
+    }
+
+    /// Delivers a piece starting at or before the next offset (its overlap is dropped).
+    fn accept(&mut self, off: u64, len: u64, mut data: Vec<u8>, ts_ns: u64, out: &mut Vec<Piece>) {
+        let end = off + len;
+        if end <= self.next {
+            self.stats.duplicate += len;
+            return;
+        }
+        // Overlap with what was delivered: keep only the new tail.
+        let skip = self.next - off;
+        self.stats.duplicate += skip;
+        let skip_data = (skip as usize).min(data.len());
+        data.drain(..skip_data);
+        let start = self.next;
+        let len = end - start;
+        let copied = data.len() as u64;
+        if copied > 0 {
+            self.stats.captured += copied;
+            out.push(Piece::Data {
+                off: start,
+                bytes: data,
+                ts_ns,
+            });
+        }
+        if copied < len {
+            self.stats.uncaptured += len - copied;
+            out.push(Piece::Gap {
+                off: start + copied,
+                len: len - copied,
+                kind: GapKind::Uncaptured,
+                ts_ns,
+            });
+        }
+        self.next = end;
+        self.stats.bytes = end;
     }
 
     /// Declares the hole before the first held piece lost and delivers on.

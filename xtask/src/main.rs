@@ -7,7 +7,9 @@
 //! - `test`: setup, build, all unit and real-kernel integration tests;
 //! - `lint`: rustfmt and clippy with warnings as errors;
 //! - `fuzz [--seconds N]`: cargo fuzz on the reassembly, seeded from `fuzz/corpus/`;
-//! - `e2e`: keystone + glance-api + the openstack CLI from PyPI, sniffed for real.
+//! - `e2e`: keystone + glance-api + the openstack CLI from PyPI, sniffed for real;
+//! - `bench`: nginx + wrk, untraced vs traced in pairs, and a memory soak.
+mod bench;
 mod setup;
 
 use std::{
@@ -49,6 +51,21 @@ enum Task {
     },
     /// rustfmt --check and clippy -D warnings on every crate, the BPF one included.
     Lint,
+    /// What tracing costs: nginx + wrk on 127.0.0.1, untraced vs traced in pairs, and a soak.
+    Bench {
+        /// Seconds per load run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Untraced/traced pairs per case.
+        #[arg(long, default_value_t = 3)]
+        pairs: usize,
+        /// Seconds of mixed traffic for the memory soak (0: none).
+        #[arg(long, default_value_t = 600)]
+        soak_seconds: u64,
+        /// Size of the large download and upload, in MiB.
+        #[arg(long, default_value_t = 1024)]
+        big_mib: u64,
+    },
     /// End to end on a real OpenStack: keystone, glance-api and the openstack CLI from PyPI.
     E2e {
         /// Extra arguments for `cargo test` (after --).
@@ -76,6 +93,22 @@ fn main() -> std::process::ExitCode {
         Task::Lint => lint(),
         Task::Fuzz { seconds, target } => fuzz(seconds, &target),
         Task::E2e { args } => e2e(&args),
+        Task::Bench {
+            seconds,
+            pairs,
+            soak_seconds,
+            big_mib,
+        } => build(true).and_then(|bin| {
+            bench::bench(
+                &bin,
+                &bench::Settings {
+                    seconds,
+                    pairs,
+                    soak_seconds,
+                    big_mib,
+                },
+            )
+        }),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -167,6 +167,10 @@ impl Probe {
         prog.load(name, &btf).map_err(prog_err(name))?;
         prog.attach().map_err(prog_err(name))?;
         tracing::debug!("BPF programs attached");
+        // Parsing the kernel's BTF (here and in aya) took tens of MiB that are free now: give
+        // them back rather than keep them as the process's high-water mark.
+        // SAFETY: malloc_trim only releases free heap memory.
+        unsafe { libc::malloc_trim(0) };
         Ok(Self {
             ebpf,
             targets,

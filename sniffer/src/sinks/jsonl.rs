@@ -161,8 +161,7 @@ impl Jsonl {
 
     fn write(&mut self, x: &Exchange) -> io::Result<()> {
         serde_json::to_writer(&mut self.out, &self.rec.record(x))?;
-        self.out.write_all(b"\n")?;
-        self.out.flush()
+        self.out.write_all(b"\n")
     }
 }
 
@@ -172,6 +171,14 @@ impl LogSink for Jsonl {
     fn exchange(&mut self, x: &Exchange) {
         if self.error.is_none()
             && let Err(e) = self.write(x)
+        {
+            self.error = Some(e);
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.error.is_none()
+            && let Err(e) = self.out.flush()
         {
             self.error = Some(e);
         }
@@ -201,6 +208,12 @@ impl LogSink for LogFanout {
     fn exchange(&mut self, x: &Exchange) {
         for s in &mut self.sinks {
             s.exchange(x);
+        }
+    }
+
+    fn flush(&mut self) {
+        for s in &mut self.sinks {
+            s.flush();
         }
     }
 

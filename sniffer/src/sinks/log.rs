@@ -106,8 +106,7 @@ impl NumberedLog {
             s.push('\n');
         }
         s.push('\n');
-        self.out.write_all(s.as_bytes())?;
-        self.out.flush()
+        self.out.write_all(s.as_bytes())
     }
 }
 
@@ -117,6 +116,14 @@ impl LogSink for NumberedLog {
             && let Err(err) = self.entry(e)
         {
             self.error = Some(err);
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.error.is_none()
+            && let Err(e) = self.out.flush()
+        {
+            self.error = Some(e);
         }
     }
 

@@ -1,0 +1,619 @@
+//! `cargo xtask bench`: what tracing costs, as ratios measured in the same run.
+//!
+//! nginx (Debian's) is the traced server and wrk the load, both on 127.0.0.1. Each case runs
+//! untraced and traced alternately (pairs), so the machine's noise hits both sides alike. The
+//! table goes to stdout and `target/bench/results.json`.
+use std::{
+    fmt::Write as _,
+    fs,
+    io::{BufRead as _, BufReader},
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, anyhow, bail};
+
+use crate::{run_cmd, workspace};
+
+/// Settings of a bench run.
+pub struct Settings {
+    pub seconds: u64,
+    pub pairs: usize,
+    pub soak_seconds: u64,
+    pub big_mib: u64,
+}
+
+/// A child killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // SIGTERM first: nginx's master stops its workers then (SIGKILL would orphan them).
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn ensure_tools() -> anyhow::Result<()> {
+    let missing: Vec<&str> = [("nginx", "nginx"), ("wrk", "wrk"), ("curl", "curl")]
+        .into_iter()
+        .filter(|(bin, _)| {
+            !Command::new("sh")
+                .args(["-c", &format!("command -v {bin}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .map(|(_, pkg)| pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {} from Debian", missing.join(", "));
+    run_cmd(Command::new("apt-get").args(["update", "-qq"]))?;
+    run_cmd(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+/// nginx serving `www` on a port of its own, one worker, no access log.
+fn start_nginx(dir: &Path, www: &Path) -> anyhow::Result<(Proc, u16, u32)> {
+    let port = free_port()?;
+    let tmp = dir.join("nginx-tmp");
+    fs::create_dir_all(&tmp)?;
+    let conf = dir.join("nginx.conf");
+    fs::write(
+        &conf,
+        format!(
+            "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n  access_log off;\n  sendfile on;\n  keepalive_requests 100000000;\n  \
+             keepalive_timeout 120;\n  client_body_temp_path {t};\n  proxy_temp_path {t};\n  \
+             fastcgi_temp_path {t};\n  uwsgi_temp_path {t};\n  scgi_temp_path {t};\n  \
+             server {{\n    listen 127.0.0.1:{port};\n    root {w};\n  }}\n}}\n",
+            d = dir.display(),
+            t = tmp.display(),
+            w = www.display(),
+        ),
+    )?;
+    let child = Command::new("nginx")
+        .arg("-c")
+        .arg(&conf)
+        .arg("-p")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting nginx")?;
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("nginx did not listen on {port}");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    Ok((Proc(child), port, pid))
+}
+
+/// A python server that reads and discards uploads (for the upload case).
+fn start_sink() -> anyhow::Result<(Proc, u16, u32)> {
+    let mut child = Command::new("python3")
+        .arg(workspace().join("tests/fixtures/http_variety.py"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the upload sink")?;
+    let out = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    let mut line = String::new();
+    BufReader::new(out).read_line(&mut line)?;
+    let port = line
+        .trim()
+        .strip_prefix("PORT ")
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| anyhow!("sink said {line:?}"))?;
+    let pid = child.id();
+    Ok((Proc(child), port, pid))
+}
+
+/// What one traced run's summary line says.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct Summary {
+    pub exchanges: u64,
+    pub lost: u64,
+    pub broken: u64,
+    pub payload: u64,
+    pub cpu_s: f64,
+    pub peak_rss_kib: u64,
+}
+
+/// Reads the `sniffer: N exchanges, ...` line.
+pub fn parse_summary(stderr: &str) -> Option<Summary> {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains(" exchanges, ") && l.starts_with("sniffer:"))?;
+    let num = |after: &str| -> Option<f64> {
+        let i = line.find(after)?;
+        line[..i].rsplit([' ', '(']).next()?.parse().ok()
+    };
+    Some(Summary {
+        exchanges: num(" exchanges,")? as u64,
+        lost: num(" events lost")? as u64,
+        broken: num(" broken")? as u64,
+        payload: num(" payload bytes captured")? as u64,
+        cpu_s: line.split("cpu ").nth(1)?.split(' ').next()?.parse().ok()?,
+        peak_rss_kib: line
+            .split("peak rss ")
+            .nth(1)?
+            .split(' ')
+            .next()?
+            .parse()
+            .ok()?,
+    })
+}
+
+/// A sniffer in the background, stopped with SIGINT.
+struct Sniffer {
+    child: Proc,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Sniffer {
+    fn start(bin: &Path, log: &Path, args: &[String]) -> anyhow::Result<Self> {
+        let mut child = Command::new(bin)
+            .arg("-o")
+            .arg(log)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting sniffer")?;
+        let err = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut seen = String::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) if l.contains("tracing") => break,
+                Ok(l) => seen.push_str(&l),
+                Err(_) => bail!("sniffer did not start: {seen}"),
+            }
+        }
+        Ok(Self {
+            child: Proc(child),
+            stderr: rx,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
+    fn stop(mut self) -> anyhow::Result<Summary> {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(self.child.0.id() as i32, libc::SIGINT) };
+        let _ = self.child.0.wait();
+        let text: Vec<String> = self.stderr.try_iter().collect();
+        let text = text.join("\n");
+        parse_summary(&text).ok_or_else(|| anyhow!("no summary from sniffer:\n{text}"))
+    }
+}
+
+/// wrk's result: (requests completed, requests per second).
+fn wrk(
+    url: &str,
+    conns: u32,
+    threads: u32,
+    seconds: u64,
+    close: bool,
+) -> anyhow::Result<(u64, f64)> {
+    let mut cmd = Command::new("wrk");
+    cmd.args([
+        "-t",
+        &threads.to_string(),
+        "-c",
+        &conns.to_string(),
+        "-d",
+        &format!("{seconds}s"),
+    ]);
+    if close {
+        cmd.args(["-H", "Connection: close"]);
+    }
+    let out = cmd.arg(url).output().context("running wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let reqs = text
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .and_then(|(n, _)| n.trim().parse().ok())
+        .ok_or_else(|| anyhow!("wrk said:\n{text}"))?;
+    let rate = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|r| r.trim().parse().ok())
+        .ok_or_else(|| anyhow!("wrk said:\n{text}"))?;
+    Ok((reqs, rate))
+}
+
+/// curl's transfer speed (bytes/s), downloading or uploading.
+fn curl_speed(args: &[&str], field: &str) -> anyhow::Result<f64> {
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", &format!("%{{{field}}}")])
+        .args(args)
+        .output()
+        .context("running curl")?;
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .map_err(|_| anyhow!("curl said {:?}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// One case's figures over its pairs.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct CaseResult {
+    pub name: String,
+    /// Traced / untraced throughput, per pair.
+    pub ratios: Vec<f64>,
+    pub untraced: Vec<f64>,
+    pub traced: Vec<f64>,
+    /// Requests the load generator completed in traced runs, and exchanges sniffer logged.
+    pub completed: Vec<u64>,
+    pub logged: Vec<u64>,
+    pub summaries: Vec<Summary>,
+    pub notes: String,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    if s.is_empty() { 0.0 } else { s[s.len() / 2] }
+}
+
+fn load_case(
+    name: &str,
+    bin: &Path,
+    dir: &Path,
+    nginx_pid: u32,
+    url: &str,
+    conns: u32,
+    close: bool,
+    s: &Settings,
+) -> anyhow::Result<CaseResult> {
+    let mut r = CaseResult {
+        name: name.to_owned(),
+        ..CaseResult::default()
+    };
+    let threads = conns.min(2);
+    for pair in 0..s.pairs {
+        let (_, base) = wrk(url, conns, threads, s.seconds, close)?;
+        let sniffer = Sniffer::start(
+            bin,
+            &dir.join(format!("{name}-{pair}.log")),
+            &["--pid".into(), nginx_pid.to_string()],
+        )?;
+        let (done, rate) = wrk(url, conns, threads, s.seconds, close)?;
+        thread::sleep(Duration::from_millis(500));
+        let sum = sniffer.stop()?;
+        eprintln!(
+            "xtask: {name} pair {pair}: untraced {base:.0}/s, traced {rate:.0}/s, {done} completed, {} logged",
+            sum.exchanges
+        );
+        r.untraced.push(base);
+        r.traced.push(rate);
+        r.ratios.push(rate / base);
+        r.completed.push(done);
+        r.logged.push(sum.exchanges);
+        r.summaries.push(sum);
+    }
+    Ok(r)
+}
+
+fn transfer_case(
+    name: &str,
+    bin: &Path,
+    dir: &Path,
+    server_pid: u32,
+    args: &[&str],
+    field: &str,
+    s: &Settings,
+) -> anyhow::Result<CaseResult> {
+    let mut r = CaseResult {
+        name: name.to_owned(),
+        ..CaseResult::default()
+    };
+    for pair in 0..s.pairs {
+        let base = curl_speed(args, field)?;
+        let log = dir.join(format!("{name}-{pair}.log"));
+        let mut cmd = Command::new(bin);
+        cmd.arg("-o").arg(&log).args([
+            "--pid",
+            &server_pid.to_string(),
+            "--",
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+        ]);
+        cmd.arg(format!("%{{{field}}}")).args(args);
+        let out = cmd.output().context("running curl under sniffer")?;
+        let traced: f64 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0.0);
+        let sum = parse_summary(&String::from_utf8_lossy(&out.stderr))
+            .ok_or_else(|| anyhow!("no summary: {}", String::from_utf8_lossy(&out.stderr)))?;
+        eprintln!(
+            "xtask: {name} pair {pair}: untraced {:.0} MB/s, traced {:.0} MB/s, {} payload bytes through the ring",
+            base / 1e6,
+            traced / 1e6,
+            sum.payload
+        );
+        r.untraced.push(base);
+        r.traced.push(traced);
+        r.ratios.push(if base > 0.0 { traced / base } else { 0.0 });
+        r.logged.push(sum.exchanges);
+        r.completed.push(1);
+        r.summaries.push(sum);
+    }
+    Ok(r)
+}
+
+/// VmRSS of a process, in KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn soak(
+    bin: &Path,
+    dir: &Path,
+    nginx_pid: u32,
+    port: u16,
+    s: &Settings,
+) -> anyhow::Result<serde_json::Value> {
+    let sniffer = Sniffer::start(
+        bin,
+        &dir.join("soak.log"),
+        &["--pid".into(), nginx_pid.to_string()],
+    )?;
+    let pid = sniffer.pid();
+    let start = Instant::now();
+    let mut samples = Vec::new();
+    let mut completed = 0;
+    let mut round = 0u64;
+    let small = format!("http://127.0.0.1:{port}/small.txt");
+    while start.elapsed().as_secs() < s.soak_seconds {
+        // Mixed traffic in 10 s slices: keep-alive, fresh connections, and a large download.
+        let (n, _) = match round % 3 {
+            0 => wrk(&small, 20, 2, 10, false)?,
+            1 => wrk(&small, 10, 2, 10, true)?,
+            _ => {
+                curl_speed(
+                    &[&format!("http://127.0.0.1:{port}/big.bin")],
+                    "speed_download",
+                )?;
+                thread::sleep(Duration::from_secs(5));
+                (1, 0.0)
+            }
+        };
+        completed += n;
+        round += 1;
+        let rss = rss_kib(pid).unwrap_or(0);
+        eprintln!(
+            "xtask: soak {:>4}s rss {rss} KiB",
+            start.elapsed().as_secs()
+        );
+        samples.push(serde_json::json!({"t": start.elapsed().as_secs(), "rss_kib": rss}));
+    }
+    thread::sleep(Duration::from_millis(500));
+    let sum = sniffer.stop()?;
+    let rss: Vec<u64> = samples
+        .iter()
+        .filter_map(|s| s["rss_kib"].as_u64())
+        .collect();
+    Ok(serde_json::json!({
+        "seconds": s.soak_seconds,
+        "rss_start_kib": rss.first(),
+        "rss_peak_kib": rss.iter().max(),
+        "rss_end_kib": rss.last(),
+        "samples": samples,
+        "completed": completed,
+        "summary": sum,
+    }))
+}
+
+fn machine() -> String {
+    let cores = thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cores} cores, kernel {}", kernel.trim())
+}
+
+pub fn bench(bin: &Path, s: &Settings) -> anyhow::Result<()> {
+    ensure_tools()?;
+    let dir = workspace().join("target").join("bench");
+    let _ = fs::remove_dir_all(&dir);
+    let www = dir.join("www");
+    fs::create_dir_all(&www)?;
+    fs::write(
+        www.join("small.txt"),
+        "hello from nginx, traced by sniffer\n",
+    )?;
+    let big = www.join("big.bin");
+    let f = fs::File::create(&big)?;
+    f.set_len(s.big_mib << 20)?;
+    let (_nginx, port, nginx_pid) = start_nginx(&dir, &www)?;
+    let small = format!("http://127.0.0.1:{port}/small.txt");
+    let mut cases = vec![
+        load_case("keep-alive", bin, &dir, nginx_pid, &small, 10, false, s)?,
+        load_case(
+            "connection-close",
+            bin,
+            &dir,
+            nginx_pid,
+            &small,
+            10,
+            true,
+            s,
+        )?,
+        load_case(
+            "200-connections",
+            bin,
+            &dir,
+            nginx_pid,
+            &small,
+            200,
+            false,
+            s,
+        )?,
+    ];
+    let big_url = format!("http://127.0.0.1:{port}/big.bin");
+    cases.push(transfer_case(
+        "download",
+        bin,
+        &dir,
+        nginx_pid,
+        &[&big_url],
+        "speed_download",
+        s,
+    )?);
+    let (_sink, sink_port, sink_pid) = start_sink()?;
+    let up_url = format!("http://127.0.0.1:{sink_port}/sink");
+    let big_s = big.to_str().ok_or_else(|| anyhow!("path"))?.to_owned();
+    cases.push(transfer_case(
+        "upload",
+        bin,
+        &dir,
+        sink_pid,
+        &["-T", &big_s, &up_url],
+        "speed_upload",
+        s,
+    )?);
+    let soak = if s.soak_seconds > 0 {
+        soak(bin, &dir, nginx_pid, port, s)?
+    } else {
+        serde_json::Value::Null
+    };
+
+    let mut table = String::new();
+    let _ = writeln!(
+        table,
+        "| case | traced/untraced throughput (median) | exchanges logged / completed | payload through ring | sniffer CPU s per 10k exchanges | peak RSS |"
+    );
+    let _ = writeln!(table, "|---|---|---|---|---|---|");
+    for c in &cases {
+        let logged: u64 = c.logged.iter().sum();
+        let completed: u64 = c.completed.iter().sum();
+        let cpu: f64 = c.summaries.iter().map(|s| s.cpu_s).sum();
+        let rss = c
+            .summaries
+            .iter()
+            .map(|s| s.peak_rss_kib)
+            .max()
+            .unwrap_or(0);
+        let payload = c.summaries.iter().map(|s| s.payload).max().unwrap_or(0);
+        let lost: u64 = c.summaries.iter().map(|s| s.lost).sum();
+        let per10k = if logged > 0 {
+            cpu * 10_000.0 / logged as f64
+        } else {
+            0.0
+        };
+        let _ = writeln!(
+            table,
+            "| {} | {:.2} ({}) | {logged} / {completed}{} | {} KiB | {per10k:.2} | {} MiB |",
+            c.name,
+            median(&c.ratios),
+            c.ratios
+                .iter()
+                .map(|r| format!("{r:.2}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            if lost > 0 {
+                format!(", {lost} events lost")
+            } else {
+                String::new()
+            },
+            payload >> 10,
+            rss >> 10,
+        );
+    }
+    if !soak.is_null() {
+        let _ = writeln!(
+            table,
+            "\nsoak {} s of mixed traffic: sniffer RSS start {} KiB, peak {} KiB, end {} KiB",
+            soak["seconds"], soak["rss_start_kib"], soak["rss_peak_kib"], soak["rss_end_kib"]
+        );
+    }
+    let date = Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let header = format!(
+        "{date}, {}, {} s per run, {} pairs",
+        machine(),
+        s.seconds,
+        s.pairs
+    );
+    println!("{header}\n\n{table}");
+    let json = serde_json::json!({
+        "date": date,
+        "machine": machine(),
+        "seconds": s.seconds,
+        "pairs": s.pairs,
+        "cases": cases,
+        "soak": soak,
+        "table": table,
+    });
+    let out: PathBuf = dir.join("results.json");
+    fs::write(&out, serde_json::to_string_pretty(&json)?)?;
+    eprintln!("xtask: results in {}", out.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_line_figures() {
+        let s = parse_summary("x\nsniffer: 12 exchanges, 24 messages, 300 body bytes, 3 events lost, 1 broken (5 connections, 99 kernel events, 4096 payload bytes captured, cpu 0.52 s, peak rss 20480 KiB)\n").unwrap();
+        assert_eq!(
+            (s.exchanges, s.lost, s.broken, s.payload, s.peak_rss_kib),
+            (12, 3, 1, 4096, 20480)
+        );
+        assert!((s.cpu_s - 0.52).abs() < 1e-9);
+        assert!(parse_summary("nothing").is_none());
+    }
+}
