@@ -293,16 +293,22 @@ fn median(v: &[f64]) -> f64 {
     if s.is_empty() { 0.0 } else { s[s.len() / 2] }
 }
 
+/// A wrk load: URL, connections, and whether each request has a connection of its own.
+struct Load<'a> {
+    url: &'a str,
+    conns: u32,
+    close: bool,
+}
+
 fn load_case(
     name: &str,
     bin: &Path,
     dir: &Path,
     nginx_pid: u32,
-    url: &str,
-    conns: u32,
-    close: bool,
+    load: &Load<'_>,
     s: &Settings,
 ) -> anyhow::Result<CaseResult> {
+    let Load { url, conns, close } = *load;
     let mut r = CaseResult {
         name: name.to_owned(),
         ..CaseResult::default()
