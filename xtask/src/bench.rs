@@ -481,7 +481,18 @@ pub fn bench(bin: &Path, s: &Settings) -> anyhow::Result<()> {
     let (_nginx, port, nginx_pid) = start_nginx(&dir, &www)?;
     let small = format!("http://127.0.0.1:{port}/small.txt");
     let mut cases = vec![
-        load_case("keep-alive", bin, &dir, nginx_pid, &small, 10, false, s)?,
+        load_case(
+            "keep-alive",
+            bin,
+            &dir,
+            nginx_pid,
+            &Load {
+                url: &small,
+                conns: 10,
+                close: false,
+            },
+            s,
+        )?,
         load_case(
             "connection-close",
             bin,
