@@ -498,9 +498,11 @@ pub fn bench(bin: &Path, s: &Settings) -> anyhow::Result<()> {
             bin,
             &dir,
             nginx_pid,
-            &small,
-            10,
-            true,
+            &Load {
+                url: &small,
+                conns: 10,
+                close: true,
+            },
             s,
         )?,
         load_case(
@@ -508,9 +510,11 @@ pub fn bench(bin: &Path, s: &Settings) -> anyhow::Result<()> {
             bin,
             &dir,
             nginx_pid,
-            &small,
-            200,
-            false,
+            &Load {
+                url: &small,
+                conns: 200,
+                close: false,
+            },
             s,
         )?,
     ];
