@@ -38,6 +38,8 @@ pub struct UsageError(pub String);
 
 /// How often pending work (lost-event checks, stream holes, output flush) is done.
 const TICK: Duration = Duration::from_millis(100);
+/// Ticks between two returns of freed heap memory to the system (5 s).
+const TRIM_EVERY: u64 = 50;
 /// How often the ring buffer is read without a wakeup: the kernel wakes the reader only when
 /// much is waiting, so a quiet trickle is picked up by this poll.
 const POLL: Duration = Duration::from_millis(10);
@@ -187,6 +189,7 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
     let mut status: Option<ExitStatus> = None;
     let mut stop_at: Option<Instant> = None;
     let mut signals = 0;
+    let mut ticks: u64 = 0;
     let mut lost_reported = 0;
 
     loop {
@@ -208,6 +211,12 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
             _ = tick.tick() => {
                 reader.drain(&mut |ev| pipeline.handle(ev));
                 pipeline.tick(monotonic_ns());
+                ticks += 1;
+                if ticks % TRIM_EVERY == 0 {
+                    // Bursts leave freed heap behind; give it back so memory follows the load.
+                    // SAFETY: malloc_trim only releases free heap memory.
+                    unsafe { libc::malloc_trim(0) };
+                }
                 for h in pipeline.take_hints() {
                     copy_control.apply(&h);
                 }
