@@ -212,7 +212,7 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
                 reader.drain(&mut |ev| pipeline.handle(ev));
                 pipeline.tick(monotonic_ns());
                 ticks += 1;
-                if ticks % TRIM_EVERY == 0 {
+                if ticks.is_multiple_of(TRIM_EVERY) {
                     // Bursts leave freed heap behind; give it back so memory follows the load.
                     // SAFETY: malloc_trim only releases free heap memory.
                     unsafe { libc::malloc_trim(0) };
