@@ -162,15 +162,18 @@ pub fn body(head: &Head, body: &Body, redact: bool, text_limit: usize) -> String
     };
     if !whole {
         let shown = body.preview.len() as u64;
+        let uncopied = body.missing - body.lost;
+        let mut why = String::new();
+        if uncopied > 0 {
+            why.push_str(&format!("; {uncopied} bytes counted, not copied"));
+        }
+        if body.lost > 0 {
+            why.push_str(&format!("; {} bytes lost (ring buffer full)", body.lost));
+        }
         out.push_str(&format!(
-            "\n[{} of {} body bytes shown{}]",
+            "\n[{} of {} body bytes shown{why}]",
             shown.min(body.len),
-            body.len,
-            if body.missing > 0 {
-                format!("; {} bytes not captured", body.missing)
-            } else {
-                String::new()
-            }
+            body.len
         ));
     }
     if was_decoded {
@@ -214,6 +217,7 @@ mod tests {
             len: b.len() as u64,
             preview: b.to_vec(),
             missing: 0,
+            lost: 0,
         }
     }
 
@@ -250,13 +254,17 @@ mod tests {
             len: 21233664,
             preview: b"QFI\xfb\x00\x00\x00\x03".to_vec(),
             missing: 21233656,
+            lost: 1000,
         };
         let shown = body(&h, &b, true, 1000);
         assert!(
             shown.starts_with("<octet-stream 21233664 bytes> 0x514649fb00000003"),
             "{shown}"
         );
-        assert!(shown.contains("21233656 bytes not captured"));
+        assert!(
+            shown.ends_with("[8 of 21233664 body bytes shown; 21232656 bytes counted, not copied; 1000 bytes lost (ring buffer full)]"),
+            "{shown}"
+        );
     }
 
     #[test]
@@ -283,6 +291,7 @@ mod tests {
             len: 100,
             preview: b"hello".to_vec(),
             missing: 0,
+            lost: 0,
         };
         assert_eq!(
             body(&h, &b, true, 1000),
@@ -297,6 +306,7 @@ mod tests {
             len: 500,
             preview: br#"{"user": {"password": "s3cr\"et", "name": "x"#.to_vec(),
             missing: 0,
+            lost: 0,
         };
         let shown = body(&h, &b, true, 1000);
         assert!(!shown.contains("s3cr"), "{shown}");

@@ -65,7 +65,7 @@ pub struct Stream {
 }
 
 /// Bytes held out of order per stream before a hole is given up on regardless of time.
-pub const MAX_HELD_BYTES: u64 = 32 << 20;
+pub const MAX_HELD_BYTES: u64 = 4 << 20;
 
 impl Stream {
     pub fn new() -> Self {

@@ -9,7 +9,7 @@ use super::{
     chunked::Chunked,
     head::{BodyRule, Head, HeadParse, find_start_line, parse_head, skip_leading_crlf},
 };
-use crate::stream::Piece;
+use crate::stream::{GapKind, Piece};
 
 /// Largest header block accepted; a longer one breaks the message.
 pub const MAX_HEAD: usize = 64 << 10;
@@ -25,6 +25,8 @@ pub struct Body {
     pub preview: Vec<u8>,
     /// Body bytes the capture does not have (not copied by the kernel, or lost).
     pub missing: u64,
+    /// Of those, the ones whose events were lost (ring buffer full).
+    pub lost: u64,
 }
 
 impl Body {
@@ -129,6 +131,8 @@ pub struct DirParser {
     pos: u64,
     /// Bytes read while resynchronising since the last start line.
     garbage: u64,
+    /// The gap being handled is lost bytes (not merely uncopied ones).
+    lost_gap: bool,
 }
 
 impl DirParser {
@@ -144,6 +148,7 @@ impl DirParser {
             after_gap: false,
             pos: 0,
             garbage: 0,
+            lost_gap: false,
         }
     }
 
@@ -190,6 +195,7 @@ impl DirParser {
     fn sync_to(&mut self, off: u64, ts: u64, out: &mut Vec<Parsed>) {
         if off > self.pos && self.pos > 0 {
             let len = off - self.pos;
+            self.lost_gap = true;
             self.gap(len, ts, out);
         }
         self.pos = off;
@@ -464,6 +470,9 @@ impl DirParser {
                         let n = len.min(*left);
                         msg.body.len += n;
                         msg.body.missing += n;
+                        if self.lost_gap {
+                            msg.body.lost += n;
+                        }
                         *left -= n;
                         if *left == 0 {
                             self.end_message(Ending::Complete, out);
@@ -476,11 +485,17 @@ impl DirParser {
                     BodyState::UntilClose => {
                         msg.body.len += len;
                         msg.body.missing += len;
+                        if self.lost_gap {
+                            msg.body.lost += len;
+                        }
                     }
                     BodyState::Chunked(c) => {
                         if c.skip(len).is_ok() {
                             msg.body.len += len;
                             msg.body.missing += len;
+                            if self.lost_gap {
+                                msg.body.lost += len;
+                            }
                         } else {
                             msg.body.missing += len.min(c.data_left());
                             self.end_message(Ending::Broken("bytes missing in chunk framing"), out);

@@ -31,6 +31,7 @@ struct MessageRecord {
     headers: Vec<(String, String)>,
     body_size: u64,
     body_missing: u64,
+    body_lost: u64,
     body_truncated: bool,
     /// The body as the log shows it.
     body: String,
@@ -103,6 +104,7 @@ impl Recorder {
                 .collect(),
             body_size: m.body.len,
             body_missing: m.body.missing,
+            body_lost: m.body.lost,
             body_truncated: !m.body.preview_is_whole(),
             body: render::body(&m.head, &m.body, self.redact, self.text_limit),
             complete: m.ending == Ending::Complete,
