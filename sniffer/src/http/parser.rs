@@ -181,9 +181,13 @@ impl DirParser {
                 self.pos = off + bytes.len() as u64;
             }
             Piece::Gap {
-                off, len, ts_ns, ..
+                off,
+                len,
+                ts_ns,
+                kind,
             } => {
                 self.sync_to(*off, *ts_ns, out);
+                self.lost_gap = *kind == GapKind::Lost;
                 self.gap(*len, *ts_ns, out);
                 self.pos = off + len;
             }
@@ -592,10 +596,7 @@ fn plausible_start(buf: &[u8], requests: bool) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        http::head::{request_body, response_body},
-        stream::GapKind,
-    };
+    use crate::http::head::{request_body, response_body};
 
     fn data(off: u64, bytes: &[u8], ts: u64) -> Piece {
         Piece::Data {
@@ -739,6 +740,21 @@ mod tests {
         assert!(!msgs[0].body.preview_is_whole());
         assert_eq!(target(msgs[1]), "GET /next");
         assert!(!msgs[1].after_gap, "the gap was inside the body");
+    }
+
+    #[test]
+    fn lost_and_uncopied_body_bytes_are_told_apart() {
+        let head = b"PUT /file HTTP/1.1\r\nContent-Length: 100\r\n\r\n";
+        let h = head.len() as u64;
+        let uncopied = Piece::Gap {
+            off: h,
+            len: 60,
+            kind: GapKind::Uncaptured,
+            ts_ns: 2,
+        };
+        let out = run(true, &[data(0, head, 1), uncopied, gap(h + 60, 40)]);
+        let m = ends(&out)[0];
+        assert_eq!((m.body.len, m.body.missing, m.body.lost), (100, 100, 40));
     }
 
     #[test]
