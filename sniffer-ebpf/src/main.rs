@@ -524,6 +524,20 @@ fn exit_start(ctx: &TracePointContext) -> Option<(&'static Config, u32, u32, Pen
     Some((cfg, tgid, tid, p, ret))
 }
 
+/// A length-only event: `len` bytes at `hdr.off` that were counted but not copied.
+#[inline(always)]
+fn emit_uncopied(mut hdr: DataHeader, len: u64) {
+    hdr.len = len;
+    hdr.cap = 0;
+    if EVENTS
+        .output::<DataHeader>(&hdr, wakeup(size_of::<DataHeader>() as u64))
+        .is_err()
+    {
+        count(counters::DATA_EVENTS_LOST, 1);
+        count(counters::DATA_BYTES_LOST, len);
+    }
+}
+
 /// One bpf_loop iteration: step to the next iovec, or emit one chunk of at most CHUNK_SIZE.
 extern "C" fn copy_chunk(_index: u64, _ctx: *mut c_void) -> i64 {
     let Some(c) = COPY_STATE.get_ptr_mut(0) else {
@@ -561,16 +575,7 @@ extern "C" fn copy_chunk(_index: u64, _ctx: *mut c_void) -> i64 {
         if n > c.seg_left {
             n = c.seg_left;
         }
-        let mut hdr = c.hdr;
-        hdr.len = n;
-        hdr.cap = 0;
-        if EVENTS
-            .output::<DataHeader>(&hdr, wakeup(size_of::<DataHeader>() as u64))
-            .is_err()
-        {
-            count(counters::DATA_EVENTS_LOST, 1);
-            count(counters::DATA_BYTES_LOST, n);
-        }
+        emit_uncopied(c.hdr, n);
         c.hdr.off += n;
         c.base += n;
         c.seg_left -= n;
@@ -739,22 +744,14 @@ fn exit_data(ctx: &TracePointContext) -> u32 {
     }
     // The callback changed the state behind `c`: read it afresh.
     // SAFETY: per-CPU map value, used by this program run only.
-    let (mut hdr, remaining) = unsafe {
+    let (hdr, remaining) = unsafe {
         (
             ptr::read_volatile(&raw const (*state).hdr),
             ptr::read_volatile(&raw const (*state).remaining),
         )
     };
     if remaining > 0 {
-        hdr.len = remaining;
-        hdr.cap = 0;
-        if EVENTS
-            .output::<DataHeader>(&hdr, wakeup(size_of::<DataHeader>() as u64))
-            .is_err()
-        {
-            count(counters::DATA_EVENTS_LOST, 1);
-            count(counters::DATA_BYTES_LOST, remaining);
-        }
+        emit_uncopied(hdr, remaining);
     }
     0
 }
