@@ -47,6 +47,9 @@ pub struct DiagramArgs {
     /// A complete ```mermaid block with sequenceDiagram, autonumber and participants.
     #[arg(long)]
     pub standalone: bool,
+    /// Leave out messages matching a should_not_hook.json file (the rest are numbered again).
+    #[arg(long, value_name = "FILE")]
+    pub filter: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

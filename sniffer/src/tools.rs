@@ -4,6 +4,7 @@ use std::{fs, io::Write as _, path::Path};
 use crate::{
     cli::{DiagramArgs, HarArgs, Tool},
     diagram::{body, mermaid, model},
+    filter::Filter,
     har, sinks,
 };
 
@@ -39,6 +40,13 @@ fn diagram(a: &DiagramArgs) -> Result<(), ToolError> {
         model::from_log(&text)
     }
     .map_err(|e| ToolError(format!("{}: {e}", a.log.display())))?;
+    let msgs = match &a.filter {
+        Some(path) => {
+            let f = Filter::load(path).map_err(|e| ToolError(e.to_string()))?;
+            model::without(msgs, &f)
+        }
+        None => msgs,
+    };
     let d = mermaid::draw(
         &msgs,
         mermaid::Options {

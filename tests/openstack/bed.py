@@ -2,13 +2,18 @@
 """A small OpenStack on 127.0.0.1 for sniffer's end-to-end test: keystone and glance-api under
 uWSGI with devstack's process names, all state in one directory.
 
-usage: bed.py VENV STATE_DIR
+usage: bed.py VENV STATE_DIR [--swift SWIFT_VENV]
 
 Configures keystone (sqlite, fernet tokens, admin/secret bootstrapped, endpoints on 127.0.0.1)
 and glance-api (sqlite, file store, keystonemiddleware auth_token with its own `glance` service
 user), starts both, then prints one JSON line:
 
   {"keystone": {"pid": N, "port": N, "log": PATH}, "glance": {...}, "env": {OS_* ...}}
+
+With --swift, a single-node swift (2.38) on 127.0.0.1 too: proxy on :8080 with keystonemiddleware
+and keystoneauth, account/container/object servers on :6202/:6201/:6200, rings over a plain
+directory, and glance stores images in it (container `glance`, made on first put). The JSON
+then has "swift": {"proxy": PID, "account": PID, "container": PID, "object": PID}.
 
 and waits until its stdin closes or it gets SIGTERM; it then stops the services it started and
 nothing else. The services share this script's process group, so killing the group stops all.
@@ -23,6 +28,7 @@ import time
 import urllib.request
 
 venv, state = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
+swift_venv = os.path.abspath(sys.argv[4]) if len(sys.argv) > 4 and sys.argv[3] == "--swift" else None
 os.makedirs(state, exist_ok=True)
 bin_ = lambda name: os.path.join(venv, "bin", name)  # noqa: E731
 children = []
@@ -60,6 +66,14 @@ def start_uwsgi(name, port, module, env_var, env_val, log):
     )
     children.append(p)
     return p
+
+
+def spawn(*args):
+    """A server in this script's process group, stopped with the bed."""
+    p = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=open(os.path.join(state, "servers.err"), "a"))
+    children.append(p)
+    return p.pid
 
 
 def wait_http(url, deadline=120):
@@ -128,6 +142,82 @@ osc("service", "create", "--name", "glance", "image")
 for iface in ("public", "internal", "admin"):
     osc("endpoint", "create", "--region", "RegionOne", "image", iface, f"http://127.0.0.1:{gport}")
 
+
+def start_swift():
+    """Single-node swift; devstack runs each server as `python3 .../swift-X-server CONF`."""
+    sbin = lambda name: os.path.join(swift_venv, "bin", name)  # noqa: E731
+    etc, node = os.path.join(state, "swift"), os.path.join(state, "srv", "node")
+    os.makedirs(os.path.join(node, "d1"), exist_ok=True)
+    os.makedirs(etc, exist_ok=True)
+    write(os.path.join(etc, "swift.conf"), "[swift-hash]\nswift_hash_path_suffix = sniffer\n"
+          "swift_hash_path_prefix = sniffer\n\n[storage-policy:0]\nname = Policy-0\ndefault = yes\n")
+    ports = {"object": 6200, "container": 6201, "account": 6202}
+    for name, port in ports.items():
+        builder = os.path.join(etc, f"{name}.builder")
+        run(sbin("swift-ring-builder"), builder, "create", "6", "1", "1")
+        run(sbin("swift-ring-builder"), builder, "add", f"r1z1-127.0.0.1:{port}/d1", "100")
+        run(sbin("swift-ring-builder"), builder, "rebalance")
+    # Logs go to syslog; there is no /dev/log here, so to a UDP port nobody reads.
+    common = (f"[DEFAULT]\nbind_ip = 127.0.0.1\nworkers = 0\nswift_dir = {etc}\n"
+              "log_udp_host = 127.0.0.1\nlog_udp_port = 9\n")
+    pids = {}
+    for name, port in ports.items():
+        conf = os.path.join(etc, f"{name}-server.conf")
+        write(conf, common + f"bind_port = {port}\ndevices = {node}\nmount_check = false\n\n"
+              f"[pipeline:main]\npipeline = {name}-server\n\n[app:{name}-server]\nuse = egg:swift#{name}\n")
+        pids[name] = spawn(sbin("python3"), sbin(f"swift-{name}-server"), conf)
+    osc("user", "create", "swift", "--domain", "Default", "--password", "secret")
+    osc("role", "add", "--project", "service", "--user", "swift", "admin")
+    osc("role", "create", "member", "--or-show")
+    osc("service", "create", "--name", "swift", "object-store")
+    for iface in ("public", "internal", "admin"):
+        osc("endpoint", "create", "--region", "RegionOne", "object-store", iface,
+            "http://127.0.0.1:8080/v1/AUTH_%(project_id)s")
+    conf = os.path.join(etc, "proxy-server.conf")
+    write(conf, common + f"""bind_port = 8080
+
+[pipeline:main]
+pipeline = catch_errors gatekeeper healthcheck proxy-logging authtoken keystoneauth proxy-logging proxy-server
+
+[app:proxy-server]
+use = egg:swift#proxy
+account_autocreate = true
+
+[filter:authtoken]
+paste.filter_factory = keystonemiddleware.auth_token:filter_factory
+www_authenticate_uri = {kurl}
+auth_url = {kurl}
+auth_type = password
+project_domain_name = Default
+user_domain_name = Default
+project_name = service
+username = swift
+password = secret
+delay_auth_decision = True
+
+[filter:keystoneauth]
+use = egg:swift#keystoneauth
+operator_roles = admin, member
+
+[filter:catch_errors]
+use = egg:swift#catch_errors
+
+[filter:gatekeeper]
+use = egg:swift#gatekeeper
+
+[filter:healthcheck]
+use = egg:swift#healthcheck
+
+[filter:proxy-logging]
+use = egg:swift#proxy_logging
+""")
+    pids["proxy"] = spawn(sbin("python3"), sbin("swift-proxy-server"), conf)
+    wait_http("http://127.0.0.1:8080/healthcheck")
+    return pids
+
+
+swift = start_swift() if swift_venv else None
+
 # glance-api
 getc = os.path.join(state, "glance-etc")
 os.makedirs(getc, exist_ok=True)
@@ -135,7 +225,7 @@ with open(os.path.join(venv, "etc", "glance", "glance-api-paste.ini")) as f:
     write(os.path.join(getc, "glance-api-paste.ini"), f.read())
 gconf = os.path.join(getc, "glance-api.conf")
 write(gconf, f"""[DEFAULT]
-enabled_backends = fs:file
+enabled_backends = fs:file{", swift:swift" if swift else ""}
 [database]
 connection = sqlite:///{state}/glance.db
 [keystone_authtoken]
@@ -150,13 +240,27 @@ password = secret
 [paste_deploy]
 flavor = keystone
 [glance_store]
-default_backend = fs
+default_backend = {"swift" if swift else "fs"}
+[swift]
+swift_store_create_container_on_put = True
+swift_store_container = glance
+swift_store_multi_tenant = False
+default_swift_reference = ref1
+swift_store_config_file = {getc}/glance-swift.conf
 [fs]
 filesystem_store_datadir = {state}/images
 [os_glance_staging_store]
 filesystem_store_datadir = {state}/staging
 [os_glance_tasks_store]
 filesystem_store_datadir = {state}/tasks
+""")
+write(os.path.join(getc, "glance-swift.conf"), f"""[ref1]
+user = service:glance
+key = secret
+user_domain_id = default
+project_domain_id = default
+auth_version = 3
+auth_address = {kurl}
 """)
 run(bin_("glance-manage"), "--config-file", gconf, "db_sync")
 glog = os.path.join(state, "glance-requests.log")
@@ -166,6 +270,7 @@ wait_http(f"http://127.0.0.1:{gport}/")
 print(json.dumps({
     "keystone": {"pid": keystone.pid, "port": kport, "log": klog},
     "glance": {"pid": glance.pid, "port": gport, "log": glog},
+    "swift": swift,
     "env": {k: v for k, v in env.items() if k.startswith("OS_")},
 }), flush=True)
 sys.stdin.read()

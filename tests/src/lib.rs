@@ -16,6 +16,8 @@ use std::{
 
 use serde::Deserialize;
 
+pub mod openstack;
+
 /// Whether kernel tests run here. Panics when they cannot (not root) and were not skipped
 /// explicitly: a silent skip would read as a pass.
 pub fn kernel_tests() -> bool {

@@ -289,50 +289,70 @@ fn fuzz(seconds: u64, target: &str) -> anyhow::Result<()> {
     )
 }
 
-/// Python packages of the OpenStack test bed.
-const OPENSTACK_PACKAGES: &[&str] = &["keystone", "glance", "python-openstackclient", "uwsgi"];
+/// Python packages of the OpenStack test bed (swiftclient: glance's swift store).
+const OPENSTACK_PACKAGES: &[&str] = &[
+    "keystone",
+    "glance",
+    "python-openstackclient",
+    "python-swiftclient",
+    "uwsgi",
+];
+/// Swift, in a venv of its own (its pins and glance's need not agree).
+const SWIFT_PACKAGES: &[&str] = &[
+    "swift",
+    "python-swiftclient",
+    "pyeclib",
+    "keystonemiddleware",
+];
 
-/// A venv with keystone, glance, the openstack CLI and uWSGI under target/, made when missing
-/// (about 40 s from PyPI wheels).
-fn openstack_venv() -> anyhow::Result<PathBuf> {
-    let venv = workspace().join("target").join("openstack-venv");
-    let ready = venv.join("bin").join("openstack").is_file()
-        && venv.join("bin").join("uwsgi").is_file()
-        && venv.join("bin").join("keystone-manage").is_file()
-        && venv.join("bin").join("glance-manage").is_file();
-    if ready {
+/// A venv under target/ with `packages`, made or completed when any of `ready` (paths under the
+/// venv) is missing (about 40 s from PyPI wheels).
+fn venv(name: &str, packages: &[&str], ready: &[&str]) -> anyhow::Result<PathBuf> {
+    let venv = workspace().join("target").join(name);
+    if ready.iter().all(|p| venv.join(p).exists()) {
         return Ok(venv);
     }
     eprintln!(
         "xtask: installing {} into {}",
-        OPENSTACK_PACKAGES.join(", "),
+        packages.join(", "),
         venv.display()
     );
-    run_cmd(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    if !venv.join("bin").join("pip").is_file() {
+        run_cmd(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    }
     run_cmd(
         Command::new(venv.join("bin").join("pip"))
             .args(["install", "--quiet", "--disable-pip-version-check"])
-            .args(OPENSTACK_PACKAGES),
+            .args(packages),
     )?;
     Ok(venv)
 }
 
 fn e2e(args: &[String]) -> anyhow::Result<()> {
-    let venv = openstack_venv()?;
+    let openstack = venv(
+        "openstack-venv",
+        OPENSTACK_PACKAGES,
+        &[
+            "bin/openstack",
+            "bin/uwsgi",
+            "bin/keystone-manage",
+            "bin/glance-manage",
+            "bin/swift",
+        ],
+    )?;
+    let swift = venv(
+        "swift-venv",
+        SWIFT_PACKAGES,
+        &["bin/swift-proxy-server", "bin/swift-ring-builder"],
+    )?;
     let bin = build(false)?;
     let mut cmd = cargo();
-    cmd.args([
-        "test",
-        "--package",
-        "sniffer-tests",
-        "--features",
-        "e2e",
-        "--test",
-        "openstack",
-    ])
-    .args(args)
-    .env("SNIFFER_BIN", &bin)
-    .env("SNIFFER_OPENSTACK_VENV", &venv)
-    .env_remove("SNIFFER_SKIP_BPF_BUILD");
+    cmd.args(["test", "--package", "sniffer-tests", "--features", "e2e"])
+        .args(["--test", "openstack", "--test", "openstack_swift"])
+        .args(args)
+        .env("SNIFFER_BIN", &bin)
+        .env("SNIFFER_OPENSTACK_VENV", &openstack)
+        .env("SNIFFER_SWIFT_VENV", &swift)
+        .env_remove("SNIFFER_SKIP_BPF_BUILD");
     run_cmd(&mut cmd)
 }

@@ -27,6 +27,25 @@ impl Msg {
     }
 }
 
+/// `msgs` without those `filter` leaves out, numbered again from 1.
+pub fn without(msgs: Vec<Msg>, filter: &crate::filter::Filter) -> Vec<Msg> {
+    let mut kept: Vec<Msg> = msgs
+        .into_iter()
+        .filter(|m| {
+            !filter.excludes(&crate::filter::Subject {
+                from: &m.from,
+                to: &m.to,
+                method: &m.method,
+                url: &m.url,
+            })
+        })
+        .collect();
+    for (i, m) in kept.iter_mut().enumerate() {
+        m.number = i as u64 + 1;
+    }
+    kept
+}
+
 /// `http://host:port/a/b?q` -> `/a/b?q`.
 pub fn path_of(url: &str) -> String {
     match url.split_once("://") {
@@ -266,6 +285,26 @@ mod tests {
             (m[1].status, m[1].reason.as_str()),
             (Some(204), "No Content")
         );
+    }
+
+    #[test]
+    fn filtered_messages_are_left_out_and_the_rest_renumbered() {
+        let f = crate::filter::Filter::parse(
+            r#"{"filters": [{"to": "keystone", "method": "GET"}]}"#,
+            "f",
+        )
+        .unwrap();
+        let m = without(from_log(LOG).unwrap(), &f);
+        assert_eq!(
+            m.len(),
+            1,
+            "the two GETs to keystone go, the unpaired response stays"
+        );
+        assert_eq!((m[0].number, m[0].from.as_str()), (1, "glance-api"));
+        let f =
+            crate::filter::Filter::parse(r#"{"filters": [{"from": "glance-api"}]}"#, "f").unwrap();
+        let m = without(from_log(LOG).unwrap(), &f);
+        assert_eq!(m.iter().map(|x| x.number).collect::<Vec<_>>(), vec![1, 2]);
     }
 
     #[test]

@@ -1,0 +1,211 @@
+//! The OpenStack test bed (tests/openstack/bed.py) driven from Rust: start it, run openstack
+//! commands under sniffer, read what sniffer and the services logged.
+use std::{
+    fs,
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::Value;
+
+use crate::{Guard, Lines, sniffer_bin, workspace};
+
+pub struct Bed {
+    _guard: Guard,
+    pub keystone: Service,
+    pub glance: Service,
+    /// swift-proxy-server's pid, when the bed has swift.
+    pub swift_proxy: Option<u32>,
+    pub env: Vec<(String, String)>,
+    pub venv: PathBuf,
+}
+
+pub struct Service {
+    pub pid: u32,
+    pub log: PathBuf,
+}
+
+impl Service {
+    fn from(v: &Value) -> Self {
+        Self {
+            pid: v["pid"].as_u64().expect("pid") as u32,
+            log: PathBuf::from(v["log"].as_str().expect("log")),
+        }
+    }
+
+    /// (method, path, status) of every request uWSGI logged after byte `from` of its log.
+    pub fn served_since(&self, from: u64) -> Vec<(String, String, u16)> {
+        let text = fs::read(&self.log).unwrap_or_default();
+        uwsgi_requests(&String::from_utf8_lossy(&text[from as usize..]))
+    }
+
+    pub fn log_len(&self) -> u64 {
+        fs::metadata(&self.log).map_or(0, |m| m.len())
+    }
+}
+
+/// uWSGI request lines: `... [date] PUT /v2/images/x/file => generated 0 bytes in 33 msecs
+/// (HTTP/1.1 204) ...`.
+pub fn uwsgi_requests(text: &str) -> Vec<(String, String, u16)> {
+    text.lines()
+        .filter_map(|l| {
+            let (before, after) = l.split_once(" => generated ")?;
+            let mut words = before.rsplit(' ');
+            let path = words.next()?.to_owned();
+            let method = words.next()?.to_owned();
+            let status = after.split("(HTTP/1.").nth(1)?.get(2..5)?.parse().ok()?;
+            Some((method, path, status))
+        })
+        .collect()
+}
+
+/// Starts the bed (with swift when `swift_venv` is given) in target/<state>.
+pub fn start_bed(state: &str, swift_venv: Option<&PathBuf>) -> Bed {
+    let venv = PathBuf::from(
+        std::env::var("SNIFFER_OPENSTACK_VENV")
+            .expect("SNIFFER_OPENSTACK_VENV: run `cargo xtask e2e`"),
+    );
+    let state = workspace().join("target").join(state);
+    let _ = fs::remove_dir_all(&state);
+    let mut cmd = Command::new("python3");
+    cmd.arg(workspace().join("tests/openstack/bed.py"))
+        .arg(&venv)
+        .arg(&state);
+    if let Some(s) = swift_venv {
+        cmd.arg("--swift").arg(s);
+    }
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+    let mut guard = Guard::spawn(&mut cmd);
+    let lines = Lines::new(guard.child.stdout.take().expect("stdout"));
+    let info: Value =
+        serde_json::from_str(&lines.expect("{", Duration::from_secs(180))).expect("bed json");
+    let env = info["env"]
+        .as_object()
+        .expect("env")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_owned()))
+        .collect();
+    Bed {
+        keystone: Service::from(&info["keystone"]),
+        glance: Service::from(&info["glance"]),
+        swift_proxy: info["swift"]["proxy"].as_u64().map(|p| p as u32),
+        _guard: guard,
+        env,
+        venv,
+    }
+}
+
+pub struct Run {
+    pub dir: PathBuf,
+    pub stdout: String,
+    pub log: String,
+    pub exchanges: Vec<Value>,
+    pub keystone: Vec<(String, String, u16)>,
+    pub glance: Vec<(String, String, u16)>,
+}
+
+/// Runs `openstack ARGS` under sniffer tracing the bed's services (swift's proxy too when it
+/// has one); writes into target/e2e-out/NAME.
+pub fn sniff(bed: &Bed, name: &str, args: &[&str]) -> Run {
+    let dir = workspace().join("target").join("e2e-out").join(name);
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    let (k0, g0) = (bed.keystone.log_len(), bed.glance.log_len());
+    let mut pids = vec![bed.keystone.pid, bed.glance.pid];
+    pids.extend(bed.swift_proxy);
+    let out = Command::new(sniffer_bin())
+        .args(
+            pids.iter()
+                .flat_map(|p| ["--pid".to_owned(), p.to_string()]),
+        )
+        .arg("-o")
+        .arg(dir.join("sniffer.log"))
+        .arg("--jsonl")
+        .arg(dir.join("exchanges.jsonl"))
+        .arg("--har")
+        .arg(dir.join("run.har"))
+        .arg("--")
+        .arg(bed.venv.join("bin/openstack"))
+        .args(args)
+        .envs(bed.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sniffer");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "openstack {args:?} under sniffer failed:\n{stderr}"
+    );
+    // uWSGI writes its request line after the response: give it a moment.
+    std::thread::sleep(Duration::from_millis(300));
+    let log = fs::read_to_string(dir.join("sniffer.log")).unwrap();
+    let exchanges = fs::read_to_string(dir.join("exchanges.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    Run {
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        dir,
+        log,
+        exchanges,
+        keystone: bed.keystone.served_since(k0),
+        glance: bed.glance.served_since(g0),
+    }
+}
+
+pub fn path_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.find('/')
+        .map_or("/".to_owned(), |i| rest[i..].to_owned())
+}
+
+/// Multiset of (method, path, status) of the exchanges sniffer saw served by `to`.
+pub fn seen_by(run: &Run, to: &str) -> Vec<(String, String, u16)> {
+    let mut v: Vec<(String, String, u16)> = run
+        .exchanges
+        .iter()
+        .filter(|x| x["to"] == to)
+        .map(|x| {
+            (
+                x["method"].as_str().unwrap_or("").to_owned(),
+                path_of(x["url"].as_str().unwrap_or("")),
+                x["status"].as_u64().unwrap_or(0) as u16,
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+pub fn sorted(mut v: Vec<(String, String, u16)>) -> Vec<(String, String, u16)> {
+    v.sort();
+    v
+}
+
+pub fn find<'a>(run: &'a Run, method: &str, path_suffix: &str) -> &'a Value {
+    run.exchanges
+        .iter()
+        .find(|x| x["method"] == method && x["url"].as_str().unwrap_or("").ends_with(path_suffix))
+        .unwrap_or_else(|| panic!("no {method} ...{path_suffix} in {}", run.dir.display()))
+}
+
+/// The diagram of a run (with --placeholders and the given extra arguments) and its body page,
+/// written next to the run's log as NAME.md and BODY.md; returns the diagram.
+pub fn draw(run: &Run, name: &str, body: &str, extra: &[&str]) -> String {
+    let diagram = run.dir.join(format!("{name}.md"));
+    let st = Command::new(sniffer_bin())
+        .arg("diagram")
+        .arg(run.dir.join("sniffer.log"))
+        .arg("-o")
+        .arg(&diagram)
+        .arg("--body")
+        .arg(run.dir.join(format!("{body}.md")))
+        .arg("--placeholders")
+        .args(extra)
+        .status()
+        .expect("run sniffer diagram");
+    assert!(st.success(), "sniffer diagram failed");
+    fs::read_to_string(&diagram).expect("diagram")
+}
