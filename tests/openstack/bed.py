@@ -16,8 +16,9 @@ directory, and glance stores images in it (container `glance`, made on first put
 then has "swift": {"proxy": PID, "account": PID, "container": PID, "object": PID}.
 
 and waits until its stdin closes or it gets SIGTERM; it then stops the services it started and
-nothing else. The services share this script's process group, so killing the group stops all.
+nothing else. The services die with this script (PR_SET_PDEATHSIG), however it ends.
 """
+import ctypes
 import json
 import os
 import signal
@@ -63,15 +64,23 @@ def start_uwsgi(name, port, module, env_var, env_val, log):
         ],
         # Same process group as this script: whoever stops the bed's group stops them too.
         stdin=subprocess.DEVNULL,
+        preexec_fn=die_with_bed,
     )
     children.append(p)
     return p
 
 
+def die_with_bed():
+    """In the child before exec: SIGKILL when this script dies, however it dies. swift's
+    servers call setsid(), so the test's kill of the bed's process group would miss them."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def spawn(*args):
-    """A server in this script's process group, stopped with the bed."""
+    """A server started by the bed, stopped with it."""
     p = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=open(os.path.join(state, "servers.err"), "a"))
+                         stderr=open(os.path.join(state, "servers.err"), "a"),
+                         preexec_fn=die_with_bed)
     children.append(p)
     return p.pid
 

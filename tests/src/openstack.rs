@@ -12,13 +12,28 @@ use serde_json::Value;
 use crate::{Guard, Lines, sniffer_bin, workspace};
 
 pub struct Bed {
-    _guard: Guard,
+    guard: Guard,
     pub keystone: Service,
     pub glance: Service,
     /// swift-proxy-server's pid, when the bed has swift.
     pub swift_proxy: Option<u32>,
     pub env: Vec<(String, String)>,
     pub venv: PathBuf,
+}
+
+impl Drop for Bed {
+    /// Closing the bed's stdin lets it stop its services in order; the guard then kills what is
+    /// left (the services also die with the bed).
+    fn drop(&mut self) {
+        drop(self.guard.child.stdin.take());
+        let end = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < end {
+            if !matches!(self.guard.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 pub struct Service {
@@ -90,7 +105,7 @@ pub fn start_bed(state: &str, swift_venv: Option<&PathBuf>) -> Bed {
         keystone: Service::from(&info["keystone"]),
         glance: Service::from(&info["glance"]),
         swift_proxy: info["swift"]["proxy"].as_u64().map(|p| p as u32),
-        _guard: guard,
+        guard,
         env,
         venv,
     }
