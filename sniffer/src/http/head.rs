@@ -27,8 +27,11 @@ pub enum StartLine {
 pub struct Head {
     pub start: StartLine,
     pub headers: Vec<Header>,
-    /// Bytes of the head, up to and including the empty line.
+    /// Bytes of the head, up to and including the empty line (a uwsgi packet: its size).
     pub len: usize,
+    /// CGI vars of a uwsgi request packet that are not header fields (REMOTE_ADDR, REMOTE_PORT,
+    /// SCRIPT_NAME...); empty for HTTP.
+    pub cgi: Vec<(String, String)>,
 }
 
 impl Head {
@@ -46,6 +49,14 @@ impl Head {
             .iter()
             .filter(move |h| h.name.eq_ignore_ascii_case(name))
             .map(|h| h.value.as_slice())
+    }
+
+    /// A CGI var of a uwsgi packet.
+    pub fn cgi_var(&self, name: &str) -> Option<&str> {
+        self.cgi
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn is_request(&self) -> bool {
@@ -106,6 +117,7 @@ pub fn parse_head(buf: &[u8]) -> HeadParse {
                 },
                 headers: to_headers(resp.headers),
                 len,
+                cgi: Vec::new(),
             }),
             Ok(httparse::Status::Partial) => HeadParse::Partial,
             Err(e) => HeadParse::Invalid(parse_error(e)),
@@ -121,6 +133,7 @@ pub fn parse_head(buf: &[u8]) -> HeadParse {
                 },
                 headers: to_headers(req.headers),
                 len,
+                cgi: Vec::new(),
             }),
             Ok(httparse::Status::Partial) => HeadParse::Partial,
             Err(e) => HeadParse::Invalid(parse_error(e)),

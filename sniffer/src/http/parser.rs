@@ -8,6 +8,7 @@
 use super::{
     chunked::Chunked,
     head::{BodyRule, Head, HeadParse, find_start_line, parse_head, skip_leading_crlf},
+    uwsgi,
 };
 use crate::stream::{GapKind, Piece};
 
@@ -259,7 +260,12 @@ impl DirParser {
                     let before = self.buf.len();
                     let take = bytes.len().min(MAX_HEAD + 1 - before);
                     self.buf.extend_from_slice(&bytes[..take]);
-                    match parse_head(&self.buf) {
+                    let parsed = if self.requests && uwsgi::is_packet_start(&self.buf) {
+                        uwsgi::parse_packet(&self.buf)
+                    } else {
+                        parse_head(&self.buf)
+                    };
+                    match parsed {
                         HeadParse::Complete(head) => {
                             // buf held no complete head before, so the head ends in `bytes`.
                             let used = head.len - before;
@@ -355,7 +361,16 @@ impl DirParser {
         let found = if from_start && plausible_start(&self.buf, self.requests) {
             Some(0)
         } else {
-            find_start_line(&self.buf, self.requests)
+            let line = find_start_line(&self.buf, self.requests);
+            let packet = if self.requests {
+                uwsgi::find_packet(&self.buf)
+            } else {
+                None
+            };
+            match (line, packet) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
         };
         match found {
             Some(i) => {
@@ -586,6 +601,9 @@ fn chunk_reason(e: &super::chunked::ChunkError) -> &'static str {
 /// A start line at the very start of `buf` (right after a gap).
 fn plausible_start(buf: &[u8], requests: bool) -> bool {
     if requests {
+        if uwsgi::is_packet_start(buf) {
+            return !matches!(uwsgi::parse_packet(buf), HeadParse::Invalid(_));
+        }
         let m = buf.iter().take_while(|b| b.is_ascii_uppercase()).count();
         m > 0 && m <= 16 && buf.get(m) == Some(&b' ')
     } else {
@@ -769,6 +787,43 @@ mod tests {
         assert_eq!(msgs[0].ending, Ending::Complete);
         assert_eq!(target(msgs[1]), "GET /after");
         assert!(msgs[1].after_gap, "something may have been lost before it");
+    }
+
+    #[test]
+    fn a_uwsgi_packet_split_at_every_point_is_a_request_with_its_body() {
+        let mut bytes = uwsgi::tests::packet(uwsgi::tests::KEYSTONE_POST);
+        let head_len = bytes.len() as u64;
+        bytes.extend_from_slice(b"{}");
+        for cut in 0..=bytes.len() {
+            let out = run(true, &split(&bytes, &[cut]));
+            let msgs = ends(&out);
+            assert_eq!(msgs.len(), 1, "cut {cut}: {out:?}");
+            assert_eq!(target(msgs[0]), "POST /identity/v3/auth/tokens");
+            assert_eq!(msgs[0].head.len as u64, head_len);
+            assert_eq!(msgs[0].body.preview, b"{}", "cut {cut}");
+            assert_eq!(msgs[0].ending, Ending::Complete);
+            assert_eq!(msgs[0].head.cgi_var("REMOTE_PORT"), Some("40312"));
+        }
+    }
+
+    #[test]
+    fn a_malformed_uwsgi_packet_breaks_and_the_next_one_is_read() {
+        // A var whose value size runs past the packet's end.
+        let mut bad = uwsgi::tests::packet(&[("REQUEST_METHOD", "GET"), ("REQUEST_URI", "/a")]);
+        let n = bad.len();
+        bad[n - 4] = 0x7f;
+        let good = uwsgi::tests::packet(&[("REQUEST_METHOD", "GET"), ("REQUEST_URI", "/b")]);
+        let mut bytes = bad.clone();
+        bytes.extend_from_slice(&good);
+        let out = run(true, &split(&bytes, &[3, bad.len() + 7]));
+        assert!(
+            matches!(out[1], Parsed::Broken { off: 0, reason, .. } if reason.contains("uwsgi")),
+            "{out:?}"
+        );
+        let msgs = ends(&out);
+        assert_eq!(msgs.len(), 1, "{out:?}");
+        assert_eq!(target(msgs[0]), "GET /b");
+        assert_eq!(msgs[0].off, bad.len() as u64);
     }
 
     #[test]
