@@ -20,6 +20,7 @@ use crate::{
     pipeline::Pipeline,
     probe::{self, Probe, ProbeOptions, target_flags},
     procs::{self, ProcTable},
+    proxy::Proxies,
     sinks::{
         self,
         conn_log::ConnLog,
@@ -120,7 +121,14 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
     }
     let names = Names::new(cli.names.iter().cloned().collect());
     let full_capture = cli.full_capture || cli.dump_streams.is_some();
-    let mut http = Exchanges::new(Stitcher::new(logs, names, filter), preview);
+    let proxies = Proxies {
+        extra: cli.proxies.clone(),
+        fold: !cli.show_proxies,
+    };
+    let mut http = Exchanges::new(
+        Stitcher::new(logs, names, filter).with_proxies(proxies),
+        preview,
+    );
     if !full_capture {
         http = http.with_bounded_copy(u64::from(cli.copy_window_kib) << 10);
     }
@@ -340,11 +348,14 @@ fn summary(probe: &Probe, reader: &Reader, pipeline: &Pipeline) {
         t.events,
         t.bytes_captured,
         rss >> 10,
-        if h.filtered > 0 {
-            format!(", {} exchanges filtered out", h.filtered)
-        } else {
-            String::new()
-        }
+        [
+            (h.filtered, "exchanges filtered out"),
+            (h.folded, "proxy hops folded")
+        ]
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!(", {n} {what}"))
+        .collect::<String>()
     );
     let nonzero: Vec<String> = counters
         .iter()

@@ -96,6 +96,13 @@ pub struct RunArgs {
     /// Name the process PID (and the ones it forks) LABEL in logs and diagrams (repeatable).
     #[arg(long = "name", value_name = "PID=LABEL", value_parser = crate::names::parse_override)]
     pub names: Vec<(u32, String)>,
+    /// Take processes named NAME for reverse proxies too (apache2, httpd, nginx and haproxy
+    /// are): their hop is folded and the callee named by the service behind them.
+    #[arg(long = "proxy", value_name = "NAME")]
+    pub proxies: Vec<String>,
+    /// Show a reverse proxy's two hops (client -> proxy, proxy -> service) instead of one.
+    #[arg(long)]
+    pub show_proxies: bool,
 
     /// Body bytes kept per message for the log's preview, in KiB.
     #[arg(long, value_name = "KIB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=16384))]

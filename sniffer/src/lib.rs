@@ -18,6 +18,7 @@ pub mod owners;
 pub mod pipeline;
 pub mod probe;
 pub mod procs;
+pub mod proxy;
 pub mod render;
 pub mod sinks;
 pub mod stitch;

@@ -24,6 +24,7 @@ use crate::{
     names::{Names, devstack_service, participant},
     owners::{Owners, read_proc},
     procs::ProcTable,
+    proxy::{self, Match, Proxies},
 };
 
 /// How long after a message's first byte its place in the order is taken as final.
@@ -33,6 +34,8 @@ pub const MAX_QUEUED: usize = 100_000;
 /// How long a written exchange with one end's view stays matchable for the other end's late
 /// view (it comes within the order slack unless events were lost).
 const KEEP_DONE_NS: u64 = 2_000_000_000;
+/// Exchanges into or out of a reverse proxy waiting for their other hop, at most.
+const MAX_HOP_CANDIDATES: usize = 4096;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Which {
@@ -74,6 +77,15 @@ pub struct Exchange {
     pub url: String,
     pub numbers: [Option<u64>; 2],
     pub filtered: bool,
+    /// The reverse proxy this exchange went through, when its upstream hop is folded into it
+    /// or the callee was named through it.
+    pub via: Option<String>,
+    /// A proxy's upstream hop folded into the client's exchange `folded_into`: not shown.
+    pub folded_into: Option<u64>,
+    /// The proxy's upstream hop folded into this exchange.
+    upstream: Option<u64>,
+    /// For a proxy's upstream hop seen only by the service: the client the proxy forwarded.
+    caller: Option<String>,
     written: [bool; 2],
     head: Option<Head>,
     keys: Vec<MsgKey>,
@@ -130,6 +142,8 @@ pub struct Stats {
     pub filtered: u64,
     /// Messages written before their time because too many waited ([`MAX_QUEUED`]).
     pub forced: u64,
+    /// Proxies' upstream hops folded into their client's exchange.
+    pub folded: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -151,6 +165,10 @@ struct ConnInfo {
     exchanges: VecDeque<u64>,
     /// The other end's name, when it is not traced (looked up while it is alive).
     far_name: Option<String>,
+    /// This end's process is a reverse proxy.
+    near_proxy: bool,
+    /// The untraced other end is a reverse proxy.
+    far_proxy: bool,
     ended: Option<u64>,
 }
 
@@ -168,6 +186,10 @@ pub struct Stitcher<L: LogSink> {
     /// Looks up untraced processes in /proc; None keeps the stitcher off the live system.
     owners: Option<Owners>,
     filter: Option<Filter>,
+    proxies: Proxies,
+    /// Exchanges into a proxy, and out of one, not yet folded with their other hop.
+    inbound: VecDeque<u64>,
+    outbound: VecDeque<u64>,
     slack_ns: u64,
     now: u64,
     pub stats: Stats,
@@ -189,11 +211,20 @@ impl<L: LogSink> Stitcher<L> {
             names,
             owners: Some(Owners::new()),
             filter,
+            proxies: Proxies::default(),
+            inbound: VecDeque::new(),
+            outbound: VecDeque::new(),
             slack_ns: ORDER_SLACK_NS,
             now: 0,
             stats: Stats::default(),
             sink,
         }
+    }
+
+    /// Which processes are reverse proxies, and whether their hops fold.
+    pub fn with_proxies(mut self, proxies: Proxies) -> Self {
+        self.proxies = proxies;
+        self
     }
 
     /// A stitcher that names only what its events say, without reading /proc (fuzzing).
@@ -228,11 +259,17 @@ impl<L: LogSink> Stitcher<L> {
             transport: conn.transport,
             exchanges: VecDeque::new(),
             far_name: None,
+            near_proxy: self.proxies.is_proxy(&self.names.of(conn.tgid, procs)),
+            far_proxy: false,
             ended: None,
         };
         // Name the other end now, while its process is alive, unless it is traced too.
         if self.peer_conns(&info).is_empty() {
             info.far_name = self.far_name(&info, procs);
+            info.far_proxy = info
+                .far_name
+                .as_deref()
+                .is_some_and(|n| self.proxies.is_proxy(n));
         }
         self.by_addr
             .entry((conn.local.clone(), conn.peer.clone()))
@@ -317,6 +354,10 @@ impl<L: LogSink> Stitcher<L> {
                 url: String::new(),
                 numbers: [None, None],
                 filtered: false,
+                via: None,
+                folded_into: None,
+                upstream: None,
+                caller: None,
                 written: [false, false],
                 head: None,
                 keys: Vec::new(),
@@ -441,6 +482,10 @@ impl<L: LogSink> Stitcher<L> {
         k.response = better(k.response.take(), g.response);
         k.broken = k.broken.or(g.broken);
         k.head = k.head.take().or(g.head);
+        k.upstream = k.upstream.or(g.upstream);
+        k.folded_into = k.folded_into.or(g.folded_into);
+        k.caller = k.caller.take().or(g.caller);
+        let linked = g.upstream.is_some() || g.folded_into.is_some();
         k.orphan &= g.orphan;
         k.unanswered &= g.unanswered;
         let earlier_req = gone_req.is_some_and(|p| p.0 < k.request_ts);
@@ -451,6 +496,19 @@ impl<L: LogSink> Stitcher<L> {
         let written = k.written;
         let response_ts = k.response_ts;
         let request_ts = k.request_ts;
+        if linked {
+            for e in self.exchanges.values_mut() {
+                if e.upstream == Some(gone) {
+                    e.upstream = Some(keep);
+                }
+                if e.folded_into == Some(gone) {
+                    e.folded_into = Some(keep);
+                }
+            }
+        }
+        for list in [&mut self.inbound, &mut self.outbound] {
+            list.retain(|i| *i != gone);
+        }
         // The merged messages take the earlier of the two places.
         if earlier_req && !written[0] {
             self.dequeue(Item::Msg(keep, Which::Request));
@@ -464,6 +522,148 @@ impl<L: LogSink> Stitcher<L> {
                 _ => response_ts.unwrap_or(request_ts),
             };
             self.enqueue(ts, Item::Msg(keep, Which::Response));
+        }
+    }
+
+    fn info_of(&self, v: &Option<View>) -> Option<&ConnInfo> {
+        v.as_ref().and_then(|v| self.conns.get(&v.conn))
+    }
+
+    /// The exchange's server end is a reverse proxy (its own view, else what the client's
+    /// connection leads to).
+    fn goes_into_proxy(&self, e: &Exchange) -> bool {
+        match (self.info_of(&e.server), self.info_of(&e.client)) {
+            (Some(s), _) => s.near_proxy,
+            (None, Some(c)) => c.far_proxy,
+            _ => false,
+        }
+    }
+
+    /// The exchange's client end is a reverse proxy.
+    fn comes_from_proxy(&self, e: &Exchange) -> bool {
+        match (self.info_of(&e.client), self.info_of(&e.server)) {
+            (Some(c), _) => c.near_proxy,
+            (None, Some(s)) => s.far_proxy,
+            _ => false,
+        }
+    }
+
+    /// The proxy's process, when traced on that hop.
+    fn proxy_pid(inbound: &Exchange, outbound: &Exchange) -> (Option<u32>, Option<u32>) {
+        (
+            inbound.server.as_ref().map(|v| v.pid),
+            outbound.client.as_ref().map(|v| v.pid),
+        )
+    }
+
+    /// Whether `inb` (into a proxy) and `out` (out of it) are one request's two hops.
+    fn hops_match(inb: &Exchange, out: &Exchange) -> Option<Match> {
+        if inb.folded_into.is_some() || inb.upstream.is_some() || out.folded_into.is_some() {
+            return None;
+        }
+        // The proxy sends upstream after the request came in, and answers after the upstream
+        // answer began.
+        if out.request_ts < inb.request_ts || inb.response_ts.is_some_and(|t| t < out.request_ts) {
+            return None;
+        }
+        if let (Some(a), Some(b)) = Self::proxy_pid(inb, out)
+            && a != b
+        {
+            return None;
+        }
+        let client = match (&inb.client, &inb.server) {
+            (Some(c), _) => c.local.clone(),
+            (None, Some(s)) => s.peer.clone(),
+            _ => Endpoint::Unknown,
+        };
+        proxy::same_request(inb.head.as_ref()?, out.head.as_ref()?, &client)
+    }
+
+    /// Folds a proxy's upstream hop into the client's exchange, when `x` is one of the two and
+    /// the other is known: the strongest match, the earliest among equals.
+    fn fold(&mut self, x: u64) {
+        if !self.proxies.fold {
+            return;
+        }
+        let Some(e) = self.exchanges.get(&x) else {
+            return;
+        };
+        if e.head.is_none() || e.folded_into.is_some() || e.upstream.is_some() {
+            return;
+        }
+        let (inbound, outbound) = (self.goes_into_proxy(e), self.comes_from_proxy(e));
+        if inbound == outbound {
+            return;
+        }
+        let others = if inbound {
+            &self.outbound
+        } else {
+            &self.inbound
+        };
+        let mut best: Option<(Match, u64, u64)> = None;
+        for &y in others {
+            let Some(o) = self.exchanges.get(&y).filter(|_| y != x) else {
+                continue;
+            };
+            let m = if inbound {
+                Self::hops_match(e, o)
+            } else {
+                Self::hops_match(o, e)
+            };
+            if let Some(m) = m {
+                let cand = (m, o.request_ts, y);
+                let better = best.is_none_or(|(bm, bts, _)| {
+                    (m, std::cmp::Reverse(o.request_ts)) > (bm, std::cmp::Reverse(bts))
+                });
+                if better {
+                    best = Some(cand);
+                }
+            }
+        }
+        let Some((_, _, y)) = best else {
+            let list = if inbound {
+                &mut self.inbound
+            } else {
+                &mut self.outbound
+            };
+            if !list.contains(&x) {
+                list.push_back(x);
+                if list.len() > MAX_HOP_CANDIDATES {
+                    list.pop_front();
+                }
+            }
+            return;
+        };
+        let (inb, out) = if inbound { (x, y) } else { (y, x) };
+        self.inbound.retain(|i| *i != inb);
+        self.outbound.retain(|i| *i != out);
+        if let Some(o) = self.exchanges.get_mut(&out) {
+            o.folded_into = Some(inb);
+        }
+        if let Some(i) = self.exchanges.get_mut(&inb) {
+            i.upstream = Some(out);
+        }
+        tracing::debug!(inb, out, "proxy hop folded");
+    }
+
+    /// A proxy's upstream hop seen by the service only: the client the proxy forwarded, from
+    /// the request itself (uwsgi REMOTE_ADDR and REMOTE_PORT), looked up while it is alive.
+    fn forwarded_caller(&mut self, x: u64, procs: &ProcTable) {
+        let Some(e) = self.exchanges.get(&x) else {
+            return;
+        };
+        if e.client.is_some() || e.caller.is_some() || !self.comes_from_proxy(e) {
+            return;
+        }
+        let Some(addr) = e.head.as_ref().and_then(proxy::forwarded_client) else {
+            return;
+        };
+        let Some(pid) = self.owners.as_mut().and_then(|o| o.owner(addr)) else {
+            return;
+        };
+        let name = self.pid_name(pid, procs);
+        if let Some(e) = self.exchanges.get_mut(&x) {
+            e.caller = Some(name);
         }
     }
 
@@ -565,21 +765,40 @@ impl<L: LogSink> Stitcher<L> {
         }
     }
 
-    /// Names the ends and the URL of an exchange.
+    /// The server of an exchange by name: its own view, else who owns the far end.
+    fn server_name(&self, e: &Exchange, procs: &ProcTable) -> Option<String> {
+        match (&e.server, &e.client) {
+            (Some(s), _) => Some(self.names.of(s.pid, procs)),
+            (None, Some(c)) => self.conns.get(&c.conn).and_then(|i| i.far_name.clone()),
+            _ => None,
+        }
+    }
+
+    /// Names the ends and the URL of an exchange. Behind a reverse proxy the callee is the
+    /// service: by devstack's URL rules, else the server of the folded upstream hop; a service
+    /// that saw only the proxy names the caller the proxy forwarded, when it can be known.
     fn resolve(&mut self, x: u64, procs: &ProcTable) {
+        self.fold(x);
         let Some(e) = self.exchanges.get(&x) else {
             return;
         };
         if e.resolved {
             return;
         }
+        let fold = self.proxies.fold;
         let from = match (&e.client, &e.server) {
             (Some(c), _) => self.names.of(c.pid, procs),
-            (None, Some(s)) => self
-                .conns
-                .get(&s.conn)
-                .and_then(|i| i.far_name.clone())
-                .unwrap_or_else(|| s.peer.to_string()),
+            (None, Some(s)) => {
+                let info = self.conns.get(&s.conn);
+                let far = info.and_then(|i| i.far_name.clone());
+                let forwarded = info.is_some_and(|i| i.far_proxy) && fold;
+                if forwarded {
+                    e.caller.clone().or(far)
+                } else {
+                    far
+                }
+                .unwrap_or_else(|| s.peer.to_string())
+            }
             (None, None) => "?".into(),
         };
         let head = e.head.as_ref().or(e.request.as_ref().map(|m| &m.head));
@@ -603,39 +822,60 @@ impl<L: LogSink> Stitcher<L> {
             let authority = host.clone().unwrap_or_else(|| server_addr.to_string());
             format!("http://{authority}{target}")
         };
-        let to = match (&e.server, &e.client) {
-            (Some(s), _) => self.names.of(s.pid, procs),
-            (None, Some(c)) => {
-                let far = self.conns.get(&c.conn).and_then(|i| i.far_name.clone());
-                let port = match &server_addr {
-                    Endpoint::Inet(a) => Some(a.port()),
-                    _ => None,
-                };
-                let path = target.split("://").nth(1).map_or(target.as_str(), |rest| {
-                    rest.find('/').map_or("/", |i| &rest[i..])
-                });
-                far.or_else(|| devstack_service(port, path).map(str::to_owned))
-                    .or(host)
-                    .unwrap_or_else(|| server_addr.to_string())
-            }
-            (None, None) => "?".into(),
+        let port = match &server_addr {
+            Endpoint::Inet(a) => Some(a.port()),
+            _ => None,
         };
-        let filtered = self.filter.as_ref().is_some_and(|f| {
-            f.excludes(&Subject {
-                from: &from,
-                to: &to,
-                method: e.method(),
-                url: &url,
-            })
+        let path = target.split("://").nth(1).map_or(target.as_str(), |rest| {
+            rest.find('/').map_or("/", |i| &rest[i..])
         });
+        let rule = devstack_service(port, path).map(str::to_owned);
+        let near = self.server_name(e, procs);
+        let behind_proxy = fold && self.goes_into_proxy(e);
+        let (to, via) = if behind_proxy {
+            let upstream = e
+                .upstream
+                .and_then(|u| self.exchanges.get(&u))
+                .and_then(|u| self.server_name(u, procs))
+                .filter(|n| !self.proxies.is_proxy(n));
+            let to = rule
+                .or(upstream)
+                .or(near.clone())
+                .unwrap_or_else(|| server_addr.to_string());
+            (to, near)
+        } else {
+            let to = match (&e.server, &e.client) {
+                (Some(_), _) => near.unwrap_or_default(),
+                (None, Some(_)) => near
+                    .or(rule)
+                    .or(host)
+                    .unwrap_or_else(|| server_addr.to_string()),
+                (None, None) => "?".into(),
+            };
+            (to, None)
+        };
+        let folded = fold && e.folded_into.is_some();
+        let filtered = !folded
+            && self.filter.as_ref().is_some_and(|f| {
+                f.excludes(&Subject {
+                    from: &from,
+                    to: &to,
+                    method: e.method(),
+                    url: &url,
+                })
+            });
         if let Some(e) = self.exchanges.get_mut(&x) {
             e.from = from;
             e.to = to;
             e.url = url;
-            e.filtered = filtered;
+            e.via = via;
+            e.filtered = filtered || folded;
             e.resolved = true;
             if filtered {
                 self.stats.filtered += 1;
+            }
+            if folded {
+                self.stats.folded += 1;
             }
         }
     }
@@ -844,6 +1084,11 @@ impl<L: LogSink> HttpSink for Stitcher<L> {
                         e.head = Some(head);
                     }
                     self.stitch(x);
+                    // Stitching may have kept the other end's exchange.
+                    if let Some(x) = self.by_key.get(&key).copied() {
+                        self.forwarded_caller(x, procs);
+                        self.fold(x);
+                    }
                 }
             }
             HttpEvent::Request { key, msg } => {
@@ -1002,6 +1247,23 @@ mod tests {
             }
         }
 
+        /// Processes `procs` and connections `conns` (ids 1, 2... in order).
+        fn custom(procs: &[(u32, &str)], conns: Vec<Conn>, proxies: Proxies) -> Self {
+            let mut table = ProcTable::new();
+            for (pid, name) in procs {
+                table.on_fork(*pid, 1, name);
+            }
+            let mut st =
+                Stitcher::new(Titles::default(), Names::default(), None).with_proxies(proxies);
+            st.slack_ns = 100;
+            Self {
+                http: Exchanges::new(st, 4096),
+                procs: table,
+                conns,
+                off: HashMap::new(),
+            }
+        }
+
         /// `bytes` moved at time `ts` on connection `c` in direction `dir`.
         fn bytes(&mut self, c: u64, dir: Dir, ts: u64, bytes: &[u8]) {
             let off = self.off.entry((c, dir.index())).or_insert(0);
@@ -1094,6 +1356,143 @@ mod tests {
             w.http.sink.sink.lines,
             NESTED[..2],
             "streamed, not only at exit"
+        );
+    }
+
+    fn unix(id: u64, pid: u32, role: Role, sk: u64, peer_sk: u64) -> Conn {
+        let mut c = conn(id, pid, role, "127.0.0.1:1", "127.0.0.1:1");
+        c.transport = Transport::Unix;
+        c.local = Endpoint::Unix("/run/keystone.sock".into());
+        c.peer = Endpoint::Unknown;
+        (c.sk, c.peer_sk) = (sk, peer_sk);
+        c
+    }
+
+    /// openstack (100) -> apache2 (400) -> keystone (300) over a unix socket in uwsgi, and
+    /// apache2 -> glance-api (200) in HTTP with the `/image` prefix stripped; every end traced.
+    fn through_apache(proxies: Proxies) -> World {
+        World::custom(
+            &[
+                (100, "openstack"),
+                (200, "glance-api"),
+                (300, "keystone"),
+                (400, "apache2"),
+            ],
+            vec![
+                conn(1, 100, Role::Client, "127.0.0.1:40000", "127.0.0.1:80"),
+                conn(2, 400, Role::Server, "127.0.0.1:80", "127.0.0.1:40000"),
+                unix(3, 400, Role::Client, 30, 40),
+                unix(4, 300, Role::Server, 40, 30),
+                conn(5, 400, Role::Client, "127.0.0.1:50000", "127.0.0.1:60999"),
+                conn(6, 200, Role::Server, "127.0.0.1:60999", "127.0.0.1:50000"),
+            ],
+            proxies,
+        )
+    }
+
+    /// One request through the proxy: client conn 1 <-> proxy conn 2, proxy conn `up` <->
+    /// service conn `up + 1`, at times from `t`.
+    fn hop(w: &mut World, t: u64, req: &[u8], upstream: &[u8], resp: &[u8], up: u64) {
+        w.bytes(1, Dir::Send, t, req);
+        w.bytes(2, Dir::Recv, t + 1, req);
+        w.bytes(up, Dir::Send, t + 2, upstream);
+        w.bytes(up + 1, Dir::Recv, t + 3, upstream);
+        w.bytes(up + 1, Dir::Send, t + 4, resp);
+        w.bytes(up, Dir::Recv, t + 5, resp);
+        w.bytes(2, Dir::Send, t + 6, resp);
+        w.bytes(1, Dir::Recv, t + 7, resp);
+    }
+
+    const CREATED: &[u8] = b"HTTP/1.1 201 CREATED\r\nContent-Length: 2\r\n\r\n{}";
+
+    fn keystone_upstream() -> Vec<u8> {
+        let mut p = crate::http::uwsgi::tests::packet(&[
+            ("REQUEST_METHOD", "POST"),
+            ("REQUEST_URI", "/identity/v3/auth/tokens"),
+            ("SERVER_PROTOCOL", "HTTP/1.1"),
+            ("HTTP_HOST", "127.0.0.1"),
+            ("CONTENT_LENGTH", "2"),
+            ("REMOTE_ADDR", "127.0.0.1"),
+            ("REMOTE_PORT", "40000"),
+        ]);
+        p.extend_from_slice(b"{}");
+        p
+    }
+
+    const AUTH: &[u8] =
+        b"POST /identity/v3/auth/tokens HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}";
+    const LIST: &[u8] = b"GET /image/v2/images HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    const LIST_UP: &[u8] =
+        b"GET /v2/images HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Forwarded-For: 127.0.0.1\r\n\r\n";
+
+    #[test]
+    fn a_reverse_proxy_hop_folds_into_the_clients_exchange() {
+        let mut w = through_apache(Proxies::default());
+        hop(&mut w, 10, AUTH, &keystone_upstream(), CREATED, 3);
+        hop(&mut w, 100, LIST, LIST_UP, IMAGES_OK, 5);
+        assert_eq!(
+            w.end_all(1000),
+            vec![
+                "### [1] (openstack) REQ >>> (keystone) : POST http://127.0.0.1/identity/v3/auth/tokens",
+                "### [2] (openstack) RESP <<< (keystone) : 201 CREATED POST http://127.0.0.1/identity/v3/auth/tokens",
+                "### [3] (openstack) REQ >>> (glance-api) : GET http://127.0.0.1/image/v2/images",
+                "### [4] (openstack) RESP <<< (glance-api) : 200 OK GET http://127.0.0.1/image/v2/images",
+            ]
+        );
+        assert_eq!(w.http.sink.stats.folded, 2);
+        // Two exchanges reach the exchange sinks, each with both ends of the client's hop.
+        assert_eq!(w.http.sink.sink.exchanges.len(), 2);
+        assert!(w.http.sink.sink.exchanges.iter().all(|(_, both)| *both));
+    }
+
+    #[test]
+    fn show_proxies_keeps_both_hops() {
+        let mut w = through_apache(Proxies {
+            extra: Vec::new(),
+            fold: false,
+        });
+        hop(&mut w, 10, AUTH, &keystone_upstream(), CREATED, 3);
+        assert_eq!(
+            w.end_all(1000),
+            vec![
+                "### [1] (openstack) REQ >>> (apache2) : POST http://127.0.0.1/identity/v3/auth/tokens",
+                "### [2] (apache2) REQ >>> (keystone) : POST http://127.0.0.1/identity/v3/auth/tokens",
+                "### [3] (apache2) RESP <<< (keystone) : 201 CREATED POST http://127.0.0.1/identity/v3/auth/tokens",
+                "### [4] (openstack) RESP <<< (apache2) : 201 CREATED POST http://127.0.0.1/identity/v3/auth/tokens",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_named_proxy_with_no_url_rule_is_named_by_its_upstream() {
+        let mut w = World::custom(
+            &[(100, "curl"), (200, "app"), (400, "envoy")],
+            vec![
+                conn(1, 100, Role::Client, "127.0.0.1:40000", "127.0.0.1:8000"),
+                conn(2, 400, Role::Server, "127.0.0.1:8000", "127.0.0.1:40000"),
+                conn(3, 400, Role::Client, "127.0.0.1:50000", "127.0.0.1:9000"),
+                conn(4, 200, Role::Server, "127.0.0.1:9000", "127.0.0.1:50000"),
+            ],
+            Proxies {
+                extra: vec!["envoy".into()],
+                fold: true,
+            },
+        );
+        let req = b"GET /api/x HTTP/1.1\r\nHost: a\r\n\r\n";
+        let other = b"GET /api/y HTTP/1.1\r\nHost: a\r\n\r\n";
+        // The upstream request differs: not the same request, nothing folds.
+        hop(&mut w, 10, req, other, IMAGES_OK, 3);
+        hop(&mut w, 100, req, req, IMAGES_OK, 3);
+        let lines = w.end_all(1000);
+        assert_eq!(lines.len(), 6, "{lines:#?}");
+        assert!(lines[0].contains("(curl) REQ >>> (envoy)"), "{lines:#?}");
+        assert!(
+            lines[1].contains("(envoy) REQ >>> (app) : GET http://a/api/y"),
+            "{lines:#?}"
+        );
+        assert_eq!(
+            lines[4], "### [5] (curl) REQ >>> (app) : GET http://a/api/x",
+            "{lines:#?}"
         );
     }
 

@@ -45,6 +45,9 @@ struct ExchangeRecord<'a> {
     id: u64,
     from: &'a str,
     to: &'a str,
+    /// The reverse proxy between the two, its hop folded into this exchange.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    via: Option<&'a str>,
     client: Option<EndRecord>,
     server: Option<EndRecord>,
     method: &'a str,
@@ -128,6 +131,7 @@ impl Recorder {
             id: x.id,
             from: &x.from,
             to: &x.to,
+            via: x.via.as_deref(),
             client: end(&x.client),
             server: end(&x.server),
             method: x.method(),
