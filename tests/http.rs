@@ -226,6 +226,41 @@ fn one_end_traced_names_the_other_end_from_its_process() {
 }
 
 #[test]
+fn an_untraced_unix_peer_is_named_by_its_process() {
+    if !kernel_tests() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("srv.sock");
+    let mut cmd = Command::new("python3");
+    cmd.arg(fixture("unix_server.py"))
+        .arg(&path)
+        .stdout(std::process::Stdio::piped());
+    let mut server = sniffer_tests::Guard::spawn(&mut cmd);
+    let lines = sniffer_tests::Lines::new(server.child.stdout.take().expect("stdout"));
+    lines.expect("ready", Duration::from_secs(30));
+    // Only the server is traced: the client has no address, only the peer socket's inode.
+    let running = sniffer_tests::Running::start(&["--pid", &server.pid().to_string()]);
+    let st = Command::new("python3")
+        .arg(fixture("unix_client.py"))
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let cap = running.stop();
+    let t = titles(&cap.log);
+    assert_eq!(
+        t,
+        [
+            "### [1] (unix_client.py) REQ >>> (unix_server.py) : GET http://localhost/over-unix",
+            "### [2] (unix_client.py) RESP <<< (unix_server.py) : 200 OK GET http://localhost/over-unix",
+        ],
+        "{}",
+        cap.describe()
+    );
+}
+
+#[test]
 fn a_gigabyte_download_copies_under_a_megabyte_and_the_next_exchange_is_framed() {
     if !kernel_tests() {
         return;

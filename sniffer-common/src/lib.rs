@@ -299,6 +299,8 @@ pub struct SockEvent {
     pub sk: u64,
     /// For unix sockets: the peer's `struct sock` address (0 when unknown).
     pub peer_sk: u64,
+    /// For unix sockets: the peer socket's inode number, to find its process (0 when unknown).
+    pub peer_ino: u64,
     /// Stream offsets at this moment: the total bytes sent and received so far.
     pub send_off: u64,
     pub recv_off: u64,
@@ -414,6 +416,10 @@ pub struct KernelOffsets {
     pub unix_peer: u32,
     pub unix_address_len: u32,
     pub unix_address_name: u32,
+    /// `sock.sk_socket`, `socket_alloc.vfs_inode`, `inode.i_ino`: a unix peer's inode number.
+    pub sk_socket: u32,
+    pub socket_alloc_inode: u32,
+    pub inode_ino: u32,
     pub _pad: u32,
 }
 
@@ -460,14 +466,14 @@ const _: () = {
     assert!(size_of::<DataHeader>() == 72);
     assert!(size_of::<DataEvent>() == 72 + CHUNK_SIZE);
     assert!(size_of::<SockAddr>() == 136);
-    assert!(size_of::<SockEvent>() == 64 + 2 * 136);
+    assert!(size_of::<SockEvent>() == 72 + 2 * 136);
     assert!(size_of::<ProcEvent>() == 40);
     assert!(size_of::<SockKey>() == 8);
     assert!(size_of::<SockState>() == 32);
     assert!(size_of::<Pending>() == 32);
-    assert!(size_of::<KernelOffsets>() == 96);
+    assert!(size_of::<KernelOffsets>() == 108);
     assert!(size_of::<TracepointOffsets>() == 16);
-    assert!(size_of::<Config>() == 128);
+    assert!(size_of::<Config>() == 140);
     assert!(size_of::<StreamKey>() == 16);
     assert!(size_of::<CopyCtl>() == 32);
     assert!(align_of::<DataEvent>() == 8);

@@ -147,6 +147,15 @@ impl Owners {
         self.listener_in_snapshot(addr)
     }
 
+    /// The process holding the socket with inode number `ino` (a unix socket's peer).
+    pub fn owner_of_inode(&mut self, ino: u64) -> Option<u32> {
+        if let Some(pid) = self.snap.owner.get(&ino) {
+            return Some(*pid);
+        }
+        self.refresh();
+        self.snap.owner.get(&ino).copied()
+    }
+
     /// The process whose connected (or closing) socket has local address `addr`.
     pub fn owner(&mut self, addr: SocketAddr) -> Option<u32> {
         let find = |s: &Snapshot| s.connected.get(&addr).and_then(|i| s.owner.get(i)).copied();

@@ -159,6 +159,7 @@ struct ConnInfo {
     peer: Endpoint,
     sk: u64,
     peer_sk: u64,
+    peer_ino: u64,
     client: bool,
     transport: Transport,
     /// Exchanges of this connection, in order, for pairing with the other end's.
@@ -255,6 +256,7 @@ impl<L: LogSink> Stitcher<L> {
             peer: conn.peer.clone(),
             sk: conn.sk,
             peer_sk: conn.peer_sk,
+            peer_ino: conn.peer_ino,
             client,
             transport: conn.transport,
             exchanges: VecDeque::new(),
@@ -310,18 +312,19 @@ impl<L: LogSink> Stitcher<L> {
         }
     }
 
-    /// The untraced other end of a connection: the local process owning it, if any.
+    /// The untraced other end of a connection: the local process owning it, if any (a unix
+    /// socket's by the peer's inode, which the kernel read).
     fn far_name(&mut self, c: &ConnInfo, procs: &ProcTable) -> Option<String> {
-        let Endpoint::Inet(peer) = c.peer else {
-            return None;
-        };
         let owners = self.owners.as_mut()?;
-        let pid = if c.client {
-            owners.listener(peer)
-        } else {
-            owners.owner(peer)
+        let pid = match c.peer {
+            _ if c.transport == Transport::Unix && c.peer_ino != 0 => {
+                owners.owner_of_inode(c.peer_ino)
+            }
+            Endpoint::Inet(peer) if c.client => owners.listener(peer),
+            Endpoint::Inet(peer) => owners.owner(peer),
+            _ => return None,
         };
-        tracing::debug!(client = c.client, %peer, ?pid, "owner of the untraced end");
+        tracing::debug!(client = c.client, peer = %c.peer, ?pid, "owner of the untraced end");
         let pid = pid?;
         Some(self.pid_name(pid, procs))
     }
@@ -1192,6 +1195,7 @@ mod tests {
             fd: id as i32,
             sk: id,
             peer_sk: 0,
+            peer_ino: 0,
             role,
             transport: Transport::Tcp,
             local: addr(local),
