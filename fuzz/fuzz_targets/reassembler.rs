@@ -68,7 +68,7 @@ fuzz_target!(|input: &[u8]| {
         fd: 3,
         sk: 7,
         peer_sk: 0,
-        peer_ino: 0,
+        peer_tgid: 0,
         role,
         transport: Transport::Tcp,
         local: Endpoint::Inet("127.0.0.1:40000".parse().unwrap()),

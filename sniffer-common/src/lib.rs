@@ -299,8 +299,10 @@ pub struct SockEvent {
     pub sk: u64,
     /// For unix sockets: the peer's `struct sock` address (0 when unknown).
     pub peer_sk: u64,
-    /// For unix sockets: the peer socket's inode number, to find its process (0 when unknown).
-    pub peer_ino: u64,
+    /// For unix sockets: the process at the other end when it connected, or the one that
+    /// listened (the kernel's SO_PEERCRED pid; 0 when unknown).
+    pub peer_tgid: u32,
+    pub _pad: u32,
     /// Stream offsets at this moment: the total bytes sent and received so far.
     pub send_off: u64,
     pub recv_off: u64,
@@ -416,10 +418,10 @@ pub struct KernelOffsets {
     pub unix_peer: u32,
     pub unix_address_len: u32,
     pub unix_address_name: u32,
-    /// `sock.sk_socket`, `socket_alloc.vfs_inode`, `inode.i_ino`: a unix peer's inode number.
-    pub sk_socket: u32,
-    pub socket_alloc_inode: u32,
-    pub inode_ino: u32,
+    /// `sock.sk_peer_pid`, `pid.numbers`, `upid.nr`: a unix peer's process (SO_PEERCRED).
+    pub sk_peer_pid: u32,
+    pub pid_numbers: u32,
+    pub upid_nr: u32,
     pub _pad: u32,
 }
 

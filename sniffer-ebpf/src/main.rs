@@ -212,15 +212,13 @@ fn fill_addresses(k: &KernelOffsets, sk: u64, fam: u16, ev: &mut SockEvent) {
             if let Some(peer) = kread::<u64>(sk, k.unix_peer) {
                 ev.peer_sk = peer;
                 unix_path(k, peer, &mut ev.peer);
-                // struct socket sits at the start of socket_alloc, its inode after it.
-                if k.socket_alloc_inode != OFFSET_ABSENT
-                    && let Some(sock) = kread::<u64>(peer, k.sk_socket)
-                    && sock != 0
-                    && let Some(ino) =
-                        kread::<u64>(sock + u64::from(k.socket_alloc_inode), k.inode_ino)
-                {
-                    ev.peer_ino = ino;
-                }
+            }
+            // SO_PEERCRED: sk_peer_pid->numbers[0].nr, the peer's pid in the root namespace.
+            if k.pid_numbers != OFFSET_ABSENT
+                && let Some(pid) = kread::<u64>(sk, k.sk_peer_pid)
+                && let Some(nr) = kread::<i32>(pid + u64::from(k.pid_numbers), k.upid_nr)
+            {
+                ev.peer_tgid = nr as u32;
             }
             return;
         }

@@ -38,8 +38,8 @@ pub struct Conn {
     pub fd: i32,
     pub sk: u64,
     pub peer_sk: u64,
-    /// A unix peer socket's inode number (0 when unknown).
-    pub peer_ino: u64,
+    /// A unix peer's process (SO_PEERCRED; 0 when unknown).
+    pub peer_tgid: u32,
     pub role: Role,
     pub transport: Transport,
     pub local: Endpoint,
@@ -145,7 +145,7 @@ impl ConnTable {
             fd: s.fd,
             sk: s.sk,
             peer_sk: s.peer_sk,
-            peer_ino: s.peer_ino,
+            peer_tgid: s.peer_tgid,
             role: s.role,
             transport: s.transport,
             local: s.local.clone(),
@@ -169,7 +169,7 @@ impl ConnTable {
                 c.local = s.local.clone();
                 c.peer = s.peer.clone();
                 c.peer_sk = s.peer_sk;
-                c.peer_ino = s.peer_ino;
+                c.peer_tgid = s.peer_tgid;
                 return;
             }
             if let Some(old) = self.live.remove(&key) {
@@ -212,7 +212,7 @@ impl ConnTable {
                 fd: chunk.fd,
                 sk: chunk.sk,
                 peer_sk: 0,
-                peer_ino: 0,
+                peer_tgid: 0,
                 role: Role::Unknown,
                 transport: Transport::Other(0),
                 local: Endpoint::Unknown,
@@ -377,7 +377,7 @@ mod tests {
             fd,
             sk,
             peer_sk: 0,
-            peer_ino: 0,
+            peer_tgid: 0,
             role: Role::Client,
             transport: Transport::Tcp,
             local: Endpoint::Inet("127.0.0.1:40000".parse::<SocketAddr>().unwrap()),

@@ -128,8 +128,8 @@ pub struct SockInfo {
     pub fd: i32,
     pub sk: u64,
     pub peer_sk: u64,
-    /// A unix peer socket's inode number (0 when unknown).
-    pub peer_ino: u64,
+    /// A unix peer's process (SO_PEERCRED; 0 when unknown).
+    pub peer_tgid: u32,
     pub role: Role,
     pub transport: Transport,
     pub local: Endpoint,
@@ -243,7 +243,7 @@ fn sock_info(ev: &SockEvent) -> SockInfo {
         fd: ev.fd,
         sk: ev.sk,
         peer_sk: ev.peer_sk,
-        peer_ino: ev.peer_ino,
+        peer_tgid: ev.peer_tgid,
         role: match ev.role {
             role::CLIENT => Role::Client,
             role::SERVER => Role::Server,

@@ -487,7 +487,7 @@ mod tests {
             fd: 3,
             sk: 1,
             peer_sk: 0,
-            peer_ino: 0,
+            peer_tgid: 0,
             role,
             transport: Transport::Tcp,
             local: Endpoint::Inet(a),

@@ -15,6 +15,9 @@ use crate::procs::{Proc, parse_cmdline, parse_stat};
 
 /// Fewest time between two scans of /proc.
 pub const MIN_REFRESH: Duration = Duration::from_millis(500);
+/// Fewest time between two quick scans (the socket tables, and the fds of the processes that
+/// held sockets at the last full scan: a proxy's workers open a socket per request).
+pub const MIN_QUICK_REFRESH: Duration = Duration::from_millis(10);
 
 const TCP_LISTEN: u8 = 0x0A;
 
@@ -76,6 +79,7 @@ struct Snapshot {
 pub struct Owners {
     snap: Snapshot,
     scanned: Option<Instant>,
+    quick_scanned: Option<Instant>,
 }
 
 impl Owners {
@@ -85,39 +89,15 @@ impl Owners {
 
     fn refresh(&mut self) {
         if self.scanned.is_some_and(|t| t.elapsed() < MIN_REFRESH) {
+            self.quick_refresh();
             return;
         }
         self.scanned = Some(Instant::now());
         let mut snap = Snapshot::default();
-        for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-            let Ok(text) = fs::read_to_string(table) else {
-                continue;
-            };
-            for (local, _, state, inode) in text.lines().skip(1).filter_map(parse_proc_net_line) {
-                match state {
-                    TCP_LISTEN => snap.listening.push((local, inode)),
-                    // Closing sockets (CLOSE_WAIT, FIN_WAIT...) still belong to their process;
-                    // TIME_WAIT ones (inode 0) no longer do.
-                    _ if inode != 0 => {
-                        snap.connected.insert(local, inode);
-                    }
-                    _ => {}
-                }
-            }
-        }
+        read_tables(&mut snap);
         if let Ok(dir) = fs::read_dir("/proc") {
             for pid in dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
-                let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
-                    continue;
-                };
-                for fd in fds.flatten() {
-                    if let Some(inode) = fs::read_link(fd.path())
-                        .ok()
-                        .and_then(|l| socket_inode(l.to_str()?))
-                    {
-                        snap.owner.entry(inode).or_insert(pid);
-                    }
-                }
+                read_fds(pid, &mut snap);
             }
         }
         tracing::debug!(
@@ -129,6 +109,69 @@ impl Owners {
         self.snap = snap;
     }
 
+    /// Between full scans: the socket tables again, and the fds of the processes known to
+    /// hold sockets.
+    fn quick_refresh(&mut self) {
+        if self
+            .quick_scanned
+            .is_some_and(|t| t.elapsed() < MIN_QUICK_REFRESH)
+        {
+            return;
+        }
+        self.quick_scanned = Some(Instant::now());
+        let mut pids: Vec<u32> = self.snap.owner.values().copied().collect();
+        pids.sort_unstable();
+        pids.dedup();
+        let mut snap = Snapshot::default();
+        read_tables(&mut snap);
+        for pid in pids {
+            read_fds(pid, &mut snap);
+        }
+        tracing::debug!(sockets = snap.owner.len(), "quick scan for socket owners");
+        // Keep what the full scan knew of processes not read again.
+        for (inode, pid) in std::mem::take(&mut self.snap.owner) {
+            snap.owner.entry(inode).or_insert(pid);
+        }
+        self.snap = snap;
+    }
+}
+
+/// The listening and connected TCP sockets of /proc/net/tcp{,6}.
+fn read_tables(snap: &mut Snapshot) {
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = fs::read_to_string(table) else {
+            continue;
+        };
+        for (local, _, state, inode) in text.lines().skip(1).filter_map(parse_proc_net_line) {
+            match state {
+                TCP_LISTEN => snap.listening.push((local, inode)),
+                // Closing sockets (CLOSE_WAIT, FIN_WAIT...) still belong to their process;
+                // TIME_WAIT ones (inode 0) no longer do.
+                _ if inode != 0 => {
+                    snap.connected.insert(local, inode);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The socket inodes among the fds of `pid`.
+fn read_fds(pid: u32, snap: &mut Snapshot) {
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return;
+    };
+    for fd in fds.flatten() {
+        if let Some(inode) = fs::read_link(fd.path())
+            .ok()
+            .and_then(|l| socket_inode(l.to_str()?))
+        {
+            snap.owner.entry(inode).or_insert(pid);
+        }
+    }
+}
+
+impl Owners {
     fn listener_in_snapshot(&self, addr: SocketAddr) -> Option<u32> {
         self.snap
             .listening
@@ -145,15 +188,6 @@ impl Owners {
         }
         self.refresh();
         self.listener_in_snapshot(addr)
-    }
-
-    /// The process holding the socket with inode number `ino` (a unix socket's peer).
-    pub fn owner_of_inode(&mut self, ino: u64) -> Option<u32> {
-        if let Some(pid) = self.snap.owner.get(&ino) {
-            return Some(*pid);
-        }
-        self.refresh();
-        self.snap.owner.get(&ino).copied()
     }
 
     /// The process whose connected (or closing) socket has local address `addr`.

@@ -159,7 +159,7 @@ struct ConnInfo {
     peer: Endpoint,
     sk: u64,
     peer_sk: u64,
-    peer_ino: u64,
+    peer_tgid: u32,
     client: bool,
     transport: Transport,
     /// Exchanges of this connection, in order, for pairing with the other end's.
@@ -256,7 +256,7 @@ impl<L: LogSink> Stitcher<L> {
             peer: conn.peer.clone(),
             sk: conn.sk,
             peer_sk: conn.peer_sk,
-            peer_ino: conn.peer_ino,
+            peer_tgid: conn.peer_tgid,
             client,
             transport: conn.transport,
             exchanges: VecDeque::new(),
@@ -313,13 +313,11 @@ impl<L: LogSink> Stitcher<L> {
     }
 
     /// The untraced other end of a connection: the local process owning it, if any (a unix
-    /// socket's by the peer's inode, which the kernel read).
+    /// socket's peer process the kernel read).
     fn far_name(&mut self, c: &ConnInfo, procs: &ProcTable) -> Option<String> {
         let owners = self.owners.as_mut()?;
         let pid = match c.peer {
-            _ if c.transport == Transport::Unix && c.peer_ino != 0 => {
-                owners.owner_of_inode(c.peer_ino)
-            }
+            _ if c.transport == Transport::Unix && c.peer_tgid != 0 => Some(c.peer_tgid),
             Endpoint::Inet(peer) if c.client => owners.listener(peer),
             Endpoint::Inet(peer) => owners.owner(peer),
             _ => return None,
@@ -1195,7 +1193,7 @@ mod tests {
             fd: id as i32,
             sk: id,
             peer_sk: 0,
-            peer_ino: 0,
+            peer_tgid: 0,
             role,
             transport: Transport::Tcp,
             local: addr(local),

@@ -2,7 +2,7 @@
 """A small OpenStack on 127.0.0.1 for sniffer's end-to-end test: keystone and glance-api under
 uWSGI with devstack's process names, all state in one directory.
 
-usage: bed.py VENV STATE_DIR [--swift SWIFT_VENV]
+usage: bed.py VENV STATE_DIR [--swift SWIFT_VENV] [--apache]
 
 Configures keystone (sqlite, fernet tokens, admin/secret bootstrapped, endpoints on 127.0.0.1)
 and glance-api (sqlite, file store, keystonemiddleware auth_token with its own `glance` service
@@ -15,7 +15,13 @@ and keystoneauth, account/container/object servers on :6202/:6201/:6200, rings o
 directory, and glance stores images in it (container `glance`, made on first put). The JSON
 then has "swift": {"proxy": PID, "account": PID, "container": PID, "object": PID}.
 
-and waits until its stdin closes or it gets SIGTERM; it then stops the services it started and
+With --apache, devstack's topology: Apache (Debian's apache2 with mod_proxy_uwsgi, a config of
+its own under STATE_DIR, listening on 127.0.0.1:80) proxies /identity to keystone's uWSGI
+`--socket` (a unix socket, uwsgi protocol) and /image to glance's uWSGI on 127.0.0.1:60999; the
+catalog lists http://127.0.0.1/identity and http://127.0.0.1/image. The JSON then has
+"apache": {"pid": PID, "log": PATH}.
+
+It waits until its stdin closes or it gets SIGTERM; it then stops the services it started and
 nothing else. The services die with this script (PR_SET_PDEATHSIG), however it ends.
 """
 import ctypes
@@ -29,7 +35,9 @@ import time
 import urllib.request
 
 venv, state = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
-swift_venv = os.path.abspath(sys.argv[4]) if len(sys.argv) > 4 and sys.argv[3] == "--swift" else None
+opts = sys.argv[3:]
+swift_venv = os.path.abspath(opts[opts.index("--swift") + 1]) if "--swift" in opts else None
+apache = "--apache" in opts
 os.makedirs(state, exist_ok=True)
 bin_ = lambda name: os.path.join(venv, "bin", name)  # noqa: E731
 children = []
@@ -53,10 +61,13 @@ def write(path, text):
 
 
 def start_uwsgi(name, port, module, env_var, env_val, log):
-    """uWSGI master + 2 workers, titled like devstack (`keystone uWSGI master`)."""
+    """uWSGI master + 2 workers, titled like devstack (`keystone uWSGI master`); `port` a TCP
+    port (HTTP) or a unix socket path (the uwsgi protocol, for Apache's mod_proxy_uwsgi)."""
+    listen = (["--socket", port, "--chmod-socket=666"] if isinstance(port, str)
+              else ["--http11-socket", f"127.0.0.1:{port}"])
     p = subprocess.Popen(
         [
-            bin_("uwsgi"), "--http11-socket", f"127.0.0.1:{port}", "--module", module,
+            bin_("uwsgi"), *listen, "--module", module,
             "--home", venv, "--master", "--processes", "2", "--threads", "1",
             "--procname-prefix-spaced", name, "--env", f"{env_var}={env_val}",
             "--logto", log, "--die-on-term", "--need-app", "--lazy-apps",
@@ -111,8 +122,47 @@ def stop(*_):
 
 signal.signal(signal.SIGTERM, stop)
 
-kport, gport = free_port(), free_port()
-kurl = f"http://127.0.0.1:{kport}/v3"
+def start_apache(ksock, gport):
+    """Apache in front, as devstack sets it up, with a config of its own."""
+    root = os.path.join(state, "apache")
+    os.makedirs(os.path.join(root, "run"), exist_ok=True)
+    mods = "/usr/lib/apache2/modules"
+    conf = os.path.join(root, "apache2.conf")
+    log = os.path.join(root, "access.log")
+    write(conf, f"""ServerRoot "{root}"
+ServerName 127.0.0.1
+Listen 127.0.0.1:80
+PidFile {root}/apache2.pid
+DefaultRuntimeDir {root}/run
+ErrorLog {root}/error.log
+LogLevel warn
+User www-data
+Group www-data
+LoadModule mpm_event_module {mods}/mod_mpm_event.so
+LoadModule authz_core_module {mods}/mod_authz_core.so
+LoadModule proxy_module {mods}/mod_proxy.so
+LoadModule proxy_http_module {mods}/mod_proxy_http.so
+LoadModule proxy_uwsgi_module {mods}/mod_proxy_uwsgi.so
+LogFormat "%h %l %u %t \\"%r\\" %>s %b" common
+CustomLog {log} common
+ProxyPass "/identity" "unix:{ksock}|uwsgi://uwsgi-uds-keystone" retry=0 acquire=1
+ProxyPass "/image" "http://127.0.0.1:{gport}" retry=0
+""")
+    p = subprocess.Popen(["/usr/sbin/apache2", "-f", conf, "-DFOREGROUND"], stdin=subprocess.DEVNULL,
+                         stderr=open(os.path.join(state, "servers.err"), "a"), preexec_fn=die_with_bed)
+    children.append(p)
+    return {"pid": p.pid, "log": log}
+
+
+if apache:
+    # devstack's ports: keystone behind /identity on a unix socket, glance on :60999.
+    kport, gport = os.path.join(state, "keystone.sock"), 60999
+    kbase, gurl = "http://127.0.0.1/identity", "http://127.0.0.1/image"
+else:
+    kport, gport = free_port(), free_port()
+    kbase, gurl = f"http://127.0.0.1:{kport}", None
+    gurl = f"http://127.0.0.1:{gport}"
+kurl = f"{kbase}/v3"
 
 # keystone
 kconf = os.path.join(state, "keystone.conf")
@@ -138,6 +188,7 @@ km("bootstrap", "--bootstrap-password", "secret", "--bootstrap-username", "admin
    "--bootstrap-admin-url", kurl, "--bootstrap-public-url", kurl, "--bootstrap-internal-url", kurl)
 klog = os.path.join(state, "keystone-requests.log")
 keystone = start_uwsgi("keystone", kport, "keystone.wsgi.api:application", "OS_KEYSTONE_CONFIG_FILES", kconf, klog)
+front = start_apache(kport, gport) if apache else None
 wait_http(kurl)
 
 env = dict(os.environ, OS_AUTH_URL=kurl, OS_USERNAME="admin", OS_PASSWORD="secret",
@@ -149,7 +200,7 @@ osc("user", "create", "glance", "--domain", "Default", "--password", "secret")
 osc("role", "add", "--project", "service", "--user", "glance", "admin")
 osc("service", "create", "--name", "glance", "image")
 for iface in ("public", "internal", "admin"):
-    osc("endpoint", "create", "--region", "RegionOne", "image", iface, f"http://127.0.0.1:{gport}")
+    osc("endpoint", "create", "--region", "RegionOne", "image", iface, gurl)
 
 
 def start_swift():
@@ -274,12 +325,13 @@ auth_address = {kurl}
 run(bin_("glance-manage"), "--config-file", gconf, "db_sync")
 glog = os.path.join(state, "glance-requests.log")
 glance = start_uwsgi("glance-api", gport, "glance.wsgi.api:application", "OS_GLANCE_CONFIG_DIR", getc, glog)
-wait_http(f"http://127.0.0.1:{gport}/")
+wait_http(f"{gurl}/")
 
 print(json.dumps({
     "keystone": {"pid": keystone.pid, "port": kport, "log": klog},
     "glance": {"pid": glance.pid, "port": gport, "log": glog},
     "swift": swift,
+    "apache": front,
     "env": {k: v for k, v in env.items() if k.startswith("OS_")},
 }), flush=True)
 sys.stdin.read()

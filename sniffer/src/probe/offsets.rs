@@ -168,9 +168,9 @@ impl Layouts {
             unix_peer: self.optional("unix_sock", &["peer"])?,
             unix_address_len: self.optional("unix_address", &["len"])?,
             unix_address_name: self.optional("unix_address", &["name"])?,
-            sk_socket: self.optional("sock", &["sk_socket"])?,
-            socket_alloc_inode: self.optional("socket_alloc", &["vfs_inode"])?,
-            inode_ino: self.optional("inode", &["i_ino"])?,
+            sk_peer_pid: self.optional("sock", &["sk_peer_pid"])?,
+            pid_numbers: self.optional("pid", &["numbers"])?,
+            upid_nr: self.optional("upid", &["nr"])?,
             _pad: 0,
         })
     }
