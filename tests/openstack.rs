@@ -104,7 +104,7 @@ fn openstack_image_commands_traced_end_to_end() {
     if !kernel_tests() {
         return;
     }
-    let bed = start_bed("e2e-state", None);
+    let bed = start_bed("e2e-state", None, false);
     let work = workspace().join("target").join("e2e-work");
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work).unwrap();

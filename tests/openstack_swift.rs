@@ -64,7 +64,7 @@ fn glance_on_swift_image_create_and_save_three_services_deep() {
     let swift_venv = PathBuf::from(
         std::env::var("SNIFFER_SWIFT_VENV").expect("SNIFFER_SWIFT_VENV: run `cargo xtask e2e`"),
     );
-    let bed = start_bed("e2e-swift-state", Some(&swift_venv));
+    let bed = start_bed("e2e-swift-state", Some(&swift_venv), false);
     assert!(bed.swift_proxy.is_some(), "the bed has swift");
     let work = workspace().join("target").join("e2e-swift-work");
     let _ = fs::remove_dir_all(&work);

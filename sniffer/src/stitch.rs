@@ -86,6 +86,8 @@ pub struct Exchange {
     upstream: Option<u64>,
     /// For a proxy's upstream hop seen only by the service: the client the proxy forwarded.
     caller: Option<String>,
+    /// Waits in the stitcher's inbound or outbound list for its other hop.
+    listed: bool,
     written: [bool; 2],
     head: Option<Head>,
     keys: Vec<MsgKey>,
@@ -359,6 +361,7 @@ impl<L: LogSink> Stitcher<L> {
                 folded_into: None,
                 upstream: None,
                 caller: None,
+                listed: false,
                 written: [false, false],
                 head: None,
                 keys: Vec::new(),
@@ -487,6 +490,8 @@ impl<L: LogSink> Stitcher<L> {
         k.folded_into = k.folded_into.or(g.folded_into);
         k.caller = k.caller.take().or(g.caller);
         let linked = g.upstream.is_some() || g.folded_into.is_some();
+        let listed = g.listed;
+        k.listed |= g.listed;
         k.orphan &= g.orphan;
         k.unanswered &= g.unanswered;
         let earlier_req = gone_req.is_some_and(|p| p.0 < k.request_ts);
@@ -507,8 +512,14 @@ impl<L: LogSink> Stitcher<L> {
                 }
             }
         }
-        for list in [&mut self.inbound, &mut self.outbound] {
-            list.retain(|i| *i != gone);
+        if listed {
+            for list in [&mut self.inbound, &mut self.outbound] {
+                for i in list.iter_mut() {
+                    if *i == gone {
+                        *i = keep;
+                    }
+                }
+            }
         }
         // The merged messages take the earlier of the two places.
         if earlier_req && !written[0] {
@@ -622,15 +633,26 @@ impl<L: LogSink> Stitcher<L> {
             }
         }
         let Some((_, _, y)) = best else {
-            let list = if inbound {
-                &mut self.inbound
-            } else {
-                &mut self.outbound
-            };
-            if !list.contains(&x) {
+            if !e.listed {
+                let exchanges = &self.exchanges;
+                let list = if inbound {
+                    &mut self.inbound
+                } else {
+                    &mut self.outbound
+                };
+                // Written exchanges no longer wait (a hop begins while its client's is open).
+                while list
+                    .front()
+                    .is_some_and(|f| exchanges.get(f).is_none_or(|e| e.done_at.is_some()))
+                {
+                    list.pop_front();
+                }
                 list.push_back(x);
                 if list.len() > MAX_HOP_CANDIDATES {
                     list.pop_front();
+                }
+                if let Some(e) = self.exchanges.get_mut(&x) {
+                    e.listed = true;
                 }
             }
             return;
@@ -843,7 +865,8 @@ impl<L: LogSink> Stitcher<L> {
                 .or(upstream)
                 .or(near.clone())
                 .unwrap_or_else(|| server_addr.to_string());
-            (to, near)
+            let via = near.filter(|n| *n != to);
+            (to, via)
         } else {
             let to = match (&e.server, &e.client) {
                 (Some(_), _) => near.unwrap_or_default(),

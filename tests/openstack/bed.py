@@ -124,6 +124,13 @@ signal.signal(signal.SIGTERM, stop)
 
 def start_apache(ksock, gport):
     """Apache in front, as devstack sets it up, with a config of its own."""
+    probe = socket.socket()
+    try:
+        probe.bind(("127.0.0.1", 80))
+    except OSError as e:
+        raise SystemExit(f"127.0.0.1:80 is taken ({e}); the bed's Apache needs it, as devstack's")
+    finally:
+        probe.close()
     root = os.path.join(state, "apache")
     os.makedirs(os.path.join(root, "run"), exist_ok=True)
     mods = "/usr/lib/apache2/modules"

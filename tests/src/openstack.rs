@@ -17,6 +17,8 @@ pub struct Bed {
     pub glance: Service,
     /// swift-proxy-server's pid, when the bed has swift.
     pub swift_proxy: Option<u32>,
+    /// Apache in front (`--apache`): its parent's pid and access log.
+    pub apache: Option<Service>,
     pub env: Vec<(String, String)>,
     pub venv: PathBuf,
 }
@@ -75,8 +77,9 @@ pub fn uwsgi_requests(text: &str) -> Vec<(String, String, u16)> {
         .collect()
 }
 
-/// Starts the bed (with swift when `swift_venv` is given) in target/<state>.
-pub fn start_bed(state: &str, swift_venv: Option<&PathBuf>) -> Bed {
+/// Starts the bed (with swift when `swift_venv` is given, behind Apache when `apache`) in
+/// target/<state>.
+pub fn start_bed(state: &str, swift_venv: Option<&PathBuf>, apache: bool) -> Bed {
     let venv = PathBuf::from(
         std::env::var("SNIFFER_OPENSTACK_VENV")
             .expect("SNIFFER_OPENSTACK_VENV: run `cargo xtask e2e`"),
@@ -89,6 +92,9 @@ pub fn start_bed(state: &str, swift_venv: Option<&PathBuf>) -> Bed {
         .arg(&state);
     if let Some(s) = swift_venv {
         cmd.arg("--swift").arg(s);
+    }
+    if apache {
+        cmd.arg("--apache");
     }
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
     let mut guard = Guard::spawn(&mut cmd);
@@ -105,6 +111,9 @@ pub fn start_bed(state: &str, swift_venv: Option<&PathBuf>) -> Bed {
         keystone: Service::from(&info["keystone"]),
         glance: Service::from(&info["glance"]),
         swift_proxy: info["swift"]["proxy"].as_u64().map(|p| p as u32),
+        apache: info["apache"]
+            .is_object()
+            .then(|| Service::from(&info["apache"])),
         guard,
         env,
         venv,
@@ -120,38 +129,91 @@ pub struct Run {
     pub glance: Vec<(String, String, u16)>,
 }
 
-/// Runs `openstack ARGS` under sniffer tracing the bed's services (swift's proxy too when it
-/// has one); writes into target/e2e-out/NAME.
+/// What a run traces.
+pub struct Trace<'a> {
+    pub pids: Vec<u32>,
+    /// `openstack` runs under sniffer (`sniffer ... -- openstack ARGS`); else untraced, while
+    /// sniffer traces `pids` only.
+    pub cli: bool,
+    /// More sniffer arguments.
+    pub extra: &'a [&'a str],
+}
+
+impl Trace<'_> {
+    /// The CLI and the services (keystone, glance-api, swift's proxy; Apache too when there).
+    pub fn all(bed: &Bed) -> Self {
+        let mut pids = vec![bed.keystone.pid, bed.glance.pid];
+        pids.extend(bed.swift_proxy);
+        pids.extend(bed.apache.as_ref().map(|a| a.pid));
+        Trace {
+            pids,
+            cli: true,
+            extra: &[],
+        }
+    }
+}
+
+/// Runs `openstack ARGS` under sniffer tracing the bed's services (swift's proxy and Apache
+/// too when it has them); writes into target/e2e-out/NAME.
 pub fn sniff(bed: &Bed, name: &str, args: &[&str]) -> Run {
+    sniff_with(bed, name, args, &Trace::all(bed))
+}
+
+/// Like [`sniff`], tracing what `t` says.
+pub fn sniff_with(bed: &Bed, name: &str, args: &[&str], t: &Trace<'_>) -> Run {
     let dir = workspace().join("target").join("e2e-out").join(name);
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap();
     let (k0, g0) = (bed.keystone.log_len(), bed.glance.log_len());
-    let mut pids = vec![bed.keystone.pid, bed.glance.pid];
-    pids.extend(bed.swift_proxy);
-    let out = Command::new(sniffer_bin())
+    let mut sniffer = Command::new(sniffer_bin());
+    sniffer
         .args(
-            pids.iter()
+            t.pids
+                .iter()
                 .flat_map(|p| ["--pid".to_owned(), p.to_string()]),
         )
+        .args(t.extra)
         .arg("-o")
         .arg(dir.join("sniffer.log"))
         .arg("--jsonl")
         .arg(dir.join("exchanges.jsonl"))
         .arg("--har")
         .arg(dir.join("run.har"))
-        .arg("--")
-        .arg(bed.venv.join("bin/openstack"))
+        .stdin(Stdio::null());
+    let mut openstack = Command::new(bed.venv.join("bin/openstack"));
+    openstack
         .args(args)
         .envs(bed.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(Stdio::null())
-        .output()
-        .expect("run sniffer");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        out.status.success(),
-        "openstack {args:?} under sniffer failed:\n{stderr}"
-    );
+        .stdin(Stdio::null());
+    let stdout = if t.cli {
+        let mut cmd = sniffer;
+        cmd.arg("--").arg(bed.venv.join("bin/openstack")).args(args);
+        cmd.envs(bed.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let out = cmd.output().expect("run sniffer");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            out.status.success(),
+            "openstack {args:?} under sniffer failed:\n{stderr}"
+        );
+        out.stdout
+    } else {
+        sniffer.stderr(Stdio::piped()).stdout(Stdio::null());
+        let mut running = Guard::spawn(&mut sniffer);
+        let lines = Lines::from_reader(running.child.stderr.take().expect("stderr"));
+        lines.expect("sniffer: tracing", Duration::from_secs(60));
+        let out = openstack.output().expect("run openstack");
+        assert!(
+            out.status.success(),
+            "openstack {args:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Let the last events come in, then stop it as a user does.
+        std::thread::sleep(Duration::from_millis(500));
+        running.signal(libc::SIGINT);
+        let st = running.wait_timeout(Duration::from_secs(60));
+        assert!(st.success(), "sniffer exited with {st}");
+        out.stdout
+    };
     // uWSGI writes its request line after the response: give it a moment.
     std::thread::sleep(Duration::from_millis(300));
     let log = fs::read_to_string(dir.join("sniffer.log")).unwrap();
@@ -161,7 +223,7 @@ pub fn sniff(bed: &Bed, name: &str, args: &[&str]) -> Run {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     Run {
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
         dir,
         log,
         exchanges,

@@ -345,10 +345,25 @@ fn e2e(args: &[String]) -> anyhow::Result<()> {
         SWIFT_PACKAGES,
         &["bin/swift-proxy-server", "bin/swift-ring-builder"],
     )?;
+    // devstack's front: Debian's apache2 with mod_proxy_uwsgi (.ci/run installs them).
+    for (path, package) in [
+        ("/usr/sbin/apache2", "apache2"),
+        (
+            "/usr/lib/apache2/modules/mod_proxy_uwsgi.so",
+            "libapache2-mod-proxy-uwsgi",
+        ),
+        ("/usr/bin/qemu-img", "qemu-utils"),
+    ] {
+        anyhow::ensure!(
+            Path::new(path).exists(),
+            "{path} is missing: install Debian's {package} (apt-get install {package})"
+        );
+    }
     let bin = build(false)?;
     let mut cmd = cargo();
     cmd.args(["test", "--package", "sniffer-tests", "--features", "e2e"])
         .args(["--test", "openstack", "--test", "openstack_swift"])
+        .args(["--test", "openstack_apache"])
         .args(args)
         .env("SNIFFER_BIN", &bin)
         .env("SNIFFER_OPENSTACK_VENV", &openstack)
