@@ -125,6 +125,8 @@ signal.signal(signal.SIGTERM, stop)
 def start_apache(ksock, gport):
     """Apache in front, as devstack sets it up, with a config of its own."""
     probe = socket.socket()
+    # As Apache does: connections of an earlier run in TIME_WAIT do not take the port.
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         probe.bind(("127.0.0.1", 80))
     except OSError as e:

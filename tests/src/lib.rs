@@ -143,7 +143,14 @@ impl Lines {
             match self.rx.recv_timeout(left) {
                 Ok(l) if l.starts_with(prefix) => return l,
                 Ok(_) => {}
-                Err(_) => panic!("no line starting with {prefix:?} within {limit:?}"),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!(
+                        "the output ended before a line starting with {prefix:?} (see its stderr)"
+                    )
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("no line starting with {prefix:?} within {limit:?}")
+                }
             }
         }
     }
