@@ -126,10 +126,18 @@ fn check(run: &Run, what: &str, apache_traced: bool) {
                     x["client"].is_object() && x["server"].is_object() == apache_traced,
                     "{x}"
                 );
+                assert!(x["upstream"]["server"]["pid"].is_u64(), "{x}");
             }
             "glance-api" => {
                 assert!(url.starts_with("http://127.0.0.1/image"), "{url}");
                 assert_eq!(x["via"], "apache2", "{x}");
+                // The service's own end of Apache's hop, and the path it was sent.
+                assert!(x["upstream"]["server"]["pid"].is_u64(), "{x}");
+                let target = x["upstream"]["target"].as_str().unwrap_or("");
+                assert!(
+                    target.starts_with('/') && !target.starts_with("/image"),
+                    "{x}"
+                );
             }
             _ => {}
         }

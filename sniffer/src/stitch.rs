@@ -80,6 +80,10 @@ pub struct Exchange {
     /// The reverse proxy this exchange went through, when its upstream hop is folded into it
     /// or the callee was named through it.
     pub via: Option<String>,
+    /// The service's end of the folded upstream hop, and the target it was sent (what the
+    /// service saw: `/v2/images` for the client's `/image/v2/images`).
+    pub upstream_view: Option<View>,
+    pub upstream_target: Option<String>,
     /// A proxy's upstream hop folded into the client's exchange `folded_into`: not shown.
     pub folded_into: Option<u64>,
     /// The proxy's upstream hop folded into this exchange.
@@ -358,6 +362,8 @@ impl<L: LogSink> Stitcher<L> {
                 numbers: [None, None],
                 filtered: false,
                 via: None,
+                upstream_view: None,
+                upstream_target: None,
                 folded_into: None,
                 upstream: None,
                 caller: None,
@@ -879,6 +885,14 @@ impl<L: LogSink> Stitcher<L> {
             (to, None)
         };
         let folded = fold && e.folded_into.is_some();
+        let up = e.upstream.and_then(|u| self.exchanges.get(&u));
+        let upstream_view = up.and_then(|u| u.server.clone());
+        let upstream_target = up
+            .and_then(|u| u.head.as_ref())
+            .and_then(|h| match &h.start {
+                StartLine::Request { target, .. } => Some(target.clone()),
+                StartLine::Response { .. } => None,
+            });
         let filtered = !folded
             && self.filter.as_ref().is_some_and(|f| {
                 f.excludes(&Subject {
@@ -893,6 +907,8 @@ impl<L: LogSink> Stitcher<L> {
             e.to = to;
             e.url = url;
             e.via = via;
+            e.upstream_view = upstream_view;
+            e.upstream_target = upstream_target;
             e.filtered = filtered || folded;
             e.resolved = true;
             if filtered {

@@ -21,6 +21,12 @@ struct EndRecord {
 }
 
 #[derive(Serialize)]
+struct UpstreamRecord<'a> {
+    server: Option<EndRecord>,
+    target: Option<&'a str>,
+}
+
+#[derive(Serialize)]
 struct MessageRecord {
     number: Option<u64>,
     /// Kernel (CLOCK_MONOTONIC) times of the first and last bytes.
@@ -48,6 +54,10 @@ struct ExchangeRecord<'a> {
     /// The reverse proxy between the two, its hop folded into this exchange.
     #[serde(skip_serializing_if = "Option::is_none")]
     via: Option<&'a str>,
+    /// The proxy's upstream hop folded into this exchange: the service's end and the target
+    /// the proxy sent it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream: Option<UpstreamRecord<'a>>,
     client: Option<EndRecord>,
     server: Option<EndRecord>,
     method: &'a str,
@@ -132,6 +142,12 @@ impl Recorder {
             from: &x.from,
             to: &x.to,
             via: x.via.as_deref(),
+            upstream: (x.upstream_view.is_some() || x.upstream_target.is_some()).then(|| {
+                UpstreamRecord {
+                    server: end(&x.upstream_view),
+                    target: x.upstream_target.as_deref(),
+                }
+            }),
             client: end(&x.client),
             server: end(&x.server),
             method: x.method(),
