@@ -21,6 +21,7 @@ pub mod procs;
 pub mod proxy;
 pub mod render;
 pub mod sinks;
+pub mod sockdiag;
 pub mod stitch;
 pub mod stream;
 pub mod tools;

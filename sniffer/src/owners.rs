@@ -1,9 +1,10 @@
 //! Which local process owns a TCP socket, for the end of an exchange that is not traced: the
 //! server listening on a port, or the client behind a peer address.
 //!
-//! Read from /proc/net/tcp{,6} (socket inode by address and state) and /proc/*/fd (inode ->
-//! process). A full scan costs milliseconds, so it is redone only on a miss, at most once per
-//! [`MIN_REFRESH`].
+//! Read from sock_diag (socket inode by address and state; /proc/net/tcp{,6} if that fails)
+//! and /proc/*/fd (inode -> process). A full scan costs milliseconds, so it is redone only on a
+//! miss, at most once per [`MIN_REFRESH`]; in between, a miss rereads the fds of the processes
+//! known to hold sockets, at most once per [`MIN_QUICK_REFRESH`].
 use std::{
     collections::HashMap,
     fs,
@@ -17,7 +18,7 @@ use crate::procs::{Proc, parse_cmdline, parse_stat};
 pub const MIN_REFRESH: Duration = Duration::from_millis(500);
 /// Fewest time between two quick scans (the socket tables, and the fds of the processes that
 /// held sockets at the last full scan: a proxy's workers open a socket per request).
-pub const MIN_QUICK_REFRESH: Duration = Duration::from_millis(10);
+pub const MIN_QUICK_REFRESH: Duration = Duration::from_millis(20);
 
 const TCP_LISTEN: u8 = 0x0A;
 
@@ -136,8 +137,24 @@ impl Owners {
     }
 }
 
-/// The listening and connected TCP sockets of /proc/net/tcp{,6}.
+/// The listening and connected TCP sockets, from sock_diag (live ones only), else from
+/// /proc/net/tcp{,6}.
 fn read_tables(snap: &mut Snapshot) {
+    match crate::sockdiag::tcp_sockets() {
+        Ok(all) => {
+            for (local, state, inode) in all {
+                match state {
+                    TCP_LISTEN => snap.listening.push((local, inode)),
+                    _ if inode != 0 => {
+                        snap.connected.insert(local, inode);
+                    }
+                    _ => {}
+                }
+            }
+            return;
+        }
+        Err(e) => tracing::debug!("sock_diag: {e}; reading /proc/net/tcp"),
+    }
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(text) = fs::read_to_string(table) else {
             continue;
