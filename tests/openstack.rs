@@ -7,13 +7,15 @@
 //! glance-api, with glance-api's calls to keystone nested inside openstack's call to glance-api;
 //! the image bodies show as binary previews with their exact sizes; the saved image is
 //! byte-identical to the uploaded one.
-use std::{fs, process::Command};
+use std::fs;
 
 use serde_json::Value;
 use sniffer_tests::{
     kernel_tests,
-    openstack::{Run, draw, find, seen_by, sniff, sorted, start_bed},
-    workspace,
+    openstack::{
+        Run, assert_nested, assert_served_once, create_image, draw, find, fresh_dir, qcow2, sniff,
+        start_bed,
+    },
 };
 
 /// The checks every command's run must pass.
@@ -21,18 +23,7 @@ fn check(run: &Run, what: &str) {
     let ctx = || format!("{what}: log in {}\n{}", run.dir.display(), run.log);
     assert!(!run.exchanges.is_empty(), "{}", ctx());
     // Every request each service logged, exactly once, and nothing it did not serve.
-    assert_eq!(
-        seen_by(run, "keystone"),
-        sorted(run.keystone.clone()),
-        "keystone: {}",
-        ctx()
-    );
-    assert_eq!(
-        seen_by(run, "glance-api"),
-        sorted(run.glance.clone()),
-        "glance-api: {}",
-        ctx()
-    );
+    assert_served_once(run, |p| p, &ctx());
     let mut names: Vec<&str> = run
         .exchanges
         .iter()
@@ -59,26 +50,7 @@ fn check(run: &Run, what: &str) {
         );
     }
     // glance-api's calls sit inside an openstack -> glance-api exchange.
-    let numbers = |x: &Value| {
-        (
-            x["request"]["number"].as_u64().unwrap(),
-            x["response"]["number"].as_u64().unwrap(),
-        )
-    };
-    let outer: Vec<(u64, u64)> = run
-        .exchanges
-        .iter()
-        .filter(|x| x["from"] == "openstack" && x["to"] == "glance-api")
-        .map(numbers)
-        .collect();
-    for inner in run.exchanges.iter().filter(|x| x["from"] == "glance-api") {
-        let (a, b) = numbers(inner);
-        assert!(
-            outer.iter().any(|&(s, e)| s < a && b < e),
-            "glance-api's call [{a}]..[{b}] is not inside an openstack call: {}",
-            ctx()
-        );
-    }
+    assert_nested(run, "glance-api", &ctx);
     // The log numbers every message once, 1..n.
     let titles: Vec<&str> = run.log.lines().filter(|l| l.starts_with("### [")).collect();
     for (i, t) in titles.iter().enumerate() {
@@ -105,40 +77,11 @@ fn openstack_image_commands_traced_end_to_end() {
         return;
     }
     let bed = start_bed("e2e-state", None, false);
-    let work = workspace().join("target").join("e2e-work");
-    let _ = fs::remove_dir_all(&work);
-    fs::create_dir_all(&work).unwrap();
-    // A real qcow2 (glance checks the format) of a few MB.
-    let raw = work.join("disk.raw");
-    fs::write(&raw, sniffer_tests::pattern(3 << 20)).unwrap();
-    let img = work.join("cirros.qcow2");
-    let st = Command::new("qemu-img")
-        .args(["convert", "-f", "raw", "-O", "qcow2"])
-        .arg(&raw)
-        .arg(&img)
-        .status()
-        .expect("qemu-img (Debian's qemu-utils) is needed to make a qcow2 image");
-    assert!(st.success());
+    let work = fresh_dir("e2e-work");
+    let img = qcow2(&work, 3 << 20);
     let size = fs::metadata(&img).unwrap().len();
 
-    let create = sniff(
-        &bed,
-        "image-create",
-        &[
-            "image",
-            "create",
-            "--disk-format",
-            "qcow2",
-            "--file",
-            img.to_str().unwrap(),
-            "--public",
-            "cirros",
-            "-f",
-            "value",
-            "-c",
-            "id",
-        ],
-    );
+    let create = create_image(&bed, "image-create", &img);
     check(&create, "image create");
     let id = create.stdout.trim().to_owned();
     assert_eq!(id.len(), 36, "image id: {id:?}");

@@ -9,23 +9,15 @@
 //! Apache's two hops. With only the services traced, the diagram still holds, the callers named
 //! from the requests Apache forwarded where they can be known (uwsgi's REMOTE_ADDR/REMOTE_PORT),
 //! apache2 otherwise.
-use std::{fs, path::PathBuf, process::Command};
+use std::fs;
 
-use serde_json::Value;
 use sniffer_tests::{
     kernel_tests,
-    openstack::{Bed, Run, Trace, draw, path_of, seen_by, sniff, sniff_with, sorted, start_bed},
-    pattern, workspace,
+    openstack::{
+        Bed, Run, Trace, assert_nested, assert_served_once, create_image, draw, fresh_dir, path_of,
+        qcow2, sniff, sniff_with, start_bed, swift_venv,
+    },
 };
-
-type Requests = Vec<(String, String, u16)>;
-
-fn numbers(x: &Value) -> (u64, u64) {
-    (
-        x["request"]["number"].as_u64().expect("request number"),
-        x["response"]["number"].as_u64().expect("response number"),
-    )
-}
 
 fn names(run: &Run) -> Vec<String> {
     let mut v: Vec<String> = run
@@ -39,39 +31,13 @@ fn names(run: &Run) -> Vec<String> {
     v
 }
 
-/// What sniffer saw glance-api serve, with Apache's `/image` prefix taken off the client's
-/// paths (glance logs the path Apache forwarded).
-fn glance_seen(run: &Run) -> Requests {
-    sorted(
-        seen_by(run, "glance-api")
-            .into_iter()
-            .map(|(m, p, s)| {
-                let p = match p.strip_prefix("/image") {
-                    Some("") => "/".to_owned(),
-                    Some(rest) => rest.to_owned(),
-                    None => p,
-                };
-                (m, p, s)
-            })
-            .collect(),
-    )
-}
-
-/// Every call made while serving sits inside an exchange the caller served.
-fn assert_nested(run: &Run, caller: &str, ctx: &dyn Fn() -> String) {
-    let outer: Vec<(u64, u64)> = run
-        .exchanges
-        .iter()
-        .filter(|x| x["to"] == caller)
-        .map(numbers)
-        .collect();
-    for inner in run.exchanges.iter().filter(|x| x["from"] == caller) {
-        let (a, b) = numbers(inner);
-        assert!(
-            outer.iter().any(|&(s, e)| s < a && b < e),
-            "{caller}'s call [{a}]..[{b}] is not inside a call to it: {}",
-            ctx()
-        );
+/// A client's path to glance-api with Apache's `/image` prefix taken off (glance logs the path
+/// Apache forwarded).
+fn without_image_prefix(p: String) -> String {
+    match p.strip_prefix("/image") {
+        Some("") => "/".to_owned(),
+        Some(rest) => rest.to_owned(),
+        None => p,
     }
 }
 
@@ -80,18 +46,7 @@ fn assert_nested(run: &Run, caller: &str, ctx: &dyn Fn() -> String) {
 fn check(run: &Run, what: &str, apache_traced: bool) {
     let ctx = || format!("{what}: log in {}", run.dir.display());
     assert!(!run.exchanges.is_empty(), "{}", ctx());
-    assert_eq!(
-        seen_by(run, "keystone"),
-        sorted(run.keystone.clone()),
-        "keystone: {}",
-        ctx()
-    );
-    assert_eq!(
-        glance_seen(run),
-        sorted(run.glance.clone()),
-        "glance-api: {}",
-        ctx()
-    );
+    assert_served_once(run, without_image_prefix, &ctx());
     let n = names(run);
     for must in ["openstack", "keystone", "glance-api"] {
         assert!(
@@ -157,49 +112,18 @@ fn check(run: &Run, what: &str, apache_traced: bool) {
     assert!(!d.contains("apache2"), "{d}");
 }
 
-fn image(work: &std::path::Path) -> PathBuf {
-    let raw = work.join("disk.raw");
-    fs::write(&raw, pattern(2 << 20)).unwrap();
-    let img = work.join("cirros.qcow2");
-    let st = Command::new("qemu-img")
-        .args(["convert", "-f", "raw", "-O", "qcow2"])
-        .arg(&raw)
-        .arg(&img)
-        .status()
-        .expect("qemu-img (Debian's qemu-utils) is needed to make a qcow2 image");
-    assert!(st.success());
-    img
-}
-
 /// Only keystone, glance-api and swift's proxy traced: neither Apache nor the CLI.
 fn services_only(bed: &Bed) {
-    let mut pids = vec![bed.keystone.pid, bed.glance.pid];
-    pids.extend(bed.swift_proxy);
     let run = sniff_with(
         bed,
         "apache-services-only-image-list",
         &["image", "list"],
-        &Trace {
-            pids,
-            cli: false,
-            extra: &[],
-        },
+        &Trace::services(bed, false),
     );
     let ctx = || format!("log in {}", run.dir.display());
     // What the services logged, once: keystone's paths are the client's (uwsgi REQUEST_URI),
     // glance's the ones Apache forwarded.
-    assert_eq!(
-        seen_by(&run, "keystone"),
-        sorted(run.keystone.clone()),
-        "{}",
-        ctx()
-    );
-    assert_eq!(
-        seen_by(&run, "glance-api"),
-        sorted(run.glance.clone()),
-        "{}",
-        ctx()
-    );
+    assert_served_once(&run, |p| p, &ctx());
     for x in &run.exchanges {
         let from = x["from"].as_str().unwrap_or("");
         match x["to"].as_str().unwrap_or("") {
@@ -226,35 +150,13 @@ fn devstack_topology_apache_in_front_of_keystone_glance_and_swift() {
     if !kernel_tests() {
         return;
     }
-    let swift_venv = PathBuf::from(
-        std::env::var("SNIFFER_SWIFT_VENV").expect("SNIFFER_SWIFT_VENV: run `cargo xtask e2e`"),
-    );
-    let bed = start_bed("e2e-apache-state", Some(&swift_venv), true);
+    let bed = start_bed("e2e-apache-state", Some(&swift_venv()), true);
     assert!(bed.apache.is_some(), "the bed has Apache");
-    let work = workspace().join("target").join("e2e-apache-work");
-    let _ = fs::remove_dir_all(&work);
-    fs::create_dir_all(&work).unwrap();
-    let img = image(&work);
+    let work = fresh_dir("e2e-apache-work");
+    let img = qcow2(&work, 2 << 20);
     let size = fs::metadata(&img).unwrap().len();
 
-    let create = sniff(
-        &bed,
-        "apache-image-create",
-        &[
-            "image",
-            "create",
-            "--disk-format",
-            "qcow2",
-            "--file",
-            img.to_str().unwrap(),
-            "--public",
-            "cirros",
-            "-f",
-            "value",
-            "-c",
-            "id",
-        ],
-    );
+    let create = create_image(&bed, "apache-image-create", &img);
     check(&create, "image create", true);
     let id = create.stdout.trim().to_owned();
     assert_eq!(id.len(), 36, "image id {id:?}");
@@ -317,32 +219,15 @@ fn devstack_topology_apache_in_front_of_keystone_glance_and_swift() {
             ctx()
         );
     }
-    assert_eq!(
-        seen_by(&hops, "keystone"),
-        sorted(hops.keystone.clone()),
-        "{}",
-        ctx()
-    );
-    assert_eq!(
-        seen_by(&hops, "glance-api"),
-        sorted(hops.glance.clone()),
-        "{}",
-        ctx()
-    );
+    assert_served_once(&hops, |p| p, &ctx());
 
     // The CLI and the services traced, Apache not: the two hops still fold, each end found
     // from the process owning the other end's socket.
-    let mut pids = vec![bed.keystone.pid, bed.glance.pid];
-    pids.extend(bed.swift_proxy);
     let untraced_front = sniff_with(
         &bed,
         "apache-untraced-image-list",
         &["image", "list"],
-        &Trace {
-            pids,
-            cli: true,
-            extra: &[],
-        },
+        &Trace::services(&bed, true),
     );
     check(&untraced_front, "image list, Apache untraced", false);
 

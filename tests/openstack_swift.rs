@@ -3,28 +3,51 @@
 //! traces keystone, glance-api and swift-proxy-server by pid. Run by `cargo xtask e2e`, which
 //! makes the venvs (SNIFFER_OPENSTACK_VENV, SNIFFER_SWIFT_VENV). Its own test binary: the bed
 //! takes port 8080, and cargo runs test binaries one at a time.
-use std::{fs, path::PathBuf, process::Command};
+use std::{fs, path::PathBuf};
 
 use serde_json::Value;
 use sniffer_tests::{
     kernel_tests,
-    openstack::{Run, draw, find, sniff, start_bed},
-    pattern, workspace,
+    openstack::{
+        Run, create_image, draw, find, fresh_dir, numbers, qcow2, sniff, start_bed, swift_venv,
+    },
 };
-
-/// (request number, response number) of an exchange.
-fn numbers(x: &Value) -> (u64, u64) {
-    (
-        x["request"]["number"].as_u64().expect("request number"),
-        x["response"]["number"].as_u64().expect("response number"),
-    )
-}
 
 fn exchanges<'a>(run: &'a Run, from: &str, to: &str) -> Vec<&'a Value> {
     run.exchanges
         .iter()
         .filter(|x| x["from"] == from && x["to"] == to)
         .collect()
+}
+
+/// The exchange `from` -> `to` with `method` whose URL ends with `url_end`.
+fn call<'a>(run: &'a Run, from: &str, to: &str, method: &str, url_end: &str) -> &'a Value {
+    exchanges(run, from, to)
+        .into_iter()
+        .find(|x| x["method"] == method && x["url"].as_str().unwrap().ends_with(url_end))
+        .unwrap_or_else(|| {
+            panic!(
+                "no {from} -> {to} {method} ...{url_end}: log in {}",
+                run.dir.display()
+            )
+        })
+}
+
+/// Draws the run twice: in full (diagram-full.md, which must show the proxy's `op` to the
+/// object server) and without the backends, as the reference (diagram.md, returned).
+fn views(run: &Run, op: &str) -> String {
+    let full = draw(run, "diagram-full", "body-full", &[]);
+    assert!(
+        full.contains(&format!("swift-proxy-server->>swift-object-server: {op} ")),
+        "{full}"
+    );
+    let filter = reference_view_filter(&run.dir);
+    draw(
+        run,
+        "diagram",
+        "body",
+        &["--filter", filter.to_str().unwrap()],
+    )
 }
 
 /// The `to` names of the swift proxy's own calls.
@@ -61,46 +84,15 @@ fn glance_on_swift_image_create_and_save_three_services_deep() {
     if !kernel_tests() {
         return;
     }
-    let swift_venv = PathBuf::from(
-        std::env::var("SNIFFER_SWIFT_VENV").expect("SNIFFER_SWIFT_VENV: run `cargo xtask e2e`"),
-    );
-    let bed = start_bed("e2e-swift-state", Some(&swift_venv), false);
+    let bed = start_bed("e2e-swift-state", Some(&swift_venv()), false);
     assert!(bed.swift_proxy.is_some(), "the bed has swift");
-    let work = workspace().join("target").join("e2e-swift-work");
-    let _ = fs::remove_dir_all(&work);
-    fs::create_dir_all(&work).unwrap();
-    let raw = work.join("disk.raw");
-    fs::write(&raw, pattern(20 << 20)).unwrap();
-    let img = work.join("cirros.qcow2");
-    let st = Command::new("qemu-img")
-        .args(["convert", "-f", "raw", "-O", "qcow2"])
-        .arg(&raw)
-        .arg(&img)
-        .status()
-        .expect("qemu-img (Debian's qemu-utils) is needed to make a qcow2 image");
-    assert!(st.success());
+    let work = fresh_dir("e2e-swift-work");
+    let img = qcow2(&work, 20 << 20);
     let size = fs::metadata(&img).unwrap().len();
     assert!(size > 20_000_000, "a 20 MB image: {size}");
 
     // image create: openstack -> glance-api -> swift-proxy-server -> its servers, keystone.
-    let create = sniff(
-        &bed,
-        "swift-image-create",
-        &[
-            "image",
-            "create",
-            "--disk-format",
-            "qcow2",
-            "--file",
-            img.to_str().unwrap(),
-            "--public",
-            "cirros",
-            "-f",
-            "value",
-            "-c",
-            "id",
-        ],
-    );
+    let create = create_image(&bed, "swift-image-create", &img);
     let ctx = || format!("log in {}", create.dir.display());
     let id = create.stdout.trim().to_owned();
     assert_eq!(id.len(), 36, "image id {id:?}; {}", ctx());
@@ -121,32 +113,18 @@ fn glance_on_swift_image_create_and_save_three_services_deep() {
         assert_eq!(x["incomplete"], false, "{x}");
     }
     let upload = find(&create, "PUT", &format!("/v2/images/{id}/file"));
-    let to_swift = exchanges(&create, "glance-api", "swift-proxy-server");
-    let head = to_swift
-        .iter()
-        .find(|x| x["method"] == "HEAD" && x["url"].as_str().unwrap().ends_with("/glance"))
-        .unwrap_or_else(|| panic!("no HEAD .../glance: {}", ctx()));
+    let to_swift =
+        |method, url_end| call(&create, "glance-api", "swift-proxy-server", method, url_end);
+    let head = to_swift("HEAD", "/glance");
     assert!(
         head["url"].as_str().unwrap().contains("/v1/AUTH_"),
         "{head}"
     );
     assert_eq!(head["status"], 404, "the first upload finds no container");
-    let container = to_swift
-        .iter()
-        .find(|x| x["method"] == "PUT" && x["url"].as_str().unwrap().ends_with("/glance"))
-        .unwrap_or_else(|| panic!("no PUT of the container: {}", ctx()));
-    let object = to_swift
-        .iter()
-        .find(|x| {
-            x["method"] == "PUT"
-                && x["url"]
-                    .as_str()
-                    .unwrap()
-                    .ends_with(&format!("/glance/{id}"))
-        })
-        .unwrap_or_else(|| panic!("no PUT of the object: {}", ctx()));
+    let container = to_swift("PUT", "/glance");
+    let object = to_swift("PUT", &format!("/glance/{id}"));
     assert_eq!(object["status"], 201);
-    for put in [upload, *object] {
+    for put in [upload, object] {
         assert_eq!(put["request"]["body_size"], size, "{put}");
         let body = put["request"]["body"].as_str().unwrap();
         assert!(
@@ -183,19 +161,8 @@ fn glance_on_swift_image_create_and_save_three_services_deep() {
         "{}",
         ctx()
     );
-    let full = draw(&create, "diagram-full", "body-full", &[]);
-    assert!(
-        full.contains("swift-proxy-server->>swift-object-server: PUT "),
-        "{full}"
-    );
     // Without the backends, the view of the reference, with its placeholders.
-    let filter = reference_view_filter(&create.dir);
-    let d = draw(
-        &create,
-        "diagram",
-        "body",
-        &["--filter", filter.to_str().unwrap()],
-    );
+    let d = views(&create, "PUT");
     for line in [
         "glance-api->>swift-proxy-server: HEAD /v1/{account}/glance",
         "swift-proxy-server-->>glance-api: 404 Not Found /v1/{account}/glance",
@@ -221,21 +188,13 @@ fn glance_on_swift_image_create_and_save_three_services_deep() {
         &["image", "save", "--file", out.to_str().unwrap(), &id],
     );
     let download = find(&save, "GET", &format!("/v2/images/{id}/file"));
-    let fetch = exchanges(&save, "glance-api", "swift-proxy-server")
-        .into_iter()
-        .find(|x| {
-            x["method"] == "GET"
-                && x["url"]
-                    .as_str()
-                    .unwrap()
-                    .ends_with(&format!("/glance/{id}"))
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "glance does not GET the object: log in {}",
-                save.dir.display()
-            )
-        });
+    let fetch = call(
+        &save,
+        "glance-api",
+        "swift-proxy-server",
+        "GET",
+        &format!("/glance/{id}"),
+    );
     let (d0, d1) = numbers(download);
     let (f0, f1) = numbers(fetch);
     assert!(
@@ -249,18 +208,7 @@ fn glance_on_swift_image_create_and_save_three_services_deep() {
         fs::read(&img).unwrap(),
         "the saved image is the uploaded one"
     );
-    let full = draw(&save, "diagram-full", "body-full", &[]);
-    assert!(
-        full.contains("swift-proxy-server->>swift-object-server: GET "),
-        "{full}"
-    );
-    let filter = reference_view_filter(&save.dir);
-    let d = draw(
-        &save,
-        "diagram",
-        "body",
-        &["--filter", filter.to_str().unwrap()],
-    );
+    let d = views(&save, "GET");
     assert!(
         d.lines()
             .any(|l| l.trim()

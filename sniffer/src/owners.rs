@@ -140,16 +140,19 @@ impl Owners {
 /// The listening and connected TCP sockets, from sock_diag (live ones only), else from
 /// /proc/net/tcp{,6}.
 fn read_tables(snap: &mut Snapshot) {
+    let mut add = |local: SocketAddr, state: u8, inode: u64| match state {
+        TCP_LISTEN => snap.listening.push((local, inode)),
+        // Closing sockets (CLOSE_WAIT, FIN_WAIT...) still belong to their process; TIME_WAIT
+        // ones (inode 0) no longer do.
+        _ if inode != 0 => {
+            snap.connected.insert(local, inode);
+        }
+        _ => {}
+    };
     match crate::sockdiag::tcp_sockets() {
         Ok(all) => {
             for (local, state, inode) in all {
-                match state {
-                    TCP_LISTEN => snap.listening.push((local, inode)),
-                    _ if inode != 0 => {
-                        snap.connected.insert(local, inode);
-                    }
-                    _ => {}
-                }
+                add(local, state, inode);
             }
             return;
         }
@@ -160,15 +163,7 @@ fn read_tables(snap: &mut Snapshot) {
             continue;
         };
         for (local, _, state, inode) in text.lines().skip(1).filter_map(parse_proc_net_line) {
-            match state {
-                TCP_LISTEN => snap.listening.push((local, inode)),
-                // Closing sockets (CLOSE_WAIT, FIN_WAIT...) still belong to their process;
-                // TIME_WAIT ones (inode 0) no longer do.
-                _ if inode != 0 => {
-                    snap.connected.insert(local, inode);
-                }
-                _ => {}
-            }
+            add(local, state, inode);
         }
     }
 }

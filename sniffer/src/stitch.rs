@@ -566,14 +566,6 @@ impl<L: LogSink> Stitcher<L> {
         }
     }
 
-    /// The proxy's process, when traced on that hop.
-    fn proxy_pid(inbound: &Exchange, outbound: &Exchange) -> (Option<u32>, Option<u32>) {
-        (
-            inbound.server.as_ref().map(|v| v.pid),
-            outbound.client.as_ref().map(|v| v.pid),
-        )
-    }
-
     /// Whether `inb` (into a proxy) and `out` (out of it) are one request's two hops.
     fn hops_match(inb: &Exchange, out: &Exchange) -> Option<Match> {
         if inb.folded_into.is_some() || inb.upstream.is_some() || out.folded_into.is_some() {
@@ -584,8 +576,9 @@ impl<L: LogSink> Stitcher<L> {
         if out.request_ts < inb.request_ts || inb.response_ts.is_some_and(|t| t < out.request_ts) {
             return None;
         }
-        if let (Some(a), Some(b)) = Self::proxy_pid(inb, out)
-            && a != b
+        // The same proxy process, where it is traced on both hops.
+        if let (Some(a), Some(b)) = (&inb.server, &out.client)
+            && a.pid != b.pid
         {
             return None;
         }
@@ -618,26 +611,20 @@ impl<L: LogSink> Stitcher<L> {
         } else {
             &self.inbound
         };
-        let mut best: Option<(Match, u64, u64)> = None;
-        for &y in others {
-            let Some(o) = self.exchanges.get(&y).filter(|_| y != x) else {
-                continue;
-            };
-            let m = if inbound {
-                Self::hops_match(e, o)
-            } else {
-                Self::hops_match(o, e)
-            };
-            if let Some(m) = m {
-                let cand = (m, o.request_ts, y);
-                let better = best.is_none_or(|(bm, bts, _)| {
-                    (m, std::cmp::Reverse(o.request_ts)) > (bm, std::cmp::Reverse(bts))
-                });
-                if better {
-                    best = Some(cand);
-                }
-            }
-        }
+        // The strongest match; among equals the earliest (the first found on a tie).
+        let best = others
+            .iter()
+            .filter(|&&y| y != x)
+            .filter_map(|&y| {
+                let o = self.exchanges.get(&y)?;
+                let m = if inbound {
+                    Self::hops_match(e, o)
+                } else {
+                    Self::hops_match(o, e)
+                }?;
+                Some((std::cmp::Reverse(m), o.request_ts, y))
+            })
+            .min_by_key(|&(m, ts, _)| (m, ts));
         let Some((_, _, y)) = best else {
             if !e.listed {
                 let exchanges = &self.exchanges;

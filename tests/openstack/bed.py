@@ -212,6 +212,19 @@ for iface in ("public", "internal", "admin"):
     osc("endpoint", "create", "--region", "RegionOne", "image", iface, gurl)
 
 
+def authtoken(user):
+    """keystonemiddleware's options for a service user `user` (password `secret`)."""
+    return f"""www_authenticate_uri = {kurl}
+auth_url = {kurl}
+auth_type = password
+project_domain_name = Default
+user_domain_name = Default
+project_name = service
+username = {user}
+password = secret
+"""
+
+
 def start_swift():
     """Single-node swift; devstack runs each server as `python3 .../swift-X-server CONF`."""
     sbin = lambda name: os.path.join(swift_venv, "bin", name)  # noqa: E731
@@ -254,15 +267,7 @@ account_autocreate = true
 
 [filter:authtoken]
 paste.filter_factory = keystonemiddleware.auth_token:filter_factory
-www_authenticate_uri = {kurl}
-auth_url = {kurl}
-auth_type = password
-project_domain_name = Default
-user_domain_name = Default
-project_name = service
-username = swift
-password = secret
-delay_auth_decision = True
+{authtoken("swift")}delay_auth_decision = True
 
 [filter:keystoneauth]
 use = egg:swift#keystoneauth
@@ -298,15 +303,7 @@ enabled_backends = fs:file{", swift:swift" if swift else ""}
 [database]
 connection = sqlite:///{state}/glance.db
 [keystone_authtoken]
-www_authenticate_uri = {kurl}
-auth_url = {kurl}
-auth_type = password
-project_domain_name = Default
-user_domain_name = Default
-project_name = service
-username = glance
-password = secret
-[paste_deploy]
+{authtoken("glance")}[paste_deploy]
 flavor = keystone
 [glance_store]
 default_backend = {"swift" if swift else "fs"}

@@ -2,7 +2,7 @@
 //! commands under sniffer, read what sniffer and the services logged.
 use std::{
     fs,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Duration,
 };
@@ -142,12 +142,18 @@ pub struct Trace<'a> {
 impl Trace<'_> {
     /// The CLI and the services (keystone, glance-api, swift's proxy; Apache too when there).
     pub fn all(bed: &Bed) -> Self {
+        let mut t = Self::services(bed, true);
+        t.pids.extend(bed.apache.as_ref().map(|a| a.pid));
+        t
+    }
+
+    /// keystone, glance-api and swift's proxy, not Apache; the CLI when `cli`.
+    pub fn services(bed: &Bed, cli: bool) -> Self {
         let mut pids = vec![bed.keystone.pid, bed.glance.pid];
         pids.extend(bed.swift_proxy);
-        pids.extend(bed.apache.as_ref().map(|a| a.pid));
         Trace {
             pids,
-            cli: true,
+            cli,
             extra: &[],
         }
     }
@@ -229,6 +235,103 @@ pub fn sniff_with(bed: &Bed, name: &str, args: &[&str], t: &Trace<'_>) -> Run {
         exchanges,
         keystone: bed.keystone.served_since(k0),
         glance: bed.glance.served_since(g0),
+    }
+}
+
+/// SNIFFER_SWIFT_VENV, which `cargo xtask e2e` sets.
+pub fn swift_venv() -> PathBuf {
+    PathBuf::from(
+        std::env::var("SNIFFER_SWIFT_VENV").expect("SNIFFER_SWIFT_VENV: run `cargo xtask e2e`"),
+    )
+}
+
+/// target/NAME, emptied.
+pub fn fresh_dir(name: &str) -> PathBuf {
+    let dir = workspace().join("target").join(name);
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A real qcow2 (glance checks the format) of `raw_bytes` of test pattern, in `dir`.
+pub fn qcow2(dir: &Path, raw_bytes: usize) -> PathBuf {
+    let raw = dir.join("disk.raw");
+    fs::write(&raw, crate::pattern(raw_bytes)).unwrap();
+    let img = dir.join("cirros.qcow2");
+    let st = Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&img)
+        .status()
+        .expect("qemu-img (Debian's qemu-utils) is needed to make a qcow2 image");
+    assert!(st.success());
+    img
+}
+
+/// `openstack image create` of `img` under sniffer (run NAME); its stdout is the image id.
+pub fn create_image(bed: &Bed, name: &str, img: &Path) -> Run {
+    sniff(
+        bed,
+        name,
+        &[
+            "image",
+            "create",
+            "--disk-format",
+            "qcow2",
+            "--file",
+            img.to_str().unwrap(),
+            "--public",
+            "cirros",
+            "-f",
+            "value",
+            "-c",
+            "id",
+        ],
+    )
+}
+
+/// Every request keystone and glance-api logged in the run's window, exactly once, as sniffer
+/// saw them served (`glance_path` maps what sniffer shows to what glance logged).
+pub fn assert_served_once(run: &Run, glance_path: fn(String) -> String, ctx: &str) {
+    assert_eq!(
+        seen_by(run, "keystone"),
+        sorted(run.keystone.clone()),
+        "keystone: {ctx}"
+    );
+    let glance = seen_by(run, "glance-api")
+        .into_iter()
+        .map(|(m, p, s)| (m, glance_path(p), s))
+        .collect();
+    assert_eq!(
+        sorted(glance),
+        sorted(run.glance.clone()),
+        "glance-api: {ctx}"
+    );
+}
+
+/// (request number, response number) of an exchange in the JSONL.
+pub fn numbers(x: &Value) -> (u64, u64) {
+    (
+        x["request"]["number"].as_u64().expect("request number"),
+        x["response"]["number"].as_u64().expect("response number"),
+    )
+}
+
+/// Every call `caller` made sits inside an exchange it served.
+pub fn assert_nested(run: &Run, caller: &str, ctx: &dyn Fn() -> String) {
+    let outer: Vec<(u64, u64)> = run
+        .exchanges
+        .iter()
+        .filter(|x| x["to"] == caller)
+        .map(numbers)
+        .collect();
+    for inner in run.exchanges.iter().filter(|x| x["from"] == caller) {
+        let (a, b) = numbers(inner);
+        assert!(
+            outer.iter().any(|&(s, e)| s < a && b < e),
+            "{caller}'s call [{a}]..[{b}] is not inside a call to it: {}",
+            ctx()
+        );
     }
 }
 

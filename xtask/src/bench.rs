@@ -482,44 +482,19 @@ pub fn bench(bin: &Path, s: &Settings) -> anyhow::Result<()> {
     f.set_len(s.big_mib << 20)?;
     let (_nginx, port, nginx_pid) = start_nginx(&dir, &www)?;
     let small = format!("http://127.0.0.1:{port}/small.txt");
-    let mut cases = vec![
-        load_case(
-            "keep-alive",
-            bin,
-            &dir,
-            nginx_pid,
-            &Load {
-                url: &small,
-                conns: 10,
-                close: false,
-            },
-            s,
-        )?,
-        load_case(
-            "connection-close",
-            bin,
-            &dir,
-            nginx_pid,
-            &Load {
-                url: &small,
-                conns: 10,
-                close: true,
-            },
-            s,
-        )?,
-        load_case(
-            "200-connections",
-            bin,
-            &dir,
-            nginx_pid,
-            &Load {
-                url: &small,
-                conns: 200,
-                close: false,
-            },
-            s,
-        )?,
-    ];
+    let mut cases = Vec::new();
+    for (name, conns, close) in [
+        ("keep-alive", 10, false),
+        ("connection-close", 10, true),
+        ("200-connections", 200, false),
+    ] {
+        let load = Load {
+            url: &small,
+            conns,
+            close,
+        };
+        cases.push(load_case(name, bin, &dir, nginx_pid, &load, s)?);
+    }
     let big_url = format!("http://127.0.0.1:{port}/big.bin");
     cases.push(transfer_case(
         "download",
