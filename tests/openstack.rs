@@ -13,8 +13,8 @@ use serde_json::Value;
 use sniffer_tests::{
     kernel_tests,
     openstack::{
-        Run, assert_nested, assert_served_once, create_image, draw, find, fresh_dir, qcow2, sniff,
-        start_bed,
+        Run, assert_nested, assert_numbered_and_drawn, assert_served_once, create_image, find,
+        fresh_dir, qcow2, sniff, start_bed,
     },
 };
 
@@ -51,18 +51,7 @@ fn check(run: &Run, what: &str) {
     }
     // glance-api's calls sit inside an openstack -> glance-api exchange.
     assert_nested(run, "glance-api", &ctx);
-    // The log numbers every message once, 1..n.
-    let titles: Vec<&str> = run.log.lines().filter(|l| l.starts_with("### [")).collect();
-    for (i, t) in titles.iter().enumerate() {
-        assert!(t.starts_with(&format!("### [{}] ", i + 1)), "{t}");
-    }
-    // The converter draws one arrow per message.
-    let d = draw(run, "diagram", "body", &[]);
-    assert_eq!(
-        d.lines().filter(|l| l.contains(">>")).count(),
-        titles.len(),
-        "{d}"
-    );
+    assert_numbered_and_drawn(run);
     let har: Value =
         serde_json::from_str(&fs::read_to_string(run.dir.join("run.har")).unwrap()).unwrap();
     assert_eq!(

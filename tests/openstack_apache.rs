@@ -14,8 +14,8 @@ use std::fs;
 use sniffer_tests::{
     kernel_tests,
     openstack::{
-        Bed, Run, Trace, assert_nested, assert_served_once, create_image, draw, fresh_dir, path_of,
-        qcow2, sniff, sniff_with, start_bed, swift_venv,
+        Bed, Run, Trace, assert_nested, assert_numbered_and_drawn, assert_served_once,
+        create_image, draw, fresh_dir, path_of, qcow2, sniff, sniff_with, start_bed, swift_venv,
     },
 };
 
@@ -99,16 +99,7 @@ fn check(run: &Run, what: &str, apache_traced: bool) {
     }
     assert_nested(run, "glance-api", &ctx);
     assert_nested(run, "swift-proxy-server", &ctx);
-    let titles: Vec<&str> = run.log.lines().filter(|l| l.starts_with("### [")).collect();
-    for (i, t) in titles.iter().enumerate() {
-        assert!(t.starts_with(&format!("### [{}] ", i + 1)), "{t}");
-    }
-    let d = draw(run, "diagram", "body", &[]);
-    assert_eq!(
-        d.lines().filter(|l| l.contains(">>")).count(),
-        titles.len(),
-        "{d}"
-    );
+    let d = assert_numbered_and_drawn(run);
     assert!(!d.contains("apache2"), "{d}");
 }
 

@@ -335,6 +335,22 @@ pub fn assert_nested(run: &Run, caller: &str, ctx: &dyn Fn() -> String) {
     }
 }
 
+/// The log numbers every message once, 1..n, and the converter draws one arrow per message;
+/// returns the diagram (written as diagram.md and body.md beside the log).
+pub fn assert_numbered_and_drawn(run: &Run) -> String {
+    let titles: Vec<&str> = run.log.lines().filter(|l| l.starts_with("### [")).collect();
+    for (i, t) in titles.iter().enumerate() {
+        assert!(t.starts_with(&format!("### [{}] ", i + 1)), "{t}");
+    }
+    let d = draw(run, "diagram", "body", &[]);
+    assert_eq!(
+        d.lines().filter(|l| l.contains(">>")).count(),
+        titles.len(),
+        "{d}"
+    );
+    d
+}
+
 pub fn path_of(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     rest.find('/')
