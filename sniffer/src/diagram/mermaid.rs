@@ -230,13 +230,19 @@ mod tests {
     use super::*;
     use crate::diagram::model::from_log;
 
-    fn reference(name: &str) -> Option<(String, String)> {
+    /// A reference folder's log and hand-made diagram, copied byte for byte from the
+    /// instrumented devstack's output into `fixtures/reference/` beside this file. A missing
+    /// file fails the test: it is never skipped.
+    fn reference(name: &str) -> (String, String) {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/reference")
+            .join("src/diagram/fixtures/reference")
             .join(name);
-        let log = std::fs::read_to_string(dir.join("requestshook.log")).ok()?;
-        let diagram = std::fs::read_to_string(dir.join("diagram.md")).ok()?;
-        Some((log, diagram))
+        let read = |file: &str| {
+            let path = dir.join(file);
+            std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("cannot read fixture {}: {e}", path.display()))
+        };
+        (read("requestshook.log"), read("diagram.md"))
     }
 
     /// The reference diagrams, with what was edited by hand made comparable: the Korean opt
@@ -268,9 +274,7 @@ mod tests {
             ("image-show", false),
             ("image-create", true),
         ] {
-            let Some((log, want)) = reference(name) else {
-                panic!("shared/reference/{name} is missing beside the repository");
-            };
+            let (log, want) = reference(name);
             let msgs = from_log(&log).unwrap();
             let got = draw(
                 &msgs,
