@@ -125,3 +125,43 @@ fn a_malformed_filter_file_names_line_and_column() {
         &format!("filter file {}, line 3 column 14:", f.display()),
     );
 }
+
+#[test]
+fn version_names_the_revision_and_the_build_date() {
+    let out = run(&["--version"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "--version failed: {out:?}");
+    // sniffer 0.1.0 (git 0fdd985a1b2c, built 2026-11-30)
+    let line = stdout.trim();
+    let fields = line
+        .strip_prefix(concat!("sniffer ", env!("CARGO_PKG_VERSION"), " (git "))
+        .and_then(|rest| rest.strip_suffix(')'))
+        .and_then(|rest| rest.split_once(", built "));
+    let Some((rev, date)) = fields else {
+        panic!("not `sniffer VERSION (git REV, built DATE)`: {line:?}");
+    };
+    let hash = rev.strip_suffix("-dirty").unwrap_or(rev);
+    // A build from a checkout names its commit; only one from elsewhere may say unknown.
+    let from_checkout = sniffer_tests::workspace().join(".git").exists();
+    assert!(
+        (hash.len() >= 12 && hash.bytes().all(|b| b.is_ascii_hexdigit()))
+            || (!from_checkout && rev == "unknown"),
+        "revision {rev:?} in {line:?}"
+    );
+    let b = date.as_bytes();
+    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+    assert!(
+        b.len() == 10
+            && digits(0..4)
+            && b[4] == b'-'
+            && digits(5..7)
+            && b[7] == b'-'
+            && digits(8..10),
+        "date {date:?} is not YYYY-MM-DD in {line:?}"
+    );
+    let (month, day): (u32, u32) = (date[5..7].parse().unwrap(), date[8..10].parse().unwrap());
+    assert!(
+        (1..=12).contains(&month) && (1..=31).contains(&day),
+        "date {date:?}"
+    );
+}

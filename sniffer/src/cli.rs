@@ -3,6 +3,18 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+/// What `sniffer --version` prints after the name, e.g. `0.1.0 (git 0fdd985a1b2c, built
+/// 2026-11-30)`: the git revision (`-dirty` for uncommitted changes) and the UTC build date come
+/// from build.rs.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("SNIFFER_GIT_REV"),
+    ", built ",
+    env!("SNIFFER_BUILD_DATE"),
+    ")"
+);
+
 /// See every HTTP call behind a command, without touching a single service.
 ///
 /// eBPF programs on the socket send/recv syscalls of the chosen processes (and their children)
@@ -11,7 +23,7 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(
     name = "sniffer",
-    version,
+    version = VERSION,
     max_term_width = 100,
     args_conflicts_with_subcommands = true
 )]
