@@ -3,7 +3,7 @@
 //! - `setup`: make this machine able to build the BPF programs (nightly with rust-src, and
 //!   bpf-linker linked against the LLVM inside that nightly), skipping what is already there;
 //! - `build [--release]`: the BPF object with nightly, embedded in `target/<profile>/sniffer`;
-//! - `run [--release] -- ARGS`: build, then run sniffer as root;
+//! - `run [--debug] -- ARGS`: build (release unless --debug), then run sniffer as root;
 //! - `test`: setup, build, all unit and real-kernel integration tests;
 //! - `lint`: rustfmt and clippy with warnings as errors;
 //! - `fuzz [--seconds N]`: cargo fuzz on the reassembly, seeded from `fuzz/corpus/`;
@@ -36,8 +36,12 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
-    /// Build, then run sniffer as root with ARGS.
+    /// Build the release binary, then run it as root with ARGS.
     Run {
+        /// Build and run the debug binary instead (it falls behind on bulk transfers).
+        #[arg(long, conflicts_with = "release")]
+        debug: bool,
+        /// The default; still accepted.
         #[arg(long)]
         release: bool,
         #[arg(last = true)]
@@ -88,7 +92,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.task {
         Task::Setup => setup::setup(),
         Task::Build { release } => build(release).map(drop),
-        Task::Run { release, args } => run(release, &args),
+        Task::Run { debug, args, .. } => run(!debug, &args),
         Task::Test { args } => test(&args),
         Task::Lint => lint(),
         Task::Fuzz { seconds, target } => fuzz(seconds, &target),
