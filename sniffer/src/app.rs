@@ -222,8 +222,7 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
                 ticks += 1;
                 if ticks.is_multiple_of(TRIM_EVERY) {
                     // Bursts leave freed heap behind; give it back so memory follows the load.
-                    // SAFETY: malloc_trim only releases free heap memory.
-                    unsafe { libc::malloc_trim(0) };
+                    crate::heap::trim();
                 }
                 for h in pipeline.take_hints() {
                     copy_control.apply(&h);

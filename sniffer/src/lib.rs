@@ -12,6 +12,7 @@ pub mod events;
 pub mod exchange;
 pub mod filter;
 pub mod har;
+pub mod heap;
 pub mod http;
 pub mod names;
 pub mod owners;
