@@ -3,6 +3,7 @@
 //! - `setup`: make this machine able to build the BPF programs (nightly with rust-src, and
 //!   bpf-linker linked against the LLVM inside that nightly), skipping what is already there;
 //! - `build [--release]`: the BPF object with nightly, embedded in `target/<profile>/sniffer`;
+//! - `dist`: a static x86_64 Linux release binary with its sha256 in `target/dist/`;
 //! - `run [--debug] -- ARGS`: build (release unless --debug), then run sniffer as root;
 //! - `test`: setup, build, all unit and real-kernel integration tests;
 //! - `lint`: rustfmt and clippy with warnings as errors;
@@ -10,6 +11,7 @@
 //! - `e2e`: keystone + glance-api + the openstack CLI from PyPI, sniffed for real;
 //! - `bench`: nginx + wrk, untraced vs traced in pairs, and a memory soak.
 mod bench;
+mod dist;
 mod setup;
 
 use std::{
@@ -36,6 +38,8 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
+    /// A static x86_64 Linux release binary to copy to a host, with its sha256, in target/dist/.
+    Dist,
     /// Build the release binary, then run it as root with ARGS.
     Run {
         /// Build and run the debug binary instead (it falls behind on bulk transfers).
@@ -92,6 +96,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.task {
         Task::Setup => setup::setup(),
         Task::Build { release } => build(release).map(drop),
+        Task::Dist => dist::dist().map(drop),
         Task::Run { debug, args, .. } => run(!debug, &args),
         Task::Test { args } => test(&args),
         Task::Lint => lint(),
