@@ -36,6 +36,9 @@ pub mod maps {
     /// Per-CPU staging buffer for one data event.
     pub const SCRATCH: &str = "SCRATCH";
 
+    /// Program array whose slot 0 is [`crate::programs::COPY_MORE`] (kernels without bpf_loop).
+    pub const COPY_TAIL: &str = "COPY_TAIL";
+
     /// Per-CPU counters of what the kernel side could not do, indexed by [`crate::counters`].
     pub const COUNTERS: &str = "COUNTERS";
 
@@ -82,6 +85,55 @@ pub mod programs {
     /// BTF tracepoint: it hands over the child's `task_struct`, which tells a new process from a
     /// new thread (the classic tracepoint only has the child's tid).
     pub const SCHED_PROCESS_FORK: &str = "sched_process_fork";
+    /// The tail-called copy loop of the variants without bpf_loop (loaded, not attached).
+    pub const COPY_MORE: &str = "copy_more";
+    /// The syscall exit tracepoints that copy data: their programs come in the variants of
+    /// [`crate::variant`], named `<tracepoint><suffix>`.
+    pub const DATA_EXIT_TRACEPOINTS: &[&str] = &[
+        "sys_exit_read",
+        "sys_exit_readv",
+        "sys_exit_recvfrom",
+        "sys_exit_recvmsg",
+        "sys_exit_write",
+        "sys_exit_writev",
+        "sys_exit_sendto",
+        "sys_exit_sendmsg",
+        "sys_exit_sendfile64",
+    ];
+}
+
+/// Variants of the data exit programs, for kernels without some BPF features. Userspace probes
+/// the kernel (not its version string) and loads one; the events they send are the same.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    /// bpf_loop (5.17) and atomic fetch-and-add (5.12): up to [`MAX_LOOP_ITERATIONS`] chunks
+    /// per syscall.
+    Full,
+    /// No bpf_loop: the copy continues in tail calls, [`TAIL_CALL_STEPS`] chunks per syscall
+    /// at most.
+    NoLoop,
+    /// No bpf_loop and no atomic fetch-and-add (5.10, 5.11): tail calls, and the stream
+    /// offset read before a plain atomic add.
+    NoAtomic,
+}
+
+impl Variant {
+    /// What the variant's program names add to the tracepoint's name.
+    pub const fn suffix(self) -> &'static str {
+        match self {
+            Self::Full => "",
+            Self::NoLoop => "_noloop",
+            Self::NoAtomic => "_noatomic",
+        }
+    }
+
+    /// Chunks one syscall's copy can take at most.
+    pub const fn max_chunks(self) -> u32 {
+        match self {
+            Self::Full => MAX_LOOP_ITERATIONS,
+            Self::NoLoop | Self::NoAtomic => TAIL_CALL_STEPS,
+        }
+    }
 }
 
 /// Indexes into the per-CPU `COUNTERS` array.
@@ -123,6 +175,11 @@ pub const DEFAULT_MAX_CHUNKS_PER_SYSCALL: u32 = 256;
 /// Hard bound on the chunk loop (bpf_loop iterations) per syscall; iovecs of length 0 use
 /// iterations too.
 pub const MAX_LOOP_ITERATIONS: u32 = 1024;
+/// Copy steps one run of the tail-called copy loop takes (kernels without bpf_loop).
+pub const STEPS_PER_TAIL_CALL: u32 = 2;
+/// Chunks a syscall's copy can take on kernels without bpf_loop: the kernel allows 32 tail
+/// calls in a row (33 from 5.17), each taking [`STEPS_PER_TAIL_CALL`] steps: 64 chunks, 1 MiB.
+pub const TAIL_CALL_STEPS: u32 = 32 * STEPS_PER_TAIL_CALL;
 /// Bound on iovecs walked per syscall (the kernel's UIO_MAXIOV).
 pub const MAX_IOVECS: u64 = 1024;
 /// Length of `task_struct.comm`.

@@ -148,6 +148,8 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
         max_capture_per_syscall: (cli.max_capture_kib << 10).max(CHUNK_SIZE as u32),
         unix: !cli.no_unix,
         initial_credit_kib: if full_capture { 0 } else { cli.copy_window_kib },
+        kernel_log: cli.verbose >= 2,
+        variant: cli.bpf_variant.map(Into::into),
     })?;
     let mut copy_control = probe.take_copy_control()?;
     let mut reader = Reader::new(probe.take_events()?, probe.take_sockets()?)
@@ -228,6 +230,7 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
                     copy_control.apply(&h);
                 }
                 lost_reported = report_losses(&probe, lost_reported);
+                probe.flush_kernel_log();
             }
             s = wait_child(&mut child), if child.is_some() && status.is_none() => {
                 let s = s.context("waiting for the command")?;

@@ -41,6 +41,10 @@ pub enum Tool {
     Diagram(DiagramArgs),
     /// Turn a .jsonl into an HTTP Archive (HAR 1.2) for browser devtools and HAR viewers.
     Har(HarArgs),
+    /// Can this host run a capture? One line per requirement (kernel, BTF, privileges,
+    /// lockdown, tracefs, BPF features), then sniffer's programs loaded for real. Exit code 0
+    /// when a capture will work, 2 when not.
+    Check,
 }
 
 #[derive(Debug, Args)]
@@ -159,9 +163,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "MS", default_value_t = 300)]
     pub grace_ms: u64,
 
-    /// More diagnostics on stderr (-v, -vv).
+    /// More diagnostics on stderr (-v, -vv; -vv adds the kernel side's).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+
+    /// Load this variant of the BPF data programs, not the one the kernel's features choose
+    /// (for tests of older kernels' variants).
+    #[arg(long, value_enum, hide = true, env = "SNIFFER_BPF_VARIANT")]
+    pub bpf_variant: Option<BpfVariant>,
 
     /// The command to run and trace.
     #[arg(last = true, value_name = "COMMAND")]
@@ -258,5 +267,23 @@ mod tests {
                 .ring_mib,
             64
         );
+    }
+}
+
+/// `--bpf-variant`: the data programs' variants (see `sniffer_common::Variant`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BpfVariant {
+    Full,
+    Noloop,
+    Noatomic,
+}
+
+impl From<BpfVariant> for sniffer_common::Variant {
+    fn from(v: BpfVariant) -> Self {
+        match v {
+            BpfVariant::Full => Self::Full,
+            BpfVariant::Noloop => Self::NoLoop,
+            BpfVariant::Noatomic => Self::NoAtomic,
+        }
     }
 }

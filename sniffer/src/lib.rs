@@ -5,6 +5,7 @@
 //! [`procs`] (who the processes are) and [`conns`] (connections) -> [`stream`] (ordered
 //! bytes with exact gaps) -> [`sinks`]. [`pipeline`] wires the steps, [`app`] runs them.
 pub mod app;
+pub mod check;
 pub mod cli;
 pub mod conns;
 pub mod diagram;

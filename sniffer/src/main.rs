@@ -8,7 +8,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(tool) = cli.tool {
         return match tools::run(tool) {
-            Ok(()) => ExitCode::SUCCESS,
+            Ok(code) => ExitCode::from(code),
             Err(e) => {
                 eprintln!("sniffer: {e}");
                 ExitCode::from(2)

@@ -1,4 +1,5 @@
-//! The converters behind `sniffer diagram` and `sniffer har`: files in, files out.
+//! The subcommands: the converters behind `sniffer diagram` and `sniffer har` (files in,
+//! files out), and `sniffer check`.
 use std::{fs, io::Write as _, path::Path};
 
 use crate::{
@@ -24,10 +25,12 @@ fn write(path: &Path, text: &str) -> Result<(), ToolError> {
     out.flush().map_err(err)
 }
 
-pub fn run(tool: Tool) -> Result<(), ToolError> {
+/// Runs a subcommand; its exit code when it succeeds.
+pub fn run(tool: Tool) -> Result<u8, ToolError> {
     match tool {
-        Tool::Diagram(a) => diagram(&a),
-        Tool::Har(a) => har_file(&a),
+        Tool::Diagram(a) => diagram(&a).map(|()| 0),
+        Tool::Har(a) => har_file(&a).map(|()| 0),
+        Tool::Check => Ok(crate::check::run()),
     }
 }
 

@@ -9,10 +9,12 @@
 //! - `lint`: rustfmt and clippy with warnings as errors;
 //! - `fuzz [--seconds N]`: cargo fuzz on the reassembly, seeded from `fuzz/corpus/`;
 //! - `e2e`: keystone + glance-api + the openstack CLI from PyPI, sniffed for real;
-//! - `bench`: nginx + wrk, untraced vs traced in pairs, and a memory soak.
+//! - `bench`: nginx + wrk, untraced vs traced in pairs, and a memory soak;
+//! - `vm-test [--kernel 5.10]`: the kernel tests on Debian's kernels under qemu.
 mod bench;
 mod dist;
 mod setup;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -80,6 +82,21 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// The kernel tests on other kernels: Debian's cloud kernels booted under qemu.
+    VmTest {
+        /// A kernel of the matrix (`5.10`, `6.1`, `6.12`), repeatable; default: all.
+        #[arg(long = "kernel", value_name = "VERSION")]
+        kernels: Vec<String>,
+        /// Minutes one guest may run before it counts as failed.
+        #[arg(long, default_value_t = 30)]
+        timeout_minutes: u64,
+        /// Guest memory in MiB.
+        #[arg(long, default_value_t = 3072)]
+        memory_mib: u64,
+        /// Extra arguments for every test binary (after --), e.g. a test name filter.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Fuzz the userspace reassembly (cargo fuzz, nightly) for a bounded time.
     Fuzz {
         /// How long to run, in seconds.
@@ -102,6 +119,22 @@ fn main() -> std::process::ExitCode {
         Task::Lint => lint(),
         Task::Fuzz { seconds, target } => fuzz(seconds, &target),
         Task::E2e { args } => e2e(&args),
+        Task::VmTest {
+            kernels,
+            timeout_minutes,
+            memory_mib,
+            args,
+        } => build(true).and_then(|bin| {
+            vm::vm_test(
+                &bin,
+                &vm::Settings {
+                    kernels,
+                    test_args: args,
+                    timeout_minutes,
+                    memory_mib,
+                },
+            )
+        }),
         Task::Bench {
             seconds,
             pairs,

@@ -2,6 +2,7 @@
 //!
 //! Everything that talks to the kernel's BPF side lives here; the ring buffer itself is handed
 //! to [`crate::events`] and never read here.
+pub mod features;
 pub mod offsets;
 pub mod tracefs;
 
@@ -13,13 +14,15 @@ use std::{
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{Array, HashMap, IterableMap as _, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, IterableMap as _, MapData, PerCpuArray, ProgramArray, RingBuf},
     programs::{BtfTracePoint, TracePoint},
 };
 use sniffer_common::{
-    CHUNK_SIZE, COMM_LEN, Config, CopyCtl, SockKey, SockState, StreamKey, config_flags, counters,
-    maps, programs,
+    CHUNK_SIZE, COMM_LEN, Config, CopyCtl, SockKey, SockState, StreamKey, Variant, config_flags,
+    counters, maps, programs,
 };
+
+pub use features::Features;
 
 /// The BPF object built by `build.rs` from the sniffer-ebpf crate.
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sniffer"));
@@ -97,6 +100,11 @@ pub struct ProbeOptions {
     pub unix: bool,
     /// Bytes of a stream copied before userspace widens the window (KiB; 0: copy everything).
     pub initial_credit_kib: u32,
+    /// Turn the kernel side's diagnostics on (`-vv`), shown through `tracing` at debug level.
+    pub kernel_log: bool,
+    /// Load this variant of the data programs instead of the one the kernel's features choose
+    /// (tests run the older kernels' variants on a new kernel with it).
+    pub variant: Option<Variant>,
 }
 
 /// The loaded, attached programs and the maps userspace drives.
@@ -105,6 +113,11 @@ pub struct Probe {
     ebpf: Ebpf,
     targets: HashMap<MapData, u32, u32>,
     comms: HashMap<MapData, [u8; COMM_LEN], u32>,
+    /// What the kernel can do, and the variant of the data programs loaded.
+    pub features: Features,
+    pub variant: Variant,
+    /// The kernel side's diagnostics, when on.
+    kernel_log: Option<aya_log::EbpfLogger<KernelLog>>,
 }
 
 impl Probe {
@@ -125,18 +138,32 @@ impl Probe {
         if opts.unix {
             flags |= config_flags::UNIX;
         }
+        let features = Features::probe();
+        let variant = opts.variant.unwrap_or_else(|| features.variant());
+        tracing::info!(?features, ?variant, "kernel BPF features");
         let config = Config {
             kernel,
             tp,
-            max_chunks_per_syscall: opts.max_capture_per_syscall.div_ceil(CHUNK_SIZE as u32),
+            max_chunks_per_syscall: opts
+                .max_capture_per_syscall
+                .div_ceil(CHUNK_SIZE as u32)
+                .min(variant.max_chunks()),
             flags,
             initial_credit_kib: opts.initial_credit_kib,
             _pad: 0,
         };
         tracing::debug!(?config, "BPF configuration");
 
+        // aya-log's level lives in the object's read-only data: at 0 the verifier drops every
+        // diagnostic as dead code.
+        let log_level: u8 = if opts.kernel_log {
+            aya_log::Level::Debug as u8
+        } else {
+            0
+        };
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(maps::EVENTS, opts.ring_bytes)
+            .override_global(aya_log::LEVEL, &log_level, true)
             .load(BPF_OBJECT)
             .map_err(ProbeError::Load)?;
         {
@@ -151,11 +178,19 @@ impl Probe {
         let comms = take_map(&mut ebpf, maps::COMMS)?;
         let comms = HashMap::try_from(comms).map_err(map_err(maps::COMMS))?;
 
-        for name in programs::SYSCALL_TRACEPOINTS {
-            attach_tracepoint(&mut ebpf, programs::SYSCALLS, name)?;
+        for tp in programs::SYSCALL_TRACEPOINTS {
+            let prog = if programs::DATA_EXIT_TRACEPOINTS.contains(tp) {
+                format!("{tp}{}", variant.suffix())
+            } else {
+                (*tp).to_owned()
+            };
+            attach_tracepoint(&mut ebpf, programs::SYSCALLS, tp, &prog)?;
         }
         for name in programs::SCHED_TRACEPOINTS {
-            attach_tracepoint(&mut ebpf, programs::SCHED, name)?;
+            attach_tracepoint(&mut ebpf, programs::SCHED, name, name)?;
+        }
+        if variant != Variant::Full {
+            load_copy_loop(&mut ebpf)?;
         }
         let btf = Btf::from_sys_fs().map_err(ProbeError::Btf)?;
         let name = programs::SCHED_PROCESS_FORK;
@@ -167,15 +202,35 @@ impl Probe {
         prog.load(name, &btf).map_err(prog_err(name))?;
         prog.attach().map_err(prog_err(name))?;
         tracing::debug!("BPF programs attached");
+        let kernel_log = if opts.kernel_log {
+            match aya_log::EbpfLogger::init_with_logger(&mut ebpf, KernelLog) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    tracing::warn!("kernel diagnostics unavailable: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         // Parsing the kernel's BTF (here and in aya) took tens of MiB that are free now: give
         // them back rather than keep them as the process's high-water mark.
-        // SAFETY: malloc_trim only releases free heap memory.
-        unsafe { libc::malloc_trim(0) };
+        crate::heap::trim();
         Ok(Self {
             ebpf,
             targets,
             comms,
+            features,
+            variant,
+            kernel_log,
         })
+    }
+
+    /// Shows the kernel side's diagnostics that arrived since the last call (`-vv`).
+    pub fn flush_kernel_log(&mut self) {
+        if let Some(l) = &mut self.kernel_log {
+            l.flush();
+        }
     }
 
     /// The ring buffer of events, for [`crate::events::Reader`]. Only the first call succeeds.
@@ -277,7 +332,13 @@ fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, Probe
     ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))
 }
 
-fn attach_tracepoint(ebpf: &mut Ebpf, category: &str, name: &str) -> Result<(), ProbeError> {
+/// Loads program `name` and attaches it to tracepoint `category:tracepoint`.
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    category: &str,
+    tracepoint: &str,
+    name: &str,
+) -> Result<(), ProbeError> {
     let prog: &mut TracePoint = ebpf
         .program_mut(name)
         .ok_or_else(|| ProbeError::MissingProgram(name.to_owned()))?
@@ -286,8 +347,47 @@ fn attach_tracepoint(ebpf: &mut Ebpf, category: &str, name: &str) -> Result<(), 
     let t = std::time::Instant::now();
     prog.load().map_err(prog_err(name))?;
     tracing::debug!("loaded {name} in {:?}", t.elapsed());
-    prog.attach(category, name).map_err(prog_err(name))?;
+    prog.attach(category, tracepoint).map_err(prog_err(name))?;
     Ok(())
+}
+
+/// Loads the tail-called copy loop and puts it in slot 0 of its program array.
+fn load_copy_loop(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+    let name = programs::COPY_MORE;
+    let prog: &mut TracePoint = ebpf
+        .program_mut(name)
+        .ok_or_else(|| ProbeError::MissingProgram(name.to_owned()))?
+        .try_into()
+        .map_err(prog_err(name))?;
+    prog.load().map_err(prog_err(name))?;
+    let fd = prog
+        .fd()
+        .map_err(prog_err(name))?
+        .try_clone()
+        .map_err(|e| ProbeError::Program {
+            name: name.to_owned(),
+            source: e.into(),
+        })?;
+    let map = ebpf
+        .map_mut(maps::COPY_TAIL)
+        .ok_or(ProbeError::MissingMap(maps::COPY_TAIL))?;
+    let mut array = ProgramArray::try_from(map).map_err(map_err(maps::COPY_TAIL))?;
+    array.set(0, &fd, 0).map_err(map_err(maps::COPY_TAIL))
+}
+
+/// Hands aya-log's records (the kernel side's diagnostics) to `tracing`.
+struct KernelLog;
+
+impl log::Log for KernelLog {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        tracing::debug!(target: "sniffer::kernel", "{}", record.args());
+    }
+
+    fn flush(&self) {}
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; newer ones ignore it.

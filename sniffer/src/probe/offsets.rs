@@ -47,6 +47,13 @@ impl Layouts {
         }
     }
 
+    /// Whether BTF has a type named `name` (a BTF tracepoint's `btf_trace_*` typedef, say).
+    pub fn has_type(&self, name: &str) -> bool {
+        self.btf
+            .resolve_types_by_name(name)
+            .is_ok_and(|t| !t.is_empty())
+    }
+
     /// The struct (or union) named `name`.
     fn named_struct(&self, name: &str) -> Result<Struct, OffsetError> {
         let types = self

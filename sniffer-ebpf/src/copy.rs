@@ -1,0 +1,220 @@
+//! Copying what a syscall moved: one ring buffer record per chunk of at most `CHUNK_SIZE`
+//! bytes, walking a single buffer or an iovec array, leaving out what bounded copy skips, and
+//! ending with one length-only record for what was not copied.
+//!
+//! Two loops drive the same step: `bpf_loop` (kernel 5.17 on, up to `MAX_LOOP_ITERATIONS`
+//! chunks) and, on older kernels, tail calls: the `copy_more` program takes
+//! `STEPS_PER_TAIL_CALL` steps and calls itself again, as many times as the kernel allows tail
+//! calls in a row (32 or 33). A bounded loop would do on paper, but the verifier explores
+//! every path of every unrolled step: 16 steps passed its million-instruction limit.
+
+use core::{ffi::c_void, mem::size_of, ptr};
+
+use aya_ebpf::{
+    helpers::{
+        bpf_probe_read_user,
+        generated::{bpf_loop, bpf_probe_read_user as raw_read_user, bpf_ringbuf_output},
+    },
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use sniffer_common::{CHUNK_SIZE, DataHeader, MAX_LOOP_ITERATIONS, STEPS_PER_TAIL_CALL, counters};
+
+use crate::{
+    atomic::opaque,
+    diag,
+    maps::{COPY_STATE, COPY_TAIL, EVENTS, SCRATCH, count},
+    ring::{emit_uncopied, room_for_data, wakeup},
+};
+
+/// State of the chunk loop, in a per-CPU map (see `maps::COPY_STATE`).
+#[repr(C)]
+pub struct Copy {
+    pub hdr: DataHeader,
+    /// User address of the next byte of the current segment.
+    pub base: u64,
+    /// Bytes left in the current segment.
+    pub seg_left: u64,
+    /// User address of the next iovec (0: a single buffer).
+    pub iov: u64,
+    /// iovecs left after the current one.
+    pub iov_left: u64,
+    /// Bytes of the syscall not yet covered by an event.
+    pub remaining: u64,
+    /// Chunks still allowed for this syscall.
+    pub chunks_left: u64,
+    /// Stream offsets of the bounded copy: skip `[skip_at, skip_to)`, stop copying at `stop_at`.
+    pub skip_at: u64,
+    pub skip_to: u64,
+    pub stop_at: u64,
+}
+
+/// One step: move to the next iovec when the current segment is used up, then emit one chunk
+/// (or one length-only record for a skipped body). `false` when nothing more is to be copied.
+#[inline(always)]
+fn step(c: &mut Copy) -> bool {
+    if c.remaining == 0 || c.chunks_left == 0 || c.hdr.off >= c.stop_at {
+        // The rest goes as one length-only event (see `finish`).
+        return false;
+    }
+    if c.seg_left == 0 {
+        if c.iov == 0 || c.iov_left == 0 {
+            return false;
+        }
+        // struct iovec { void *iov_base; size_t iov_len; } (user ABI)
+        // SAFETY: helper-checked user read.
+        let Ok(iov) = (unsafe { bpf_probe_read_user(c.iov as *const [u64; 2]) }) else {
+            return false;
+        };
+        c.iov += 16;
+        c.iov_left -= 1;
+        c.base = iov[0];
+        c.seg_left = if iov[1] < c.remaining {
+            iov[1]
+        } else {
+            c.remaining
+        };
+        if c.seg_left == 0 {
+            // An empty iovec: the next step takes the one after it.
+            return true;
+        }
+    }
+    let off = c.hdr.off;
+    if off >= c.skip_at && off < c.skip_to {
+        // A body beyond its preview: counted, not copied.
+        let mut n = c.skip_to - off;
+        if n > c.seg_left {
+            n = c.seg_left;
+        }
+        emit_uncopied(c.hdr, n);
+        c.hdr.off += n;
+        c.base += n;
+        c.seg_left -= n;
+        c.remaining -= n;
+        return true;
+    }
+    let mut n = c.seg_left;
+    if n > CHUNK_SIZE as u64 {
+        n = CHUNK_SIZE as u64;
+    }
+    if off < c.skip_at && c.skip_at - off < n {
+        n = c.skip_at - off;
+    }
+    if c.stop_at - off < n {
+        n = c.stop_at - off;
+    }
+    let Some(ev) = SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    // The bound again, where the verifier sees it: some verifiers lose the one above.
+    let mut n = opaque(n);
+    if n > CHUNK_SIZE as u64 {
+        n = CHUNK_SIZE as u64;
+    }
+    // SAFETY: per-CPU scratch value, exclusively ours during this run; n <= CHUNK_SIZE.
+    unsafe {
+        (*ev).hdr = c.hdr;
+        (*ev).hdr.len = n;
+        let r = raw_read_user(
+            (*ev).data.as_mut_ptr().cast(),
+            n as u32,
+            c.base as *const c_void,
+        );
+        let cap = if r == 0 {
+            n
+        } else {
+            count(counters::USER_READ_FAULTS, 1);
+            diag::user_read_fault(c.hdr.fd, n);
+            0
+        };
+        (*ev).hdr.cap = cap as u32;
+        let size = size_of::<DataHeader>() as u64 + cap;
+        if !room_for_data(size)
+            || bpf_ringbuf_output(
+                ptr::addr_of!(EVENTS).cast_mut().cast(),
+                ev.cast(),
+                size,
+                wakeup(size),
+            ) < 0
+        {
+            count(counters::DATA_EVENTS_LOST, 1);
+            count(counters::DATA_BYTES_LOST, n);
+            diag::data_lost(c.hdr.fd, n);
+        }
+    }
+    c.hdr.off += n;
+    c.base += n;
+    c.seg_left -= n;
+    c.remaining -= n;
+    c.chunks_left -= 1;
+    true
+}
+
+/// One bpf_loop iteration.
+extern "C" fn loop_step(_index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(c) = COPY_STATE.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: per-CPU map value, used by this program run only.
+    if step(unsafe { &mut *c }) { 0 } else { 1 }
+}
+
+/// Runs the copy set up in `COPY_STATE`, then sends what is left as one length-only record.
+/// `BPF_LOOP`: with the bpf_loop helper (5.17); else through tail calls of `copy_more`.
+#[inline(always)]
+pub fn run<const BPF_LOOP: bool>(ctx: &TracePointContext, state: *mut Copy) {
+    if BPF_LOOP {
+        // SAFETY: the callback finds its state in COPY_STATE.
+        unsafe {
+            bpf_loop(
+                MAX_LOOP_ITERATIONS,
+                loop_step as *mut c_void,
+                ptr::null_mut(),
+                0,
+            );
+        }
+    } else {
+        // SAFETY: slot 0 holds copy_more (userspace puts it there); on success this never
+        // returns, and copy_more finishes the copy.
+        unsafe { COPY_TAIL.tail_call(ctx, 0) };
+    }
+    finish(state);
+}
+
+/// Sends what the steps left of the syscall as one length-only record.
+#[inline(always)]
+fn finish(state: *mut Copy) {
+    // The steps changed the state behind `state`: read it afresh.
+    // SAFETY: per-CPU map value, used by this program run only.
+    let (hdr, remaining) = unsafe {
+        (
+            ptr::read_volatile(&raw const (*state).hdr),
+            ptr::read_volatile(&raw const (*state).remaining),
+        )
+    };
+    if remaining > 0 {
+        diag::copy_cut_short(hdr.fd, remaining);
+        emit_uncopied(hdr, remaining);
+    }
+}
+
+/// The copy loop of kernels without bpf_loop: a few steps, then this program again (a tail
+/// call, which the kernel allows 32 or 33 times in a row), until the copy is done or the tail
+/// calls run out; then the rest as length-only.
+#[tracepoint]
+pub fn copy_more(ctx: TracePointContext) -> u32 {
+    let Some(state) = COPY_STATE.get_ptr_mut(0) else {
+        return 0;
+    };
+    for _ in 0..STEPS_PER_TAIL_CALL {
+        // SAFETY: per-CPU map value, used by this program run (and its tail calls) only.
+        if !step(unsafe { &mut *state }) {
+            finish(state);
+            return 0;
+        }
+    }
+    // SAFETY: as in `run`.
+    unsafe { COPY_TAIL.tail_call(&ctx, 0) };
+    finish(state);
+    0
+}

@@ -1,0 +1,92 @@
+//! Every map of the object (named as `sniffer_common::maps` names them) and the small accessors
+//! all programs share: the configuration, the counters, whether the current process is traced.
+
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
+};
+use sniffer_common::{
+    COMM_LEN, Config, CopyCtl, DataEvent, Pending, SockKey, SockState, StreamKey, config_flags,
+    counters, maps,
+};
+
+use crate::copy::Copy;
+
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(maps::EVENTS_DEFAULT_BYTES, 0);
+#[map]
+pub static TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(maps::TARGETS_CAPACITY, 0);
+#[map]
+pub static COMMS: HashMap<[u8; COMM_LEN], u32> = HashMap::with_max_entries(maps::COMMS_CAPACITY, 0);
+#[map]
+pub static SOCKETS: HashMap<SockKey, SockState> =
+    HashMap::with_max_entries(maps::SOCKETS_CAPACITY, 0);
+/// sk -> role: a socket keeps the role it got at connect/accept when another process uses it
+/// (a forking server accepts in the parent and serves in the child). LRU bounds it.
+#[map]
+pub static SK_ROLES: LruHashMap<u64, u32> = LruHashMap::with_max_entries(maps::SOCKETS_CAPACITY, 0);
+#[map]
+pub static COPY_CTL: HashMap<StreamKey, CopyCtl> =
+    HashMap::with_max_entries(maps::COPY_CTL_CAPACITY, 0);
+/// LRU: an entry whose exit never comes (the thread died in the syscall) ages out.
+#[map]
+pub static PENDING: LruHashMap<u32, Pending> =
+    LruHashMap::with_max_entries(maps::PENDING_CAPACITY, 0);
+#[map]
+pub static SCRATCH: PerCpuArray<DataEvent> = PerCpuArray::with_max_entries(1, 0);
+/// The chunk loop's state lives in a map, not on the stack: the verifier tracks stack values
+/// exactly and would explore every bpf_loop iteration as a new state (1M-instruction limit);
+/// map memory it treats as unknown, so one pass over the callback suffices.
+#[map]
+pub static COPY_STATE: PerCpuArray<Copy> = PerCpuArray::with_max_entries(1, 0);
+/// Slot 0: `copy_more`, the tail-called copy loop of kernels without bpf_loop.
+#[map]
+pub static COPY_TAIL: ProgramArray = ProgramArray::with_max_entries(1, 0);
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::COUNT, 0);
+#[map]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn count(idx: u32, n: u64) {
+    if let Some(c) = COUNTERS.get_ptr_mut(idx) {
+        // SAFETY: per-CPU slot, valid for the program's run.
+        unsafe { *c += n };
+    }
+}
+
+/// The configuration, once userspace wrote it.
+#[inline(always)]
+pub fn config() -> Option<&'static Config> {
+    let c = CONFIG.get(0)?;
+    (c.flags & config_flags::READY != 0).then_some(c)
+}
+
+/// The current process if it is a target: (tgid, tid).
+#[inline(always)]
+pub fn current_target() -> Option<(u32, u32)> {
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    // SAFETY: the value is only tested for presence.
+    unsafe { TARGETS.get(tgid) }?;
+    Some((tgid, id as u32))
+}
+
+/// Saves a syscall's arguments for its exit.
+#[inline(always)]
+pub fn save_pending(tid: u32, p: &Pending) {
+    if PENDING.insert(tid, *p, 0).is_err() {
+        count(counters::PENDING_FULL, 1);
+        crate::diag::map_full(maps::PENDING);
+    }
+}
+
+/// Takes what the enter of this thread's syscall saved.
+#[inline(always)]
+pub fn take_pending(tid: u32) -> Option<Pending> {
+    // SAFETY: copied out before removal.
+    let p = unsafe { PENDING.get(tid) }.copied()?;
+    let _ = PENDING.remove(tid);
+    Some(p)
+}

@@ -1,0 +1,72 @@
+//! The ring buffer: when to wake the reader, how much room data may take, and the small
+//! records (length-only data, process events).
+
+use core::mem::size_of;
+
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
+    helpers::{bpf_get_current_comm, bpf_ktime_get_ns},
+};
+use sniffer_common::{COMM_LEN, DataHeader, ProcEvent, counters};
+
+use crate::maps::{EVENTS, count};
+
+/// Bytes waiting in the ring buffer past which the reader is woken up. Below it, records wait
+/// for the reader's own short poll: one wakeup per record (the default) costs a context switch
+/// per syscall traced, which a busy server pays for.
+const WAKEUP_BYTES: u64 = 256 << 10;
+
+/// Wakeup flag for a record of `size` bytes.
+#[inline(always)]
+pub fn wakeup(size: u64) -> u64 {
+    let used = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
+    if used + size >= WAKEUP_BYTES {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else {
+        u64::from(BPF_RB_NO_WAKEUP)
+    }
+}
+
+/// Whether a data event of `size` bytes may use the ring buffer: data leaves the last eighth
+/// free for socket and process events, which are few and small but carry what makes the data
+/// readable (addresses, final stream lengths, who is who).
+#[inline(always)]
+pub fn room_for_data(size: u64) -> bool {
+    let used = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
+    let total = EVENTS.query(u64::from(BPF_RB_RING_SIZE));
+    used + size + (total >> 3) <= total
+}
+
+/// A length-only event: `len` bytes at `hdr.off` that were counted but not copied.
+#[inline(always)]
+pub fn emit_uncopied(mut hdr: DataHeader, len: u64) {
+    hdr.len = len;
+    hdr.cap = 0;
+    if EVENTS
+        .output::<DataHeader>(&hdr, wakeup(size_of::<DataHeader>() as u64))
+        .is_err()
+    {
+        count(counters::DATA_EVENTS_LOST, 1);
+        count(counters::DATA_BYTES_LOST, len);
+    }
+}
+
+/// A process event (fork, exec, exit) of the current task's name.
+#[inline(always)]
+pub fn emit_proc(ev_kind: u32, pid: u32, ppid: u32, exit_code: i32) {
+    let Some(mut entry) = EVENTS.reserve::<ProcEvent>(0) else {
+        count(counters::CONTROL_EVENTS_LOST, 1);
+        return;
+    };
+    let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    entry.write(ProcEvent {
+        kind: ev_kind,
+        pid,
+        // SAFETY: no preconditions.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        ppid,
+        exit_code,
+        comm,
+    });
+    entry.submit(wakeup(size_of::<ProcEvent>() as u64));
+}

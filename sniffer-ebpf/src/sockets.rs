@@ -1,0 +1,283 @@
+//! Sockets of traced processes: from an fd to the kernel's `struct sock` (through
+//! `task->files`), both ends' addresses, and the per-(process, fd) state with the stream
+//! offsets. Member offsets come from userspace (BTF), see `sniffer_common::KernelOffsets`.
+
+use core::{ffi::c_void, mem::size_of, ptr};
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{
+        bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        generated::bpf_probe_read_kernel as raw_read_kernel,
+    },
+};
+use sniffer_common::{
+    Config, KernelOffsets, OFFSET_ABSENT, SockAddr, SockEvent, SockKey, SockState, UNIX_PATH_LEN,
+    config_flags, counters, family, kind, maps, role,
+};
+
+use crate::{
+    diag,
+    maps::{EVENTS, SK_ROLES, SOCKETS, count},
+    ring::wakeup,
+};
+
+const S_IFMT: u16 = 0o170000;
+const S_IFSOCK: u16 = 0o140000;
+const SOCK_STREAM: u16 = 1;
+
+/// Reads a `T` at `base + off` in kernel memory; `None` when the member is absent or unreadable.
+#[inline(always)]
+pub fn kread<T>(base: u64, off: u32) -> Option<T> {
+    if off == OFFSET_ABSENT || base == 0 {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel checks the address and returns an error on a fault.
+    unsafe { bpf_probe_read_kernel((base + u64::from(off)) as *const T) }.ok()
+}
+
+/// A socket as `fd_socket` finds it; `sk == 0`: none.
+///
+/// A plain struct, not an `Option` of a tuple: LLVM may read an `Option`'s payload on the
+/// `None` path too (it is undefined there, so any value will do), from a stack slot nothing
+/// wrote, and verifiers before 5.11 refuse any read of uninitialised stack.
+#[derive(Clone, Copy)]
+struct Found {
+    sk: u64,
+    family: u16,
+    sock_type: u16,
+}
+
+const NOT_FOUND: Found = Found {
+    sk: 0,
+    family: 0,
+    sock_type: 0,
+};
+
+/// A traced stream socket behind `fd` of the current task, or [`NOT_FOUND`].
+#[inline(always)]
+fn fd_socket(k: &KernelOffsets, fd: i32, flags: u32) -> Found {
+    match fd_socket_walk(k, fd, flags) {
+        Some((sk, family, sock_type)) => Found {
+            sk,
+            family,
+            sock_type,
+        },
+        None => NOT_FOUND,
+    }
+}
+
+/// Walks task->files->fdt->fd[fd]->f_inode->i_mode and file->private_data->sk.
+#[inline(always)]
+fn fd_socket_walk(k: &KernelOffsets, fd: i32, flags: u32) -> Option<(u64, u16, u16)> {
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: no preconditions.
+    let task = unsafe { bpf_get_current_task() };
+    let files: u64 = kread(task, k.task_files)?;
+    let fdt: u64 = kread(files, k.files_fdt)?;
+    let max_fds: u32 = kread(fdt, k.fdt_max_fds)?;
+    if fd as u32 >= max_fds {
+        return None;
+    }
+    let fd_array: u64 = kread(fdt, k.fdt_fd)?;
+    let file: u64 = kread(fd_array + 8 * fd as u64, 0)?;
+    let inode: u64 = kread(file, k.file_inode)?;
+    let mode: u16 = kread(inode, k.inode_mode)?;
+    if mode & S_IFMT != S_IFSOCK {
+        return None;
+    }
+    // A socket: from here on a failed read means offsets that do not fit this kernel.
+    let Some(socket) = kread::<u64>(file, k.file_private_data) else {
+        diag::socket_unreadable(fd);
+        return None;
+    };
+    let (Some(sock_type), Some(sk)) = (
+        kread::<i16>(socket, k.socket_type),
+        kread::<u64>(socket, k.socket_sk),
+    ) else {
+        diag::socket_unreadable(fd);
+        return None;
+    };
+    let Some(fam) = kread::<u16>(sk, k.skc_family) else {
+        diag::socket_unreadable(fd);
+        return None;
+    };
+    let wanted = match fam {
+        family::INET | family::INET6 => true,
+        family::UNIX => flags & config_flags::UNIX != 0,
+        _ => false,
+    };
+    (wanted && sock_type as u16 == SOCK_STREAM && sk != 0).then_some((sk, fam, sock_type as u16))
+}
+
+/// Fills one end's address from a unix_sock's `addr` (struct unix_address *).
+#[inline(always)]
+fn unix_path(k: &KernelOffsets, usk: u64, out: &mut SockAddr) {
+    let Some(ua) = kread::<u64>(usk, k.unix_addr) else {
+        return;
+    };
+    let Some(len) = kread::<i32>(ua, k.unix_address_len) else {
+        return;
+    };
+    // unix_address.len counts sun_family (2 bytes) too.
+    let mut n = len as i64 - 2;
+    if n <= 0 || k.unix_address_name == OFFSET_ABSENT {
+        return;
+    }
+    if n > UNIX_PATH_LEN as i64 {
+        n = UNIX_PATH_LEN as i64;
+    }
+    let src = ua + u64::from(k.unix_address_name) + 2;
+    // SAFETY: helper-checked kernel read into a buffer of UNIX_PATH_LEN bytes, n <= that.
+    let r =
+        unsafe { raw_read_kernel(out.path.as_mut_ptr().cast(), n as u32, src as *const c_void) };
+    if r == 0 {
+        out.path_len = n as u16;
+    }
+}
+
+/// Fills local and peer addresses of `sk` into a socket event.
+#[inline(always)]
+fn fill_addresses(k: &KernelOffsets, sk: u64, fam: u16, ev: &mut SockEvent) {
+    match fam {
+        family::INET => {
+            if let Some(a) = kread::<[u8; 4]>(sk, k.skc_rcv_saddr) {
+                ev.local.addr[..4].copy_from_slice(&a);
+            }
+            if let Some(a) = kread::<[u8; 4]>(sk, k.skc_daddr) {
+                ev.peer.addr[..4].copy_from_slice(&a);
+            }
+        }
+        family::INET6 => {
+            if let Some(a) = kread::<[u8; 16]>(sk, k.skc_v6_rcv_saddr) {
+                ev.local.addr = a;
+            }
+            if let Some(a) = kread::<[u8; 16]>(sk, k.skc_v6_daddr) {
+                ev.peer.addr = a;
+            }
+        }
+        family::UNIX => {
+            unix_path(k, sk, &mut ev.local);
+            if let Some(peer) = kread::<u64>(sk, k.unix_peer) {
+                ev.peer_sk = peer;
+                unix_path(k, peer, &mut ev.peer);
+            }
+            // SO_PEERCRED: sk_peer_pid->numbers[0].nr, the peer's pid in the root namespace.
+            if k.pid_numbers != OFFSET_ABSENT
+                && let Some(pid) = kread::<u64>(sk, k.sk_peer_pid)
+                && let Some(nr) = kread::<i32>(pid + u64::from(k.pid_numbers), k.upid_nr)
+            {
+                ev.peer_tgid = nr as u32;
+            }
+            return;
+        }
+        _ => return,
+    }
+    ev.local.port = kread::<u16>(sk, k.skc_num).unwrap_or(0);
+    ev.peer.port = u16::from_be(kread::<u16>(sk, k.skc_dport).unwrap_or(0));
+}
+
+/// Emits a socket open/close event; `addresses` reads both ends from the kernel socket.
+/// Returns whether the event went out.
+#[inline(always)]
+pub fn emit_sock(
+    cfg: &Config,
+    ev_kind: u32,
+    key: &SockKey,
+    st: &SockState,
+    tid: u32,
+    addresses: bool,
+) -> bool {
+    let Some(mut entry) = EVENTS.reserve::<SockEvent>(0) else {
+        count(counters::CONTROL_EVENTS_LOST, 1);
+        return false;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` points at a reserved, exclusively owned SockEvent-sized record.
+    unsafe {
+        ptr::write_bytes(ev, 0, 1);
+        let ev = &mut *ev;
+        ev.kind = ev_kind;
+        ev.role = st.role;
+        ev.ts_ns = bpf_ktime_get_ns();
+        ev.tgid = key.tgid;
+        ev.tid = tid;
+        ev.fd = key.fd;
+        ev.family = st.family;
+        ev.sock_type = st.sock_type;
+        ev.sk = st.sk;
+        ev.send_off = st.send_off;
+        ev.recv_off = st.recv_off;
+        if addresses {
+            fill_addresses(&cfg.kernel, st.sk, st.family, ev);
+        }
+    }
+    entry.submit(wakeup(size_of::<SockEvent>() as u64));
+    true
+}
+
+/// The tracked state of `fd` in the current process, registering the socket when it is new or
+/// when the fd now refers to a different socket than the one recorded (the fd was reused without
+/// a close we saw: dup2, exec of a CLOEXEC socket). `role` is set when given (connect/accept).
+#[inline(always)]
+pub fn track_socket(
+    cfg: &Config,
+    tgid: u32,
+    tid: u32,
+    fd: i32,
+    new_role: Option<u32>,
+) -> Option<u64> {
+    let key = SockKey { tgid, fd };
+    let found = fd_socket(&cfg.kernel, fd, cfg.flags);
+    if let Some(st) = SOCKETS.get_ptr_mut(key) {
+        // SAFETY: map value pointer, valid during this program run.
+        let st = unsafe { &mut *st };
+        if found.sk != 0 && found.sk == st.sk {
+            if let Some(r) = new_role {
+                // connect/accept on a socket we already knew: addresses are known now.
+                let _ = SK_ROLES.insert(found.sk, r, 0);
+                st.role = r;
+                emit_sock(cfg, kind::SOCK_OPEN, &key, st, tid, true);
+            }
+            return Some(found.sk);
+        }
+        let old = *st;
+        emit_sock(cfg, kind::SOCK_CLOSE, &key, &old, tid, false);
+        let _ = SOCKETS.remove(key);
+    }
+    if found.sk == 0 {
+        return None;
+    }
+    let Found {
+        sk,
+        family: fam,
+        sock_type,
+    } = found;
+    let role = match new_role {
+        Some(r) => {
+            let _ = SK_ROLES.insert(sk, r, 0);
+            r
+        }
+        // SAFETY: plain value read.
+        None => unsafe { SK_ROLES.get(sk) }
+            .copied()
+            .unwrap_or(role::UNKNOWN),
+    };
+    let st = SockState {
+        sk,
+        send_off: 0,
+        recv_off: 0,
+        role,
+        family: fam,
+        sock_type,
+    };
+    if SOCKETS.insert(key, st, BPF_NOEXIST as u64).is_err() {
+        count(counters::SOCKETS_FULL, 1);
+        diag::map_full(maps::SOCKETS);
+        return None;
+    }
+    emit_sock(cfg, kind::SOCK_OPEN, &key, &st, tid, true);
+    Some(sk)
+}
