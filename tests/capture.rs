@@ -4,7 +4,7 @@ use std::{fs, path::Path, process::Command, time::Duration};
 
 use sniffer_tests::{
     Capture, ConnRecord, Interactive, Running, Server, fixture, kernel_tests, pattern,
-    sniff_command,
+    sniff_command, sniff_command_with,
 };
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -561,4 +561,36 @@ fn which(program: &str) -> std::path::PathBuf {
                 .find(|p| Path::new(p).is_file())
         })
         .unwrap_or_else(|| panic!("{program} not on PATH"))
+}
+
+#[test]
+fn kernel_diagnostics_show_with_vv_and_only_then() {
+    if !kernel_tests() {
+        return;
+    }
+    let www = www();
+    let server = Server::start(www.path(), &[]);
+    let url = format!("http://127.0.0.1:{}/blob", server.port);
+    let pid = server.pid().to_string();
+    // 16 KiB per syscall at most: the server's writes of the 100 kB blob are cut short in the
+    // kernel, which says so (with pid and fd) at -vv, and only there.
+    for (verbose, expect) in [(true, true), (false, false)] {
+        let mut args = vec!["--pid", &pid, "--full-capture", "--max-capture-kib", "16"];
+        if verbose {
+            args.push("-vv");
+        }
+        let cap = sniff_command_with(
+            &args,
+            &["curl", "-s", "-o", "/dev/null", &url],
+            LIMIT,
+            false,
+        );
+        assert!(cap.status.success(), "{}", cap.describe());
+        let said = cap.stderr.lines().any(|l| {
+            l.contains("sniffer::kernel")
+                && l.contains(&format!("pid {pid} fd "))
+                && l.contains("bytes counted, not copied")
+        });
+        assert_eq!(said, expect, "-vv {verbose}:\n{}", cap.stderr);
+    }
 }

@@ -124,7 +124,7 @@ fn step(c: &mut Copy) -> bool {
             n
         } else {
             count(counters::USER_READ_FAULTS, 1);
-            diag::user_read_fault(c.hdr.fd, n);
+            diag::user_read_fault(c.hdr.tgid, c.hdr.fd, n);
             0
         };
         (*ev).hdr.cap = cap as u32;
@@ -139,7 +139,7 @@ fn step(c: &mut Copy) -> bool {
         {
             count(counters::DATA_EVENTS_LOST, 1);
             count(counters::DATA_BYTES_LOST, n);
-            diag::data_lost(c.hdr.fd, n);
+            diag::data_lost(c.hdr.tgid, c.hdr.fd, n);
         }
     }
     c.hdr.off += n;
@@ -193,7 +193,7 @@ fn finish(state: *mut Copy) {
         )
     };
     if remaining > 0 {
-        diag::copy_cut_short(hdr.fd, remaining);
+        diag::copy_cut_short(hdr.tgid, hdr.fd, remaining);
         emit_uncopied(hdr, remaining);
     }
 }

@@ -8,10 +8,10 @@ use aya_log_ebpf::debug;
 
 /// A socket's `struct socket` or `struct sock` could not be read at the offsets from BTF.
 #[inline(always)]
-pub fn socket_unreadable(fd: i32) {
+pub fn socket_unreadable(tgid: u32, fd: i32) {
     debug!(
         (),
-        "fd {}: a socket whose kernel structs could not be read", fd
+        "pid {} fd {}: a socket whose kernel structs could not be read", tgid, fd
     );
 }
 
@@ -23,22 +23,28 @@ pub fn map_full(map: &str) {
 
 /// User memory of a syscall's buffer could not be read (sent as length only).
 #[inline(always)]
-pub fn user_read_fault(fd: i32, len: u64) {
+pub fn user_read_fault(tgid: u32, fd: i32, len: u64) {
     debug!(
         (),
-        "fd {}: {} bytes of user memory could not be read", fd, len
+        "pid {} fd {}: {} bytes of user memory could not be read", tgid, fd, len
     );
 }
 
 /// The ring buffer had no room for a data chunk.
 #[inline(always)]
-pub fn data_lost(fd: i32, len: u64) {
-    debug!((), "fd {}: ring buffer full, {} bytes lost", fd, len);
+pub fn data_lost(tgid: u32, fd: i32, len: u64) {
+    debug!(
+        (),
+        "pid {} fd {}: ring buffer full, {} bytes lost", tgid, fd, len
+    );
 }
 
 /// A syscall's copy ended before its bytes did (per-syscall cap, bounded copy's window, or
 /// the loop bound); the rest is counted, not copied.
 #[inline(always)]
-pub fn copy_cut_short(fd: i32, remaining: u64) {
-    debug!((), "fd {}: {} bytes counted, not copied", fd, remaining);
+pub fn copy_cut_short(tgid: u32, fd: i32, remaining: u64) {
+    debug!(
+        (),
+        "pid {} fd {}: {} bytes counted, not copied", tgid, fd, remaining
+    );
 }

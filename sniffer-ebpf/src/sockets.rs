@@ -56,8 +56,8 @@ const NOT_FOUND: Found = Found {
 
 /// A traced stream socket behind `fd` of the current task, or [`NOT_FOUND`].
 #[inline(always)]
-fn fd_socket(k: &KernelOffsets, fd: i32, flags: u32) -> Found {
-    match fd_socket_walk(k, fd, flags) {
+fn fd_socket(k: &KernelOffsets, tgid: u32, fd: i32, flags: u32) -> Found {
+    match fd_socket_walk(k, tgid, fd, flags) {
         Some((sk, family, sock_type)) => Found {
             sk,
             family,
@@ -69,7 +69,7 @@ fn fd_socket(k: &KernelOffsets, fd: i32, flags: u32) -> Found {
 
 /// Walks task->files->fdt->fd[fd]->f_inode->i_mode and file->private_data->sk.
 #[inline(always)]
-fn fd_socket_walk(k: &KernelOffsets, fd: i32, flags: u32) -> Option<(u64, u16, u16)> {
+fn fd_socket_walk(k: &KernelOffsets, tgid: u32, fd: i32, flags: u32) -> Option<(u64, u16, u16)> {
     if fd < 0 {
         return None;
     }
@@ -90,18 +90,18 @@ fn fd_socket_walk(k: &KernelOffsets, fd: i32, flags: u32) -> Option<(u64, u16, u
     }
     // A socket: from here on a failed read means offsets that do not fit this kernel.
     let Some(socket) = kread::<u64>(file, k.file_private_data) else {
-        diag::socket_unreadable(fd);
+        diag::socket_unreadable(tgid, fd);
         return None;
     };
     let (Some(sock_type), Some(sk)) = (
         kread::<i16>(socket, k.socket_type),
         kread::<u64>(socket, k.socket_sk),
     ) else {
-        diag::socket_unreadable(fd);
+        diag::socket_unreadable(tgid, fd);
         return None;
     };
     let Some(fam) = kread::<u16>(sk, k.skc_family) else {
-        diag::socket_unreadable(fd);
+        diag::socket_unreadable(tgid, fd);
         return None;
     };
     let wanted = match fam {
@@ -230,7 +230,7 @@ pub fn track_socket(
     new_role: Option<u32>,
 ) -> Option<u64> {
     let key = SockKey { tgid, fd };
-    let found = fd_socket(&cfg.kernel, fd, cfg.flags);
+    let found = fd_socket(&cfg.kernel, tgid, fd, cfg.flags);
     if let Some(st) = SOCKETS.get_ptr_mut(key) {
         // SAFETY: map value pointer, valid during this program run.
         let st = unsafe { &mut *st };

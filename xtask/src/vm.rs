@@ -9,6 +9,7 @@
 //! test binaries, python3 and curl the host has. A small initramfs of our own (busybox and the
 //! kernel's virtio, virtiofs and overlay modules) mounts that and runs a guest script, which
 //! prints one marker line per test binary on the serial console; the host reads them back.
+//! The sniffer under test is `cargo xtask dist`'s static binary: the file users copy to a host.
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
@@ -810,11 +811,19 @@ fn boot_and_test(
                         "0" => "exit 0".to_owned(),
                         c => format!("exit {c}"),
                     };
-                    for l in &check_lines {
-                        if l.contains("degraded") || l.contains("missing") {
-                            outcome.check.push_str("; ");
-                            outcome.check.push_str(l.trim());
-                        }
+                    // "degraded  bpf_loop        missing (kernels before 5.17)...": the
+                    // status, then the requirement in the next 15 columns.
+                    let parts: Vec<String> = check_lines
+                        .iter()
+                        .filter(|l| l.starts_with("degraded") || l.starts_with("missing"))
+                        .map(|l| {
+                            let status = l.split_whitespace().next().unwrap_or("");
+                            let what = l.get(10..25).unwrap_or("").trim();
+                            format!("{status}: {what}")
+                        })
+                        .collect();
+                    if !parts.is_empty() {
+                        outcome.check = format!("{} ({})", outcome.check, parts.join(", "));
                     }
                 } else if in_check {
                     println!("[{}] check: {line}", k.version);
