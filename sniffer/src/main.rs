@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use sniffer::{app, cli::Cli, probe::ProbeError, tools};
+use sniffer::{app, cli::Cli, exit, probe::ProbeError, tools};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -11,7 +11,7 @@ fn main() -> ExitCode {
             Ok(code) => ExitCode::from(code),
             Err(e) => {
                 eprintln!("sniffer: {e}");
-                ExitCode::from(2)
+                ExitCode::from(e.exit_code())
             }
         };
     }
@@ -34,17 +34,21 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sniffer: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(exit::FAILURE);
         }
     };
     match runtime.block_on(app::run(cli)) {
-        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(exit::FAILURE)),
         Err(e) => {
             eprintln!("sniffer: {e:#}");
             // Bad input and an unusable machine are the user's to fix: exit code 2.
             let user_fixable = e.downcast_ref::<app::UsageError>().is_some()
                 || e.downcast_ref::<ProbeError>().is_some();
-            ExitCode::from(if user_fixable { 2 } else { 1 })
+            ExitCode::from(if user_fixable {
+                exit::USAGE
+            } else {
+                exit::FAILURE
+            })
         }
     }
 }
