@@ -18,7 +18,9 @@
 //! between a check and the write: the parent directory is opened first and the name looked up
 //! inside it (`openat`); an existing file is opened with O_PATH (which neither follows a link
 //! nor starts I/O on a FIFO or device), checked with fstat, and reopened for writing through
-//! `/proc/self/fd`, which names that very inode, not the path.
+//! `/proc/self/fd`, which names that very inode, not the path. A directory is opened with
+//! O_DIRECTORY|O_NOFOLLOW, and the files in it are created with O_EXCL|O_NOFOLLOW relative to
+//! that descriptor.
 use std::{
     ffi::{CStr, CString, OsStr},
     fs::{DirBuilder, File, Metadata, OpenOptions, Permissions},
@@ -270,11 +272,11 @@ fn split(path: &Path, want: Want) -> Result<(File, CString), OpenError> {
     Ok((dir, name))
 }
 
-/// Opens the existing `name` in `dir` after checking it; `None` when it vanished meanwhile.
-fn open_existing(
+/// Opens the existing file `name` in `dir` for writing after checking it; `None` when it
+/// vanished meanwhile.
+fn open_existing_file(
     dir: &File,
     name: &CStr,
-    want: Want,
     dir_mode: u32,
     path: &Path,
 ) -> Result<Option<(File, Verdict)>, OpenError> {
@@ -285,13 +287,11 @@ fn open_existing(
         Err(e) => return Err(io_err(e)),
     };
     let facts = Facts::from(&handle.metadata().map_err(io_err)?);
-    let verdict = judge(&facts, want, dir_mode, euid()).map_err(|r| r.into_error(path, want))?;
-    let mut how = OpenOptions::new();
-    match want {
-        Want::File => how.write(true).custom_flags(libc::O_NOCTTY),
-        Want::Dir => how.read(true).custom_flags(libc::O_DIRECTORY),
-    };
-    let file = how
+    let verdict =
+        judge(&facts, Want::File, dir_mode, euid()).map_err(|r| r.into_error(path, Want::File))?;
+    let file = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
         .open(format!("/proc/self/fd/{}", handle.as_raw_fd()))
         .map_err(|e| {
             io_err(if e.raw_os_error() == Some(libc::ENOENT) {
@@ -310,6 +310,42 @@ fn open_existing(
         )));
     }
     Ok(Some((file, verdict)))
+}
+
+/// Opens the directory `name` in `parent` and checks it; `None` when it vanished meanwhile.
+/// O_DIRECTORY|O_NOFOLLOW: nothing but a directory is opened, and no link is followed (opening
+/// a directory has no effect, so it needs no O_PATH step).
+fn open_dir(
+    parent: &File,
+    name: &CStr,
+    parent_mode: u32,
+    path: &Path,
+) -> Result<Option<File>, OpenError> {
+    let io_err = io_error(path);
+    let check = |f: &File| -> Result<(), OpenError> {
+        let facts = Facts::from(&f.metadata().map_err(io_err)?);
+        judge(&facts, Want::Dir, parent_mode, euid())
+            .map(drop)
+            .map_err(|r| r.into_error(path, Want::Dir))
+    };
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+    match openat(parent, name, flags, 0) {
+        Ok(fd) => {
+            let dir = File::from(fd);
+            check(&dir)?;
+            Ok(Some(dir))
+        }
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
+            // A link or not a directory: what it is, for the refusal.
+            match openat(parent, name, libc::O_PATH | libc::O_NOFOLLOW, 0) {
+                Ok(fd) => check(&File::from(fd)).map(|()| None),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+                Err(e) => Err(io_err(e)),
+            }
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(io_err(e)),
+    }
 }
 
 /// An output file opened and checked, not written yet (an existing one still has its content).
@@ -379,7 +415,7 @@ impl Target {
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
                 Err(e) => return Err(io_err(e)),
             }
-            if let Some((file, verdict)) = open_existing(&dir, &name, Want::File, dir_mode, path)? {
+            if let Some((file, verdict)) = open_existing_file(&dir, &name, dir_mode, path)? {
                 return Ok(Target::File(CheckedFile::new(path, file, verdict)?));
             }
         }
@@ -447,7 +483,7 @@ impl OutDir {
                     return Err(io_err(e));
                 }
             }
-            if let Some((dir, _)) = open_existing(&parent, &name, Want::Dir, parent_mode, path)? {
+            if let Some(dir) = open_dir(&parent, &name, parent_mode, path)? {
                 dir.set_permissions(Permissions::from_mode(DIR_MODE))
                     .map_err(io_err)?;
                 return Ok(Self {
