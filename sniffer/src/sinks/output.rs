@@ -18,8 +18,9 @@ use std::{
 
 /// Buffered bytes that make a write (what a `BufWriter` holds).
 const FLUSH_AT: usize = 8 << 10;
-/// A buffer grown past this by a large record shrinks back after the write.
-const KEEP_AT_MOST: usize = 64 << 10;
+/// A buffer grown past this by a large record shrinks back after the write (a dump keeps one
+/// per live stream).
+const KEEP_AT_MOST: usize = 2 * FLUSH_AT;
 
 /// How one output fared: shared by its writers (a dump's many stream files share one) and the
 /// end-of-run summary.
