@@ -17,7 +17,12 @@ use sniffer::{
     names::Names,
     pipeline::Downstream,
     procs::ProcTable,
-    sinks::{Fanout, jsonl::{HarSink, Jsonl, LogFanout, Recorder}, log::NumberedLog},
+    sinks::{
+        Fanout,
+        jsonl::{HarSink, Jsonl, LogFanout, Recorder},
+        log::NumberedLog,
+        output::Outputs,
+    },
     stitch::Stitcher,
     stream::Piece,
 };
@@ -52,10 +57,12 @@ fuzz_target!(|input: &[u8]| {
     };
     let procs = ProcTable::new();
     let mut logs = LogFanout::default();
-    logs.sinks.push(Box::new(NumberedLog::new(Box::new(std::io::sink()), true, 4096)));
+    let outputs = Outputs::default();
+    let sink = |unit| outputs.writer(Box::new(std::io::sink()), "sink", unit);
+    logs.sinks.push(Box::new(NumberedLog::new(sink("messages"), true, 4096)));
     let rec = Recorder { redact: true, text_limit: 4096, unix_offset_ns: 0 };
-    logs.sinks.push(Box::new(Jsonl::new(Box::new(std::io::sink()), rec)));
-    logs.sinks.push(Box::new(HarSink::new(Box::new(std::io::sink()), rec)));
+    logs.sinks.push(Box::new(Jsonl::new(sink("exchanges"), rec)));
+    logs.sinks.push(Box::new(HarSink::new(sink("exchanges"), rec)));
     let mut down = Downstream {
         streams: Fanout { sinks: vec![Box::new(Contiguous::default())] },
         http: Exchanges::new(Stitcher::new(logs, Names::default(), None).offline(), 4096),

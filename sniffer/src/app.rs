@@ -1,6 +1,6 @@
 //! One sniffer run: attach, choose targets, start the command, pump events until the end,
 //! flush, report.
-use std::{process::ExitStatus, time::Duration};
+use std::{path::Path, process::ExitStatus, time::Duration};
 
 use anyhow::Context as _;
 use sniffer_common::{CHUNK_SIZE, counters};
@@ -15,6 +15,7 @@ use crate::{
     conns::ConnSink,
     events::Reader,
     exchange::Exchanges,
+    exit,
     filter::Filter,
     names::Names,
     pipeline::Pipeline,
@@ -22,12 +23,13 @@ use crate::{
     procs::{self, ProcTable},
     proxy::Proxies,
     sinks::{
-        self,
         conn_log::ConnLog,
         dump::DumpSink,
         jsonl::{HarSink, Jsonl, LogFanout, Recorder},
         log::NumberedLog,
+        output::{Failure, Output, Outputs},
         raw::RawSink,
+        safe_open::{self, OpenError, OutDir, Target},
     },
     stitch::Stitcher,
 };
@@ -89,16 +91,50 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
         pids.push(tgid);
     }
 
-    let open = |path: &std::path::Path| {
-        sinks::open_output(path)
-            .map_err(|e| UsageError(format!("cannot write {}: {e}", path.display())))
-    };
     let filter = cli
         .filter
         .as_deref()
         .map(Filter::load)
         .transpose()
         .map_err(|e| UsageError(e.to_string()))?;
+
+    // Every output is checked before any is written: one refused leaves the others as they
+    // were, and nothing is captured.
+    let usage = |e: OpenError| UsageError(e.to_string());
+    let check = |path: &Path| Target::check(path).map_err(usage);
+    let log_out = check(&cli.output)?;
+    let jsonl_out = cli.jsonl.as_deref().map(check).transpose()?;
+    let har_out = cli.har.as_deref().map(check).transpose()?;
+    let conn_out = cli.connections.as_deref().map(check).transpose()?;
+    let raw_out = cli.raw.as_deref().map(check).transpose()?;
+    safe_open::distinct(
+        [
+            Some(&log_out),
+            jsonl_out.as_ref(),
+            har_out.as_ref(),
+            conn_out.as_ref(),
+            raw_out.as_ref(),
+        ]
+        .into_iter()
+        .flatten(),
+    )
+    .map_err(usage)?;
+    let dump_dir = cli
+        .dump_streams
+        .as_deref()
+        .map(OutDir::open)
+        .transpose()
+        .map_err(usage)?;
+    let outputs = Outputs::default();
+    let writer = |target: Target, path: &Path, unit| -> Result<Output, UsageError> {
+        let name = if path.as_os_str() == "-" {
+            "stdout".to_owned()
+        } else {
+            path.display().to_string()
+        };
+        Ok(outputs.writer(target.commit().map_err(usage)?, name, unit))
+    };
+
     let redact = !cli.no_redact;
     let preview = (cli.preview_kib as usize) << 10;
     let recorder = Recorder {
@@ -108,16 +144,17 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
     };
     let mut logs = LogFanout::default();
     logs.sinks.push(Box::new(NumberedLog::new(
-        open(&cli.output)?,
+        writer(log_out, &cli.output, "messages")?,
         redact,
         preview,
     )));
-    if let Some(path) = &cli.jsonl {
-        logs.sinks.push(Box::new(Jsonl::new(open(path)?, recorder)));
+    if let (Some(out), Some(path)) = (jsonl_out, &cli.jsonl) {
+        let out = writer(out, path, "exchanges")?;
+        logs.sinks.push(Box::new(Jsonl::new(out, recorder)));
     }
-    if let Some(path) = &cli.har {
-        logs.sinks
-            .push(Box::new(HarSink::new(open(path)?, recorder)));
+    if let (Some(out), Some(path)) = (har_out, &cli.har) {
+        let out = writer(out, path, "exchanges")?;
+        logs.sinks.push(Box::new(HarSink::new(out, recorder)));
     }
     let names = Names::new(cli.names.iter().cloned().collect());
     let full_capture = cli.full_capture || cli.dump_streams.is_some();
@@ -133,15 +170,16 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
         http = http.with_bounded_copy(u64::from(cli.copy_window_kib) << 10);
     }
     let mut conn_sinks: Vec<Box<dyn ConnSink>> = Vec::new();
-    if let Some(path) = &cli.connections {
-        conn_sinks.push(Box::new(ConnLog::new(open(path)?)));
+    if let (Some(out), Some(path)) = (conn_out, &cli.connections) {
+        conn_sinks.push(Box::new(ConnLog::new(writer(out, path, "connections")?)));
     }
-    if let Some(dir) = &cli.dump_streams {
-        let dump = DumpSink::create(dir)
-            .map_err(|e| UsageError(format!("cannot write to {}: {e}", dir.display())))?;
-        conn_sinks.push(Box::new(dump));
+    if let Some(dir) = dump_dir {
+        conn_sinks.push(Box::new(DumpSink::create(dir, &outputs).map_err(usage)?));
     }
-    let raw_out = cli.raw.as_deref().map(open).transpose()?;
+    let raw_out = match (raw_out, &cli.raw) {
+        (Some(out), Some(path)) => Some(writer(out, path, "events")?),
+        _ => None,
+    };
 
     let mut probe = Probe::load(&ProbeOptions {
         ring_bytes: cli.ring_mib << 20,
@@ -251,10 +289,27 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
 
     reader.drain(&mut |ev| pipeline.handle(ev));
     let finals = reader.live_offsets();
-    let flushed = pipeline.finish(monotonic_ns(), &finals);
+    pipeline.finish(monotonic_ns(), &finals);
     summary(&probe, &reader, &pipeline);
-    flushed.context("writing output")?;
-    Ok(status.map_or(0, exit_code))
+    let status = status.map(exit_code);
+    Ok(outputs_summary(&outputs.failures(), status))
+}
+
+/// Says which outputs lost what; returns the exit code: the command's status (0 without
+/// one), unless an output is incomplete.
+fn outputs_summary(failures: &[Failure], status: Option<i32>) -> i32 {
+    for f in failures {
+        eprintln!("sniffer: {f}");
+    }
+    if failures.is_empty() {
+        return status.unwrap_or(0);
+    }
+    let command = status.map_or(String::new(), |s| format!(" (the command exited with {s})"));
+    eprintln!(
+        "sniffer: exit code {}: the outputs above are incomplete{command}",
+        exit::OUTPUT_INCOMPLETE
+    );
+    i32::from(exit::OUTPUT_INCOMPLETE)
 }
 
 /// Starts the traced command. It adds itself to the targets between fork and exec, so even its

@@ -70,10 +70,8 @@ pub trait ConnSink {
     /// Pieces of one stream, in stream order.
     fn pieces(&mut self, _conn: &Conn, _dir: Dir, _pieces: &[Piece], _procs: &ProcTable) {}
     fn ended(&mut self, _conn: &Conn, _procs: &ProcTable) {}
-    /// End of the run: flush, and report the first error this sink met.
-    fn close(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+    /// End of the run: write what is buffered (failures are counted by the outputs).
+    fn close(&mut self) {}
 }
 
 #[derive(Debug, Default)]

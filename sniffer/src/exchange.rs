@@ -66,9 +66,7 @@ pub trait HttpSink {
     fn event(&mut self, conn: &Conn, ev: HttpEvent, procs: &ProcTable);
     /// The connection ended; every message of it was reported.
     fn conn_ended(&mut self, _conn: &Conn, _procs: &ProcTable) {}
-    fn close(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+    fn close(&mut self) {}
 }
 
 #[derive(Debug)]
@@ -425,7 +423,7 @@ impl<S: HttpSink> ConnSink for Exchanges<S> {
         self.sink.conn_ended(conn, procs);
     }
 
-    fn close(&mut self) -> std::io::Result<()> {
+    fn close(&mut self) {
         self.sink.close()
     }
 }

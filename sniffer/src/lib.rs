@@ -11,6 +11,7 @@ pub mod conns;
 pub mod diagram;
 pub mod events;
 pub mod exchange;
+pub mod exit;
 pub mod filter;
 pub mod har;
 pub mod heap;

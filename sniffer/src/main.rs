@@ -1,7 +1,7 @@
-use std::process::ExitCode;
+use std::{io::IsTerminal as _, process::ExitCode};
 
 use clap::Parser as _;
-use sniffer::{app, cli::Cli, probe::ProbeError, tools};
+use sniffer::{app, cli::Cli, exit, probe::ProbeError, tools};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -11,7 +11,7 @@ fn main() -> ExitCode {
             Ok(code) => ExitCode::from(code),
             Err(e) => {
                 eprintln!("sniffer: {e}");
-                ExitCode::from(2)
+                ExitCode::from(e.exit_code())
             }
         };
     }
@@ -26,6 +26,8 @@ fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level)),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: a user's `2> file` reads as plain lines.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -34,17 +36,21 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sniffer: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(exit::FAILURE);
         }
     };
     match runtime.block_on(app::run(cli)) {
-        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(exit::FAILURE)),
         Err(e) => {
             eprintln!("sniffer: {e:#}");
             // Bad input and an unusable machine are the user's to fix: exit code 2.
             let user_fixable = e.downcast_ref::<app::UsageError>().is_some()
                 || e.downcast_ref::<ProbeError>().is_some();
-            ExitCode::from(if user_fixable { 2 } else { 1 })
+            ExitCode::from(if user_fixable {
+                exit::USAGE
+            } else {
+                exit::FAILURE
+            })
         }
     }
 }

@@ -36,10 +36,9 @@ impl ConnSink for Downstream {
         self.http.ended(conn, procs);
     }
 
-    fn close(&mut self) -> std::io::Result<()> {
-        let streams = self.streams.close();
-        let http = self.http.close();
-        streams.and(http)
+    fn close(&mut self) {
+        self.streams.close();
+        self.http.close();
     }
 }
 
@@ -61,7 +60,6 @@ pub struct Pipeline {
     raw: Option<RawSink>,
     sinks: Downstream,
     pub totals: Totals,
-    pub raw_error: Option<std::io::Error>,
 }
 
 impl Pipeline {
@@ -80,7 +78,6 @@ impl Pipeline {
                 http,
             },
             totals: Totals::default(),
-            raw_error: None,
         }
     }
 
@@ -110,11 +107,7 @@ impl Pipeline {
                 Event::SockClose(s) => self.conns.get(s.tgid, s.fd),
                 _ => None,
             };
-            if let Err(e) = raw.event(&ev, conn, &self.procs)
-                && self.raw_error.is_none()
-            {
-                self.raw_error = Some(e);
-            }
+            raw.event(&ev, conn, &self.procs);
         }
         match ev {
             Event::Data(c) => {
@@ -155,25 +148,20 @@ impl Pipeline {
     }
 
     fn flush_raw(&mut self) {
-        if let Some(raw) = &mut self.raw
-            && let Err(e) = raw.flush()
-            && self.raw_error.is_none()
-        {
-            self.raw_error = Some(e);
+        if let Some(raw) = &mut self.raw {
+            raw.flush();
         }
     }
 
-    /// End of the run: every open connection ends at the kernel's final offsets; returns the
-    /// first output error of any sink.
-    pub fn finish(&mut self, now_ns: u64, finals: &[FinalOffsets]) -> std::io::Result<()> {
+    /// End of the run: every open connection ends at the kernel's final offsets, and every
+    /// output writes what it holds (what it could not is counted by its [`Health`]).
+    ///
+    /// [`Health`]: crate::sinks::output::Health
+    pub fn finish(&mut self, now_ns: u64, finals: &[FinalOffsets]) {
         self.conns
             .finish(now_ns, finals, &mut self.sinks, &self.procs);
         self.sinks.http.sink.finish(now_ns, &self.procs);
         self.flush_raw();
-        let sinks = self.sinks.close();
-        match self.raw_error.take() {
-            Some(e) => Err(e),
-            None => sinks,
-        }
+        self.sinks.close();
     }
 }

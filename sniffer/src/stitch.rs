@@ -7,10 +7,7 @@
 //! serves a request sits inside that exchange. A message is written once it is complete and no
 //! message that began before it can still arrive: events from other CPUs reach userspace a
 //! little late, so the order is final after a short slack.
-use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
-    io,
-};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use crate::{
     conns::Conn,
@@ -133,9 +130,7 @@ pub trait LogSink {
     fn exchange(&mut self, _x: &Exchange) {}
     /// Periodically: push what was written so far out (the log streams).
     fn flush(&mut self) {}
-    fn close(&mut self) -> io::Result<()> {
-        Ok(())
-    }
+    fn close(&mut self) {}
 }
 
 /// Totals for the end-of-run summary.
@@ -1172,7 +1167,7 @@ impl<L: LogSink> HttpSink for Stitcher<L> {
         }
     }
 
-    fn close(&mut self) -> io::Result<()> {
+    fn close(&mut self) {
         self.sink.close()
     }
 }

@@ -5,31 +5,60 @@ use std::{fs, io::Write as _, path::Path};
 use crate::{
     cli::{DiagramArgs, HarArgs, Tool},
     diagram::{body, mermaid, model},
+    exit,
     filter::Filter,
-    har, sinks,
+    har,
+    sinks::safe_open::{self, Target},
 };
 
 /// A converter's failure, in one sentence naming the file.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ToolError(String);
-
-fn read(path: &Path) -> Result<String, ToolError> {
-    fs::read_to_string(path).map_err(|e| ToolError(format!("cannot read {}: {e}", path.display())))
+pub enum ToolError {
+    /// What was asked cannot be done: a file that cannot be read or is refused as an output.
+    #[error("{0}")]
+    Usage(String),
+    /// An output passed its checks but could not be written (a full disk).
+    #[error("{0}")]
+    Write(String),
 }
 
-fn write(path: &Path, text: &str) -> Result<(), ToolError> {
-    let err = |e: std::io::Error| ToolError(format!("cannot write {}: {e}", path.display()));
-    let mut out = sinks::open_output(path).map_err(err)?;
-    out.write_all(text.as_bytes()).map_err(err)?;
-    out.flush().map_err(err)
+impl ToolError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ToolError::Usage(_) => exit::USAGE,
+            ToolError::Write(_) => exit::OUTPUT_INCOMPLETE,
+        }
+    }
+}
+
+fn read(path: &Path) -> Result<String, ToolError> {
+    fs::read_to_string(path)
+        .map_err(|e| ToolError::Usage(format!("cannot read {}: {e}", path.display())))
+}
+
+/// Writes each text to its file, once every file passed its checks (see [`safe_open`]).
+fn write(outputs: &[(&Path, &str)]) -> Result<(), ToolError> {
+    let usage = |e: safe_open::OpenError| ToolError::Usage(e.to_string());
+    let targets = outputs
+        .iter()
+        .map(|(path, _)| Target::check(path))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(usage)?;
+    safe_open::distinct(&targets).map_err(usage)?;
+    for (target, (path, text)) in targets.into_iter().zip(outputs) {
+        let mut out = target.commit().map_err(usage)?;
+        out.write_all(text.as_bytes())
+            .and_then(|()| out.flush())
+            .map_err(|e| ToolError::Write(format!("cannot write {}: {e}", path.display())))?;
+    }
+    Ok(())
 }
 
 /// Runs a subcommand; its exit code when it succeeds.
 pub fn run(tool: Tool) -> Result<u8, ToolError> {
     match tool {
-        Tool::Diagram(a) => diagram(&a).map(|()| 0),
-        Tool::Har(a) => har_file(&a).map(|()| 0),
+        Tool::Diagram(a) => diagram(&a).map(|()| exit::OK),
+        Tool::Har(a) => har_file(&a).map(|()| exit::OK),
         Tool::Check => Ok(crate::check::run()),
     }
 }
@@ -42,10 +71,10 @@ fn diagram(a: &DiagramArgs) -> Result<(), ToolError> {
     } else {
         model::from_log(&text)
     }
-    .map_err(|e| ToolError(format!("{}: {e}", a.log.display())))?;
+    .map_err(|e| ToolError::Usage(format!("{}: {e}", a.log.display())))?;
     let msgs = match &a.filter {
         Some(path) => {
-            let f = Filter::load(path).map_err(|e| ToolError(e.to_string()))?;
+            let f = Filter::load(path).map_err(|e| ToolError::Usage(e.to_string()))?;
             model::without(msgs, &f)
         }
         None => msgs,
@@ -57,18 +86,17 @@ fn diagram(a: &DiagramArgs) -> Result<(), ToolError> {
             standalone: a.standalone,
         },
     );
-    write(&a.output, &d.text)?;
-    if let Some(b) = &a.body {
-        write(b, &body::page(&msgs))?;
+    match &a.body {
+        Some(b) => write(&[(&a.output, &d.text), (b, &body::page(&msgs))]),
+        None => write(&[(&a.output, &d.text)]),
     }
-    Ok(())
 }
 
 fn har_file(a: &HarArgs) -> Result<(), ToolError> {
     let text = read(&a.jsonl)?;
-    let records =
-        har::read_jsonl(&text).map_err(|e| ToolError(format!("{}: {e}", a.jsonl.display())))?;
+    let records = har::read_jsonl(&text)
+        .map_err(|e| ToolError::Usage(format!("{}: {e}", a.jsonl.display())))?;
     let doc = har::from_records(&records);
-    let pretty = serde_json::to_string_pretty(&doc).map_err(|e| ToolError(e.to_string()))?;
-    write(&a.output, &(pretty + "\n"))
+    let pretty = serde_json::to_string_pretty(&doc).map_err(|e| ToolError::Usage(e.to_string()))?;
+    write(&[(&a.output, &(pretty + "\n"))])
 }

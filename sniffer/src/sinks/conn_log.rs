@@ -2,6 +2,7 @@
 //! ends, with who, where, how many bytes each way and every gap.
 use std::io::{self, Write};
 
+use super::output::Output;
 use crate::{
     conns::{Conn, ConnSink},
     events::Dir,
@@ -10,26 +11,27 @@ use crate::{
 };
 
 pub struct ConnLog {
-    out: Box<dyn Write + Send>,
+    out: Output,
     /// Gaps seen per live connection: (id, dir, off, len, kind).
     gaps: Vec<(u64, Dir, u64, u64, GapKind)>,
-    error: Option<io::Error>,
 }
 
+type GapList = [(u64, Dir, u64, u64, GapKind)];
+
 impl ConnLog {
-    pub fn new(out: Box<dyn Write + Send>) -> Self {
+    /// `out` counts in connections.
+    pub fn new(out: Output) -> Self {
         Self {
             out,
             gaps: Vec::new(),
-            error: None,
         }
     }
 
-    fn entry(&mut self, conn: &Conn, procs: &ProcTable) -> io::Result<()> {
+    fn entry(out: &mut Vec<u8>, conn: &Conn, procs: &ProcTable, gaps: &GapList) -> io::Result<()> {
         let send = &conn.stream(Dir::Send).stats;
         let recv = &conn.stream(Dir::Recv).stats;
         writeln!(
-            self.out,
+            out,
             "[{}] {} (pid {}) fd {} {} {} {} -> {}",
             conn.id,
             procs.name(conn.tgid),
@@ -41,7 +43,7 @@ impl ConnLog {
             conn.peer
         )?;
         writeln!(
-            self.out,
+            out,
             "    sent {} bytes ({} captured), received {} bytes ({} captured); ended: {}",
             send.bytes,
             send.captured,
@@ -52,16 +54,14 @@ impl ConnLog {
         )?;
         if !conn.end_known {
             writeln!(
-                self.out,
+                out,
                 "    length unknown: the kernel's final byte counts were lost with its close event"
             )?;
         }
-        let mut any = false;
-        for &(id, dir, off, len, kind) in &self.gaps {
+        for &(id, dir, off, len, kind) in gaps {
             if id == conn.id {
-                any = true;
                 writeln!(
-                    self.out,
+                    out,
                     "    gap: {} {len} bytes at offset {off} ({})",
                     dir.name(),
                     match kind {
@@ -71,10 +71,7 @@ impl ConnLog {
                 )?;
             }
         }
-        if any {
-            self.gaps.retain(|g| g.0 != conn.id);
-        }
-        self.out.flush()
+        Ok(())
     }
 }
 
@@ -94,17 +91,13 @@ impl ConnSink for ConnLog {
     }
 
     fn ended(&mut self, conn: &Conn, procs: &ProcTable) {
-        if let Err(e) = self.entry(conn, procs)
-            && self.error.is_none()
-        {
-            self.error = Some(e);
-        }
+        let gaps = &self.gaps;
+        self.out.record(1, |b| Self::entry(b, conn, procs, gaps));
+        self.gaps.retain(|g| g.0 != conn.id);
+        self.out.flush();
     }
 
-    fn close(&mut self) -> io::Result<()> {
-        match self.error.take() {
-            Some(e) => Err(e),
-            None => self.out.flush(),
-        }
+    fn close(&mut self) {
+        self.out.flush();
     }
 }

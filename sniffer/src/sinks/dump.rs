@@ -3,16 +3,14 @@
 //!
 //! A stream file holds the captured bytes in order with gaps left out; the index says where
 //! each gap was, so stream offset = file offset + the gap bytes before it.
-use std::{
-    collections::HashMap,
-    fs,
-    io::{self, BufWriter, Write},
-    path::{Path, PathBuf},
-};
+use std::{collections::HashMap, io::Write as _, sync::Arc};
 
 use serde::Serialize;
 
-use super::create_private;
+use super::{
+    output::{Health, Output, Outputs},
+    safe_open::{OpenError, OutDir},
+};
 use crate::{
     conns::{Conn, ConnSink, End},
     events::Dir,
@@ -60,16 +58,17 @@ struct ConnRecord<'a> {
 
 #[derive(Default)]
 struct Open {
-    files: [Option<(String, BufWriter<fs::File>)>; 2],
+    files: [Option<(String, Output)>; 2],
     gaps: [Vec<GapRecord>; 2],
 }
 
 pub struct DumpSink {
-    dir: PathBuf,
-    index: BufWriter<fs::File>,
+    dir: OutDir,
+    /// Counts in connections.
+    index: Output,
+    /// Every stream file's, in bytes.
+    streams: Arc<Health>,
     open: HashMap<u64, Open>,
-    /// First write error; later writes are skipped and the error is reported at the end.
-    error: Option<io::Error>,
 }
 
 /// A name that is safe as a file name part.
@@ -86,32 +85,29 @@ fn file_safe(s: &str) -> String {
 }
 
 impl DumpSink {
-    pub fn create(dir: &Path) -> io::Result<Self> {
-        fs::create_dir_all(dir)?;
-        let index = BufWriter::new(create_private(&dir.join("index.jsonl"))?);
+    /// Writes into `dir` (opened by [`OutDir::open`]); its `index.jsonl` is created now.
+    pub fn create(dir: OutDir, outputs: &Outputs) -> Result<Self, OpenError> {
+        let index_path = dir.path().join("index.jsonl");
+        let index = dir
+            .create_file("index.jsonl")
+            .map_err(|error| OpenError::Io {
+                path: index_path.clone(),
+                error,
+            })?;
+        let index = outputs.writer(Box::new(index), index_path.display(), "connections");
+        let streams = outputs.track(
+            format!("the stream files in {}", dir.path().display()),
+            "stream bytes",
+        );
         Ok(Self {
-            dir: dir.to_path_buf(),
+            dir,
             index,
+            streams,
             open: HashMap::new(),
-            error: None,
         })
     }
 
-    fn record_error(&mut self, r: io::Result<()>) {
-        if let Err(e) = r
-            && self.error.is_none()
-        {
-            self.error = Some(e);
-        }
-    }
-
-    fn write_pieces(
-        &mut self,
-        conn: &Conn,
-        dir: Dir,
-        pieces: &[Piece],
-        procs: &ProcTable,
-    ) -> io::Result<()> {
+    fn write_pieces(&mut self, conn: &Conn, dir: Dir, pieces: &[Piece], procs: &ProcTable) {
         let entry = self.open.entry(conn.id).or_default();
         for p in pieces {
             match p {
@@ -126,11 +122,17 @@ impl DumpSink {
                             conn.fd,
                             dir.name()
                         );
-                        let file = create_private(&self.dir.join(&name))?;
-                        *slot = Some((name, BufWriter::new(file)));
+                        match self.dir.create_file(&name) {
+                            Ok(file) => {
+                                let out = Output::new(Box::new(file), self.streams.clone());
+                                *slot = Some((name, out));
+                            }
+                            // Tried again with the stream's next bytes.
+                            Err(e) => self.streams.failed(bytes.len() as u64, &e),
+                        }
                     }
                     if let Some((_, w)) = slot {
-                        w.write_all(bytes)?;
+                        w.bytes(bytes);
                     }
                 }
                 Piece::Gap { off, len, kind, .. } => entry.gaps[dir.index()].push(GapRecord {
@@ -140,27 +142,23 @@ impl DumpSink {
                 }),
             }
         }
-        Ok(())
     }
 
-    fn write_index(&mut self, conn: &Conn, procs: &ProcTable) -> io::Result<()> {
+    fn write_index(&mut self, conn: &Conn, procs: &ProcTable) {
         let mut entry = self.open.remove(&conn.id).unwrap_or_default();
-        let mut dir_record = |d: Dir| -> io::Result<DirRecord> {
-            let file = match entry.files[d.index()].take() {
-                Some((name, mut w)) => {
-                    w.flush()?;
-                    Some(name)
-                }
-                None => None,
-            };
-            Ok(DirRecord {
+        let mut dir_record = |d: Dir| -> DirRecord {
+            let file = entry.files[d.index()].take().map(|(name, mut w)| {
+                w.flush();
+                name
+            });
+            DirRecord {
                 file,
                 stats: conn.stream(d).stats,
                 gaps: std::mem::take(&mut entry.gaps[d.index()]),
-            })
+            }
         };
-        let send = dir_record(Dir::Send)?;
-        let recv = dir_record(Dir::Recv)?;
+        let send = dir_record(Dir::Send);
+        let recv = dir_record(Dir::Recv);
         let proc = procs.get(conn.tgid);
         let rec = ConnRecord {
             id: conn.id,
@@ -180,33 +178,26 @@ impl DumpSink {
             send,
             recv,
         };
-        serde_json::to_writer(&mut self.index, &rec)?;
-        self.index.write_all(b"\n")?;
-        self.index.flush()
+        self.index.record(1, |b| {
+            serde_json::to_writer(&mut *b, &rec)?;
+            b.write_all(b"\n")
+        });
+        self.index.flush();
     }
 }
 
 impl ConnSink for DumpSink {
     fn pieces(&mut self, conn: &Conn, dir: Dir, pieces: &[Piece], procs: &ProcTable) {
-        if self.error.is_none() {
-            let r = self.write_pieces(conn, dir, pieces, procs);
-            self.record_error(r);
-        }
+        self.write_pieces(conn, dir, pieces, procs);
     }
 
     fn ended(&mut self, conn: &Conn, procs: &ProcTable) {
-        if self.error.is_none() {
-            let r = self.write_index(conn, procs);
-            self.record_error(r);
-        } else {
-            self.open.remove(&conn.id);
-        }
+        self.write_index(conn, procs);
     }
 
-    fn close(&mut self) -> io::Result<()> {
-        match self.error.take() {
-            Some(e) => Err(e),
-            None => self.index.flush(),
-        }
+    fn close(&mut self) {
+        // Connections still open at the end were ended by the table before this.
+        self.open.clear();
+        self.index.flush();
     }
 }

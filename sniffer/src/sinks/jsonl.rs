@@ -1,8 +1,9 @@
 //! `--jsonl FILE`: one JSON object per exchange, for tools (the diagram converter reads it).
-use std::io::{self, Write};
+use std::io::Write as _;
 
 use serde::Serialize;
 
+use super::output::Output;
 use crate::{
     http::{
         head::StartLine,
@@ -83,9 +84,8 @@ pub struct Recorder {
 }
 
 pub struct Jsonl {
-    out: Box<dyn Write + Send>,
+    out: Output,
     rec: Recorder,
-    error: Option<io::Error>,
 }
 
 fn end(v: &Option<View>) -> Option<EndRecord> {
@@ -173,17 +173,9 @@ impl Recorder {
 }
 
 impl Jsonl {
-    pub fn new(out: Box<dyn Write + Send>, rec: Recorder) -> Self {
-        Self {
-            out,
-            rec,
-            error: None,
-        }
-    }
-
-    fn write(&mut self, x: &Exchange) -> io::Result<()> {
-        serde_json::to_writer(&mut self.out, &self.rec.record(x))?;
-        self.out.write_all(b"\n")
+    /// `out` counts in exchanges.
+    pub fn new(out: Output, rec: Recorder) -> Self {
+        Self { out, rec }
     }
 }
 
@@ -191,26 +183,19 @@ impl LogSink for Jsonl {
     fn message(&mut self, _e: &crate::stitch::Entry<'_>) {}
 
     fn exchange(&mut self, x: &Exchange) {
-        if self.error.is_none()
-            && let Err(e) = self.write(x)
-        {
-            self.error = Some(e);
-        }
+        let record = self.rec.record(x);
+        self.out.record(1, |b| {
+            serde_json::to_writer(&mut *b, &record)?;
+            b.write_all(b"\n")
+        });
     }
 
     fn flush(&mut self) {
-        if self.error.is_none()
-            && let Err(e) = self.out.flush()
-        {
-            self.error = Some(e);
-        }
+        self.out.flush();
     }
 
-    fn close(&mut self) -> io::Result<()> {
-        match self.error.take() {
-            Some(e) => Err(e),
-            None => self.out.flush(),
-        }
+    fn close(&mut self) {
+        self.out.flush();
     }
 }
 
@@ -239,27 +224,23 @@ impl LogSink for LogFanout {
         }
     }
 
-    fn close(&mut self) -> io::Result<()> {
-        let mut first = Ok(());
+    fn close(&mut self) {
         for s in &mut self.sinks {
-            let r = s.close();
-            if first.is_ok() {
-                first = r;
-            }
+            s.close();
         }
-        first
     }
 }
 
 /// `--har FILE`: the exchanges as an HTTP Archive, written at the end.
 pub struct HarSink {
-    out: Box<dyn Write + Send>,
+    out: Output,
     rec: Recorder,
     records: Vec<serde_json::Value>,
 }
 
 impl HarSink {
-    pub fn new(out: Box<dyn Write + Send>, rec: Recorder) -> Self {
+    /// `out` counts in exchanges.
+    pub fn new(out: Output, rec: Recorder) -> Self {
         Self {
             out,
             rec,
@@ -275,10 +256,12 @@ impl LogSink for HarSink {
         self.records.push(self.rec.record(x));
     }
 
-    fn close(&mut self) -> io::Result<()> {
+    fn close(&mut self) {
         let har = crate::har::from_records(&self.records);
-        serde_json::to_writer_pretty(&mut self.out, &har)?;
-        self.out.write_all(b"\n")?;
-        self.out.flush()
+        self.out.record(self.records.len() as u64, |b| {
+            serde_json::to_writer_pretty(&mut *b, &har)?;
+            b.write_all(b"\n")
+        });
+        self.out.flush();
     }
 }

@@ -7,8 +7,7 @@
 //!
 //! <body>
 //! ```
-use std::io::{self, Write};
-
+use super::output::Output;
 use crate::{
     http::{
         head::StartLine,
@@ -19,10 +18,9 @@ use crate::{
 };
 
 pub struct NumberedLog {
-    out: Box<dyn Write + Send>,
+    out: Output,
     redact: bool,
     text_limit: usize,
-    error: Option<io::Error>,
 }
 
 /// The `### [N] ...` line of an entry.
@@ -67,16 +65,16 @@ pub fn notes(x: &Exchange, which: Which, msg: &Message) -> Vec<String> {
 }
 
 impl NumberedLog {
-    pub fn new(out: Box<dyn Write + Send>, redact: bool, text_limit: usize) -> Self {
+    /// `out` counts in messages.
+    pub fn new(out: Output, redact: bool, text_limit: usize) -> Self {
         Self {
             out,
             redact,
             text_limit,
-            error: None,
         }
     }
 
-    fn entry(&mut self, e: &Entry<'_>) -> io::Result<()> {
+    fn entry(&self, e: &Entry<'_>) -> String {
         let msg = e.msg;
         let mut s = String::new();
         s.push('\n');
@@ -106,31 +104,24 @@ impl NumberedLog {
             s.push('\n');
         }
         s.push('\n');
-        self.out.write_all(s.as_bytes())
+        s
     }
 }
 
 impl LogSink for NumberedLog {
     fn message(&mut self, e: &Entry<'_>) {
-        if self.error.is_none()
-            && let Err(err) = self.entry(e)
-        {
-            self.error = Some(err);
-        }
+        let text = self.entry(e);
+        self.out.record(1, |b| {
+            b.extend_from_slice(text.as_bytes());
+            Ok(())
+        });
     }
 
     fn flush(&mut self) {
-        if self.error.is_none()
-            && let Err(e) = self.out.flush()
-        {
-            self.error = Some(e);
-        }
+        self.out.flush();
     }
 
-    fn close(&mut self) -> io::Result<()> {
-        match self.error.take() {
-            Some(e) => Err(e),
-            None => self.out.flush(),
-        }
+    fn close(&mut self) {
+        self.out.flush();
     }
 }

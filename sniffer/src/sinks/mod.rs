@@ -1,17 +1,14 @@
 //! Where results go. Each sink is a [`ConnSink`] fed by the connection table, except the raw
-//! chunk printer, which sees the kernel's events as they arrive.
+//! chunk printer, which sees the kernel's events as they arrive. Every file is opened by
+//! [`safe_open`] (no link followed, regular files only, private) and written through an
+//! [`output::Output`] (a failed write is reported and counted; the capture goes on).
 pub mod conn_log;
 pub mod dump;
 pub mod jsonl;
 pub mod log;
+pub mod output;
 pub mod raw;
-
-use std::{
-    fs::{File, OpenOptions},
-    io::{self, BufWriter, Write},
-    os::unix::fs::OpenOptionsExt as _,
-    path::Path,
-};
+pub mod safe_open;
 
 use crate::{
     conns::{Conn, ConnSink},
@@ -19,25 +16,6 @@ use crate::{
     procs::ProcTable,
     stream::Piece,
 };
-
-/// Opens an output for writing: `-` is stdout; files are created private (0600), since
-/// captured traffic holds credentials.
-pub fn open_output(path: &Path) -> io::Result<Box<dyn Write + Send>> {
-    if path.as_os_str() == "-" {
-        return Ok(Box::new(BufWriter::new(io::stdout())));
-    }
-    Ok(Box::new(BufWriter::new(create_private(path)?)))
-}
-
-/// Creates (truncating) a file readable by its owner only.
-pub fn create_private(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-}
 
 /// Several sinks fed in turn.
 #[derive(Default)]
@@ -64,15 +42,10 @@ impl ConnSink for Fanout {
         }
     }
 
-    fn close(&mut self) -> io::Result<()> {
-        let mut first = Ok(());
+    fn close(&mut self) {
         for s in &mut self.sinks {
-            let r = s.close();
-            if first.is_ok() {
-                first = r;
-            }
+            s.close();
         }
-        first
     }
 }
 

@@ -1,7 +1,7 @@
 //! `--raw`: every kernel event as one line, in arrival order, to check the capture by eye.
 use std::io::{self, Write};
 
-use super::escape;
+use super::{escape, output::Output};
 use crate::{
     conns::Conn,
     events::{Chunk, Event, SockInfo},
@@ -9,16 +9,36 @@ use crate::{
 };
 
 pub struct RawSink {
-    out: Box<dyn Write + Send>,
+    out: Output,
     /// Kernel time of the sniffer's start: lines show seconds since then.
     start_ns: u64,
 }
 
+/// One line being written.
+struct Line<'a> {
+    out: &'a mut Vec<u8>,
+    start_ns: u64,
+}
+
 impl RawSink {
-    pub fn new(out: Box<dyn Write + Send>, start_ns: u64) -> Self {
+    /// `out` counts in events.
+    pub fn new(out: Output, start_ns: u64) -> Self {
         Self { out, start_ns }
     }
 
+    /// One event; `conn` is the connection a data or close event belongs to, if known.
+    pub fn event(&mut self, ev: &Event, conn: Option<&Conn>, procs: &ProcTable) {
+        let start_ns = self.start_ns;
+        self.out
+            .record(1, |out| Line { out, start_ns }.event(ev, conn, procs));
+    }
+
+    pub fn flush(&mut self) {
+        self.out.flush();
+    }
+}
+
+impl Line<'_> {
     fn when(&self, ts_ns: u64) -> String {
         let d = ts_ns.saturating_sub(self.start_ns);
         format!("{:>4}.{:06}", d / 1_000_000_000, (d % 1_000_000_000) / 1000)
@@ -32,8 +52,7 @@ impl RawSink {
         }
     }
 
-    /// One event; `conn` is the connection a data or close event belongs to, if known.
-    pub fn event(&mut self, ev: &Event, conn: Option<&Conn>, procs: &ProcTable) -> io::Result<()> {
+    fn event(&mut self, ev: &Event, conn: Option<&Conn>, procs: &ProcTable) -> io::Result<()> {
         match ev {
             Event::Data(c) => self.chunk(c, conn, procs),
             Event::SockOpen(s) => self.sock("open", s, None, procs),
@@ -117,9 +136,5 @@ impl RawSink {
             write!(self.out, " (sent {}, received {})", s.sent, s.received)?;
         }
         writeln!(self.out)
-    }
-
-    pub fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
     }
 }
