@@ -48,36 +48,12 @@ pub mod maps {
 
 /// Program names: each BPF program is named after the tracepoint it attaches to.
 pub mod programs {
-    /// Category of the syscall tracepoints.
-    pub const SYSCALLS: &str = "syscalls";
-    /// Syscall tracepoints, every one with its enter and exit program.
-    pub const SYSCALL_TRACEPOINTS: &[&str] = &[
-        "sys_enter_read",
-        "sys_exit_read",
-        "sys_enter_readv",
-        "sys_exit_readv",
-        "sys_enter_recvfrom",
-        "sys_exit_recvfrom",
-        "sys_enter_recvmsg",
-        "sys_exit_recvmsg",
-        "sys_enter_write",
-        "sys_exit_write",
-        "sys_enter_writev",
-        "sys_exit_writev",
-        "sys_enter_sendto",
-        "sys_exit_sendto",
-        "sys_enter_sendmsg",
-        "sys_exit_sendmsg",
-        "sys_enter_sendfile64",
-        "sys_exit_sendfile64",
-        "sys_enter_connect",
-        "sys_exit_connect",
-        "sys_enter_accept",
-        "sys_exit_accept",
-        "sys_enter_accept4",
-        "sys_exit_accept4",
-        "sys_enter_close",
-    ];
+    /// BTF tracepoint on every syscall's entry (`sys_enter`): the program filters by syscall
+    /// number and traced process first.
+    pub const SYS_ENTER: &str = "sys_enter";
+    /// BTF tracepoint on every syscall's exit; its program comes in the variants of
+    /// [`crate::Variant`], named `sys_exit<suffix>`.
+    pub const SYS_EXIT: &str = "sys_exit";
     /// Category of the process lifecycle tracepoints.
     pub const SCHED: &str = "sched";
     /// Classic tracepoints in [`SCHED`].
@@ -85,24 +61,14 @@ pub mod programs {
     /// BTF tracepoint: it hands over the child's `task_struct`, which tells a new process from a
     /// new thread (the classic tracepoint only has the child's tid).
     pub const SCHED_PROCESS_FORK: &str = "sched_process_fork";
-    /// The tail-called copy loop of the variants without bpf_loop (loaded, not attached).
+    /// The BTF tracepoints, whose `btf_trace_<name>` types the kernel's BTF must have.
+    pub const BTF_TRACEPOINTS: &[&str] = &[SYS_ENTER, SYS_EXIT, SCHED_PROCESS_FORK];
+    /// The tail-called copy loop of the variants without bpf_loop (loaded for [`SYS_EXIT`],
+    /// not attached).
     pub const COPY_MORE: &str = "copy_more";
-    /// The syscall exit tracepoints that copy data: their programs come in the variants of
-    /// [`crate::variant`], named `<tracepoint><suffix>`.
-    pub const DATA_EXIT_TRACEPOINTS: &[&str] = &[
-        "sys_exit_read",
-        "sys_exit_readv",
-        "sys_exit_recvfrom",
-        "sys_exit_recvmsg",
-        "sys_exit_write",
-        "sys_exit_writev",
-        "sys_exit_sendto",
-        "sys_exit_sendmsg",
-        "sys_exit_sendfile64",
-    ];
 }
 
-/// Variants of the data exit programs, for kernels without some BPF features. Userspace probes
+/// Variants of the syscall exit program, for kernels without some BPF features. Userspace probes
 /// the kernel (not its version string) and loads one; the events they send are the same.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Variant {
@@ -486,10 +452,6 @@ pub struct KernelOffsets {
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct TracepointOffsets {
-    /// First argument of a sys_enter_* record; the others follow 8 bytes apart.
-    pub sys_enter_args: u32,
-    /// `ret` of a sys_exit_* record.
-    pub sys_exit_ret: u32,
     /// `old_pid` of sched_process_exec: the tid that called exec.
     pub exec_old_pid: u32,
     /// `group_dead` of sched_process_exit, [`OFFSET_ABSENT`] on kernels without it.
@@ -531,8 +493,8 @@ const _: () = {
     assert!(size_of::<SockState>() == 32);
     assert!(size_of::<Pending>() == 32);
     assert!(size_of::<KernelOffsets>() == 108);
-    assert!(size_of::<TracepointOffsets>() == 16);
-    assert!(size_of::<Config>() == 140);
+    assert!(size_of::<TracepointOffsets>() == 8);
+    assert!(size_of::<Config>() == 132);
     assert!(size_of::<StreamKey>() == 16);
     assert!(size_of::<CopyCtl>() == 32);
     assert!(align_of::<DataEvent>() == 8);

@@ -15,8 +15,8 @@ use aya_ebpf::{
         bpf_probe_read_user,
         generated::{bpf_loop, bpf_probe_read_user as raw_read_user, bpf_ringbuf_output},
     },
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
 };
 use sniffer_common::{CHUNK_SIZE, DataHeader, MAX_LOOP_ITERATIONS, STEPS_PER_TAIL_CALL, counters};
 
@@ -162,7 +162,7 @@ extern "C" fn loop_step(_index: u64, _ctx: *mut c_void) -> i64 {
 /// Runs the copy set up in `COPY_STATE`, then sends what is left as one length-only record.
 /// `BPF_LOOP`: with the bpf_loop helper (5.17); else through tail calls of `copy_more`.
 #[inline(always)]
-pub fn run<const BPF_LOOP: bool>(ctx: &TracePointContext, state: *mut Copy) {
+pub fn run<const BPF_LOOP: bool>(ctx: &BtfTracePointContext, state: *mut Copy) {
     if BPF_LOOP {
         // SAFETY: the callback finds its state in COPY_STATE.
         unsafe {
@@ -201,8 +201,11 @@ fn finish(state: *mut Copy) {
 /// The copy loop of kernels without bpf_loop: a few steps, then this program again (a tail
 /// call, which the kernel allows 32 or 33 times in a row), until the copy is done or the tail
 /// calls run out; then the rest as length-only.
-#[tracepoint]
-pub fn copy_more(ctx: TracePointContext) -> u32 {
+///
+/// Loaded for `sys_exit` like the exit programs (a tail call only reaches a program of the
+/// same type and hook), never attached.
+#[btf_tracepoint(function = "sys_exit")]
+pub fn copy_more(ctx: BtfTracePointContext) -> i32 {
     let Some(state) = COPY_STATE.get_ptr_mut(0) else {
         return 0;
     };

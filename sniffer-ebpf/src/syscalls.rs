@@ -1,14 +1,20 @@
-//! The socket syscall tracepoints: enter programs save the arguments of traced processes'
-//! calls on sockets, exit programs advance the stream offsets and copy what moved;
-//! connect/accept give a socket its role and addresses, close ends it.
+//! The syscalls: one program on the kernel's `sys_enter` and one on `sys_exit` (BTF
+//! tracepoints, no perf record per call), for every syscall of every process.
 //!
-//! Each data exit program comes in three variants, for the kernel features they need (see
-//! `sniffer_common::variant`); userspace probes the kernel and loads one of them.
+//! Their first instructions are the filter every syscall pays: the syscall number against the
+//! dozen sniffer reads (a bit mask, no map), then whether the process is traced (one hash
+//! lookup). Past that, the enter saves the arguments of a traced process's call on a socket;
+//! the exit advances the stream offset and copies what moved, or gives a socket its role and
+//! addresses (connect, accept); close ends a socket at its enter.
+//!
+//! The exit program comes in three variants, for the kernel features they need (see
+//! `sniffer_common::Variant`); userspace probes the kernel and loads one of them.
 
 use aya_ebpf::{
+    bindings::pt_regs,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
 };
 use sniffer_common::{
     Config, DataHeader, MAX_IOVECS, Pending, SockKey, StreamKey, Syscall, dir, kind, role,
@@ -24,6 +30,47 @@ use crate::{
 const MSG_PEEK: u64 = 2;
 const EINPROGRESS: i64 = 115;
 
+/// x86_64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl).
+mod nr {
+    pub const READ: u64 = 0;
+    pub const WRITE: u64 = 1;
+    pub const CLOSE: u64 = 3;
+    pub const READV: u64 = 19;
+    pub const WRITEV: u64 = 20;
+    pub const SENDFILE: u64 = 40;
+    pub const CONNECT: u64 = 42;
+    pub const ACCEPT: u64 = 43;
+    pub const SENDTO: u64 = 44;
+    pub const RECVFROM: u64 = 45;
+    pub const SENDMSG: u64 = 46;
+    pub const RECVMSG: u64 = 47;
+    pub const ACCEPT4: u64 = 288;
+
+    /// The numbers below 64 sniffer reads, as bits.
+    pub const LOW_MASK: u64 = 1 << READ
+        | 1 << WRITE
+        | 1 << CLOSE
+        | 1 << READV
+        | 1 << WRITEV
+        | 1 << SENDFILE
+        | 1 << CONNECT
+        | 1 << ACCEPT
+        | 1 << SENDTO
+        | 1 << RECVFROM
+        | 1 << SENDMSG
+        | 1 << RECVMSG;
+}
+
+/// Whether syscall `id` is one sniffer reads: the first test of every syscall of every process.
+#[inline(always)]
+fn wanted(id: u64) -> bool {
+    if id < 64 {
+        nr::LOW_MASK & (1 << id) != 0
+    } else {
+        id == nr::ACCEPT4
+    }
+}
+
 /// A u64 of user memory, 0 when unreadable.
 #[inline(always)]
 fn user_u64(addr: u64) -> u64 {
@@ -31,36 +78,83 @@ fn user_u64(addr: u64) -> u64 {
     unsafe { bpf_probe_read_user(addr as *const u64) }.unwrap_or(0)
 }
 
+/// The syscall's registers: the tracepoint's first argument, a pointer the verifier knows by
+/// its BTF type, so its members are plain loads.
 #[inline(always)]
-fn arg(ctx: &TracePointContext, cfg: &Config, n: u32) -> u64 {
-    // SAFETY: read of the tracepoint record at an offset from its tracefs format.
-    unsafe { ctx.read_at::<u64>((cfg.tp.sys_enter_args + 8 * n) as usize) }.unwrap_or(0)
+fn regs(ctx: &BtfTracePointContext) -> *const pt_regs {
+    ctx.arg(0)
+}
+
+/// Argument `n` (0..4) of the syscall, by the x86_64 syscall convention (rdi, rsi, rdx, r10).
+#[inline(always)]
+fn arg(regs: *const pt_regs, n: u32) -> u64 {
+    // SAFETY: a BTF pointer to the syscall's pt_regs, valid during the tracepoint.
+    unsafe {
+        match n {
+            0 => (*regs).rdi,
+            1 => (*regs).rsi,
+            2 => (*regs).rdx,
+            _ => (*regs).r10,
+        }
+    }
 }
 
 // ---- enter: remember the arguments ---------------------------------------------------------
+
+#[btf_tracepoint(function = "sys_enter")]
+pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
+    let id: u64 = ctx.arg(1);
+    if !wanted(id) {
+        return 0;
+    }
+    let Some((tgid, tid)) = current_target() else {
+        return 0;
+    };
+    let Some(cfg) = config() else { return 0 };
+    let regs = regs(&ctx);
+    let (sc, flags_arg) = match id {
+        nr::READ => (Syscall::Read, None),
+        nr::READV => (Syscall::Readv, None),
+        nr::RECVFROM => (Syscall::Recvfrom, Some(3)),
+        nr::RECVMSG => (Syscall::Recvmsg, Some(2)),
+        nr::WRITE => (Syscall::Write, None),
+        nr::WRITEV => (Syscall::Writev, None),
+        nr::SENDTO => (Syscall::Sendto, None),
+        nr::SENDMSG => (Syscall::Sendmsg, None),
+        nr::SENDFILE => (Syscall::Sendfile, None),
+        nr::CONNECT => return enter_sock(regs, tid, Syscall::Connect),
+        nr::ACCEPT | nr::ACCEPT4 => return enter_sock(regs, tid, Syscall::Accept),
+        nr::CLOSE => return enter_close(cfg, regs, tgid, tid),
+        _ => return 0,
+    };
+    enter_data(cfg, regs, tgid, tid, sc, flags_arg)
+}
 
 /// Enter of a data syscall: the socket is argument 0, `buf` argument 1, `count` argument 2
 /// (sendfile has no user buffer); `flags_arg` is the index of a recv flags argument to check
 /// for MSG_PEEK (peeked bytes are read again later).
 #[inline(always)]
-fn enter_data(ctx: &TracePointContext, sc: Syscall, flags_arg: Option<u32>) -> u32 {
-    let Some(cfg) = config() else { return 0 };
-    let Some((tgid, tid)) = current_target() else {
-        return 0;
-    };
+fn enter_data(
+    cfg: &Config,
+    regs: *const pt_regs,
+    tgid: u32,
+    tid: u32,
+    sc: Syscall,
+    flags_arg: Option<u32>,
+) -> i32 {
     if let Some(i) = flags_arg
-        && arg(ctx, cfg, i) & MSG_PEEK != 0
+        && arg(regs, i) & MSG_PEEK != 0
     {
         return 0;
     }
-    let fd = arg(ctx, cfg, 0) as i32;
+    let fd = arg(regs, 0) as i32;
     let Some(sk) = track_socket(cfg, tgid, tid, fd, None) else {
         return 0;
     };
     let (buf, count) = if sc == Syscall::Sendfile {
         (0, 0)
     } else {
-        (arg(ctx, cfg, 1), arg(ctx, cfg, 2))
+        (arg(regs, 1), arg(regs, 2))
     };
     save_pending(
         tid,
@@ -77,74 +171,25 @@ fn enter_data(ctx: &TracePointContext, sc: Syscall, flags_arg: Option<u32>) -> u
 
 /// Enter of connect/accept: only the fd (the listening fd for accept) matters.
 #[inline(always)]
-fn enter_sock(ctx: &TracePointContext, sc: Syscall) -> u32 {
-    let Some(cfg) = config() else { return 0 };
-    let Some((_, tid)) = current_target() else {
-        return 0;
-    };
+fn enter_sock(regs: *const pt_regs, tid: u32, sc: Syscall) -> i32 {
     save_pending(
         tid,
         &Pending {
             sk: 0,
             buf: 0,
             count: 0,
-            fd: arg(ctx, cfg, 0) as i32,
+            fd: arg(regs, 0) as i32,
             syscall: sc as u32,
         },
     );
     0
 }
 
-macro_rules! enter_programs {
-    ($($name:ident => $sc:expr, $flags:expr;)*) => {$(
-        #[tracepoint]
-        pub fn $name(ctx: TracePointContext) -> u32 {
-            enter_data(&ctx, $sc, $flags)
-        }
-    )*};
-}
-
-enter_programs! {
-    sys_enter_read => Syscall::Read, None;
-    sys_enter_readv => Syscall::Readv, None;
-    sys_enter_recvfrom => Syscall::Recvfrom, Some(3);
-    sys_enter_recvmsg => Syscall::Recvmsg, Some(2);
-    sys_enter_write => Syscall::Write, None;
-    sys_enter_writev => Syscall::Writev, None;
-    sys_enter_sendto => Syscall::Sendto, None;
-    sys_enter_sendmsg => Syscall::Sendmsg, None;
-}
-
-/// sendfile64(out_fd, in_fd, offset, count): the socket is argument 0, there is no user buffer.
-#[tracepoint]
-pub fn sys_enter_sendfile64(ctx: TracePointContext) -> u32 {
-    enter_data(&ctx, Syscall::Sendfile, None)
-}
-
-#[tracepoint]
-pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
-    enter_sock(&ctx, Syscall::Connect)
-}
-
-#[tracepoint]
-pub fn sys_enter_accept(ctx: TracePointContext) -> u32 {
-    enter_sock(&ctx, Syscall::Accept)
-}
-
-#[tracepoint]
-pub fn sys_enter_accept4(ctx: TracePointContext) -> u32 {
-    enter_sock(&ctx, Syscall::Accept)
-}
-
-#[tracepoint]
-pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
-    let Some(cfg) = config() else { return 0 };
-    let Some((tgid, tid)) = current_target() else {
-        return 0;
-    };
+#[inline(always)]
+fn enter_close(cfg: &Config, regs: *const pt_regs, tgid: u32, tid: u32) -> i32 {
     let key = SockKey {
         tgid,
-        fd: arg(&ctx, cfg, 0) as i32,
+        fd: arg(regs, 0) as i32,
     };
     // SAFETY: copied out before the entry is removed.
     if let Some(st) = unsafe { SOCKETS.get(key) } {
@@ -160,43 +205,64 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
 
 // ---- exit: copy what moved ----------------------------------------------------------------
 
-/// What every syscall exit starts from: the config, (tgid, tid), the arguments its enter saved
-/// (none: the enter was not ours), and the return value.
-#[inline(always)]
-fn exit_start(ctx: &TracePointContext) -> Option<(&'static Config, u32, u32, Pending, i64)> {
-    let cfg = config()?;
-    let id = bpf_get_current_pid_tgid();
-    let (tgid, tid) = ((id >> 32) as u32, id as u32);
-    let p = take_pending(tid)?;
-    // SAFETY: read of the tracepoint record at an offset from its tracefs format.
-    let ret = unsafe { ctx.read_at::<i64>(cfg.tp.sys_exit_ret as usize) }.unwrap_or(-1);
-    Some((cfg, tgid, tid, p, ret))
-}
-
-/// Exit of a data syscall: advance the socket's stream offset by the return value and send the
-/// bytes as chunk events, then what was not copied as one length-only event.
+/// Exit of any syscall: those whose enter saved arguments go on.
 /// `BPF_LOOP`: copy with bpf_loop (5.17); `FETCH`: atomic fetch-and-add (5.12).
 #[inline(always)]
-fn exit_data<const BPF_LOOP: bool, const FETCH: bool>(ctx: &TracePointContext) -> u32 {
-    let Some((cfg, tgid, tid, p, ret)) = exit_start(ctx) else {
-        return 0;
-    };
-    if ret <= 0 {
+fn exit<const BPF_LOOP: bool, const FETCH: bool>(ctx: &BtfTracePointContext) -> i32 {
+    let regs = regs(ctx);
+    // SAFETY: a BTF pointer to the syscall's pt_regs, valid during the tracepoint.
+    let id = unsafe { (*regs).orig_rax };
+    if !wanted(id) {
         return 0;
     }
-    let ret = ret as u64;
-    let Some(sc) = Syscall::from_u32(p.syscall) else {
+    let id = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((id >> 32) as u32, id as u32);
+    // Only a traced process's enter saved anything.
+    let Some(p) = take_pending(tid) else {
         return 0;
     };
+    let Some(cfg) = config() else { return 0 };
+    let ret: i64 = ctx.arg(1);
+    match Syscall::from_u32(p.syscall) {
+        Some(Syscall::Connect) => {
+            // 0 or -EINPROGRESS: the socket's addresses are set.
+            if ret == 0 || ret == -EINPROGRESS {
+                track_socket(cfg, tgid, tid, p.fd, Some(role::CLIENT));
+            }
+        }
+        Some(Syscall::Accept) => {
+            if ret >= 0 {
+                track_socket(cfg, tgid, tid, ret as i32, Some(role::SERVER));
+            }
+        }
+        Some(sc) if ret > 0 => exit_data::<BPF_LOOP, FETCH>(ctx, cfg, tgid, tid, &p, sc, ret),
+        _ => {}
+    }
+    0
+}
+
+/// Exit of a data syscall that moved `ret` bytes: advance the socket's stream offset and send
+/// the bytes as chunk events, then what was not copied as one length-only event.
+#[inline(always)]
+fn exit_data<const BPF_LOOP: bool, const FETCH: bool>(
+    ctx: &BtfTracePointContext,
+    cfg: &Config,
+    tgid: u32,
+    tid: u32,
+    p: &Pending,
+    sc: Syscall,
+    ret: i64,
+) {
+    let ret = ret as u64;
     let key = SockKey { tgid, fd: p.fd };
     let Some(st) = SOCKETS.get_ptr_mut(key) else {
-        return 0;
+        return;
     };
     let d = sc.dir();
     // SAFETY: map value pointer; the offset counter is shared by threads of the process.
     let off = unsafe {
         if (*st).sk != p.sk {
-            return 0;
+            return;
         }
         let counter = if d == dir::SEND {
             &raw mut (*st).send_off
@@ -223,7 +289,7 @@ fn exit_data<const BPF_LOOP: bool, const FETCH: bool>(ctx: &TracePointContext) -
         _ => (u64::MAX, u64::MAX, u64::from(cfg.initial_credit_kib) << 10),
     };
     let Some(state) = COPY_STATE.get_ptr_mut(0) else {
-        return 0;
+        return;
     };
     // SAFETY: per-CPU map value, used by this program run only.
     let c = unsafe { &mut *state };
@@ -278,69 +344,22 @@ fn exit_data<const BPF_LOOP: bool, const FETCH: bool>(ctx: &TracePointContext) -
         _ => c.chunks_left = 0,
     }
     copy::run::<BPF_LOOP>(ctx, state);
-    0
 }
 
-/// Three programs per data exit tracepoint: the full one (bpf_loop and atomic fetch-and-add),
-/// `_noloop` (bounded loop) and `_noatomic` (bounded loop, read then add).
-macro_rules! exit_programs {
-    ($($full:ident, $noloop:ident, $noatomic:ident;)*) => {$(
-        #[tracepoint]
-        pub fn $full(ctx: TracePointContext) -> u32 {
-            exit_data::<true, true>(&ctx)
-        }
-        #[tracepoint]
-        pub fn $noloop(ctx: TracePointContext) -> u32 {
-            exit_data::<false, true>(&ctx)
-        }
-        #[tracepoint]
-        pub fn $noatomic(ctx: TracePointContext) -> u32 {
-            exit_data::<false, false>(&ctx)
-        }
-    )*};
+/// The full exit program: bpf_loop and atomic fetch-and-add.
+#[btf_tracepoint(function = "sys_exit")]
+pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
+    exit::<true, true>(&ctx)
 }
 
-exit_programs! {
-    sys_exit_read, sys_exit_read_noloop, sys_exit_read_noatomic;
-    sys_exit_readv, sys_exit_readv_noloop, sys_exit_readv_noatomic;
-    sys_exit_recvfrom, sys_exit_recvfrom_noloop, sys_exit_recvfrom_noatomic;
-    sys_exit_recvmsg, sys_exit_recvmsg_noloop, sys_exit_recvmsg_noatomic;
-    sys_exit_write, sys_exit_write_noloop, sys_exit_write_noatomic;
-    sys_exit_writev, sys_exit_writev_noloop, sys_exit_writev_noatomic;
-    sys_exit_sendto, sys_exit_sendto_noloop, sys_exit_sendto_noatomic;
-    sys_exit_sendmsg, sys_exit_sendmsg_noloop, sys_exit_sendmsg_noatomic;
-    sys_exit_sendfile64, sys_exit_sendfile64_noloop, sys_exit_sendfile64_noatomic;
+/// For kernels without bpf_loop (before 5.17): the copy continues in tail calls.
+#[btf_tracepoint(function = "sys_exit")]
+pub fn sys_exit_noloop(ctx: BtfTracePointContext) -> i32 {
+    exit::<false, true>(&ctx)
 }
 
-/// Exit of connect (0 or -EINPROGRESS: the socket's addresses are set) and accept (the new fd).
-#[inline(always)]
-fn exit_sock(ctx: &TracePointContext) -> u32 {
-    let Some((cfg, tgid, tid, p, ret)) = exit_start(ctx) else {
-        return 0;
-    };
-    match Syscall::from_u32(p.syscall) {
-        Some(Syscall::Connect) if ret == 0 || ret == -EINPROGRESS => {
-            track_socket(cfg, tgid, tid, p.fd, Some(role::CLIENT));
-        }
-        Some(Syscall::Accept) if ret >= 0 => {
-            track_socket(cfg, tgid, tid, ret as i32, Some(role::SERVER));
-        }
-        _ => {}
-    }
-    0
-}
-
-#[tracepoint]
-pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
-    exit_sock(&ctx)
-}
-
-#[tracepoint]
-pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
-    exit_sock(&ctx)
-}
-
-#[tracepoint]
-pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
-    exit_sock(&ctx)
+/// For kernels without atomic fetch-and-add either (before 5.12).
+#[btf_tracepoint(function = "sys_exit")]
+pub fn sys_exit_noatomic(ctx: BtfTracePointContext) -> i32 {
+    exit::<false, false>(&ctx)
 }

@@ -187,6 +187,7 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
         unix: !cli.no_unix,
         initial_credit_kib: if full_capture { 0 } else { cli.copy_window_kib },
         kernel_log: cli.verbose >= 2,
+        bpf_stats: cli.bpf_stats,
         variant: cli.bpf_variant.map(Into::into),
     })?;
     let mut copy_control = probe.take_copy_control()?;
@@ -372,30 +373,38 @@ fn report_losses(probe: &Probe, reported: u64) -> u64 {
     lost
 }
 
-/// CPU seconds (user + system) and peak resident memory (bytes) of this process so far.
-pub fn own_usage() -> (f64, u64) {
+/// CPU seconds in user space and in the kernel, and peak resident memory (bytes), of this
+/// process so far.
+pub fn own_usage() -> (f64, f64, u64) {
     // SAFETY: getrusage fills a zeroed rusage struct.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: RUSAGE_SELF with a valid pointer.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     (
-        secs(ru.ru_utime) + secs(ru.ru_stime),
+        secs(ru.ru_utime),
+        secs(ru.ru_stime),
         ru.ru_maxrss as u64 * 1024,
     )
 }
 
 fn summary(probe: &Probe, reader: &Reader, pipeline: &Pipeline) {
     let t = pipeline.totals;
-    let (cpu, rss) = own_usage();
+    let (user, sys, rss) = own_usage();
+    let cpu = user + sys;
     let h = pipeline.http_stats();
+    // The kernel time of sniffer's programs, when --bpf-stats asked the kernel to count it.
+    let bpf = probe
+        .run_time()
+        .map(|(t, runs)| format!(", bpf {:.1} ms in {runs} runs", t.as_secs_f64() * 1e3))
+        .unwrap_or_default();
     let counters = probe.counters().unwrap_or_default();
     let lost = counters[counters::DATA_EVENTS_LOST as usize]
         + counters[counters::CONTROL_EVENTS_LOST as usize];
     eprintln!(
         "sniffer: {} exchanges, {} messages, {} body bytes, {} events lost, {} broken \
-         ({} connections, {} kernel events, {} payload bytes captured, cpu {cpu:.2} s, peak rss \
-         {} KiB{})",
+         ({} connections, {} kernel events, {} payload bytes captured, cpu {cpu:.2} s (user \
+         {user:.2}, sys {sys:.2}){bpf}, peak rss {} KiB{})",
         h.exchanges,
         h.messages,
         h.body_bytes,

@@ -84,7 +84,7 @@ fn checks() -> Vec<Line> {
     lines.push(lockdown(root));
     lines.push(tracefs(root));
     if let Some(layouts) = &btf {
-        lines.push(btf_tracepoint(layouts));
+        lines.push(btf_tracepoints(layouts));
     }
     if !root {
         lines.push(Line::new(
@@ -326,49 +326,55 @@ fn tracefs(root: bool) -> Line {
         };
     };
     let events = Path::new(dir).join("events");
-    let missing: Vec<String> = programs::SYSCALL_TRACEPOINTS
+    let missing: Vec<String> = programs::SCHED_TRACEPOINTS
         .iter()
-        .map(|t| (programs::SYSCALLS, *t))
-        .chain(
-            programs::SCHED_TRACEPOINTS
-                .iter()
-                .map(|t| (programs::SCHED, *t)),
-        )
-        .filter(|(cat, t)| !events.join(cat).join(t).join("format").is_file())
-        .map(|(cat, t)| format!("{cat}:{t}"))
+        .filter(|t| {
+            !events
+                .join(programs::SCHED)
+                .join(t)
+                .join("format")
+                .is_file()
+        })
+        .map(|t| format!("{}:{t}", programs::SCHED))
         .collect();
-    let total = programs::SYSCALL_TRACEPOINTS.len() + programs::SCHED_TRACEPOINTS.len();
     if missing.is_empty() {
         Line::new(
             Status::Ok,
             "tracepoints",
-            format!("tracefs at {dir}; all {total} syscall and sched tracepoints present"),
+            format!(
+                "tracefs at {dir}; {} present",
+                programs::SCHED_TRACEPOINTS.join(", ")
+            ),
         )
     } else {
         Line::new(
             Status::Missing,
             "tracepoints",
-            format!(
-                "tracefs at {dir} lacks {} (a kernel without CONFIG_FTRACE_SYSCALLS?)",
-                missing.join(", ")
-            ),
+            format!("tracefs at {dir} lacks {}", missing.join(", ")),
         )
     }
 }
 
-fn btf_tracepoint(layouts: &Layouts) -> Line {
-    let name = format!("btf_trace_{}", programs::SCHED_PROCESS_FORK);
-    if layouts.has_type(&name) {
+fn btf_tracepoints(layouts: &Layouts) -> Line {
+    let missing: Vec<&str> = programs::BTF_TRACEPOINTS
+        .iter()
+        .copied()
+        .filter(|t| !layouts.has_type(&format!("btf_trace_{t}")))
+        .collect();
+    if missing.is_empty() {
         Line::new(
             Status::Ok,
-            "fork tracepoint",
-            format!("{} (BTF tracepoint)", programs::SCHED_PROCESS_FORK),
+            "BTF tracepoints",
+            programs::BTF_TRACEPOINTS.join(", "),
         )
     } else {
         Line::new(
             Status::Missing,
-            "fork tracepoint",
-            format!("BTF has no {name}: children of traced processes could not be followed"),
+            "BTF tracepoints",
+            format!(
+                "BTF has no btf_trace_ type for {}: sniffer attaches there",
+                missing.join(", ")
+            ),
         )
     }
 }
@@ -474,6 +480,7 @@ fn load() -> Line {
         unix: true,
         initial_credit_kib: 512,
         kernel_log: false,
+        bpf_stats: false,
         variant: None,
     };
     match Probe::load(&opts) {

@@ -167,6 +167,11 @@ pub struct RunArgs {
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
+    /// Have the kernel count the run time of sniffer's BPF programs (BPF_ENABLE_STATS, 5.8+)
+    /// and show it in the summary; counting costs a little per program run (the bench).
+    #[arg(long, hide = true)]
+    pub bpf_stats: bool,
+
     /// Load this variant of the BPF data programs, not the one the kernel's features choose
     /// (for tests of older kernels' variants).
     #[arg(long, value_enum, hide = true, env = "SNIFFER_BPF_VARIANT")]

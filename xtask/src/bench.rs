@@ -19,6 +19,8 @@ use anyhow::{Context as _, anyhow, bail};
 
 use crate::{run_cmd, workspace};
 
+mod peers;
+
 /// Settings of a bench run.
 pub struct Settings {
     pub seconds: u64,
@@ -52,16 +54,22 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 fn ensure_tools() -> anyhow::Result<()> {
-    let missing: Vec<&str> = [("nginx", "nginx"), ("wrk", "wrk"), ("curl", "curl")]
-        .into_iter()
-        .filter(|(bin, _)| {
-            !Command::new("sh")
-                .args(["-c", &format!("command -v {bin}")])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-        .map(|(_, pkg)| pkg)
-        .collect();
+    let missing: Vec<&str> = [
+        ("nginx", "nginx"),
+        ("wrk", "wrk"),
+        ("curl", "curl"),
+        ("httpry", "httpry"),
+        ("tshark", "tshark"),
+    ]
+    .into_iter()
+    .filter(|(bin, _)| {
+        !Command::new("sh")
+            .args(["-c", &format!("command -v {bin}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+    .map(|(_, pkg)| pkg)
+    .collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -143,6 +151,10 @@ pub struct Summary {
     pub broken: u64,
     pub payload: u64,
     pub cpu_s: f64,
+    pub user_s: f64,
+    pub sys_s: f64,
+    /// Kernel time in sniffer's programs, from a `--bpf-stats` run (0 otherwise).
+    pub bpf_s: f64,
     pub peak_rss_kib: u64,
 }
 
@@ -161,6 +173,26 @@ pub fn parse_summary(stderr: &str) -> Option<Summary> {
         broken: num(" broken")? as u64,
         payload: num(" payload bytes captured")? as u64,
         cpu_s: line.split("cpu ").nth(1)?.split(' ').next()?.parse().ok()?,
+        user_s: line
+            .split("(user ")
+            .nth(1)?
+            .split(',')
+            .next()?
+            .parse()
+            .ok()?,
+        sys_s: line
+            .split(", sys ")
+            .nth(1)?
+            .split(')')
+            .next()?
+            .parse()
+            .ok()?,
+        bpf_s: line
+            .split(", bpf ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|ms| ms.parse::<f64>().ok())
+            .map_or(0.0, |ms| ms / 1e3),
         peak_rss_kib: line
             .split("peak rss ")
             .nth(1)?
@@ -284,6 +316,8 @@ pub struct CaseResult {
     pub completed: Vec<u64>,
     pub logged: Vec<u64>,
     pub summaries: Vec<Summary>,
+    /// CPU per request, from the case's `--bpf-stats` run.
+    pub cpu: Option<CpuFigures>,
     pub notes: String,
 }
 
@@ -300,11 +334,14 @@ struct Load<'a> {
     close: bool,
 }
 
+/// One load case: `pairs` of (untraced, sniffer running with `args`) wrk runs, then one more
+/// run with `--bpf-stats` for the CPU figures (counting run time costs a little, so the
+/// throughput pairs run without it).
 fn load_case(
     name: &str,
     bin: &Path,
     dir: &Path,
-    nginx_pid: u32,
+    args: &[String],
     load: &Load<'_>,
     s: &Settings,
 ) -> anyhow::Result<CaseResult> {
@@ -316,17 +353,13 @@ fn load_case(
     let threads = conns.min(2);
     for pair in 0..s.pairs {
         let (_, base) = wrk(url, conns, threads, s.seconds, close)?;
-        let sniffer = Sniffer::start(
-            bin,
-            &dir.join(format!("{name}-{pair}.log")),
-            &["--pid".into(), nginx_pid.to_string()],
-        )?;
+        let sniffer = Sniffer::start(bin, &dir.join(format!("{name}-{pair}.log")), args)?;
         let (done, rate) = wrk(url, conns, threads, s.seconds, close)?;
         thread::sleep(Duration::from_millis(500));
         let sum = sniffer.stop()?;
         eprintln!(
-            "xtask: {name} pair {pair}: untraced {base:.0}/s, traced {rate:.0}/s, {done} completed, {} logged",
-            sum.exchanges
+            "xtask: {name} pair {pair}: untraced {base:.0}/s, traced {rate:.0}/s, {done} completed, {} logged, cpu {:.2} s (user {:.2}, sys {:.2})",
+            sum.exchanges, sum.cpu_s, sum.user_s, sum.sys_s
         );
         r.untraced.push(base);
         r.traced.push(rate);
@@ -335,7 +368,47 @@ fn load_case(
         r.logged.push(sum.exchanges);
         r.summaries.push(sum);
     }
+    let mut with_stats = args.to_vec();
+    with_stats.push("--bpf-stats".into());
+    let sniffer = Sniffer::start(bin, &dir.join(format!("{name}-stats.log")), &with_stats)?;
+    let (done, _) = wrk(url, conns, threads, s.seconds, close)?;
+    thread::sleep(Duration::from_millis(500));
+    let sum = sniffer.stop()?;
+    r.cpu = Some(CpuFigures::new(&sum, done));
     Ok(r)
+}
+
+/// What sniffer costs per request, from a `--bpf-stats` run: its own user and system time and
+/// the kernel time of its programs (every syscall of every process passes the filter at their
+/// start), in microseconds per request the load generator completed.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct CpuFigures {
+    pub user_us: f64,
+    pub sys_us: f64,
+    pub bpf_us: f64,
+    pub requests: u64,
+}
+
+impl CpuFigures {
+    fn new(sum: &Summary, requests: u64) -> Self {
+        let per = |secs: f64| {
+            if requests == 0 {
+                0.0
+            } else {
+                secs * 1e6 / requests as f64
+            }
+        };
+        Self {
+            user_us: per(sum.user_s),
+            sys_us: per(sum.sys_s),
+            bpf_us: per(sum.bpf_s),
+            requests,
+        }
+    }
+
+    fn total_us(&self) -> f64 {
+        self.user_us + self.sys_us + self.bpf_us
+    }
 }
 
 fn transfer_case(
@@ -483,18 +556,30 @@ pub fn bench(bin: &Path, s: &Settings) -> anyhow::Result<()> {
     let (_nginx, port, nginx_pid) = start_nginx(&dir, &www)?;
     let small = format!("http://127.0.0.1:{port}/small.txt");
     let mut cases = Vec::new();
-    for (name, conns, close) in [
-        ("keep-alive", 10, false),
-        ("connection-close", 10, true),
-        ("200-connections", 200, false),
+    // Nothing busy traced: sniffer follows an idle process while nginx and wrk run untraced.
+    // Every syscall of every process still passes the programs' first test.
+    let idle = Proc(
+        Command::new("sleep")
+            .arg("100000")
+            .spawn()
+            .context("starting an idle process")?,
+    );
+    let idle_args = ["--pid".to_owned(), idle.0.id().to_string()];
+    let nginx_args = ["--pid".to_owned(), nginx_pid.to_string()];
+    for (name, conns, close, args) in [
+        ("untraced (sniffer idle)", 10, false, &idle_args),
+        ("keep-alive", 10, false, &nginx_args),
+        ("connection-close", 10, true, &nginx_args),
+        ("200-connections", 200, false, &nginx_args),
     ] {
         let load = Load {
             url: &small,
             conns,
             close,
         };
-        cases.push(load_case(name, bin, &dir, nginx_pid, &load, s)?);
+        cases.push(load_case(name, bin, &dir, args, &load, s)?);
     }
+    drop(idle);
     let big_url = format!("http://127.0.0.1:{port}/big.bin");
     cases.push(transfer_case(
         "download",
@@ -517,6 +602,7 @@ pub fn bench(bin: &Path, s: &Settings) -> anyhow::Result<()> {
         "speed_upload",
         s,
     )?);
+    let peers = peers::compare(bin, &dir, nginx_pid, port, s)?;
     let soak = if s.soak_seconds > 0 {
         soak(bin, &dir, nginx_pid, port, s)?
     } else {
@@ -526,13 +612,12 @@ pub fn bench(bin: &Path, s: &Settings) -> anyhow::Result<()> {
     let mut table = String::new();
     let _ = writeln!(
         table,
-        "| case | traced/untraced throughput (median) | exchanges logged / completed | payload through ring | sniffer CPU s per 10k exchanges | peak RSS |"
+        "| case | traced/untraced throughput (median) | exchanges logged / completed | payload through ring | sniffer CPU per request, µs: user + sys + BPF = all | sniffer CPU s, user / sys (per run) | peak RSS |"
     );
-    let _ = writeln!(table, "|---|---|---|---|---|---|");
+    let _ = writeln!(table, "|---|---|---|---|---|---|---|");
     for c in &cases {
         let logged: u64 = c.logged.iter().sum();
         let completed: u64 = c.completed.iter().sum();
-        let cpu: f64 = c.summaries.iter().map(|s| s.cpu_s).sum();
         let rss = c
             .summaries
             .iter()
@@ -541,14 +626,28 @@ pub fn bench(bin: &Path, s: &Settings) -> anyhow::Result<()> {
             .unwrap_or(0);
         let payload = c.summaries.iter().map(|s| s.payload).max().unwrap_or(0);
         let lost: u64 = c.summaries.iter().map(|s| s.lost).sum();
-        let per10k = if logged > 0 {
-            cpu * 10_000.0 / logged as f64
-        } else {
-            0.0
-        };
+        let broken: u64 = c.summaries.iter().map(|s| s.broken).sum();
+        let cpu = c.cpu.map_or_else(
+            || "-".to_owned(),
+            |f| {
+                format!(
+                    "{:.2} + {:.2} + {:.2} = {:.2}",
+                    f.user_us,
+                    f.sys_us,
+                    f.bpf_us,
+                    f.total_us()
+                )
+            },
+        );
+        let split = c
+            .summaries
+            .iter()
+            .map(|s| format!("{:.2} / {:.2}", s.user_s, s.sys_s))
+            .collect::<Vec<_>>()
+            .join(", ");
         let _ = writeln!(
             table,
-            "| {} | {:.2} ({}) | {logged} / {completed}{} | {} KiB | {per10k:.2} | {} MiB |",
+            "| {} | {:.2} ({}) | {logged} / {completed}{}{} | {} KiB | {cpu} | {split} | {} MiB |",
             c.name,
             median(&c.ratios),
             c.ratios
@@ -558,6 +657,11 @@ pub fn bench(bin: &Path, s: &Settings) -> anyhow::Result<()> {
                 .join(", "),
             if lost > 0 {
                 format!(", {lost} events lost")
+            } else {
+                String::new()
+            },
+            if broken > 0 {
+                format!(", {broken} broken")
             } else {
                 String::new()
             },
@@ -572,6 +676,7 @@ pub fn bench(bin: &Path, s: &Settings) -> anyhow::Result<()> {
             soak["seconds"], soak["rss_start_kib"], soak["rss_peak_kib"], soak["rss_end_kib"]
         );
     }
+    let _ = writeln!(table, "\n{}", peers::table(&peers));
     let date = Command::new("date")
         .arg("-u")
         .arg("+%Y-%m-%d")
@@ -591,6 +696,7 @@ pub fn bench(bin: &Path, s: &Settings) -> anyhow::Result<()> {
         "seconds": s.seconds,
         "pairs": s.pairs,
         "cases": cases,
+        "peers": peers,
         "soak": soak,
         "table": table,
     });
@@ -606,12 +712,16 @@ mod tests {
 
     #[test]
     fn summary_line_figures() {
-        let s = parse_summary("x\nsniffer: 12 exchanges, 24 messages, 300 body bytes, 3 events lost, 1 broken (5 connections, 99 kernel events, 4096 payload bytes captured, cpu 0.52 s, peak rss 20480 KiB)\n").unwrap();
+        let s = parse_summary("x\nsniffer: 12 exchanges, 24 messages, 300 body bytes, 3 events lost, 1 broken (5 connections, 99 kernel events, 4096 payload bytes captured, cpu 0.52 s (user 0.40, sys 0.12), peak rss 20480 KiB)\n").unwrap();
         assert_eq!(
             (s.exchanges, s.lost, s.broken, s.payload, s.peak_rss_kib),
             (12, 3, 1, 4096, 20480)
         );
         assert!((s.cpu_s - 0.52).abs() < 1e-9);
+        assert!((s.user_s - 0.40).abs() < 1e-9 && (s.sys_s - 0.12).abs() < 1e-9);
+        assert_eq!(s.bpf_s, 0.0);
+        let s = parse_summary("sniffer: 1 exchanges, 2 messages, 6 body bytes, 0 events lost, 0 broken (1 connections, 7 kernel events, 276 payload bytes captured, cpu 0.81 s (user 0.49, sys 0.32), bpf 12.5 ms in 10366 runs, peak rss 49816 KiB)").unwrap();
+        assert!((s.bpf_s - 0.0125).abs() < 1e-9);
         assert!(parse_summary("nothing").is_none());
     }
 }

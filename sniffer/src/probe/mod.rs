@@ -102,6 +102,8 @@ pub struct ProbeOptions {
     pub initial_credit_kib: u32,
     /// Turn the kernel side's diagnostics on (`-vv`), shown through `tracing` at debug level.
     pub kernel_log: bool,
+    /// Count the programs' run time (see [`Probe::run_time`]).
+    pub bpf_stats: bool,
     /// Load this variant of the data programs instead of the one the kernel's features choose
     /// (tests run the older kernels' variants on a new kernel with it).
     pub variant: Option<Variant>,
@@ -118,6 +120,8 @@ pub struct Probe {
     pub variant: Variant,
     /// The kernel side's diagnostics, when on.
     kernel_log: Option<aya_log::EbpfLogger<KernelLog>>,
+    /// Keeps the kernel counting programs' run time while open (`--bpf-stats`).
+    stats: Option<std::os::fd::OwnedFd>,
 }
 
 impl Probe {
@@ -178,29 +182,22 @@ impl Probe {
         let comms = take_map(&mut ebpf, maps::COMMS)?;
         let comms = HashMap::try_from(comms).map_err(map_err(maps::COMMS))?;
 
-        for tp in programs::SYSCALL_TRACEPOINTS {
-            let prog = if programs::DATA_EXIT_TRACEPOINTS.contains(tp) {
-                format!("{tp}{}", variant.suffix())
-            } else {
-                (*tp).to_owned()
-            };
-            attach_tracepoint(&mut ebpf, programs::SYSCALLS, tp, &prog)?;
-        }
         for name in programs::SCHED_TRACEPOINTS {
             attach_tracepoint(&mut ebpf, programs::SCHED, name, name)?;
         }
-        if variant != Variant::Full {
-            load_copy_loop(&mut ebpf)?;
-        }
         let btf = Btf::from_sys_fs().map_err(ProbeError::Btf)?;
-        let name = programs::SCHED_PROCESS_FORK;
-        let prog: &mut BtfTracePoint = ebpf
-            .program_mut(name)
-            .ok_or_else(|| ProbeError::MissingProgram(name.to_owned()))?
-            .try_into()
-            .map_err(prog_err(name))?;
-        prog.load(name, &btf).map_err(prog_err(name))?;
-        prog.attach().map_err(prog_err(name))?;
+        // The copy loop first: the exit program's tail calls find it from its first run.
+        if variant != Variant::Full {
+            load_copy_loop(&mut ebpf, &btf)?;
+        }
+        let exit = format!("{}{}", programs::SYS_EXIT, variant.suffix());
+        for (prog, hook) in [
+            (programs::SCHED_PROCESS_FORK, programs::SCHED_PROCESS_FORK),
+            (programs::SYS_ENTER, programs::SYS_ENTER),
+            (&exit, programs::SYS_EXIT),
+        ] {
+            attach_btf_tracepoint(&mut ebpf, &btf, prog, hook)?;
+        }
         tracing::debug!("BPF programs attached");
         let kernel_log = if opts.kernel_log {
             match aya_log::EbpfLogger::init_with_logger(&mut ebpf, KernelLog) {
@@ -216,6 +213,17 @@ impl Probe {
         // Parsing the kernel's BTF (here and in aya) took tens of MiB that are free now: give
         // them back rather than keep them as the process's high-water mark.
         crate::heap::trim();
+        let stats = if opts.bpf_stats {
+            match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+                Ok(fd) => Some(fd),
+                Err(e) => {
+                    tracing::warn!("the kernel will not count BPF run time: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         Ok(Self {
             ebpf,
             targets,
@@ -223,7 +231,21 @@ impl Probe {
             features,
             variant,
             kernel_log,
+            stats,
         })
+    }
+
+    /// Kernel time spent in sniffer's programs and how many times they ran, when counted.
+    pub fn run_time(&self) -> Option<(std::time::Duration, u64)> {
+        self.stats.as_ref()?;
+        let mut total = (std::time::Duration::ZERO, 0);
+        for (_, prog) in self.ebpf.programs() {
+            if let Ok(info) = prog.info() {
+                total.0 += info.run_time();
+                total.1 += info.run_count();
+            }
+        }
+        Some(total)
     }
 
     /// Shows the kernel side's diagnostics that arrived since the last call (`-vv`).
@@ -351,15 +373,35 @@ fn attach_tracepoint(
     Ok(())
 }
 
-/// Loads the tail-called copy loop and puts it in slot 0 of its program array.
-fn load_copy_loop(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
-    let name = programs::COPY_MORE;
-    let prog: &mut TracePoint = ebpf
+/// Loads program `name` for BTF tracepoint `hook` and attaches it.
+fn attach_btf_tracepoint(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    name: &str,
+    hook: &str,
+) -> Result<(), ProbeError> {
+    let prog: &mut BtfTracePoint = ebpf
         .program_mut(name)
         .ok_or_else(|| ProbeError::MissingProgram(name.to_owned()))?
         .try_into()
         .map_err(prog_err(name))?;
-    prog.load().map_err(prog_err(name))?;
+    let t = std::time::Instant::now();
+    prog.load(hook, btf).map_err(prog_err(name))?;
+    tracing::debug!("loaded {name} in {:?}", t.elapsed());
+    prog.attach().map_err(prog_err(name))?;
+    Ok(())
+}
+
+/// Loads the tail-called copy loop and puts it in slot 0 of its program array.
+fn load_copy_loop(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), ProbeError> {
+    let name = programs::COPY_MORE;
+    let prog: &mut BtfTracePoint = ebpf
+        .program_mut(name)
+        .ok_or_else(|| ProbeError::MissingProgram(name.to_owned()))?
+        .try_into()
+        .map_err(prog_err(name))?;
+    // Loaded for sys_exit like the exit program: a tail call only reaches its own kind.
+    prog.load(programs::SYS_EXIT, btf).map_err(prog_err(name))?;
     let fd = prog
         .fd()
         .map_err(prog_err(name))?

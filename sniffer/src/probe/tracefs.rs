@@ -23,8 +23,6 @@ pub enum TracefsError {
     Read { path: String, source: io::Error },
     #[error("tracepoint format {path} has no field `{field}`")]
     Field { path: String, field: String },
-    #[error("tracepoint format {path}: syscall arguments are not 8 bytes apart")]
-    ArgLayout { path: String },
 }
 
 /// The tracefs root, mounting tracefs first when it is not mounted anywhere.
@@ -113,19 +111,10 @@ fn field(path: &str, fields: &HashMap<String, u32>, name: &str) -> Result<u32, T
 
 /// The record offsets the BPF programs need, read from this kernel's format files.
 pub fn tracepoint_offsets(root: &Path) -> Result<TracepointOffsets, TracefsError> {
-    let (path, enter) = format_of(root, "syscalls", "sys_enter_write")?;
-    let args = field(&path, &enter, "fd")?;
-    if field(&path, &enter, "buf")? != args + 8 || field(&path, &enter, "count")? != args + 16 {
-        return Err(TracefsError::ArgLayout { path });
-    }
-    let (path, exit) = format_of(root, "syscalls", "sys_exit_write")?;
-    let sys_exit_ret = field(&path, &exit, "ret")?;
     let (path, exec) = format_of(root, "sched", "sched_process_exec")?;
     let exec_old_pid = field(&path, &exec, "old_pid")?;
     let (_, exit) = format_of(root, "sched", "sched_process_exit")?;
     Ok(TracepointOffsets {
-        sys_enter_args: args,
-        sys_exit_ret,
         exec_old_pid,
         exit_group_dead: exit.get("group_dead").copied().unwrap_or(OFFSET_ABSENT),
     })
