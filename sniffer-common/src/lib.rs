@@ -38,6 +38,16 @@ pub mod maps {
 
     /// Program array whose slot 0 is [`crate::programs::COPY_MORE`] (kernels without bpf_loop).
     pub const COPY_TAIL: &str = "COPY_TAIL";
+    /// The same for the TLS return probe: [`crate::programs::COPY_MORE_TLS`].
+    pub const COPY_TAIL_TLS: &str = "COPY_TAIL_TLS";
+
+    /// tid -> the TLS library call in progress ([`crate::TlsArgs`]).
+    pub const TLS_CALLS: &str = "TLS_CALLS";
+    pub const TLS_CALLS_CAPACITY: u32 = 16384;
+
+    /// (`SSL *`, tgid) -> the fd of its socket, learnt from its calls' syscalls.
+    pub const SSL_FDS: &str = "SSL_FDS";
+    pub const SSL_FDS_CAPACITY: u32 = 65536;
 
     /// Per-CPU counters of what the kernel side could not do, indexed by [`crate::counters`].
     pub const COUNTERS: &str = "COUNTERS";
@@ -66,6 +76,28 @@ pub mod programs {
     /// The tail-called copy loop of the variants without bpf_loop (loaded for [`SYS_EXIT`],
     /// not attached).
     pub const COPY_MORE: &str = "copy_more";
+    /// The same for the TLS return probe (a uretprobe, so a program of that kind).
+    pub const COPY_MORE_TLS: &str = "copy_more_tls";
+    /// The TLS return probe, on the return of every probed TLS function; comes in the
+    /// variants of [`crate::Variant`], named `ssl_return<suffix>`.
+    pub const SSL_RETURN: &str = "ssl_return";
+    /// The return probe of the handshake functions.
+    pub const SSL_HANDSHAKE_RETURN: &str = "ssl_handshake_return";
+    /// OpenSSL's functions (libssl 1.1 and 3) with their entry probe and return probe
+    /// (`None`: [`SSL_RETURN`] in the variant loaded).
+    pub const SSL_FUNCTIONS: &[(&str, &str, Option<&str>)] = &[
+        ("SSL_write", "ssl_write", None),
+        ("SSL_write_ex", "ssl_write_ex", None),
+        ("SSL_read", "ssl_read", None),
+        ("SSL_read_ex", "ssl_read_ex", None),
+        (
+            "SSL_do_handshake",
+            "ssl_handshake",
+            Some(SSL_HANDSHAKE_RETURN),
+        ),
+        ("SSL_connect", "ssl_handshake", Some(SSL_HANDSHAKE_RETURN)),
+        ("SSL_accept", "ssl_handshake", Some(SSL_HANDSHAKE_RETURN)),
+    ];
 }
 
 /// Variants of the syscall exit program, for kernels without some BPF features. Userspace probes
@@ -118,6 +150,8 @@ pub mod counters {
     pub const TARGETS_FULL: u32 = 5;
     /// Chunks whose user memory could not be read (sent as length-only).
     pub const USER_READ_FAULTS: u32 = 6;
+    /// TLS library calls whose socket was not known (no syscall of theirs was seen yet).
+    pub const TLS_NO_SOCKET: u32 = 7;
     /// Number of counters.
     pub const COUNT: u32 = 8;
 
@@ -130,7 +164,7 @@ pub mod counters {
         "sockets missed (socket map full)",
         "processes missed (target map full)",
         "user memory read faults",
-        "reserved",
+        "TLS calls on an unknown socket (plaintext not read)",
     ];
 }
 
@@ -163,6 +197,25 @@ pub mod kind {
     pub const PROC_FORK: u32 = 4;
     pub const PROC_EXEC: u32 = 5;
     pub const PROC_EXIT: u32 = 6;
+    /// A [`crate::DataHeader`] of TLS plaintext, read in the TLS library (SSL_read/SSL_write):
+    /// `off` counts the socket's plaintext stream, not its bytes on the wire.
+    pub const TLS_DATA: u32 = 7;
+    /// A [`crate::ProcEvent`]: the process mapped a file as executable code (a library it
+    /// loads, dlopen): userspace looks for TLS libraries to probe in it.
+    pub const PROC_MAP_EXEC: u32 = 8;
+}
+
+/// Bits of [`DataHeader::flags`].
+pub mod data_flags {
+    /// Bytes on the wire of a socket whose TLS library sniffer reads: counted, never copied
+    /// (the plaintext comes as [`crate::kind::TLS_DATA`]).
+    pub const CIPHERTEXT: u32 = 1;
+}
+
+/// Bits of [`SockState::flags`].
+pub mod sock_flags {
+    /// A TLS library call on this socket was seen: its syscalls carry ciphertext.
+    pub const TLS: u32 = 1;
 }
 
 /// Direction of a data event, seen from the traced process.
@@ -205,6 +258,12 @@ pub enum Syscall {
     Sendfile = 8,
     Connect = 9,
     Accept = 10,
+    /// SSL_read or SSL_read_ex: TLS plaintext received.
+    SslRead = 11,
+    /// SSL_write or SSL_write_ex: TLS plaintext sent.
+    SslWrite = 12,
+    /// mmap of executable code (only its enter's arguments are kept).
+    Mmap = 13,
 }
 
 impl Syscall {
@@ -221,6 +280,9 @@ impl Syscall {
             8 => Self::Sendfile,
             9 => Self::Connect,
             10 => Self::Accept,
+            11 => Self::SslRead,
+            12 => Self::SslWrite,
+            13 => Self::Mmap,
             _ => return None,
         })
     }
@@ -238,13 +300,16 @@ impl Syscall {
             Self::Sendfile => "sendfile",
             Self::Connect => "connect",
             Self::Accept => "accept",
+            Self::SslRead => "SSL_read",
+            Self::SslWrite => "SSL_write",
+            Self::Mmap => "mmap",
         }
     }
 
     /// Direction of the bytes this syscall moves.
     pub const fn dir(self) -> u32 {
         match self {
-            Self::Read | Self::Readv | Self::Recvfrom | Self::Recvmsg => dir::RECV,
+            Self::Read | Self::Readv | Self::Recvfrom | Self::Recvmsg | Self::SslRead => dir::RECV,
             _ => dir::SEND,
         }
     }
@@ -276,7 +341,8 @@ pub struct DataHeader {
     pub syscall_len: u64,
     /// Bytes of payload that follow this header (`cap <= len`, `cap <= CHUNK_SIZE`).
     pub cap: u32,
-    pub _pad: u32,
+    /// Bits of [`data_flags`].
+    pub flags: u32,
 }
 
 /// A data event as staged in the per-CPU scratch map; only `size_of::<DataHeader>() + cap` bytes
@@ -329,6 +395,9 @@ pub struct SockEvent {
     /// Stream offsets at this moment: the total bytes sent and received so far.
     pub send_off: u64,
     pub recv_off: u64,
+    /// The same for TLS plaintext (0 on a socket without TLS library calls).
+    pub tls_send_off: u64,
+    pub tls_recv_off: u64,
     pub local: SockAddr,
     pub peer: SockAddr,
 }
@@ -367,9 +436,15 @@ pub struct SockState {
     pub send_off: u64,
     /// Bytes received so far.
     pub recv_off: u64,
+    /// TLS plaintext sent and received so far, through the TLS library.
+    pub tls_send_off: u64,
+    pub tls_recv_off: u64,
     pub role: u32,
     pub family: u16,
     pub sock_type: u16,
+    /// Bits of [`sock_flags`].
+    pub flags: u32,
+    pub _pad: u32,
 }
 
 /// Key of the copy-control map: one direction of one socket of one process.
@@ -410,6 +485,43 @@ pub struct Pending {
     pub fd: i32,
     /// A [`Syscall`] value.
     pub syscall: u32,
+}
+
+/// Which TLS library call a [`TlsArgs`] belongs to.
+pub mod tls_call {
+    pub const READ: u32 = 1;
+    pub const WRITE: u32 = 2;
+    /// SSL_do_handshake, SSL_connect, SSL_accept: only the socket is learnt.
+    pub const HANDSHAKE: u32 = 3;
+}
+
+/// Value of the TLS call map (per thread): a TLS library call in progress, from its entry to
+/// its return. While it is there, the thread's socket syscalls tell which socket the `SSL *`
+/// uses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TlsArgs {
+    /// The `SSL *`.
+    pub ssl: u64,
+    /// The plaintext buffer.
+    pub buf: u64,
+    /// SSL_read_ex/SSL_write_ex: where the byte count goes (`size_t *`); 0 for SSL_read and
+    /// SSL_write, which return it.
+    pub out: u64,
+    /// bpf_ktime_get_ns() at the call's entry.
+    pub ts_ns: u64,
+    /// A [`tls_call`] value.
+    pub call: u32,
+    pub _pad: u32,
+}
+
+/// Key of the `SSL *` -> socket map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SslKey {
+    pub ssl: u64,
+    pub tgid: u32,
+    pub _pad: u32,
 }
 
 /// Byte offsets of the kernel struct members the BPF side reads, computed by userspace from
@@ -479,6 +591,8 @@ pub mod config_flags {
     pub const READY: u32 = 1;
     /// Trace unix stream sockets too, not only TCP.
     pub const UNIX: u32 = 2;
+    /// TLS library probes are attached: traced socket syscalls look for a TLS call around them.
+    pub const TLS: u32 = 4;
 }
 
 // Pin the layouts: a change here must be a deliberate change of the contract on both sides.
@@ -487,10 +601,12 @@ const _: () = {
     assert!(size_of::<DataHeader>() == 72);
     assert!(size_of::<DataEvent>() == 72 + CHUNK_SIZE);
     assert!(size_of::<SockAddr>() == 136);
-    assert!(size_of::<SockEvent>() == 72 + 2 * 136);
+    assert!(size_of::<SockEvent>() == 88 + 2 * 136);
     assert!(size_of::<ProcEvent>() == 40);
     assert!(size_of::<SockKey>() == 8);
-    assert!(size_of::<SockState>() == 32);
+    assert!(size_of::<SockState>() == 56);
+    assert!(size_of::<TlsArgs>() == 40);
+    assert!(size_of::<SslKey>() == 16);
     assert!(size_of::<Pending>() == 32);
     assert!(size_of::<KernelOffsets>() == 108);
     assert!(size_of::<TracepointOffsets>() == 8);
@@ -514,4 +630,6 @@ mod pod {
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for StreamKey {}
     unsafe impl aya::Pod for CopyCtl {}
+    unsafe impl aya::Pod for TlsArgs {}
+    unsafe impl aya::Pod for SslKey {}
 }

@@ -11,21 +11,61 @@
 use core::{ffi::c_void, mem::size_of, ptr};
 
 use aya_ebpf::{
+    EbpfContext,
     helpers::{
         bpf_probe_read_user,
         generated::{bpf_loop, bpf_probe_read_user as raw_read_user, bpf_ringbuf_output},
     },
-    macros::btf_tracepoint,
-    programs::BtfTracePointContext,
+    macros::{btf_tracepoint, uretprobe},
+    maps::ProgramArray,
+    programs::{BtfTracePointContext, RetProbeContext},
 };
-use sniffer_common::{CHUNK_SIZE, DataHeader, MAX_LOOP_ITERATIONS, STEPS_PER_TAIL_CALL, counters};
+use sniffer_common::{
+    CHUNK_SIZE, Config, DataHeader, MAX_LOOP_ITERATIONS, STEPS_PER_TAIL_CALL, StreamKey, counters,
+};
 
 use crate::{
     atomic::opaque,
     diag,
-    maps::{COPY_STATE, COPY_TAIL, EVENTS, SCRATCH, count},
+    maps::{COPY_CTL, COPY_STATE, COPY_TAIL, COPY_TAIL_TLS, EVENTS, SCRATCH, count},
     ring::{emit_uncopied, room_for_data, wakeup},
 };
+
+/// Sets up the copy of `hdr.syscall_len` bytes of a stream starting at `hdr.off`, with what
+/// userspace wants copied of that stream (bounded copy) or, without word from it, a first
+/// window. The caller then says where the bytes are (`base`/`seg_left` or `iov`/`iov_left`).
+#[inline(always)]
+pub fn prepare(cfg: &Config, hdr: DataHeader) -> Option<*mut Copy> {
+    let skey = StreamKey {
+        tgid: hdr.tgid,
+        fd: hdr.fd,
+        dir: hdr.dir,
+        _pad: 0,
+    };
+    // SAFETY: copied out of the map value.
+    let (skip_at, skip_to, stop_at) = match unsafe { COPY_CTL.get(skey) } {
+        Some(ctl) if ctl.sk == hdr.sk => (ctl.skip_from, ctl.skip_until, ctl.credit_until),
+        _ if cfg.initial_credit_kib == 0 => (u64::MAX, u64::MAX, u64::MAX),
+        _ => (u64::MAX, u64::MAX, u64::from(cfg.initial_credit_kib) << 10),
+    };
+    let state = COPY_STATE.get_ptr_mut(0)?;
+    // SAFETY: per-CPU map value, used by this program run only.
+    unsafe {
+        *state = Copy {
+            hdr,
+            base: 0,
+            seg_left: 0,
+            iov: 0,
+            iov_left: 0,
+            remaining: hdr.syscall_len,
+            chunks_left: u64::from(cfg.max_chunks_per_syscall),
+            skip_at,
+            skip_to,
+            stop_at,
+        };
+    }
+    Some(state)
+}
 
 /// State of the chunk loop, in a per-CPU map (see `maps::COPY_STATE`).
 #[repr(C)]
@@ -160,9 +200,10 @@ extern "C" fn loop_step(_index: u64, _ctx: *mut c_void) -> i64 {
 }
 
 /// Runs the copy set up in `COPY_STATE`, then sends what is left as one length-only record.
-/// `BPF_LOOP`: with the bpf_loop helper (5.17); else through tail calls of `copy_more`.
+/// `BPF_LOOP`: with the bpf_loop helper (5.17); else through tail calls of the program in slot
+/// 0 of `tail` (`copy_more`, or `copy_more_tls` for the TLS return probe).
 #[inline(always)]
-pub fn run<const BPF_LOOP: bool>(ctx: &BtfTracePointContext, state: *mut Copy) {
+pub fn run<const BPF_LOOP: bool, C: EbpfContext>(ctx: &C, tail: &ProgramArray, state: *mut Copy) {
     if BPF_LOOP {
         // SAFETY: the callback finds its state in COPY_STATE.
         unsafe {
@@ -174,9 +215,9 @@ pub fn run<const BPF_LOOP: bool>(ctx: &BtfTracePointContext, state: *mut Copy) {
             );
         }
     } else {
-        // SAFETY: slot 0 holds copy_more (userspace puts it there); on success this never
-        // returns, and copy_more finishes the copy.
-        unsafe { COPY_TAIL.tail_call(ctx, 0) };
+        // SAFETY: slot 0 holds the copy loop (userspace puts it there); on success this never
+        // returns, and the loop finishes the copy.
+        unsafe { tail.tail_call(ctx, 0) };
     }
     finish(state);
 }
@@ -206,18 +247,30 @@ fn finish(state: *mut Copy) {
 /// same type and hook), never attached.
 #[btf_tracepoint(function = "sys_exit")]
 pub fn copy_more(ctx: BtfTracePointContext) -> i32 {
+    more(&ctx, &COPY_TAIL);
+    0
+}
+
+/// `copy_more` for the TLS return probe (a uretprobe's tail call reaches a uretprobe).
+#[uretprobe]
+pub fn copy_more_tls(ctx: RetProbeContext) -> u32 {
+    more(&ctx, &COPY_TAIL_TLS);
+    0
+}
+
+#[inline(always)]
+fn more<C: EbpfContext>(ctx: &C, tail: &ProgramArray) {
     let Some(state) = COPY_STATE.get_ptr_mut(0) else {
-        return 0;
+        return;
     };
     for _ in 0..STEPS_PER_TAIL_CALL {
         // SAFETY: per-CPU map value, used by this program run (and its tail calls) only.
         if !step(unsafe { &mut *state }) {
             finish(state);
-            return 0;
+            return;
         }
     }
     // SAFETY: as in `run`.
-    unsafe { COPY_TAIL.tail_call(&ctx, 0) };
+    unsafe { tail.tail_call(ctx, 0) };
     finish(state);
-    0
 }

@@ -13,6 +13,7 @@
 //! - `copy`: the chunk loop (bpf_loop or bounded) that copies a syscall's bytes;
 //! - `atomic`: the stream offsets' atomic add, with and without fetch;
 //! - `ring`: ring buffer wakeups, room, small records;
+//! - `tls`: uprobes on OpenSSL, TLS plaintext joined to its socket;
 //! - `procs`: following forks, execs and exits;
 //! - `diag`: diagnostics for `sniffer -vv` (aya-log), free when off.
 #![no_std]
@@ -28,6 +29,7 @@ mod procs;
 mod ring;
 mod sockets;
 mod syscalls;
+mod tls;
 
 #[cfg(not(test))]
 #[panic_handler]

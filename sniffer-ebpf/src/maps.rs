@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use sniffer_common::{
-    COMM_LEN, Config, CopyCtl, DataEvent, Pending, SockKey, SockState, StreamKey, config_flags,
-    counters, maps,
+    COMM_LEN, Config, CopyCtl, DataEvent, Pending, SockKey, SockState, SslKey, StreamKey, TlsArgs,
+    config_flags, counters, maps,
 };
 
 use crate::copy::Copy;
@@ -43,6 +43,17 @@ pub static COPY_STATE: PerCpuArray<Copy> = PerCpuArray::with_max_entries(1, 0);
 /// Slot 0: `copy_more`, the tail-called copy loop of kernels without bpf_loop.
 #[map]
 pub static COPY_TAIL: ProgramArray = ProgramArray::with_max_entries(1, 0);
+/// Slot 0: `copy_more_tls`, the same for the TLS return probe.
+#[map]
+pub static COPY_TAIL_TLS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+/// tid -> the TLS library call in progress. LRU: a call that never returns ages out.
+#[map]
+pub static TLS_CALLS: LruHashMap<u32, TlsArgs> =
+    LruHashMap::with_max_entries(maps::TLS_CALLS_CAPACITY, 0);
+/// (`SSL *`, tgid) -> fd of its socket. LRU: SSL objects are freed without a call we see.
+#[map]
+pub static SSL_FDS: LruHashMap<SslKey, i32> =
+    LruHashMap::with_max_entries(maps::SSL_FDS_CAPACITY, 0);
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::COUNT, 0);
 #[map]

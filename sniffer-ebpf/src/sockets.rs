@@ -210,6 +210,8 @@ pub fn emit_sock(
         ev.sk = st.sk;
         ev.send_off = st.send_off;
         ev.recv_off = st.recv_off;
+        ev.tls_send_off = st.tls_send_off;
+        ev.tls_recv_off = st.tls_recv_off;
         if addresses {
             fill_addresses(&cfg.kernel, st.sk, st.family, ev);
         }
@@ -269,9 +271,13 @@ pub fn track_socket(
         sk,
         send_off: 0,
         recv_off: 0,
+        tls_send_off: 0,
+        tls_recv_off: 0,
         role,
         family: fam,
         sock_type,
+        flags: 0,
+        _pad: 0,
     };
     if SOCKETS.insert(key, st, BPF_NOEXIST as u64).is_err() {
         count(counters::SOCKETS_FULL, 1);

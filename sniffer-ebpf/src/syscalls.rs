@@ -17,24 +17,30 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use sniffer_common::{
-    Config, DataHeader, MAX_IOVECS, Pending, SockKey, StreamKey, Syscall, dir, kind, role,
+    Config, DataHeader, MAX_IOVECS, Pending, SockKey, SslKey, Syscall, config_flags, data_flags,
+    dir, kind, role, sock_flags,
 };
 
 use crate::{
     atomic::{fetch_add, read_then_add},
-    copy::{self, Copy},
-    maps::{COPY_CTL, COPY_STATE, SOCKETS, config, current_target, save_pending, take_pending},
+    copy,
+    maps::{
+        COPY_TAIL, SOCKETS, SSL_FDS, TLS_CALLS, config, current_target, save_pending, take_pending,
+    },
+    ring::{emit_proc, emit_uncopied},
     sockets::{emit_sock, track_socket},
 };
 
 const MSG_PEEK: u64 = 2;
 const EINPROGRESS: i64 = 115;
+const PROT_EXEC: u64 = 4;
 
 /// x86_64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl).
 mod nr {
     pub const READ: u64 = 0;
     pub const WRITE: u64 = 1;
     pub const CLOSE: u64 = 3;
+    pub const MMAP: u64 = 9;
     pub const READV: u64 = 19;
     pub const WRITEV: u64 = 20;
     pub const SENDFILE: u64 = 40;
@@ -50,6 +56,7 @@ mod nr {
     pub const LOW_MASK: u64 = 1 << READ
         | 1 << WRITE
         | 1 << CLOSE
+        | 1 << MMAP
         | 1 << READV
         | 1 << WRITEV
         | 1 << SENDFILE
@@ -85,7 +92,8 @@ fn regs(ctx: &BtfTracePointContext) -> *const pt_regs {
     ctx.arg(0)
 }
 
-/// Argument `n` (0..4) of the syscall, by the x86_64 syscall convention (rdi, rsi, rdx, r10).
+/// Argument `n` (0..5) of the syscall, by the x86_64 syscall convention (rdi, rsi, rdx, r10,
+/// r8).
 #[inline(always)]
 fn arg(regs: *const pt_regs, n: u32) -> u64 {
     // SAFETY: a BTF pointer to the syscall's pt_regs, valid during the tracepoint.
@@ -94,7 +102,8 @@ fn arg(regs: *const pt_regs, n: u32) -> u64 {
             0 => (*regs).rdi,
             1 => (*regs).rsi,
             2 => (*regs).rdx,
-            _ => (*regs).r10,
+            3 => (*regs).r10,
+            _ => (*regs).r8,
         }
     }
 }
@@ -125,6 +134,7 @@ pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
         nr::CONNECT => return enter_sock(regs, tid, Syscall::Connect),
         nr::ACCEPT | nr::ACCEPT4 => return enter_sock(regs, tid, Syscall::Accept),
         nr::CLOSE => return enter_close(cfg, regs, tgid, tid),
+        nr::MMAP => return enter_mmap(regs, tid),
         _ => return 0,
     };
     enter_data(cfg, regs, tgid, tid, sc, flags_arg)
@@ -151,6 +161,9 @@ fn enter_data(
     let Some(sk) = track_socket(cfg, tgid, tid, fd, None) else {
         return 0;
     };
+    if cfg.flags & config_flags::TLS != 0 {
+        tls_socket(tgid, tid, fd);
+    }
     let (buf, count) = if sc == Syscall::Sendfile {
         (0, 0)
     } else {
@@ -164,6 +177,47 @@ fn enter_data(
             count,
             fd,
             syscall: sc as u32,
+        },
+    );
+    0
+}
+
+/// A socket syscall inside a TLS library call: that call's `SSL *` uses this socket, whose
+/// bytes are ciphertext from now on.
+#[inline(always)]
+fn tls_socket(tgid: u32, tid: u32, fd: i32) {
+    // SAFETY: copied out of the map value.
+    let Some(call) = (unsafe { TLS_CALLS.get(tid) }).copied() else {
+        return;
+    };
+    let key = SslKey {
+        ssl: call.ssl,
+        tgid,
+        _pad: 0,
+    };
+    let _ = SSL_FDS.insert(key, fd, 0);
+    if let Some(st) = SOCKETS.get_ptr_mut(SockKey { tgid, fd }) {
+        // SAFETY: map value pointer, valid during this program run.
+        unsafe { (*st).flags |= sock_flags::TLS };
+    }
+}
+
+/// Enter of mmap: executable code from a file (a library loaded, dlopen) is reported at the
+/// exit, so that userspace can look for a TLS library in it.
+#[inline(always)]
+fn enter_mmap(regs: *const pt_regs, tid: u32) -> i32 {
+    let fd = arg(regs, 4) as i32;
+    if arg(regs, 2) & PROT_EXEC == 0 || fd < 0 {
+        return 0;
+    }
+    save_pending(
+        tid,
+        &Pending {
+            sk: 0,
+            buf: 0,
+            count: 0,
+            fd,
+            syscall: Syscall::Mmap as u32,
         },
     );
     0
@@ -235,6 +289,12 @@ fn exit<const BPF_LOOP: bool, const FETCH: bool>(ctx: &BtfTracePointContext) -> 
                 track_socket(cfg, tgid, tid, ret as i32, Some(role::SERVER));
             }
         }
+        Some(Syscall::Mmap) => {
+            // An address, or -errno.
+            if !(-4095..0).contains(&ret) {
+                emit_proc(kind::PROC_MAP_EXEC, tgid, 0, 0);
+            }
+        }
         Some(sc) if ret > 0 => exit_data::<BPF_LOOP, FETCH>(ctx, cfg, tgid, tid, &p, sc, ret),
         _ => {}
     }
@@ -260,7 +320,7 @@ fn exit_data<const BPF_LOOP: bool, const FETCH: bool>(
     };
     let d = sc.dir();
     // SAFETY: map value pointer; the offset counter is shared by threads of the process.
-    let off = unsafe {
+    let (off, tls) = unsafe {
         if (*st).sk != p.sk {
             return;
         }
@@ -269,57 +329,45 @@ fn exit_data<const BPF_LOOP: bool, const FETCH: bool>(
         } else {
             &raw mut (*st).recv_off
         };
-        if FETCH {
+        let off = if FETCH {
             fetch_add(counter, ret)
         } else {
             read_then_add(counter, ret)
-        }
+        };
+        (off, (*st).flags & sock_flags::TLS != 0)
     };
-    // What userspace wants copied of this stream; without word from it, a first window.
-    let skey = StreamKey {
-        tgid,
-        fd: p.fd,
+    let hdr = DataHeader {
+        kind: kind::DATA,
         dir: d,
-        _pad: 0,
+        // SAFETY: no preconditions.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        tgid,
+        tid,
+        fd: p.fd,
+        syscall: p.syscall,
+        sk: p.sk,
+        off,
+        len: 0,
+        syscall_len: ret,
+        cap: 0,
+        flags: 0,
     };
-    // SAFETY: copied out of the map value.
-    let (skip_at, skip_to, stop_at) = match unsafe { COPY_CTL.get(skey) } {
-        Some(ctl) if ctl.sk == p.sk => (ctl.skip_from, ctl.skip_until, ctl.credit_until),
-        _ if cfg.initial_credit_kib == 0 => (u64::MAX, u64::MAX, u64::MAX),
-        _ => (u64::MAX, u64::MAX, u64::from(cfg.initial_credit_kib) << 10),
-    };
-    let Some(state) = COPY_STATE.get_ptr_mut(0) else {
+    if tls {
+        // Ciphertext: its plaintext comes from the TLS library's probes. Counted only.
+        emit_uncopied(
+            DataHeader {
+                flags: data_flags::CIPHERTEXT,
+                ..hdr
+            },
+            ret,
+        );
+        return;
+    }
+    let Some(state) = copy::prepare(cfg, hdr) else {
         return;
     };
     // SAFETY: per-CPU map value, used by this program run only.
     let c = unsafe { &mut *state };
-    *c = Copy {
-        hdr: DataHeader {
-            kind: kind::DATA,
-            dir: d,
-            // SAFETY: no preconditions.
-            ts_ns: unsafe { bpf_ktime_get_ns() },
-            tgid,
-            tid,
-            fd: p.fd,
-            syscall: p.syscall,
-            sk: p.sk,
-            off,
-            len: 0,
-            syscall_len: ret,
-            cap: 0,
-            _pad: 0,
-        },
-        base: 0,
-        seg_left: 0,
-        iov: 0,
-        iov_left: 0,
-        remaining: ret,
-        chunks_left: u64::from(cfg.max_chunks_per_syscall),
-        skip_at,
-        skip_to,
-        stop_at,
-    };
     match sc {
         Syscall::Read | Syscall::Write | Syscall::Recvfrom | Syscall::Sendto => {
             c.base = p.buf;
@@ -343,7 +391,7 @@ fn exit_data<const BPF_LOOP: bool, const FETCH: bool>(
         // sendfile: bytes come from a file, not user memory; length only.
         _ => c.chunks_left = 0,
     }
-    copy::run::<BPF_LOOP>(ctx, state);
+    copy::run::<BPF_LOOP, _>(ctx, &COPY_TAIL, state);
 }
 
 /// The full exit program: bpf_loop and atomic fetch-and-add.

@@ -13,7 +13,7 @@ use tokio::{
 use crate::{
     cli::RunArgs,
     conns::ConnSink,
-    events::Reader,
+    events::{Event, Reader},
     exchange::Exchanges,
     exit,
     filter::Filter,
@@ -32,6 +32,7 @@ use crate::{
         safe_open::{self, OpenError, OutDir, Target},
     },
     stitch::Stitcher,
+    tls::TlsLibs,
 };
 
 /// A mistake in what the user asked for: reported in one sentence, exit code 2.
@@ -196,6 +197,9 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
     let start_ns = monotonic_ns();
 
     let mut table = ProcTable::new();
+    let mut tls = TlsLibs::default();
+    // Processes that mapped code since the last look: where TLS libraries may have appeared.
+    let mut mapped: Vec<u32> = Vec::new();
     for comm in &cli.comms {
         let kept = probe.add_comm(comm)?;
         if kept != *comm {
@@ -212,9 +216,11 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
         // Target first, so that a child forked while we look for children is followed.
         probe.add_target(pid, how)?;
         table.observe(pid);
+        tls.scan(pid, &mut probe);
         for child in procs::descendants(pid) {
             probe.add_target(child, how)?;
             table.observe(child);
+            tls.scan(child, &mut probe);
         }
     }
 
@@ -246,19 +252,21 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
         tokio::select! {
             r = reader.readable() => {
                 r.context("waiting on the BPF ring buffer")?;
-                reader.drain(&mut |ev| pipeline.handle(ev));
+                reader.drain(&mut |ev| handle(&mut pipeline, &mut mapped, ev));
                 for h in pipeline.take_hints() {
                     copy_control.apply(&h);
                 }
+                scan_mapped(&mut tls, &mut probe, &mut mapped);
             }
             _ = poll.tick() => {
-                reader.drain(&mut |ev| pipeline.handle(ev));
+                reader.drain(&mut |ev| handle(&mut pipeline, &mut mapped, ev));
                 for h in pipeline.take_hints() {
                     copy_control.apply(&h);
                 }
+                scan_mapped(&mut tls, &mut probe, &mut mapped);
             }
             _ = tick.tick() => {
-                reader.drain(&mut |ev| pipeline.handle(ev));
+                reader.drain(&mut |ev| handle(&mut pipeline, &mut mapped, ev));
                 pipeline.tick(monotonic_ns());
                 ticks += 1;
                 if ticks.is_multiple_of(TRIM_EVERY) {
@@ -311,6 +319,23 @@ fn outputs_summary(failures: &[Failure], status: Option<i32>) -> i32 {
         exit::OUTPUT_INCOMPLETE
     );
     i32::from(exit::OUTPUT_INCOMPLETE)
+}
+
+/// Hands an event to the pipeline, noting the processes that mapped code (for TLS libraries).
+fn handle(pipeline: &mut Pipeline, mapped: &mut Vec<u32>, ev: Event) {
+    if let Event::MapExec { pid, .. } = ev
+        && !mapped.contains(&pid)
+    {
+        mapped.push(pid);
+    }
+    pipeline.handle(ev);
+}
+
+/// Looks for TLS libraries in the processes that mapped code.
+fn scan_mapped(tls: &mut TlsLibs, probe: &mut Probe, mapped: &mut Vec<u32>) {
+    for pid in mapped.drain(..) {
+        tls.scan(pid, probe);
+    }
 }
 
 /// Starts the traced command. It adds itself to the targets between fork and exec, so even its

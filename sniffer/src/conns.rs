@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use crate::{
-    events::{Chunk, Dir, Endpoint, FinalOffsets, Role, SockInfo, Transport},
+    events::{Chunk, Dir, Endpoint, FinalOffsets, Role, SockInfo, Tls, Transport},
     procs::ProcTable,
     stream::{Piece, Stream},
 };
@@ -55,6 +55,54 @@ pub struct Conn {
     /// The kernel's final stream offsets were known at the end, so the streams' lengths are
     /// exact; false when the close event was lost and the kernel entry was gone too.
     pub end_known: bool,
+    /// TLS, when the connection speaks it: its streams then hold the plaintext the TLS
+    /// library moved, and its bytes on the wire are only counted.
+    pub tls: Option<TlsConn>,
+}
+
+/// A TLS connection's figures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TlsConn {
+    /// Ciphertext bytes on the wire, counted, by [`Dir::index`].
+    pub ciphertext: [u64; 2],
+    /// Plaintext came from the TLS library; false when it was only recognised on the wire (a
+    /// library sniffer does not read: linked statically, or not OpenSSL).
+    pub read: bool,
+}
+
+/// Whether `bytes`, the first of a stream, start a TLS record (RFC 8446 §5.1: content type
+/// 20-23, legacy version 3.x): no HTTP/1.x message starts that way.
+pub fn starts_tls_record(bytes: &[u8]) -> bool {
+    matches!(bytes, [20..=23, 3, 0..=4, ..])
+}
+
+/// Where a connection's streams end, as the kernel counted them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ends {
+    pub sent: u64,
+    pub received: u64,
+    pub tls_sent: u64,
+    pub tls_received: u64,
+}
+
+impl Ends {
+    fn of_sock(s: &SockInfo) -> Self {
+        Self {
+            sent: s.sent,
+            received: s.received,
+            tls_sent: s.tls_sent,
+            tls_received: s.tls_received,
+        }
+    }
+
+    fn of_final(f: &FinalOffsets) -> Self {
+        Self {
+            sent: f.sent,
+            received: f.received,
+            tls_sent: f.tls_sent,
+            tls_received: f.tls_received,
+        }
+    }
 }
 
 impl Conn {
@@ -154,6 +202,7 @@ impl ConnTable {
             streams: [Stream::new(), Stream::new()],
             open_lost,
             end_known: false,
+            tls: None,
         }
     }
 
@@ -186,14 +235,7 @@ impl ConnTable {
         if self.live.get(&key).is_some_and(|c| c.sk == s.sk)
             && let Some(c) = self.live.remove(&key)
         {
-            self.end(
-                c,
-                s.ts_ns,
-                End::Closed,
-                Some((s.sent, s.received)),
-                sink,
-                procs,
-            );
+            self.end(c, s.ts_ns, End::Closed, Some(Ends::of_sock(s)), sink, procs);
         }
     }
 
@@ -217,6 +259,8 @@ impl ConnTable {
                 peer: Endpoint::Unknown,
                 sent: 0,
                 received: 0,
+                tls_sent: 0,
+                tls_received: 0,
             };
             if let Some(old) = self.live.remove(&key) {
                 self.end(old, chunk.ts_ns, End::Replaced, None, sink, procs);
@@ -230,9 +274,27 @@ impl ConnTable {
         let Some(conn) = self.live.get_mut(&key) else {
             return;
         };
-        let mut out = std::mem::take(&mut self.scratch);
         let len = chunk.len;
         conn.last_ns = chunk.ts_ns;
+        let d = chunk.dir.index();
+        match chunk.tls {
+            // The kernel knows the socket's TLS library: the wire bytes are only counted.
+            Tls::Ciphertext => {
+                conn.tls.get_or_insert_default().ciphertext[d] += len;
+                return;
+            }
+            Tls::Plaintext => conn.tls.get_or_insert_default().read = true,
+            Tls::No => {
+                // Before the kernel knew (the library was probed late) or without a library
+                // it reads: TLS by its first bytes, counted, never parsed as HTTP.
+                let first = conn.streams[d].is_untouched() && chunk.off == 0;
+                if conn.tls.is_some() || (first && starts_tls_record(&chunk.data)) {
+                    conn.tls.get_or_insert_default().ciphertext[d] += len;
+                    return;
+                }
+            }
+        }
+        let mut out = std::mem::take(&mut self.scratch);
         conn.streams[chunk.dir.index()].push(chunk.off, len, chunk.data, chunk.ts_ns, &mut out);
         if !out.is_empty() {
             sink.pieces(conn, chunk.dir, &out, procs);
@@ -256,7 +318,7 @@ impl ConnTable {
                 let end = finals
                     .iter()
                     .find(|f| f.fd == c.fd && f.sk == c.sk)
-                    .map(|f| (f.sent, f.received));
+                    .map(Ends::of_final);
                 self.end(c, ts_ns, End::ProcessExit, end, sink, procs);
             }
         }
@@ -293,7 +355,7 @@ impl ConnTable {
             let end = finals
                 .iter()
                 .find(|f| f.tgid == c.tgid && f.fd == c.fd && f.sk == c.sk)
-                .map(|f| (f.sent, f.received));
+                .map(Ends::of_final);
             self.end(c, ts_ns, End::Shutdown, end, sink, procs);
         }
     }
@@ -303,15 +365,19 @@ impl ConnTable {
         mut conn: Conn,
         ts_ns: u64,
         why: End,
-        final_offsets: Option<(u64, u64)>,
+        final_offsets: Option<Ends>,
         sink: &mut dyn ConnSink,
         procs: &ProcTable,
     ) {
         let mut out = std::mem::take(&mut self.scratch);
+        // A TLS connection's streams are its plaintext: they end at the plaintext's offsets.
+        let tls = conn.tls.is_some();
         for dir in [Dir::Recv, Dir::Send] {
-            let end = final_offsets.map(|(sent, received)| match dir {
-                Dir::Send => sent,
-                Dir::Recv => received,
+            let end = final_offsets.map(|e| match (dir, tls) {
+                (Dir::Send, false) => e.sent,
+                (Dir::Recv, false) => e.received,
+                (Dir::Send, true) => e.tls_sent,
+                (Dir::Recv, true) => e.tls_received,
             });
             conn.streams[dir.index()].finish(end, ts_ns, &mut out);
             if !out.is_empty() {
@@ -382,6 +448,8 @@ mod tests {
             peer: Endpoint::Inet("127.0.0.1:8000".parse::<SocketAddr>().unwrap()),
             sent,
             received,
+            tls_sent: 0,
+            tls_received: 0,
         }
     }
 
@@ -398,6 +466,7 @@ mod tests {
             len: data.len() as u64,
             syscall_len: data.len() as u64,
             data: data.to_vec(),
+            tls: Tls::No,
         }
     }
 
@@ -496,9 +565,110 @@ mod tests {
             sk: 0xa,
             sent: 5,
             received: 0,
+            tls_sent: 0,
+            tls_received: 0,
         }];
         t.exit(7, 9, &finals, &mut r, &ProcTable::new());
         assert_eq!(r.log[2], "#1 send @3 gap 2 Lost");
         assert_eq!(r.log[3], "end #1 Some(ProcessExit)");
+    }
+
+    fn tls_chunk(dir: Dir, off: u64, data: &[u8], tls: Tls) -> Chunk {
+        Chunk {
+            tls,
+            ..chunk(3, 0xa, dir, off, data)
+        }
+    }
+
+    #[test]
+    fn tls_ciphertext_is_counted_and_the_plaintext_is_the_stream() {
+        let mut t = ConnTable::new();
+        let mut r = Record::default();
+        let p = ProcTable::new();
+        t.open(&sock(3, 0xa, 0, 0), &mut r, &p);
+        // The handshake on the wire, flagged by the kernel: counted only.
+        t.data(
+            tls_chunk(Dir::Send, 0, &[22, 3, 1, 0, 5], Tls::Ciphertext),
+            &mut r,
+            &p,
+        );
+        t.data(
+            tls_chunk(Dir::Recv, 0, &[0; 100], Tls::Ciphertext),
+            &mut r,
+            &p,
+        );
+        // The plaintext from the library, at its own offsets.
+        t.data(
+            tls_chunk(Dir::Send, 0, b"GET / ", Tls::Plaintext),
+            &mut r,
+            &p,
+        );
+        t.data(
+            tls_chunk(Dir::Send, 6, b"HTTP/1.1", Tls::Plaintext),
+            &mut r,
+            &p,
+        );
+        let c = t.get(7, 3).unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.ciphertext, [100, 5]);
+        assert!(tls.read);
+        assert_eq!(c.streams[Dir::Send.index()].stats.bytes, 14);
+        assert_eq!(
+            r.log,
+            [
+                "open #1 127.0.0.1:40000 -> 127.0.0.1:8000",
+                "#1 send @0 \"GET / \"",
+                "#1 send @6 \"HTTP/1.1\""
+            ]
+        );
+        // The close carries both kinds of offsets: the streams end at the plaintext's.
+        let mut s = sock(3, 0xa, 105, 100);
+        s.tls_sent = 14;
+        t.close(&s, &mut r, &p);
+        assert_eq!(r.log.last().unwrap(), "end #1 Some(Closed)");
+        assert_eq!(
+            r.log.len(),
+            4,
+            "no gap up to the ciphertext's length: {:?}",
+            r.log
+        );
+    }
+
+    #[test]
+    fn tls_on_the_wire_without_the_library_is_recognised_and_counted() {
+        let mut t = ConnTable::new();
+        let mut r = Record::default();
+        let p = ProcTable::new();
+        t.open(&sock(3, 0xa, 0, 0), &mut r, &p);
+        // A ClientHello the kernel did not flag (no library probed): never parsed as HTTP.
+        t.data(
+            tls_chunk(Dir::Send, 0, &[22, 3, 1, 2, 0, 1], Tls::No),
+            &mut r,
+            &p,
+        );
+        t.data(
+            tls_chunk(Dir::Recv, 0, &[22, 3, 3, 0, 7], Tls::No),
+            &mut r,
+            &p,
+        );
+        t.data(
+            tls_chunk(Dir::Send, 6, b"GET / HTTP/1.1", Tls::No),
+            &mut r,
+            &p,
+        );
+        let c = t.get(7, 3).unwrap();
+        assert_eq!(c.tls.unwrap().ciphertext, [5, 20]);
+        assert!(!c.tls.unwrap().read);
+        assert_eq!(r.log, ["open #1 127.0.0.1:40000 -> 127.0.0.1:8000"]);
+    }
+
+    #[test]
+    fn plain_http_is_not_taken_for_tls() {
+        assert!(!starts_tls_record(b"GET / HTTP/1.1"));
+        assert!(!starts_tls_record(b"HTTP/1.1 200 OK"));
+        assert!(!starts_tls_record(&[22, 2, 0]));
+        assert!(!starts_tls_record(&[24, 3, 1]));
+        assert!(starts_tls_record(&[23, 3, 3, 0, 40]));
+        assert!(!starts_tls_record(&[22]));
     }
 }

@@ -13,8 +13,8 @@ use std::{
 
 use aya::maps::{HashMap, MapData, RingBuf};
 use sniffer_common::{
-    CHUNK_SIZE, DataHeader, ProcEvent, SockAddr, SockEvent, SockKey, SockState, Syscall, dir,
-    family, kind, role,
+    CHUNK_SIZE, DataHeader, ProcEvent, SockAddr, SockEvent, SockKey, SockState, Syscall,
+    data_flags, dir, family, kind, role,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -41,6 +41,18 @@ impl Dir {
     }
 }
 
+/// What a chunk's bytes are, for TLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Tls {
+    /// Bytes on the wire, nothing known about TLS.
+    #[default]
+    No,
+    /// Bytes on the wire of a socket whose TLS library is read: ciphertext, counted only.
+    Ciphertext,
+    /// Plaintext from the TLS library (SSL_read/SSL_write): `off` counts the plaintext stream.
+    Plaintext,
+}
+
 /// A piece of one socket's byte stream: `len` bytes at `off`, of which `data` holds the first
 /// `data.len()` (the rest were not copied by the kernel).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,6 +68,7 @@ pub struct Chunk {
     pub len: u64,
     pub syscall_len: u64,
     pub data: Vec<u8>,
+    pub tls: Tls,
 }
 
 /// One end of a connection.
@@ -137,6 +150,9 @@ pub struct SockInfo {
     /// Bytes sent and received on it so far (its stream offsets).
     pub sent: u64,
     pub received: u64,
+    /// TLS plaintext sent and received so far (0 without TLS library calls).
+    pub tls_sent: u64,
+    pub tls_received: u64,
 }
 
 /// Where a socket's two streams ended, for sockets that ended without a close(2) we saw.
@@ -147,6 +163,8 @@ pub struct FinalOffsets {
     pub sk: u64,
     pub sent: u64,
     pub received: u64,
+    pub tls_sent: u64,
+    pub tls_received: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -172,6 +190,11 @@ pub enum Event {
         code: i32,
         sockets: Vec<FinalOffsets>,
     },
+    /// The process mapped executable code from a file (a library): look for a TLS library.
+    MapExec {
+        ts_ns: u64,
+        pid: u32,
+    },
 }
 
 impl Event {
@@ -179,9 +202,10 @@ impl Event {
         match self {
             Self::Data(c) => c.ts_ns,
             Self::SockOpen(s) | Self::SockClose(s) => s.ts_ns,
-            Self::Fork { ts_ns, .. } | Self::Exec { ts_ns, .. } | Self::Exit { ts_ns, .. } => {
-                *ts_ns
-            }
+            Self::Fork { ts_ns, .. }
+            | Self::Exec { ts_ns, .. }
+            | Self::Exit { ts_ns, .. }
+            | Self::MapExec { ts_ns, .. } => *ts_ns,
         }
     }
 }
@@ -259,6 +283,8 @@ fn sock_info(ev: &SockEvent) -> SockInfo {
         peer: endpoint(ev.family, &ev.peer),
         sent: ev.send_off,
         received: ev.recv_off,
+        tls_sent: ev.tls_send_off,
+        tls_received: ev.tls_recv_off,
     }
 }
 
@@ -266,7 +292,7 @@ fn sock_info(ev: &SockEvent) -> SockInfo {
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     let k: u32 = read(bytes)?;
     match k {
-        kind::DATA => {
+        kind::DATA | kind::TLS_DATA => {
             let h: DataHeader = read(bytes)?;
             let cap = h.cap as usize;
             if cap > CHUNK_SIZE || u64::from(h.cap) > h.len {
@@ -297,6 +323,13 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 len: h.len,
                 syscall_len: h.syscall_len,
                 data: payload[..cap].to_vec(),
+                tls: if k == kind::TLS_DATA {
+                    Tls::Plaintext
+                } else if h.flags & data_flags::CIPHERTEXT != 0 {
+                    Tls::Ciphertext
+                } else {
+                    Tls::No
+                },
             }))
         }
         kind::SOCK_OPEN | kind::SOCK_CLOSE => {
@@ -306,6 +339,13 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 Event::SockOpen(info)
             } else {
                 Event::SockClose(info)
+            })
+        }
+        kind::PROC_MAP_EXEC => {
+            let ev: ProcEvent = read(bytes)?;
+            Ok(Event::MapExec {
+                ts_ns: ev.ts_ns,
+                pid: ev.pid,
             })
         }
         kind::PROC_FORK | kind::PROC_EXEC | kind::PROC_EXIT => {
@@ -452,6 +492,8 @@ impl Reader {
             sk: st.sk,
             sent: st.send_off,
             received: st.recv_off,
+            tls_sent: st.tls_send_off,
+            tls_received: st.tls_recv_off,
         })
     }
 
@@ -495,7 +537,7 @@ mod tests {
             len,
             syscall_len: len,
             cap,
-            _pad: 0,
+            flags: 0,
         }
     }
 

@@ -27,4 +27,5 @@ pub mod sinks;
 pub mod sockdiag;
 pub mod stitch;
 pub mod stream;
+pub mod tls;
 pub mod tools;

@@ -121,7 +121,7 @@ impl Pipeline {
                 self.conns.open(&s, &mut self.sinks, &self.procs);
             }
             Event::SockClose(s) => self.conns.close(&s, &mut self.sinks, &self.procs),
-            Event::Fork { .. } | Event::Exec { .. } => {}
+            Event::Fork { .. } | Event::Exec { .. } | Event::MapExec { .. } => {}
             Event::Exit {
                 ts_ns,
                 pid,

@@ -1225,6 +1225,7 @@ mod tests {
             streams: [Stream::new(), Stream::new()],
             open_lost: false,
             end_known: true,
+            tls: None,
         }
     }
 

@@ -77,6 +77,11 @@ impl Stream {
         self.next
     }
 
+    /// Whether no byte of the stream arrived yet.
+    pub fn is_untouched(&self) -> bool {
+        self.next == 0 && self.held.is_empty()
+    }
+
     /// Adds `len` bytes at `off`, of which `data` holds the first `data.len()`; appends what
     /// became deliverable to `out`.
     pub fn push(&mut self, off: u64, len: u64, data: Vec<u8>, ts_ns: u64, out: &mut Vec<Piece>) {

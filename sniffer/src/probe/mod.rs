@@ -15,7 +15,7 @@ use std::{
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Array, HashMap, IterableMap as _, MapData, PerCpuArray, ProgramArray, RingBuf},
-    programs::{BtfTracePoint, TracePoint},
+    programs::{BtfTracePoint, TracePoint, UProbe},
 };
 use sniffer_common::{
     CHUNK_SIZE, COMM_LEN, Config, CopyCtl, SockKey, SockState, StreamKey, Variant, config_flags,
@@ -73,6 +73,8 @@ pub enum ProbeError {
     MissingProgram(String),
     #[error("reading kernel BTF for BTF tracepoints: {0}")]
     Btf(#[source] aya::BtfError),
+    #[error("the TLS probes could not be loaded")]
+    TlsNotLoaded,
 }
 
 fn map_err(name: &str) -> impl FnOnce(aya::maps::MapError) -> ProbeError + '_ {
@@ -122,6 +124,10 @@ pub struct Probe {
     kernel_log: Option<aya_log::EbpfLogger<KernelLog>>,
     /// Keeps the kernel counting programs' run time while open (`--bpf-stats`).
     stats: Option<std::os::fd::OwnedFd>,
+    /// The configuration written at load (TLS turns a flag on later).
+    config: Config,
+    /// The TLS probes loaded (not attached: they are attached per library found).
+    tls_loaded: bool,
 }
 
 impl Probe {
@@ -213,6 +219,13 @@ impl Probe {
         // Parsing the kernel's BTF (here and in aya) took tens of MiB that are free now: give
         // them back rather than keep them as the process's high-water mark.
         crate::heap::trim();
+        let tls_loaded = match load_tls(&mut ebpf, variant) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!("TLS libraries will not be read: {e}");
+                false
+            }
+        };
         let stats = if opts.bpf_stats {
             match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
                 Ok(fd) => Some(fd),
@@ -232,7 +245,47 @@ impl Probe {
             variant,
             kernel_log,
             stats,
+            config,
+            tls_loaded,
         })
+    }
+
+    /// Attaches the TLS probes to OpenSSL's functions in the library at `path` (a path
+    /// through /proc/PID/root, so any mount namespace's file). Returns the functions probed;
+    /// an error when the library has none of them (stripped, or not OpenSSL).
+    pub fn attach_tls(&mut self, path: &Path) -> Result<usize, ProbeError> {
+        if !self.tls_loaded {
+            return Err(ProbeError::TlsNotLoaded);
+        }
+        let ret = format!("{}{}", programs::SSL_RETURN, self.variant.suffix());
+        let mut attached = 0;
+        let mut first_err = None;
+        for &(symbol, entry, ret_prog) in programs::SSL_FUNCTIONS {
+            let ret_prog = ret_prog.unwrap_or(&ret);
+            // The return probe first: an entry without its return would keep a stale call.
+            let r = attach_uprobe(&mut self.ebpf, ret_prog, symbol, path)
+                .and_then(|()| attach_uprobe(&mut self.ebpf, entry, symbol, path));
+            match r {
+                Ok(()) => attached += 1,
+                Err(e) => {
+                    tracing::debug!("{}: {symbol}: {e}", path.display());
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if attached == 0 {
+            return Err(first_err.unwrap_or(ProbeError::TlsNotLoaded));
+        }
+        if self.config.flags & config_flags::TLS == 0 {
+            self.config.flags |= config_flags::TLS;
+            let map = self
+                .ebpf
+                .map_mut(maps::CONFIG)
+                .ok_or(ProbeError::MissingMap(maps::CONFIG))?;
+            let mut cfg: Array<_, Config> = Array::try_from(map).map_err(map_err(maps::CONFIG))?;
+            cfg.set(0, self.config, 0).map_err(map_err(maps::CONFIG))?;
+        }
+        Ok(attached)
     }
 
     /// Kernel time spent in sniffer's programs and how many times they ran, when counted.
@@ -390,6 +443,69 @@ fn attach_btf_tracepoint(
     tracing::debug!("loaded {name} in {:?}", t.elapsed());
     prog.attach().map_err(prog_err(name))?;
     Ok(())
+}
+
+/// Loads the TLS probes (entries, returns, and the return's copy loop on kernels without
+/// bpf_loop); they are attached per library by [`Probe::attach_tls`].
+fn load_tls(ebpf: &mut Ebpf, variant: Variant) -> Result<(), ProbeError> {
+    let ret = format!("{}{}", programs::SSL_RETURN, variant.suffix());
+    let mut names: Vec<&str> = programs::SSL_FUNCTIONS.iter().map(|f| f.1).collect();
+    names.sort_unstable();
+    names.dedup();
+    names.push(programs::SSL_HANDSHAKE_RETURN);
+    names.push(&ret);
+    if variant != Variant::Full {
+        names.push(programs::COPY_MORE_TLS);
+    }
+    for name in names {
+        let prog: &mut UProbe = ebpf
+            .program_mut(name)
+            .ok_or_else(|| ProbeError::MissingProgram(name.to_owned()))?
+            .try_into()
+            .map_err(prog_err(name))?;
+        let t = std::time::Instant::now();
+        prog.load().map_err(prog_err(name))?;
+        tracing::debug!("loaded {name} in {:?}", t.elapsed());
+    }
+    if variant != Variant::Full {
+        let name = programs::COPY_MORE_TLS;
+        let prog: &mut UProbe = ebpf
+            .program_mut(name)
+            .ok_or_else(|| ProbeError::MissingProgram(name.to_owned()))?
+            .try_into()
+            .map_err(prog_err(name))?;
+        let fd = prog
+            .fd()
+            .map_err(prog_err(name))?
+            .try_clone()
+            .map_err(|e| ProbeError::Program {
+                name: name.to_owned(),
+                source: e.into(),
+            })?;
+        let map = ebpf
+            .map_mut(maps::COPY_TAIL_TLS)
+            .ok_or(ProbeError::MissingMap(maps::COPY_TAIL_TLS))?;
+        let mut array = ProgramArray::try_from(map).map_err(map_err(maps::COPY_TAIL_TLS))?;
+        array.set(0, &fd, 0).map_err(map_err(maps::COPY_TAIL_TLS))?;
+    }
+    Ok(())
+}
+
+/// Attaches the loaded uprobe or uretprobe `name` to `symbol` in the file at `path`, for every
+/// process (the programs check the traced processes themselves).
+fn attach_uprobe(ebpf: &mut Ebpf, name: &str, symbol: &str, path: &Path) -> Result<(), ProbeError> {
+    let prog: &mut UProbe = ebpf
+        .program_mut(name)
+        .ok_or_else(|| ProbeError::MissingProgram(name.to_owned()))?
+        .try_into()
+        .map_err(prog_err(name))?;
+    prog.attach(
+        symbol,
+        path,
+        aya::programs::uprobe::UProbeScope::AllProcesses,
+    )
+    .map(drop)
+    .map_err(prog_err(name))
 }
 
 /// Loads the tail-called copy loop and puts it in slot 0 of its program array.

@@ -4,6 +4,7 @@ use std::io::{self, Write};
 use super::{escape, output::Output};
 use crate::{
     conns::Conn,
+    events::Tls,
     events::{Chunk, Event, SockInfo},
     procs::ProcTable,
 };
@@ -81,6 +82,12 @@ impl Line<'_> {
                 self.when(*ts_ns),
                 Self::who(procs, *pid, *pid)
             ),
+            Event::MapExec { ts_ns, pid } => writeln!(
+                self.out,
+                "{} {} maps executable code",
+                self.when(*ts_ns),
+                Self::who(procs, *pid, *pid)
+            ),
         }
     }
 
@@ -107,8 +114,14 @@ impl Line<'_> {
         if !c.data.is_empty() {
             write!(self.out, "\"{}\"", escape(&c.data))?;
         }
+        match c.tls {
+            // SSL_read/SSL_write name the plaintext already; the wire bytes say what they are.
+            Tls::Ciphertext => write!(self.out, "[TLS ciphertext, counted]")?,
+            Tls::Plaintext => write!(self.out, " (TLS plaintext)")?,
+            Tls::No => {}
+        }
         let missing = c.len - c.data.len() as u64;
-        if missing > 0 {
+        if missing > 0 && c.tls != Tls::Ciphertext {
             write!(self.out, " [{missing} bytes not captured]")?;
         }
         writeln!(self.out)
