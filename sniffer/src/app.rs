@@ -198,6 +198,7 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
 
     let mut table = ProcTable::new();
     let mut tls = TlsLibs::default();
+    tls.probe_system(&mut probe);
     // Processes that mapped code since the last look: where TLS libraries may have appeared.
     let mut mapped: Vec<u32> = Vec::new();
     for comm in &cli.comms {
@@ -441,7 +442,9 @@ fn summary(probe: &Probe, reader: &Reader, pipeline: &Pipeline) {
         rss >> 10,
         [
             (h.filtered, "exchanges filtered out"),
-            (h.folded, "proxy hops folded")
+            (h.folded, "proxy hops folded"),
+            (pipeline.conns.tls_read, "TLS connections read"),
+            (pipeline.conns.tls_unread, "TLS connections not read")
         ]
         .iter()
         .filter(|(n, _)| *n > 0)

@@ -130,6 +130,12 @@ pub struct ConnTable {
     pub opens_lost: u64,
     /// Connections let go because [`MAX_CONNS`] were tracked.
     pub evicted: u64,
+    /// TLS connections ended whose plaintext came from the library, and those only
+    /// recognised on the wire.
+    pub tls_read: u64,
+    pub tls_unread: u64,
+    /// Processes already warned about for a TLS connection that could not be read.
+    tls_warned: std::collections::HashSet<u32>,
     max_conns: usize,
     scratch: Vec<Piece>,
 }
@@ -369,6 +375,23 @@ impl ConnTable {
         sink: &mut dyn ConnSink,
         procs: &ProcTable,
     ) {
+        match conn.tls {
+            Some(t) if t.read => self.tls_read += 1,
+            Some(_) => {
+                self.tls_unread += 1;
+                if self.tls_warned.insert(conn.tgid) {
+                    eprintln!(
+                        "sniffer: {} (pid {}) speaks TLS with {} through no OpenSSL library \
+                         sniffer could probe (OpenSSL linked statically, or Go crypto/tls, \
+                         GnuTLS, NSS, rustls): its TLS connections are counted, not read",
+                        procs.name(conn.tgid),
+                        conn.tgid,
+                        conn.peer
+                    );
+                }
+            }
+            None => {}
+        }
         let mut out = std::mem::take(&mut self.scratch);
         // A TLS connection's streams are its plaintext: they end at the plaintext's offsets.
         let tls = conn.tls.is_some();

@@ -6,6 +6,12 @@
 //! or a copy in a venv or wheel) is probed once, by its device and inode, through
 //! `/proc/PID/root` so that a process in another mount namespace is probed in its own file.
 //! A library that cannot be probed (stripped, or not OpenSSL) is reported once.
+//!
+//! The system's own OpenSSL is probed when tracing starts, before any traced process maps it:
+//! a process started later (`--comm`, `-- COMMAND`) makes its first TLS calls within
+//! milliseconds of loading the library, sooner than its mapping could be noticed. Probes sit
+//! on the library file, for every process that runs it; the programs stop at once for a
+//! process not traced (a trap into the kernel, about a microsecond per call).
 use std::{
     collections::{HashMap, HashSet},
     fs,
@@ -23,10 +29,10 @@ pub struct Mapped {
 }
 
 /// Whether a mapped file is an OpenSSL TLS library by its name (libssl.so.3, libssl.so.1.1,
-/// libssl-<hash>.so.3 as wheels bundle it).
+/// libssl-<hash>.so.3 as wheels bundle it; not NSS's libssl3.so).
 pub fn is_libssl(path: &str) -> bool {
     let name = path.rsplit('/').next().unwrap_or(path);
-    name.starts_with("libssl") && name.contains(".so")
+    (name.starts_with("libssl.so") || name.starts_with("libssl-")) && name.contains(".so")
 }
 
 /// The files of a /proc/PID/maps text whose names say OpenSSL, each once.
@@ -67,35 +73,85 @@ pub struct TlsLibs {
     refused: HashSet<(String, u64)>,
 }
 
+/// Where distributions keep shared libraries (Debian/Ubuntu multiarch, Rocky's lib64).
+const SYSTEM_LIB_DIRS: &[&str] = &[
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib64",
+    "/lib64",
+    "/usr/local/lib",
+    "/usr/lib",
+];
+
+/// `major:minor` of a device number, as /proc/PID/maps writes it.
+fn dev_name(dev: u64) -> String {
+    format!("{:02x}:{:02x}", libc::major(dev), libc::minor(dev))
+}
+
 impl TlsLibs {
+    /// Probes the OpenSSL libraries in the system's library directories.
+    pub fn probe_system(&mut self, probe: &mut Probe) {
+        use std::os::unix::fs::MetadataExt as _;
+        for dir in SYSTEM_LIB_DIRS {
+            let Ok(entries) = fs::read_dir(dir) else {
+                continue;
+            };
+            let mut names: Vec<PathBuf> = entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.to_str().is_some_and(is_libssl))
+                .collect();
+            names.sort();
+            for path in names {
+                // Symbolic links (libssl.so -> libssl.so.3) lead to the same file: by inode.
+                let Ok(meta) = fs::metadata(&path) else {
+                    continue;
+                };
+                if !meta.is_file() {
+                    continue;
+                }
+                let m = Mapped {
+                    dev: dev_name(meta.dev()),
+                    inode: meta.ino(),
+                    path: path.display().to_string(),
+                };
+                self.attach(m, path, "the system's", probe);
+            }
+        }
+    }
+
+    fn attach(&mut self, m: Mapped, path: PathBuf, whose: &str, probe: &mut Probe) {
+        let key = (m.dev.clone(), m.inode);
+        if self.probed.contains_key(&key) || self.refused.contains(&key) {
+            return;
+        }
+        match probe.attach_tls(&path) {
+            Ok(n) => {
+                tracing::info!(
+                    "reading TLS plaintext through {} ({whose}, {n} functions probed)",
+                    m.path
+                );
+                self.probed.insert(key, m.path);
+            }
+            Err(e) => {
+                eprintln!(
+                    "sniffer: {} ({whose}): its TLS functions cannot be probed ({e}); TLS \
+                     connections through it are counted, not read",
+                    m.path
+                );
+                self.refused.insert(key);
+            }
+        }
+    }
+
     /// Looks at what process `pid` maps and probes the OpenSSL libraries not probed yet.
     pub fn scan(&mut self, pid: u32, probe: &mut Probe) {
         let Ok(maps) = fs::read_to_string(format!("/proc/{pid}/maps")) else {
             return;
         };
         for m in libssl_mappings(&maps) {
-            let key = (m.dev.clone(), m.inode);
-            if self.probed.contains_key(&key) || self.refused.contains(&key) {
-                continue;
-            }
             let path = PathBuf::from(format!("/proc/{pid}/root{}", m.path));
-            match probe.attach_tls(&path) {
-                Ok(n) => {
-                    tracing::info!(
-                        "reading TLS plaintext through {} ({n} functions probed, pid {pid})",
-                        m.path
-                    );
-                    self.probed.insert(key, m.path);
-                }
-                Err(e) => {
-                    eprintln!(
-                        "sniffer: {} (pid {pid}): its TLS functions cannot be probed ({e}); TLS \
-                         connections through it are counted, not read",
-                        m.path
-                    );
-                    self.refused.insert(key);
-                }
-            }
+            self.attach(m, path, &format!("pid {pid}"), probe);
         }
     }
 
@@ -141,5 +197,7 @@ mod tests {
         assert!(!is_libssl("/usr/lib/libcrypto.so.3"));
         assert!(!is_libssl("/usr/lib/libssl_helper.a"));
         assert!(!is_libssl("/usr/lib/x86_64-linux-gnu/libgnutls.so.30"));
+        assert!(!is_libssl("/usr/lib/x86_64-linux-gnu/libssl3.so"), "NSS's");
+        assert!(!is_libssl("/usr/lib/x86_64-linux-gnu/libssl.a"));
     }
 }

@@ -44,7 +44,12 @@ impl ConnLog {
         )?;
         writeln!(
             out,
-            "    sent {} bytes ({} captured), received {} bytes ({} captured); ended: {}",
+            "    {}sent {} bytes ({} captured), received {} bytes ({} captured); ended: {}",
+            if conn.tls.is_some_and(|t| t.read) {
+                "TLS plaintext: "
+            } else {
+                ""
+            },
             send.bytes,
             send.captured,
             recv.bytes,
@@ -52,6 +57,20 @@ impl ConnLog {
             conn.ended
                 .map_or("-".to_owned(), |e| format!("{:?}", e.1).to_lowercase())
         )?;
+        if let Some(t) = conn.tls {
+            writeln!(
+                out,
+                "    TLS: {} bytes sent and {} received encrypted (counted, not parsed){}",
+                t.ciphertext[Dir::Send.index()],
+                t.ciphertext[Dir::Recv.index()],
+                if t.read {
+                    ""
+                } else {
+                    "; its plaintext was not read (the process's TLS library is not one sniffer \
+                     probes)"
+                }
+            )?;
+        }
         if !conn.end_known {
             writeln!(
                 out,

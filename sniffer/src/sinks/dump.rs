@@ -52,8 +52,19 @@ struct ConnRecord<'a> {
     open_lost: bool,
     /// Whether the streams' lengths are the kernel's final counts.
     end_known: bool,
+    /// TLS: the streams are the plaintext (when `read`); the bytes on the wire were counted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<TlsRecord>,
     send: DirRecord,
     recv: DirRecord,
+}
+
+#[derive(Serialize)]
+struct TlsRecord {
+    /// Plaintext came from the TLS library.
+    read: bool,
+    ciphertext_sent: u64,
+    ciphertext_received: u64,
 }
 
 #[derive(Default)]
@@ -175,6 +186,11 @@ impl DumpSink {
             end: conn.ended.map(|e| e.1),
             open_lost: conn.open_lost,
             end_known: conn.end_known,
+            tls: conn.tls.map(|t| TlsRecord {
+                read: t.read,
+                ciphertext_sent: t.ciphertext[Dir::Send.index()],
+                ciphertext_received: t.ciphertext[Dir::Recv.index()],
+            }),
             send,
             recv,
         };
