@@ -470,6 +470,16 @@ pub struct CopyCtl {
     pub credit_until: u64,
     pub skip_from: u64,
     pub skip_until: u64,
+    /// Bits of [`copy_flags`].
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// Bits of [`CopyCtl::flags`].
+pub mod copy_flags {
+    /// Not HTTP: send nothing of this stream's syscalls any more (its close still comes). The
+    /// enter program checks it first, before it looks at the fd.
+    pub const IGNORE: u32 = 1;
 }
 
 /// Value of the pending map: what a syscall's enter saw, for its exit.
@@ -612,7 +622,7 @@ const _: () = {
     assert!(size_of::<TracepointOffsets>() == 8);
     assert!(size_of::<Config>() == 132);
     assert!(size_of::<StreamKey>() == 16);
-    assert!(size_of::<CopyCtl>() == 32);
+    assert!(size_of::<CopyCtl>() == 40);
     assert!(align_of::<DataEvent>() == 8);
     assert!(align_of::<SockEvent>() == 8);
 };

@@ -17,15 +17,16 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use sniffer_common::{
-    Config, DataHeader, MAX_IOVECS, Pending, SockKey, SslKey, Syscall, config_flags, data_flags,
-    dir, kind, role, sock_flags,
+    Config, DataHeader, MAX_IOVECS, Pending, SockKey, SslKey, StreamKey, Syscall, config_flags,
+    copy_flags, data_flags, dir, kind, role, sock_flags,
 };
 
 use crate::{
     atomic::{fetch_add, read_then_add},
     copy,
     maps::{
-        COPY_TAIL, SOCKETS, SSL_FDS, TLS_CALLS, config, current_target, save_pending, take_pending,
+        COPY_CTL, COPY_TAIL, SOCKETS, SSL_FDS, TLS_CALLS, config, current_target, save_pending,
+        take_pending,
     },
     ring::{emit_proc, emit_uncopied},
     sockets::{emit_sock, track_socket},
@@ -158,6 +159,9 @@ fn enter_data(
         return 0;
     }
     let fd = arg(regs, 0) as i32;
+    if ignored(tgid, fd, sc.dir()) {
+        return 0;
+    }
     let Some(sk) = track_socket(cfg, tgid, tid, fd, None) else {
         return 0;
     };
@@ -180,6 +184,29 @@ fn enter_data(
         },
     );
     0
+}
+
+/// Whether userspace set this stream aside (not HTTP): checked before the fd walk, so such a
+/// connection's syscalls cost two lookups. The socket the entry was for must still be the
+/// one the fd has (an fd closed and reused since is not ignored: its close removed the socket
+/// entry, and the next walk records the new socket).
+#[inline(always)]
+fn ignored(tgid: u32, fd: i32, d: u32) -> bool {
+    let key = StreamKey {
+        tgid,
+        fd,
+        dir: d,
+        _pad: 0,
+    };
+    // SAFETY: copied out of the map values.
+    let Some(ctl) = (unsafe { COPY_CTL.get(key) }).copied() else {
+        return false;
+    };
+    if ctl.flags & copy_flags::IGNORE == 0 {
+        return false;
+    }
+    // SAFETY: as above.
+    unsafe { SOCKETS.get(SockKey { tgid, fd }) }.is_some_and(|st| st.sk == ctl.sk)
 }
 
 /// A socket syscall inside a TLS library call: that call's `SSL *` uses this socket, whose

@@ -171,6 +171,8 @@ impl<S: HttpSink> Exchanges<S> {
             fd: conn.fd,
             dir: kernel_dir(dir),
             ctl: Some(CopyCtl {
+                flags: 0,
+                _pad: 0,
                 sk: conn.sk,
                 credit_until: want.credit_until,
                 skip_from,

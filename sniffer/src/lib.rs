@@ -6,6 +6,7 @@
 //! bytes with exact gaps) -> [`sinks`]. [`pipeline`] wires the steps, [`app`] runs them.
 pub mod app;
 pub mod check;
+pub mod classify;
 pub mod cli;
 pub mod conns;
 pub mod diagram;
