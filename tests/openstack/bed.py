@@ -2,7 +2,7 @@
 """A small OpenStack on 127.0.0.1 for sniffer's end-to-end test: keystone and glance-api under
 uWSGI with devstack's process names, all state in one directory.
 
-usage: bed.py VENV STATE_DIR [--swift SWIFT_VENV] [--apache]
+usage: bed.py VENV STATE_DIR [--swift SWIFT_VENV] [--apache] [--tls]
 
 Configures keystone (sqlite, fernet tokens, admin/secret bootstrapped, endpoints on 127.0.0.1)
 and glance-api (sqlite, file store, keystonemiddleware auth_token with its own `glance` service
@@ -21,6 +21,12 @@ its own under STATE_DIR, listening on 127.0.0.1:80) proxies /identity to keyston
 catalog lists http://127.0.0.1/identity and http://127.0.0.1/image. The JSON then has
 "apache": {"pid": PID, "log": PATH}.
 
+With --tls (implies --apache), devstack's tls-proxy: Apache speaks HTTPS (mod_ssl) on
+127.0.0.1:443 instead, with a certificate for 127.0.0.1 the bed makes (STATE_DIR/tls/cert.pem,
+which clients take as their CA: OS_CACERT for the CLI, keystonemiddleware's `cafile` for
+glance); the catalog lists https://127.0.0.1/identity and https://127.0.0.1/image, so glance
+calls keystone through HTTPS too. The JSON then has "cacert": PATH.
+
 It waits until its stdin closes or it gets SIGTERM; it then stops the services it started and
 nothing else. The services die with this script (PR_SET_PDEATHSIG), however it ends.
 """
@@ -37,7 +43,8 @@ import urllib.request
 venv, state = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
 opts = sys.argv[3:]
 swift_venv = os.path.abspath(opts[opts.index("--swift") + 1]) if "--swift" in opts else None
-apache = "--apache" in opts
+tls = "--tls" in opts
+apache = "--apache" in opts or tls
 os.makedirs(state, exist_ok=True)
 bin_ = lambda name: os.path.join(venv, "bin", name)  # noqa: E731
 children = []
@@ -98,9 +105,14 @@ def spawn(*args):
 
 def wait_http(url, deadline=120):
     end = time.time() + deadline
+    ctx = None
+    if tls:
+        import ssl
+
+        ctx = ssl.create_default_context(cafile=cacert)
     while time.time() < end:
         try:
-            urllib.request.urlopen(url, timeout=2).read()
+            urllib.request.urlopen(url, timeout=2, context=ctx).read()
             return
         except urllib.error.HTTPError:
             return  # it answers
@@ -122,17 +134,36 @@ def stop(*_):
 
 signal.signal(signal.SIGTERM, stop)
 
+def make_cert(d):
+    """A self-signed certificate for 127.0.0.1 (clients take it as their CA)."""
+    os.makedirs(d, exist_ok=True)
+    cert, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+        "-keyout", key, "-out", cert)
+    os.chmod(key, 0o644)  # Apache's workers run as www-data
+    return cert, key
+
+
 def start_apache(ksock, gport):
     """Apache in front, as devstack sets it up, with a config of its own."""
+    port = 443 if tls else 80
     probe = socket.socket()
     # As Apache does: connections of an earlier run in TIME_WAIT do not take the port.
     probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        probe.bind(("127.0.0.1", 80))
+        probe.bind(("127.0.0.1", port))
     except OSError as e:
-        raise SystemExit(f"127.0.0.1:80 is taken ({e}); the bed's Apache needs it, as devstack's")
+        raise SystemExit(f"127.0.0.1:{port} is taken ({e}); the bed's Apache needs it, as devstack's")
     finally:
         probe.close()
+    ssl_conf = f"""LoadModule socache_shmcb_module {{mods}}/mod_socache_shmcb.so
+LoadModule ssl_module {{mods}}/mod_ssl.so
+SSLEngine on
+SSLCertificateFile {cacert}
+SSLCertificateKeyFile {tls_key}
+SSLSessionCache shmcb:{{root}}/run/ssl_scache(512000)
+""" if tls else ""
     root = os.path.join(state, "apache")
     os.makedirs(os.path.join(root, "run"), exist_ok=True)
     mods = "/usr/lib/apache2/modules"
@@ -140,7 +171,7 @@ def start_apache(ksock, gport):
     log = os.path.join(root, "access.log")
     write(conf, f"""ServerRoot "{root}"
 ServerName 127.0.0.1
-Listen 127.0.0.1:80
+Listen 127.0.0.1:{port}
 PidFile {root}/apache2.pid
 DefaultRuntimeDir {root}/run
 ErrorLog {root}/error.log
@@ -152,7 +183,7 @@ LoadModule authz_core_module {mods}/mod_authz_core.so
 LoadModule proxy_module {mods}/mod_proxy.so
 LoadModule proxy_http_module {mods}/mod_proxy_http.so
 LoadModule proxy_uwsgi_module {mods}/mod_proxy_uwsgi.so
-LogFormat "%h %l %u %t \\"%r\\" %>s %b" common
+{ssl_conf.format(mods=mods, root=root)}LogFormat "%h %l %u %t \\"%r\\" %>s %b" common
 CustomLog {log} common
 ProxyPass "/identity" "unix:{ksock}|uwsgi://uwsgi-uds-keystone" retry=0 acquire=1
 ProxyPass "/image" "http://127.0.0.1:{gport}" retry=0
@@ -163,10 +194,14 @@ ProxyPass "/image" "http://127.0.0.1:{gport}" retry=0
     return {"pid": p.pid, "log": log}
 
 
+cacert = tls_key = None
+if tls:
+    cacert, tls_key = make_cert(os.path.join(state, "tls"))
 if apache:
     # devstack's ports: keystone behind /identity on a unix socket, glance on :60999.
     kport, gport = os.path.join(state, "keystone.sock"), 60999
-    kbase, gurl = "http://127.0.0.1/identity", "http://127.0.0.1/image"
+    scheme = "https" if tls else "http"
+    kbase, gurl = f"{scheme}://127.0.0.1/identity", f"{scheme}://127.0.0.1/image"
 else:
     kport, gport = free_port(), free_port()
     kbase, gurl = f"http://127.0.0.1:{kport}", None
@@ -203,6 +238,8 @@ wait_http(kurl)
 env = dict(os.environ, OS_AUTH_URL=kurl, OS_USERNAME="admin", OS_PASSWORD="secret",
            OS_PROJECT_NAME="admin", OS_USER_DOMAIN_NAME="Default", OS_PROJECT_DOMAIN_NAME="Default",
            OS_IDENTITY_API_VERSION="3", OS_REGION_NAME="RegionOne", OS_INTERFACE="public")
+if tls:
+    env["OS_CACERT"] = cacert
 osc = lambda *a: run(bin_("openstack"), *a, env=env)  # noqa: E731
 osc("project", "create", "service", "--domain", "Default")
 osc("user", "create", "glance", "--domain", "Default", "--password", "secret")
@@ -222,7 +259,7 @@ user_domain_name = Default
 project_name = service
 username = {user}
 password = secret
-"""
+""" + (f"cafile = {cacert}\n" if tls else "")
 
 
 def start_swift():
@@ -338,6 +375,7 @@ print(json.dumps({
     "glance": {"pid": glance.pid, "port": gport, "log": glog},
     "swift": swift,
     "apache": front,
+    "cacert": cacert,
     "env": {k: v for k, v in env.items() if k.startswith("OS_")},
 }), flush=True)
 sys.stdin.read()

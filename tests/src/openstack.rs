@@ -19,6 +19,8 @@ pub struct Bed {
     pub swift_proxy: Option<u32>,
     /// Apache in front (`--apache`): its parent's pid and access log.
     pub apache: Option<Service>,
+    /// devstack's tls-proxy (`--tls`): the certificate clients take as their CA.
+    pub cacert: Option<PathBuf>,
     pub env: Vec<(String, String)>,
     pub venv: PathBuf,
 }
@@ -80,6 +82,15 @@ pub fn uwsgi_requests(text: &str) -> Vec<(String, String, u16)> {
 /// Starts the bed (with swift when `swift_venv` is given, behind Apache when `apache`) in
 /// target/<state>.
 pub fn start_bed(state: &str, swift_venv: Option<&PathBuf>, apache: bool) -> Bed {
+    start_bed_with(state, swift_venv, if apache { &["--apache"] } else { &[] })
+}
+
+/// devstack's tls-proxy topology: Apache with mod_ssl on 127.0.0.1:443 in front.
+pub fn start_bed_tls(state: &str) -> Bed {
+    start_bed_with(state, None, &["--tls"])
+}
+
+fn start_bed_with(state: &str, swift_venv: Option<&PathBuf>, flags: &[&str]) -> Bed {
     let venv = PathBuf::from(
         std::env::var("SNIFFER_OPENSTACK_VENV")
             .expect("SNIFFER_OPENSTACK_VENV: run `cargo xtask e2e`"),
@@ -93,9 +104,7 @@ pub fn start_bed(state: &str, swift_venv: Option<&PathBuf>, apache: bool) -> Bed
     if let Some(s) = swift_venv {
         cmd.arg("--swift").arg(s);
     }
-    if apache {
-        cmd.arg("--apache");
-    }
+    cmd.args(flags);
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
     let mut guard = Guard::spawn(&mut cmd);
     let lines = Lines::new(guard.child.stdout.take().expect("stdout"));
@@ -114,6 +123,7 @@ pub fn start_bed(state: &str, swift_venv: Option<&PathBuf>, apache: bool) -> Bed
         apache: info["apache"]
             .is_object()
             .then(|| Service::from(&info["apache"])),
+        cacert: info["cacert"].as_str().map(PathBuf::from),
         guard,
         env,
         venv,

@@ -411,6 +411,8 @@ fn e2e(args: &[String]) -> anyhow::Result<()> {
             "/usr/lib/apache2/modules/mod_proxy_uwsgi.so",
             "libapache2-mod-proxy-uwsgi",
         ),
+        ("/usr/lib/apache2/modules/mod_ssl.so", "apache2"),
+        ("/usr/bin/openssl", "openssl"),
         ("/usr/bin/qemu-img", "qemu-utils"),
     ] {
         anyhow::ensure!(
@@ -422,7 +424,7 @@ fn e2e(args: &[String]) -> anyhow::Result<()> {
     let mut cmd = cargo();
     cmd.args(["test", "--package", "sniffer-tests", "--features", "e2e"])
         .args(["--test", "openstack", "--test", "openstack_swift"])
-        .args(["--test", "openstack_apache"])
+        .args(["--test", "openstack_apache", "--test", "openstack_tls"])
         .args(args)
         .env("SNIFFER_BIN", &bin)
         .env("SNIFFER_OPENSTACK_VENV", &openstack)
