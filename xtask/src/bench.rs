@@ -60,6 +60,7 @@ fn ensure_tools() -> anyhow::Result<()> {
         ("curl", "curl"),
         ("httpry", "httpry"),
         ("tshark", "tshark"),
+        ("openssl", "openssl"),
     ]
     .into_iter()
     .filter(|(bin, _)| {
@@ -83,9 +84,36 @@ fn ensure_tools() -> anyhow::Result<()> {
     )
 }
 
-/// nginx serving `www` on a port of its own, one worker, no access log.
-fn start_nginx(dir: &Path, www: &Path) -> anyhow::Result<(Proc, u16, u32)> {
+/// A self-signed certificate for 127.0.0.1 in `dir`: (cert, key).
+fn make_cert(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    run_cmd(
+        Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args([
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )?;
+    Ok((cert, key))
+}
+
+/// nginx serving `www` on a port of its own (HTTP) and another (HTTPS, the system's OpenSSL),
+/// one worker, no access log. Returns (nginx, port, TLS port, master pid).
+fn start_nginx(dir: &Path, www: &Path) -> anyhow::Result<(Proc, u16, u16, u32)> {
     let port = free_port()?;
+    let tls_port = free_port()?;
+    let (cert, key) = make_cert(dir)?;
     let tmp = dir.join("nginx-tmp");
     fs::create_dir_all(&tmp)?;
     let conf = dir.join("nginx.conf");
@@ -97,10 +125,14 @@ fn start_nginx(dir: &Path, www: &Path) -> anyhow::Result<(Proc, u16, u32)> {
              http {{\n  access_log off;\n  sendfile on;\n  keepalive_requests 100000000;\n  \
              keepalive_timeout 120;\n  client_body_temp_path {t};\n  proxy_temp_path {t};\n  \
              fastcgi_temp_path {t};\n  uwsgi_temp_path {t};\n  scgi_temp_path {t};\n  \
-             server {{\n    listen 127.0.0.1:{port};\n    root {w};\n  }}\n}}\n",
+             server {{\n    listen 127.0.0.1:{port};\n    root {w};\n  }}\n  \
+             server {{\n    listen 127.0.0.1:{tls_port} ssl;\n    ssl_certificate {c};\n    \
+             ssl_certificate_key {k};\n    root {w};\n  }}\n}}\n",
             d = dir.display(),
             t = tmp.display(),
             w = www.display(),
+            c = cert.display(),
+            k = key.display(),
         ),
     )?;
     let child = Command::new("nginx")
@@ -120,7 +152,7 @@ fn start_nginx(dir: &Path, www: &Path) -> anyhow::Result<(Proc, u16, u32)> {
         }
         thread::sleep(Duration::from_millis(50));
     }
-    Ok((Proc(child), port, pid))
+    Ok((Proc(child), port, tls_port, pid))
 }
 
 /// A python server that reads and discards uploads (for the upload case).
@@ -553,8 +585,9 @@ pub fn bench(bin: &Path, s: &Settings) -> anyhow::Result<()> {
     let big = www.join("big.bin");
     let f = fs::File::create(&big)?;
     f.set_len(s.big_mib << 20)?;
-    let (_nginx, port, nginx_pid) = start_nginx(&dir, &www)?;
+    let (_nginx, port, tls_port, nginx_pid) = start_nginx(&dir, &www)?;
     let small = format!("http://127.0.0.1:{port}/small.txt");
+    let tls_small = format!("https://127.0.0.1:{tls_port}/small.txt");
     let mut cases = Vec::new();
     // Nothing busy traced: sniffer follows an idle process while nginx and wrk run untraced.
     // Every syscall of every process still passes the programs' first test.
@@ -566,17 +599,15 @@ pub fn bench(bin: &Path, s: &Settings) -> anyhow::Result<()> {
     );
     let idle_args = ["--pid".to_owned(), idle.0.id().to_string()];
     let nginx_args = ["--pid".to_owned(), nginx_pid.to_string()];
-    for (name, conns, close, args) in [
-        ("untraced (sniffer idle)", 10, false, &idle_args),
-        ("keep-alive", 10, false, &nginx_args),
-        ("connection-close", 10, true, &nginx_args),
-        ("200-connections", 200, false, &nginx_args),
+    for (name, url, conns, close, args) in [
+        ("untraced (sniffer idle)", &small, 10, false, &idle_args),
+        ("keep-alive", &small, 10, false, &nginx_args),
+        ("connection-close", &small, 10, true, &nginx_args),
+        ("200-connections", &small, 200, false, &nginx_args),
+        // nginx reads and writes through the system's OpenSSL, which sniffer probes.
+        ("TLS keep-alive", &tls_small, 10, false, &nginx_args),
     ] {
-        let load = Load {
-            url: &small,
-            conns,
-            close,
-        };
+        let load = Load { url, conns, close };
         cases.push(load_case(name, bin, &dir, args, &load, s)?);
     }
     drop(idle);
@@ -587,6 +618,18 @@ pub fn bench(bin: &Path, s: &Settings) -> anyhow::Result<()> {
         &dir,
         nginx_pid,
         &[&big_url],
+        "speed_download",
+        s,
+    )?);
+    let ca = dir.join("cert.pem");
+    let ca = ca.to_str().ok_or_else(|| anyhow!("path"))?;
+    let tls_big = format!("https://127.0.0.1:{tls_port}/big.bin");
+    cases.push(transfer_case(
+        "TLS download",
+        bin,
+        &dir,
+        nginx_pid,
+        &["--cacert", ca, &tls_big],
         "speed_download",
         s,
     )?);
