@@ -391,7 +391,7 @@ fn feature_lines(f: &Features) -> Vec<Line> {
             "BPF programs on tracepoints are refused (CONFIG_BPF_EVENTS off?)",
         ));
     }
-    let kib = f.variant().max_chunks() as usize * CHUNK_SIZE >> 10;
+    let kib = (f.variant().max_chunks() as usize * CHUNK_SIZE) >> 10;
     lines.push(if f.bpf_loop {
         Line::new(
             Status::Ok,
