@@ -6,7 +6,7 @@ use std::io::Read as _;
 
 use sha2::{Digest as _, Sha256};
 
-use crate::http::{head::Head, parser::Body};
+use crate::http::{head::Head, message::Body};
 
 /// Header fields whose values are secrets.
 const SECRET_HEADERS: &[&str] = &[

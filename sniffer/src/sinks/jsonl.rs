@@ -6,7 +6,7 @@ use serde::Serialize;
 use crate::{
     http::{
         head::StartLine,
-        parser::{Ending, Message},
+        message::{Ending, Message},
     },
     render,
     stitch::{Exchange, LogSink, View, Which},
@@ -44,6 +44,8 @@ struct MessageRecord {
     complete: bool,
     broken: Option<&'static str>,
     after_gap: bool,
+    /// What the RFCs call invalid that was read anyway (a bare LF, ...).
+    lenient: Vec<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -126,6 +128,7 @@ impl Recorder {
                 _ => None,
             },
             after_gap: m.after_gap,
+            lenient: m.lenient.clone(),
         }
     }
 

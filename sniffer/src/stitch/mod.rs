@@ -6,8 +6,10 @@
 //! kernel time of its first byte (the earliest of its views), so a call a server makes while it
 //! serves a request sits inside that exchange. A message is written once it is complete and no
 //! message that began before it can still arrive: events from other CPUs reach userspace a
-//! little late, so the order is final after a short slack.
+//! little late, so the order is final after a short slack. One end's view can come much later
+//! than the other's (a client reading its response late): it joins the written exchange.
 mod fold;
+mod late;
 mod model;
 mod naming;
 mod order;
@@ -29,7 +31,7 @@ use crate::{
     events::{Endpoint, Transport},
     exchange::{HttpEvent, HttpSink, MsgKey},
     filter::Filter,
-    http::parser::Message,
+    http::message::Message,
     names::Names,
     owners::Owners,
     procs::ProcTable,
@@ -40,8 +42,9 @@ use crate::{
 pub const ORDER_SLACK_NS: u64 = 100_000_000;
 /// Messages waiting for their place at most; past it the oldest are written as they are.
 pub const MAX_QUEUED: usize = 100_000;
-/// How long a written exchange with one end's view stays matchable for the other end's late
-/// view (it comes within the order slack unless events were lost).
+/// How long a written exchange with one end's view only stays matchable for the other end's
+/// view (it comes within the order slack unless events were lost). Exchanges seen from both
+/// ends wait for a late view differently: see [`late`].
 const KEEP_DONE_NS: u64 = 2_000_000_000;
 /// Exchanges into or out of a reverse proxy waiting for their other hop, at most.
 const MAX_HOP_CANDIDATES: usize = 4096;
@@ -83,6 +86,8 @@ pub struct Stitcher<L: LogSink> {
     proxies: Proxies,
     /// Exchanges into a proxy, and out of one, not yet folded with their other hop.
     inbound: VecDeque<u64>,
+    /// Written exchanges kept for one end's late view, oldest first (see [`late`]).
+    late: VecDeque<u64>,
     outbound: VecDeque<u64>,
     slack_ns: u64,
     now: u64,
@@ -107,6 +112,7 @@ impl<L: LogSink> Stitcher<L> {
             filter,
             proxies: Proxies::default(),
             inbound: VecDeque::new(),
+            late: VecDeque::new(),
             outbound: VecDeque::new(),
             slack_ns: ORDER_SLACK_NS,
             now: 0,
@@ -223,6 +229,7 @@ impl<L: LogSink> Stitcher<L> {
                 keys: Vec::new(),
                 resolved: false,
                 done_at: None,
+                answered_by: Vec::new(),
             },
         );
         id
@@ -238,7 +245,9 @@ impl<L: LogSink> Stitcher<L> {
         }
     }
 
-    fn on_begin(&mut self, conn: &Conn, key: MsgKey, ts: u64) {
+    /// A message's first byte: its place in the order. A response that `answers` a request
+    /// whose response was written already (from the other end's view) needs no place.
+    fn on_begin(&mut self, conn: &Conn, key: MsgKey, ts: u64, answers: Option<MsgKey>) {
         if key.request {
             let x = self.new_exchange(Self::view(conn), key.client_view, ts);
             if let Some(e) = self.exchanges.get_mut(&x) {
@@ -250,7 +259,13 @@ impl<L: LogSink> Stitcher<L> {
             }
             self.enqueue(ts, Item::Msg(x, Which::Request));
         } else {
-            self.enqueue(ts, Item::Pending(key));
+            let written = answers
+                .and_then(|r| self.by_key.get(&r))
+                .and_then(|x| self.exchanges.get(x))
+                .is_some_and(|e| e.written[1]);
+            if !written {
+                self.enqueue(ts, Item::Pending(key));
+            }
         }
     }
 
@@ -288,6 +303,13 @@ impl<L: LogSink> Stitcher<L> {
         if !e.keys.contains(&key) {
             e.keys.push(key);
         }
+        if e.done_at.is_some() {
+            // The exchange was written: this is one end's late view of it.
+            if !interim {
+                self.late_response(x, conn.id, msg);
+            }
+            return;
+        }
         if interim {
             // Both ends see the same 1xx: keep one end's.
             if e.interim_conn.is_none_or(|c| c == conn.id) {
@@ -297,6 +319,9 @@ impl<L: LogSink> Stitcher<L> {
             return;
         }
         let first = e.response.is_none();
+        if !e.answered_by.contains(&conn.id) {
+            e.answered_by.push(conn.id);
+        }
         e.response = better(e.response.take(), Some(msg));
         e.response_ts = Some(e.response_ts.map_or(ts, |t| t.min(ts)));
         let written = e.written[1];
@@ -316,9 +341,11 @@ impl<L: LogSink> Stitcher<L> {
         }
     }
 
+    /// What began as `key` is not a message (no start line): counted; it has no entry, unless
+    /// the other end's view of it had one (then that entry says it).
     fn on_broken(&mut self, key: MsgKey, reason: &'static str) {
-        self.stats.broken += 1;
         if self.dequeue(Item::Pending(key)).is_some() {
+            self.stats.broken += 1;
             return;
         }
         let Some(x) = self.by_key.get(&key).copied() else {
@@ -330,6 +357,7 @@ impl<L: LogSink> Stitcher<L> {
         e.broken = Some(reason);
         if e.request.is_none() && e.head.is_none() {
             // Nothing readable began: no entry.
+            self.stats.broken += 1;
             self.dequeue(Item::Msg(x, Which::Request));
             self.exchanges.remove(&x);
             self.by_key.remove(&key);
@@ -382,25 +410,18 @@ impl<L: LogSink> Stitcher<L> {
         let resp_done = e.written[1] || (e.response.is_none() && e.unanswered);
         if req_done && resp_done && (e.written[0] || e.written[1]) {
             e.done_at = Some(now);
+            if e.is_broken() {
+                self.stats.broken += 1;
+            }
             if !e.filtered {
                 self.sink.exchange(e);
             }
-            // Written: the messages are no longer needed. The exchange itself stays a moment
-            // only if the other end is traced and its view may still come.
+            // Written: the messages are no longer needed. The exchange itself stays while a
+            // view of it may still come.
             e.request = None;
             e.response = None;
             e.interim.clear();
-            let view = match (&e.client, &e.server) {
-                (Some(_), Some(_)) => None,
-                (Some(v), None) | (None, Some(v)) => Some(v.conn),
-                (None, None) => None,
-            };
-            let partner_possible = view
-                .and_then(|c| self.conns.get(&c))
-                .is_some_and(|info| !self.peer_conns(info).is_empty());
-            if !partner_possible {
-                self.forget(x);
-            }
+            self.keep_or_forget(x);
         }
     }
 
@@ -424,6 +445,7 @@ impl<L: LogSink> Stitcher<L> {
         let old: Vec<u64> = self
             .exchanges
             .values()
+            .filter(|e| e.client.is_none() || e.server.is_none())
             .filter(|e| e.done_at.is_some_and(|t| t + KEEP_DONE_NS < now))
             .map(|e| e.id)
             .collect();
@@ -477,9 +499,9 @@ impl<L: LogSink> Stitcher<L> {
 impl<L: LogSink> HttpSink for Stitcher<L> {
     fn event(&mut self, conn: &Conn, ev: HttpEvent, procs: &ProcTable) {
         match ev {
-            HttpEvent::Begin { key, ts } => {
+            HttpEvent::Begin { key, ts, answers } => {
                 self.conn_info(conn, key.client_view, procs);
-                self.on_begin(conn, key, ts);
+                self.on_begin(conn, key, ts, answers);
             }
             HttpEvent::RequestHead { key, head } => {
                 if let Some(x) = self.by_key.get(&key).copied() {
@@ -545,6 +567,8 @@ impl<L: LogSink> HttpSink for Stitcher<L> {
                 }
             }
             self.maybe_done(x);
+            // A view this connection was to bring will not come now.
+            self.recheck_late(x);
         }
     }
 

@@ -7,7 +7,7 @@ use crate::{
     exchange::MsgKey,
     http::{
         head::Head,
-        parser::{Ending, Message},
+        message::{Ending, Message},
     },
 };
 
@@ -71,6 +71,8 @@ pub struct Exchange {
     pub(super) keys: Vec<MsgKey>,
     pub(super) resolved: bool,
     pub(super) done_at: Option<u64>,
+    /// The connections whose view of the final response came.
+    pub(super) answered_by: Vec<u64>,
 }
 
 impl Exchange {
@@ -83,6 +85,15 @@ impl Exchange {
             Which::Request => self.request.as_ref(),
             Which::Response => self.response.as_ref(),
         }
+    }
+
+    /// The exchange or one of its messages broke.
+    pub fn is_broken(&self) -> bool {
+        let broken = |m: &Option<Message>| {
+            m.as_ref()
+                .is_some_and(|m| matches!(m.ending, Ending::Broken(_)))
+        };
+        self.broken.is_some() || broken(&self.request) || broken(&self.response)
     }
 
     /// A message of this exchange that did not end complete, or the exchange is broken.

@@ -84,13 +84,11 @@ impl<L: LogSink> Stitcher<L> {
             (None, Some(s)) => s.local.clone(),
             _ => Endpoint::Unknown,
         };
-        let url = if target.starts_with("http://") || target.starts_with("https://") {
-            target.clone()
-        } else if e.orphan {
+        let url = if e.orphan {
             String::new()
         } else {
             let authority = host.clone().unwrap_or_else(|| server_addr.to_string());
-            format!("http://{authority}{target}")
+            crate::http::target::url(&target, &authority)
         };
         let port = match &server_addr {
             Endpoint::Inet(a) => Some(a.port()),

@@ -82,10 +82,13 @@ impl<L: LogSink> Stitcher<L> {
         for k in &g.keys {
             self.by_key.insert(*k, keep);
         }
-        for info in self.conns.values_mut() {
-            for e in info.exchanges.iter_mut() {
-                if *e == gone {
-                    *e = keep;
+        // The gone exchange is listed on the connections of its views only.
+        for v in [&g.client, &g.server].into_iter().flatten() {
+            if let Some(info) = self.conns.get_mut(&v.conn) {
+                for e in info.exchanges.iter_mut() {
+                    if *e == gone {
+                        *e = keep;
+                    }
                 }
             }
         }

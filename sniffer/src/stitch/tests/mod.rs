@@ -8,11 +8,50 @@ use crate::{
     stream::{Piece, Stream},
 };
 
-/// Records the numbered titles.
-#[derive(Default)]
+/// A writer into a buffer the test keeps.
+#[derive(Clone, Default)]
+struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Shared {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Records the numbered titles, the numbered log as written, and the JSONL records.
 struct Titles {
     lines: Vec<String>,
     exchanges: Vec<(u64, bool)>,
+    log: crate::sinks::log::NumberedLog,
+    text: Shared,
+    /// The JSONL records, unless `records` is off (they cost in long runs).
+    records: Vec<serde_json::Value>,
+    keep_records: bool,
+}
+
+impl Default for Titles {
+    fn default() -> Self {
+        let text = Shared::default();
+        Self {
+            lines: Vec::new(),
+            exchanges: Vec::new(),
+            log: crate::sinks::log::NumberedLog::new(Box::new(text.clone()), true, 4096),
+            text,
+            records: Vec::new(),
+            keep_records: true,
+        }
+    }
+}
+
+impl Titles {
+    /// The numbered log as a user reads it.
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.text.0.lock().expect("lock")).into_owned()
+    }
 }
 
 impl LogSink for Titles {
@@ -20,10 +59,20 @@ impl LogSink for Titles {
         self.lines.push(crate::sinks::log::title(
             e.number, e.which, e.exchange, e.msg,
         ));
+        self.log.message(e);
     }
     fn exchange(&mut self, x: &Exchange) {
         self.exchanges
             .push((x.id, x.client.is_some() && x.server.is_some()));
+        if !self.keep_records {
+            return;
+        }
+        let rec = crate::sinks::jsonl::Recorder {
+            redact: true,
+            text_limit: 4096,
+            unix_offset_ns: 0,
+        };
+        self.records.push(rec.record(x));
     }
 }
 
@@ -438,3 +487,6 @@ fn a_response_without_its_request_is_shown_as_such() {
         "### [1] (openstack) RESP <<< (127.0.0.1:9292) : 200 OK ? (request not seen)"
     );
 }
+
+mod late_views;
+mod marks;
