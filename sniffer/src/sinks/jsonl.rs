@@ -132,15 +132,25 @@ impl Recorder {
         }
     }
 
-    /// The record of an exchange.
+    /// The record of an exchange, as a JSON value (for the HAR).
     pub fn record(&self, x: &Exchange) -> serde_json::Value {
+        serde_json::to_value(self.exchange_record(x)).unwrap_or_default()
+    }
+
+    /// Writes the record of an exchange as one JSON line, without making a JSON value first.
+    pub fn write_line(&self, x: &Exchange, out: &mut dyn Write) -> io::Result<()> {
+        serde_json::to_writer(&mut *out, &self.exchange_record(x))?;
+        out.write_all(b"\n")
+    }
+
+    fn exchange_record<'a>(&self, x: &'a Exchange) -> ExchangeRecord<'a> {
         let (status, reason) = match x.response.as_ref().map(|m| &m.head.start) {
             Some(StartLine::Response { status, reason, .. }) => {
                 (Some(*status), Some(reason.as_str()))
             }
             _ => (None, None),
         };
-        let rec = ExchangeRecord {
+        ExchangeRecord {
             id: x.id,
             from: &x.from,
             to: &x.to,
@@ -170,8 +180,7 @@ impl Recorder {
             orphan: x.orphan,
             unanswered: x.unanswered,
             broken: x.broken,
-        };
-        serde_json::to_value(&rec).unwrap_or_default()
+        }
     }
 }
 
@@ -185,8 +194,7 @@ impl Jsonl {
     }
 
     fn write(&mut self, x: &Exchange) -> io::Result<()> {
-        serde_json::to_writer(&mut self.out, &self.rec.record(x))?;
-        self.out.write_all(b"\n")
+        self.rec.write_line(x, &mut self.out)
     }
 }
 

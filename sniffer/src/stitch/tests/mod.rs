@@ -72,7 +72,14 @@ impl LogSink for Titles {
             text_limit: 4096,
             unix_offset_ns: 0,
         };
-        self.records.push(rec.record(x));
+        let record = rec.record(x);
+        // The JSONL line, written without a JSON value first, says the same.
+        let mut line = Vec::new();
+        rec.write_line(x, &mut line).expect("write to a Vec");
+        let parsed: serde_json::Value = serde_json::from_slice(&line).expect("a JSON line");
+        assert_eq!(parsed, record);
+        assert_eq!(line.last(), Some(&b'\n'));
+        self.records.push(record);
     }
 }
 
