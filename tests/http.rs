@@ -1,5 +1,6 @@
 //! HTTP exchanges on the real kernel: every framing rule over one keep-alive connection, a
-//! nested call chain with both ends traced, and naming when only one end is traced.
+//! nested call chain with both ends traced, a client reading its responses late, and naming
+//! when only one end is traced.
 use std::{fs, process::Command, time::Duration};
 
 use sniffer_tests::{Server, fixture, kernel_tests, pattern};
@@ -312,4 +313,51 @@ fn a_gigabyte_download_copies_under_a_megabyte_and_the_next_exchange_is_framed()
     );
     let ex = jsonl(&cap);
     assert_eq!(ex[0]["response"]["body_size"], GB);
+}
+
+#[test]
+fn a_client_reading_its_response_late_gets_one_exchange_not_an_orphan() {
+    if !kernel_tests() {
+        return;
+    }
+    // Both ends traced; the server answers at once, the client reads 0.1, 0.6 and 2 s later.
+    const DELAYS: [&str; 3] = ["0.1", "0.6", "2"];
+    let server = Server::script("http_variety.py", &[]);
+    let port = server.port.to_string();
+    let pid = server.pid().to_string();
+    let u = format!("http://127.0.0.1:{port}");
+    let (c, s) = ("(slow_reader_client.py)", "(http_variety.py)");
+    for mode in ["keepalive", "close"] {
+        let mut args = vec![port.as_str(), mode];
+        args.extend(DELAYS);
+        let cap = run(&["--pid", &pid], &py("slow_reader_client.py", &args));
+        let mut want = Vec::new();
+        for i in 0..DELAYS.len() {
+            want.push(format!(
+                "### [{}] {c} REQ >>> {s} : GET {u}/len?i={i}",
+                2 * i + 1
+            ));
+            want.push(format!(
+                "### [{}] {c} RESP <<< {s} : 200 OK GET {u}/len?i={i}",
+                2 * i + 2
+            ));
+        }
+        assert_eq!(titles(&cap.log), want, "{mode}: {}", cap.describe());
+        assert!(!cap.log.contains("was not seen"), "{mode}: {}", cap.log);
+        let ex = jsonl(&cap);
+        assert_eq!(ex.len(), DELAYS.len(), "{mode}: {ex:#?}");
+        for x in &ex {
+            assert!(
+                x["client"].is_object() && x["server"].is_object(),
+                "{mode}: both ends in one exchange: {x}"
+            );
+            assert_eq!(x["orphan"], false, "{mode}: {x}");
+            assert_eq!(x["incomplete"], false, "{mode}: {x}");
+        }
+        assert!(
+            cap.stderr.contains("sniffer: 3 exchanges, 6 messages,"),
+            "{mode}: {}",
+            cap.stderr
+        );
+    }
 }

@@ -6,7 +6,8 @@
 //! final answer (100-continue). A response is only paired with a request that began before it,
 //! so a request lost in a gap makes its response an orphan instead of shifting every pairing
 //! after it. HEAD and CONNECT change how a response is framed, so response bytes that arrive
-//! before any request head is known wait (bounded) for it.
+//! before any request head is known wait (bounded) for it. The answer to a CONNECT or Upgrade
+//! request decides whether the connection stays HTTP both ways.
 use std::collections::{HashMap, VecDeque};
 
 use sniffer_common::{CopyCtl, dir as kdir};
@@ -15,8 +16,10 @@ use crate::{
     conns::{Conn, ConnSink},
     events::{Dir, Role},
     http::{
-        head::{Head, request_body, response_body, starts_like_response},
-        parser::{CopyWant, DirParser, Message, Parsed},
+        framing::{may_switch, request_body, response_body},
+        head::{Head, starts_like_response},
+        message::Message,
+        parser::{CopyWant, DirParser, Parsed},
     },
     probe::CopyHint,
     procs::ProcTable,
@@ -39,8 +42,13 @@ pub struct MsgKey {
 /// What the exchange layer reports about the messages of a connection.
 #[derive(Debug)]
 pub enum HttpEvent {
-    /// A message's first byte was seen at `ts`: its place in the order.
-    Begin { key: MsgKey, ts: u64 },
+    /// A message's first byte was seen at `ts`: its place in the order. For a response, the
+    /// request it will answer if the pairing holds (a 1xx or a gap can change it).
+    Begin {
+        key: MsgKey,
+        ts: u64,
+        answers: Option<MsgKey>,
+    },
     /// A request head is complete (its body may follow).
     RequestHead { key: MsgKey, head: Head },
     /// A request ended.
@@ -74,6 +82,8 @@ struct PendingRequest {
     key: MsgKey,
     method: String,
     first_ts: u64,
+    /// Its answer may end HTTP on the connection (CONNECT, Upgrade).
+    switches: bool,
 }
 
 #[derive(Debug)]
@@ -273,6 +283,8 @@ impl<S: HttpSink> Exchanges<S> {
             return false;
         };
         let mut request_head = false;
+        // The final answer to a request that may switch protocols: whether it did.
+        let mut answer: Option<bool> = None;
         for p in out.drain(..) {
             match p {
                 Parsed::Begin { ts, .. } => {
@@ -285,7 +297,13 @@ impl<S: HttpSink> Exchanges<S> {
                     };
                     st.seq[dir.index()] += 1;
                     st.current[dir.index()] = Some((key, ts));
-                    self.sink.event(conn, HttpEvent::Begin { key, ts }, procs);
+                    let answers = if is_request {
+                        None
+                    } else {
+                        st.pending.front().map(|r| r.key)
+                    };
+                    self.sink
+                        .event(conn, HttpEvent::Begin { key, ts, answers }, procs);
                 }
                 Parsed::Head { head, .. } => {
                     if is_request && let Some((key, ts)) = st.current[dir.index()] {
@@ -293,6 +311,7 @@ impl<S: HttpSink> Exchanges<S> {
                             key,
                             method: head.method().unwrap_or("").to_owned(),
                             first_ts: ts,
+                            switches: may_switch(&head),
                         });
                         request_head = true;
                         self.sink
@@ -310,10 +329,20 @@ impl<S: HttpSink> Exchanges<S> {
                     }
                     let status = msg.head.status().unwrap_or(0);
                     let interim = (100..200).contains(&status) && status != 101;
+                    // RFC 9110 §15.2.2: after a 101 the connection is the new protocol.
+                    if status == 101 {
+                        answer = Some(true);
+                    }
                     let request = match st.pending.front() {
                         Some(r) if r.first_ts <= msg.first_ts => {
                             let k = r.key;
                             if !interim {
+                                // RFC 9110 §9.3.6: a 2xx to CONNECT makes the connection a
+                                // tunnel both ways; any other final answer leaves it HTTP.
+                                let tunnel = r.method == "CONNECT" && (200..300).contains(&status);
+                                if tunnel || r.switches {
+                                    answer = Some(answer.unwrap_or(false) || tunnel);
+                                }
                                 st.pending.pop_front();
                             }
                             Some(k)
@@ -343,7 +372,34 @@ impl<S: HttpSink> Exchanges<S> {
                 }
             }
         }
+        if let Some(switched) = answer {
+            self.answered(conn, switched, procs, true);
+        }
         request_head
+    }
+
+    /// The answer to a CONNECT or Upgrade request came: it `switched` protocols (the request
+    /// direction is a tunnel from the end of that request), or not (what the client sent after
+    /// it is HTTP, read now). `wait`: as for [`Self::feed`].
+    fn answered(&mut self, conn: &Conn, switched: bool, procs: &ProcTable, wait: bool) {
+        let Some(st) = self.conns.get_mut(&conn.id) else {
+            return;
+        };
+        let Some(req_dir) = st.req_dir else {
+            return;
+        };
+        let Some(parser) = st.parsers[req_dir.index()].as_mut() else {
+            return;
+        };
+        if switched {
+            parser.switch_protocols();
+            return;
+        }
+        let mut out = Vec::new();
+        parser.resume(&mut |h: &Head, _| request_body(h), &mut out);
+        if self.report(conn, req_dir, true, &mut out, procs) {
+            self.release_held(conn, procs, wait);
+        }
     }
 
     /// Feeds the held pieces again, in order (`wait`: they may be held again).
@@ -395,6 +451,15 @@ impl<S: HttpSink> ConnSink for Exchanges<S> {
         self.release_held(conn, procs, false);
         let req_dir = self.conns.get(&conn.id).and_then(|s| s.req_dir);
         if let Some(req_dir) = req_dir {
+            let awaiting = self
+                .conns
+                .get(&conn.id)
+                .and_then(|s| s.parsers[req_dir.index()].as_ref())
+                .is_some_and(DirParser::is_awaiting);
+            if awaiting {
+                // No answer came: what waited for it is read as HTTP.
+                self.answered(conn, false, procs, false);
+            }
             let mut out = std::mem::take(&mut self.scratch);
             for dir in [req_dir, other(req_dir)] {
                 if let Some(p) = self
@@ -449,7 +514,7 @@ mod tests {
         fn event(&mut self, _conn: &Conn, ev: HttpEvent, _procs: &ProcTable) {
             let k = |k: &MsgKey| format!("{}{}", if k.request { "q" } else { "r" }, k.seq);
             let line = match ev {
-                HttpEvent::Begin { key, ts } => format!("begin {} @{ts}", k(&key)),
+                HttpEvent::Begin { key, ts, .. } => format!("begin {} @{ts}", k(&key)),
                 HttpEvent::RequestHead { key, head } => {
                     format!("head {} {}", k(&key), head.method().unwrap_or("?"))
                 }
@@ -689,5 +754,91 @@ mod tests {
         );
         let log = f.end();
         assert_eq!(lines(&log, "req"), vec!["req q0 body abc"]);
+    }
+
+    /// A client's CONNECT with a Content-Length, then its first tunnel bytes.
+    const CONNECT: &[u8] = b"CONNECT foo.bar.com:443 HTTP/1.1\r\nHost: foo.bar.com:443\r\nContent-Length: 10\r\n\r\nGET /inside HTTP/1.1\r\n\r\n";
+
+    #[test]
+    fn an_accepted_connect_makes_both_directions_a_tunnel() {
+        for role in [Role::Client, Role::Server] {
+            let mut f = Feeder::new(role);
+            let (out, inn) = if role == Role::Client {
+                (Dir::Send, Dir::Recv)
+            } else {
+                (Dir::Recv, Dir::Send)
+            };
+            f.data(out, CONNECT)
+                .data(
+                    inn,
+                    b"HTTP/1.1 200 Connection established\r\n\r\nHTTP/1.1 200 OK\r\n\r\n",
+                )
+                .data(out, b"GET /inside-again HTTP/1.1\r\n\r\n");
+            let log = f.end();
+            assert_eq!(
+                log,
+                vec![
+                    "begin q0 @10",
+                    "head q0 CONNECT",
+                    "req q0 body ",
+                    "begin r0 @20",
+                    "resp r0 200 for q0",
+                ],
+                "{role:?}: the tunnelled requests are not HTTP to the proxy"
+            );
+        }
+    }
+
+    #[test]
+    fn a_refused_connect_leaves_the_connection_http() {
+        let mut f = Feeder::new(Role::Client);
+        f.data(Dir::Send, CONNECT).data(
+            Dir::Recv,
+            b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n",
+        );
+        // What the client sent after the CONNECT is read as HTTP once the answer says so.
+        f.data(
+            Dir::Recv,
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+        );
+        let log = f.end();
+        assert_eq!(
+            lines(&log, "head"),
+            vec!["head q0 CONNECT", "head q1 GET"],
+            "{log:?}"
+        );
+        assert_eq!(
+            lines(&log, "resp"),
+            vec!["resp r0 407 for q0", "resp r1 404 for q1"]
+        );
+    }
+
+    #[test]
+    fn a_connect_never_answered_leaves_what_followed_as_http() {
+        let mut f = Feeder::new(Role::Client);
+        f.data(Dir::Send, CONNECT);
+        let log = f.end();
+        assert_eq!(lines(&log, "head"), vec!["head q0 CONNECT", "head q1 GET"]);
+    }
+
+    #[test]
+    fn a_101_answer_makes_both_directions_a_tunnel() {
+        let mut f = Feeder::new(Role::Client);
+        f.data(
+            Dir::Send,
+            b"GET /ws HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+        )
+        .data(
+            Dir::Recv,
+            b"HTTP/1.1 101 Switching Protocols\r\n\r\n\x81\x02hi",
+        )
+        .data(
+            Dir::Send,
+            b"\x81\x85\x00\x00\x00\x00hello GET / HTTP/1.1\r\n\r\n",
+        );
+        let log = f.end();
+        assert_eq!(lines(&log, "head"), vec!["head q0 GET"]);
+        assert_eq!(lines(&log, "resp"), vec!["resp r0 101 for q0"]);
+        assert!(lines(&log, "broken").is_empty(), "{log:?}");
     }
 }

@@ -6,7 +6,7 @@ use std::io::Read as _;
 
 use sha2::{Digest as _, Sha256};
 
-use crate::http::{head::Head, parser::Body};
+use crate::http::{head::Head, message::Body};
 
 /// Header fields whose values are secrets.
 const SECRET_HEADERS: &[&str] = &[
@@ -182,18 +182,25 @@ pub fn body(head: &Head, body: &Body, redact: bool, text_limit: usize) -> String
     out
 }
 
+/// `"password": "..."`-style members of each secret field, compiled once.
+static SECRET_MEMBERS: std::sync::LazyLock<Vec<regex::Regex>> = std::sync::LazyLock::new(|| {
+    SECRET_FIELDS
+        .iter()
+        .filter_map(|field| {
+            regex::Regex::new(&format!(r#"(?i)("{field}"\s*:\s*")((?:[^"\\]|\\.)*)(")"#)).ok()
+        })
+        .collect()
+});
+
 /// JSON that does not parse (truncated) still hides `"password": "..."` values.
 fn redact_json_text(t: &str) -> String {
     let mut out = t.to_owned();
-    for field in SECRET_FIELDS {
-        let re = regex::Regex::new(&format!(r#"(?i)("{field}"\s*:\s*")((?:[^"\\]|\\.)*)(")"#));
-        if let Ok(re) = re {
-            out = re
-                .replace_all(&out, |c: &regex::Captures<'_>| {
-                    format!("{}{}{}", &c[1], fingerprint(c[2].as_bytes()), &c[3])
-                })
-                .into_owned();
-        }
+    for re in SECRET_MEMBERS.iter() {
+        out = re
+            .replace_all(&out, |c: &regex::Captures<'_>| {
+                format!("{}{}{}", &c[1], fingerprint(c[2].as_bytes()), &c[3])
+            })
+            .into_owned();
     }
     out
 }

@@ -35,6 +35,15 @@ pub enum Piece {
     },
 }
 
+impl Piece {
+    /// Stream offset of its first byte.
+    pub const fn off(&self) -> u64 {
+        match self {
+            Piece::Data { off, .. } | Piece::Gap { off, .. } => *off,
+        }
+    }
+}
+
 /// Running totals of one stream.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct StreamStats {

@@ -52,6 +52,8 @@ pub struct Chunked {
     line: Vec<u8>,
     /// Trailer fields, raw (`name: value` lines).
     pub trailers: Vec<Vec<u8>>,
+    /// A line ended with a bare LF (accepted, RFC 9112 §2.2; the caller says so).
+    pub bare_lf: bool,
 }
 
 impl Default for Chunked {
@@ -78,6 +80,7 @@ impl Chunked {
             state: State::Size,
             line: Vec::new(),
             trailers: Vec::new(),
+            bare_lf: false,
         }
     }
 
@@ -106,6 +109,8 @@ impl Chunked {
                 let mut line = std::mem::take(&mut self.line);
                 if line.last() == Some(&b'\r') {
                     line.pop();
+                } else {
+                    self.bare_lf = true;
                 }
                 Ok(Some(line))
             }
@@ -159,6 +164,7 @@ impl Chunked {
                     } else if seen == 0 && input[i] == b'\n' {
                         // A bare LF ends the line too (RFC 9112 §2.2 lets recipients accept it).
                         i += 1;
+                        self.bare_lf = true;
                         self.state = State::Size;
                     } else {
                         return Err(ChunkError::DataEnd);

@@ -1,5 +1,5 @@
-//! Message heads (start line + header fields) and the body-length rules of RFC 9112, as small
-//! pure functions over bytes.
+//! Message heads (start line + header fields, RFC 9112 §2-5) and finding the next start line,
+//! as small pure functions over bytes. How long a body is: [`super::framing`].
 
 /// A header field as it was sent (name case kept, value raw).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,24 +91,43 @@ pub enum HeadParse {
 /// Header fields per message we accept; more makes the message broken.
 pub const MAX_HEADERS: usize = 128;
 
+/// A response's header fields may fold (obs-fold, RFC 9112 §5.2); a request's may not.
+fn response_config() -> httparse::ParserConfig {
+    let mut c = httparse::ParserConfig::default();
+    c.allow_obsolete_multiline_headers_in_responses(true);
+    c
+}
+
+fn to_headers(hs: &[httparse::Header<'_>]) -> Vec<Header> {
+    hs.iter()
+        .map(|h| {
+            let mut value = h.value.to_vec();
+            // RFC 9112 §5.2: a recipient of a folded response field replaces each obs-fold
+            // with SP before interpreting it.
+            for b in &mut value {
+                if *b == b'\r' || *b == b'\n' {
+                    *b = b' ';
+                }
+            }
+            Header {
+                name: h.name.to_owned(),
+                value,
+            }
+        })
+        .collect()
+}
+
 /// Parses a request or response head at the start of `buf`.
 ///
 /// RFC 9112 §2.2: empty lines before a request-line are ignored (callers skip them with
 /// [`skip_leading_crlf`]). A status line starts with `HTTP/`; anything else is parsed as a
-/// request line.
+/// request line. A bare LF ends a line as CRLF does (§2.2 lets a recipient accept it); what
+/// was accepted that way is told by [`lenient_notes`].
 pub fn parse_head(buf: &[u8]) -> HeadParse {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let to_headers = |hs: &[httparse::Header<'_>]| -> Vec<Header> {
-        hs.iter()
-            .map(|h| Header {
-                name: h.name.to_owned(),
-                value: h.value.to_vec(),
-            })
-            .collect()
-    };
     if buf.starts_with(b"HTTP/") || (buf.len() < 5 && b"HTTP/".starts_with(buf)) {
         let mut resp = httparse::Response::new(&mut headers);
-        match resp.parse(buf) {
+        match response_config().parse_response(&mut resp, buf) {
             Ok(httparse::Status::Complete(len)) => HeadParse::Complete(Head {
                 start: StartLine::Response {
                     status: resp.code.unwrap_or(0),
@@ -120,7 +139,7 @@ pub fn parse_head(buf: &[u8]) -> HeadParse {
                 cgi: Vec::new(),
             }),
             Ok(httparse::Status::Partial) => HeadParse::Partial,
-            Err(e) => HeadParse::Invalid(parse_error(e)),
+            Err(e) => HeadParse::Invalid(parse_error(e, buf)),
         }
     } else {
         let mut req = httparse::Request::new(&mut headers);
@@ -136,13 +155,16 @@ pub fn parse_head(buf: &[u8]) -> HeadParse {
                 cgi: Vec::new(),
             }),
             Ok(httparse::Status::Partial) => HeadParse::Partial,
-            Err(e) => HeadParse::Invalid(parse_error(e)),
+            Err(e) => HeadParse::Invalid(parse_error(e, buf)),
         }
     }
 }
 
-const fn parse_error(e: httparse::Error) -> &'static str {
+pub const BROKEN_FOLD: &str = "a header line starts with whitespace (obs-fold in a request, RFC 9112 §5.2, or whitespace after the start line, §2.2)";
+
+fn parse_error(e: httparse::Error, buf: &[u8]) -> &'static str {
     match e {
+        httparse::Error::HeaderName | httparse::Error::HeaderValue if folds(buf) => BROKEN_FOLD,
         httparse::Error::HeaderName => "invalid header name",
         httparse::Error::HeaderValue => "invalid header value",
         httparse::Error::NewLine => "invalid line ending",
@@ -153,112 +175,76 @@ const fn parse_error(e: httparse::Error) -> &'static str {
     }
 }
 
+/// A line of the head (up to its first empty line) begins with SP or HTAB.
+fn folds(buf: &[u8]) -> bool {
+    head_lines(buf)
+        .skip(1)
+        .any(|l| l.starts_with(b" ") || l.starts_with(b"\t"))
+}
+
+/// The lines of a head, without their line endings, up to the empty line that ends it.
+fn head_lines(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
+    buf.split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .take_while(|l| !l.is_empty())
+}
+
+pub const NOTE_BARE_LF: &str = "a bare LF ends a line where CRLF belongs (RFC 9112 §2.2)";
+pub const NOTE_OBS_FOLD: &str = "a folded header line (obs-fold), unfolded with SP (RFC 9112 §5.2)";
+
+/// What a complete head (its `len` bytes) was read leniently with: line endings without CR,
+/// folded response fields. Each is invalid for a sender; a strict parser may read the bytes
+/// otherwise, so the log says it.
+pub fn lenient_notes(head_bytes: &[u8]) -> Vec<&'static str> {
+    let mut notes = Vec::new();
+    let bare_lf = head_bytes
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || head_bytes[i - 1] != b'\r'));
+    if bare_lf {
+        notes.push(NOTE_BARE_LF);
+    }
+    if folds(head_bytes) {
+        notes.push(NOTE_OBS_FOLD);
+    }
+    notes
+}
+
+/// The head of a message that broke before its head was complete, when its start line can be
+/// read: the start line and the header fields before the first bad line. None when the bytes
+/// do not begin with a start line of the kind expected (`requests`).
+pub fn partial_head(buf: &[u8], requests: bool) -> Option<Head> {
+    let nl = buf.iter().position(|&b| b == b'\n')?;
+    let line = buf[..nl].strip_suffix(b"\r").unwrap_or(&buf[..nl]);
+    let mut start = Vec::with_capacity(line.len() + 4);
+    start.extend_from_slice(line);
+    start.extend_from_slice(b"\r\n\r\n");
+    let HeadParse::Complete(mut head) = parse_head(&start) else {
+        return None;
+    };
+    if head.is_request() != requests {
+        return None;
+    }
+    for l in head_lines(&buf[nl + 1..]).take(MAX_HEADERS) {
+        let mut field = Vec::with_capacity(l.len() + 4);
+        field.extend_from_slice(l);
+        field.extend_from_slice(b"\r\n\r\n");
+        let mut one = [httparse::EMPTY_HEADER; 1];
+        match httparse::parse_headers(&field, &mut one) {
+            Ok(httparse::Status::Complete((_, [h]))) => head.headers.extend(to_headers(&[*h])),
+            _ => break,
+        }
+    }
+    head.len = buf.len();
+    Some(head)
+}
+
 /// RFC 9112 §2.2: a server SHOULD ignore at least one empty line received before the
 /// request-line. Returns how many leading CR/LF bytes to skip.
 pub fn skip_leading_crlf(buf: &[u8]) -> usize {
     buf.iter()
         .take_while(|&&b| b == b'\r' || b == b'\n')
         .count()
-}
-
-/// How the body of a message is delimited.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BodyRule {
-    /// No body at all.
-    None,
-    Length(u64),
-    Chunked,
-    /// The body runs until the connection closes.
-    UntilClose,
-    /// The connection stops being HTTP after this message (CONNECT, Upgrade).
-    Tunnel,
-    /// The framing cannot be trusted: the message is broken.
-    Invalid(&'static str),
-}
-
-/// The `chunked` coding is the final transfer coding of `te` (a Transfer-Encoding value).
-fn chunked_is_last(te: &[u8]) -> bool {
-    te.split(|&b| b == b',')
-        .map(|c| c.trim_ascii())
-        .rfind(|c| !c.is_empty())
-        .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"))
-}
-
-/// RFC 9112 §6.3 rule 5: a Content-Length that is a list of one repeated value is that value;
-/// differing values or non-digits are an unrecoverable error.
-fn content_length(head: &Head) -> Option<Result<u64, &'static str>> {
-    let mut found: Option<u64> = None;
-    for v in head.headers_named("content-length") {
-        for part in v.split(|&b| b == b',') {
-            let part = part.trim_ascii();
-            if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
-                return Some(Err("invalid Content-Length"));
-            }
-            let n = std::str::from_utf8(part)
-                .ok()
-                .and_then(|s| s.parse::<u64>().ok());
-            let Some(n) = n else {
-                return Some(Err("invalid Content-Length"));
-            };
-            match found {
-                Some(prev) if prev != n => return Some(Err("conflicting Content-Length")),
-                _ => found = Some(n),
-            }
-        }
-    }
-    found.map(Ok)
-}
-
-/// Body of a request (RFC 9112 §6.3 rules 3-7).
-pub fn request_body(head: &Head) -> BodyRule {
-    if let Some(te) = head.header("transfer-encoding") {
-        // Rule 4: chunked last -> chunked; a request whose final coding is not chunked has no
-        // determinable length (the server answers 400 and closes).
-        return if chunked_is_last(te) {
-            BodyRule::Chunked
-        } else {
-            BodyRule::Invalid("request Transfer-Encoding without final chunked")
-        };
-    }
-    match content_length(head) {
-        // Rule 6.
-        Some(Ok(n)) => BodyRule::Length(n),
-        // Rule 5.
-        Some(Err(e)) => BodyRule::Invalid(e),
-        // Rule 7: no Transfer-Encoding and no Content-Length: no body.
-        None => BodyRule::None,
-    }
-}
-
-/// Body of a response to a request with `method` (None when the request is unknown).
-pub fn response_body(head: &Head, method: Option<&str>) -> BodyRule {
-    let status = head.status().unwrap_or(0);
-    // RFC 9110 §15.2.2: 101 Switching Protocols: the connection becomes the new protocol.
-    if status == 101 {
-        return BodyRule::Tunnel;
-    }
-    // RFC 9112 §6.3 rule 1: responses to HEAD, and 1xx, 204, 304 end at the head.
-    if method == Some("HEAD") || (100..200).contains(&status) || status == 204 || status == 304 {
-        return BodyRule::None;
-    }
-    // Rule 2: a 2xx response to CONNECT switches to a tunnel.
-    if method == Some("CONNECT") && (200..300).contains(&status) {
-        return BodyRule::Tunnel;
-    }
-    if let Some(te) = head.header("transfer-encoding") {
-        // Rule 4: chunked last -> chunked, otherwise read until the connection closes.
-        return if chunked_is_last(te) {
-            BodyRule::Chunked
-        } else {
-            BodyRule::UntilClose
-        };
-    }
-    match content_length(head) {
-        Some(Ok(n)) => BodyRule::Length(n),
-        Some(Err(e)) => BodyRule::Invalid(e),
-        // Rule 8: otherwise the body runs until the connection closes.
-        None => BodyRule::UntilClose,
-    }
 }
 
 /// Whether `line` (bytes from a line start) could begin a request line: `token SP` with an
@@ -316,10 +302,11 @@ pub fn starts_like_response(buf: &[u8]) -> Option<bool> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn head(bytes: &[u8]) -> Head {
+    /// The head at the start of `bytes`, which must be complete.
+    pub(crate) fn head(bytes: &[u8]) -> Head {
         match parse_head(bytes) {
             HeadParse::Complete(h) => h,
             other => panic!("not a complete head: {other:?}"),
@@ -366,104 +353,6 @@ mod tests {
             parse_head(b"HTTP/9.9 200 OK\r\n\r\n"),
             HeadParse::Invalid(_)
         ));
-    }
-
-    #[test]
-    fn request_body_rules() {
-        let r = |s: &[u8]| request_body(&head(s));
-        assert_eq!(r(b"GET / HTTP/1.1\r\n\r\n"), BodyRule::None);
-        assert_eq!(
-            r(b"POST / HTTP/1.1\r\nContent-Length: 12\r\n\r\n"),
-            BodyRule::Length(12)
-        );
-        assert_eq!(
-            r(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 3\r\n\r\n"),
-            BodyRule::Chunked,
-            "Transfer-Encoding overrides Content-Length"
-        );
-        assert!(matches!(
-            r(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"),
-            BodyRule::Invalid(_)
-        ));
-        assert_eq!(
-            r(b"POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n"),
-            BodyRule::Length(5)
-        );
-        assert!(matches!(
-            r(b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"),
-            BodyRule::Invalid("conflicting Content-Length")
-        ));
-        assert!(matches!(
-            r(b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n"),
-            BodyRule::Invalid("invalid Content-Length")
-        ));
-    }
-
-    #[test]
-    fn response_body_rules() {
-        let r = |s: &[u8], m: Option<&str>| response_body(&head(s), m);
-        let ok_len = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n";
-        assert_eq!(r(ok_len, Some("GET")), BodyRule::Length(10));
-        assert_eq!(
-            r(ok_len, Some("HEAD")),
-            BodyRule::None,
-            "HEAD: no body whatever it says"
-        );
-        assert_eq!(
-            r(
-                b"HTTP/1.1 204 No Content\r\nContent-Length: 10\r\n\r\n",
-                Some("DELETE")
-            ),
-            BodyRule::None
-        );
-        assert_eq!(
-            r(b"HTTP/1.1 304 Not Modified\r\n\r\n", Some("GET")),
-            BodyRule::None
-        );
-        assert_eq!(
-            r(b"HTTP/1.1 100 Continue\r\n\r\n", Some("PUT")),
-            BodyRule::None
-        );
-        assert_eq!(
-            r(
-                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
-                Some("GET")
-            ),
-            BodyRule::Tunnel
-        );
-        assert_eq!(
-            r(
-                b"HTTP/1.1 200 Connection established\r\n\r\n",
-                Some("CONNECT")
-            ),
-            BodyRule::Tunnel
-        );
-        assert_eq!(
-            r(
-                b"HTTP/1.1 407 Auth\r\nContent-Length: 0\r\n\r\n",
-                Some("CONNECT")
-            ),
-            BodyRule::Length(0)
-        );
-        assert_eq!(
-            r(
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
-                Some("GET")
-            ),
-            BodyRule::Chunked
-        );
-        assert_eq!(
-            r(
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
-                Some("GET")
-            ),
-            BodyRule::UntilClose
-        );
-        assert_eq!(
-            r(b"HTTP/1.0 200 OK\r\n\r\n", Some("GET")),
-            BodyRule::UntilClose
-        );
-        assert_eq!(r(ok_len, None), BodyRule::Length(10));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! `--jsonl FILE`: one JSON object per exchange, for tools (the diagram converter reads it).
-use std::io::Write as _;
+use std::io::{self, Write};
 
 use serde::Serialize;
 
@@ -7,7 +7,7 @@ use super::output::Output;
 use crate::{
     http::{
         head::StartLine,
-        parser::{Ending, Message},
+        message::{Ending, Message},
     },
     render,
     stitch::{Exchange, LogSink, View, Which},
@@ -45,6 +45,8 @@ struct MessageRecord {
     complete: bool,
     broken: Option<&'static str>,
     after_gap: bool,
+    /// What the RFCs call invalid that was read anyway (a bare LF, ...).
+    lenient: Vec<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -126,18 +128,29 @@ impl Recorder {
                 _ => None,
             },
             after_gap: m.after_gap,
+            lenient: m.lenient.clone(),
         }
     }
 
-    /// The record of an exchange.
+    /// The record of an exchange, as a JSON value (for the HAR).
     pub fn record(&self, x: &Exchange) -> serde_json::Value {
+        serde_json::to_value(self.exchange_record(x)).unwrap_or_default()
+    }
+
+    /// Writes the record of an exchange as one JSON line, without making a JSON value first.
+    pub fn write_line(&self, x: &Exchange, out: &mut dyn Write) -> io::Result<()> {
+        serde_json::to_writer(&mut *out, &self.exchange_record(x))?;
+        out.write_all(b"\n")
+    }
+
+    fn exchange_record<'a>(&self, x: &'a Exchange) -> ExchangeRecord<'a> {
         let (status, reason) = match x.response.as_ref().map(|m| &m.head.start) {
             Some(StartLine::Response { status, reason, .. }) => {
                 (Some(*status), Some(reason.as_str()))
             }
             _ => (None, None),
         };
-        let rec = ExchangeRecord {
+        ExchangeRecord {
             id: x.id,
             from: &x.from,
             to: &x.to,
@@ -167,8 +180,7 @@ impl Recorder {
             orphan: x.orphan,
             unanswered: x.unanswered,
             broken: x.broken,
-        };
-        serde_json::to_value(&rec).unwrap_or_default()
+        }
     }
 }
 
@@ -183,11 +195,8 @@ impl LogSink for Jsonl {
     fn message(&mut self, _e: &crate::stitch::Entry<'_>) {}
 
     fn exchange(&mut self, x: &Exchange) {
-        let record = self.rec.record(x);
-        self.out.record(1, |b| {
-            serde_json::to_writer(&mut *b, &record)?;
-            b.write_all(b"\n")
-        });
+        let rec = &self.rec;
+        self.out.record(1, |b| rec.write_line(x, b));
     }
 
     fn flush(&mut self) {

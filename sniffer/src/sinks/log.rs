@@ -11,7 +11,7 @@ use super::output::Output;
 use crate::{
     http::{
         head::StartLine,
-        parser::{Ending, Message},
+        message::{Ending, Message},
     },
     render,
     stitch::{Entry, Exchange, LogSink, Which},
@@ -54,6 +54,9 @@ pub fn notes(x: &Exchange, which: Which, msg: &Message) -> Vec<String> {
             n.push("[incomplete: the connection ended before this message did]".to_owned())
         }
         Ending::Broken(r) => n.push(format!("[broken: {r}]")),
+    }
+    for what in &msg.lenient {
+        n.push(format!("[lenient: {what}]"));
     }
     if msg.after_gap {
         n.push("[bytes were lost on this connection before this message]".to_owned());

@@ -3,11 +3,18 @@
 //! Fed stream pieces in order (bytes, and gaps of known size), it reports where each message
 //! begins, its head when complete, and the message when it ends, keeping a bounded preview of
 //! the body and its exact size. Bytes missing inside a body are skipped by count, so the next
-//! message is framed right; a gap or garbage where a head should be breaks that message and the
-//! parser resynchronises at the next start line.
+//! message is framed right; a gap or garbage where a head should be breaks that message (still
+//! reported as a message when its start line can be read) and the parser resynchronises at the
+//! next start line. After a request whose answer may switch protocols (CONNECT, Upgrade), what
+//! follows waits for that answer: a tunnel, or HTTP again.
 use super::{
     chunked::Chunked,
-    head::{BodyRule, Head, HeadParse, find_start_line, parse_head, skip_leading_crlf},
+    framing::{BodyRule, Framing},
+    head::{
+        Head, HeadParse, find_start_line, lenient_notes, parse_head, partial_head,
+        skip_leading_crlf,
+    },
+    message::{Body, Ending, Message},
     uwsgi,
 };
 use crate::stream::{GapKind, Piece};
@@ -16,55 +23,9 @@ use crate::stream::{GapKind, Piece};
 pub const MAX_HEAD: usize = 64 << 10;
 /// While resynchronising, the tail kept to find a start line split across pieces.
 const RESYNC_KEEP: usize = 8 << 10;
-
-/// The body of a message as seen.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Body {
-    /// Body length: payload bytes (chunked: decoded data), captured or not.
-    pub len: u64,
-    /// The first body bytes, up to the preview limit and the first missing byte.
-    pub preview: Vec<u8>,
-    /// Body bytes the capture does not have (not copied by the kernel, or lost).
-    pub missing: u64,
-    /// Of those, the ones whose events were lost (ring buffer full).
-    pub lost: u64,
-}
-
-impl Body {
-    /// The preview holds the whole body.
-    pub fn preview_is_whole(&self) -> bool {
-        self.missing == 0 && self.preview.len() as u64 == self.len
-    }
-}
-
-/// How a message ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Ending {
-    /// Its framing said it was complete.
-    Complete,
-    /// The connection ended (or the sniffer stopped) before it was complete.
-    Incomplete,
-    /// Its framing broke (bytes missing in chunk framing, invalid chunk): what is shown is what
-    /// was read until then.
-    Broken(&'static str),
-}
-
-/// A message whose head was parsed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Message {
-    pub head: Head,
-    /// Stream offset of its first byte.
-    pub off: u64,
-    /// Kernel time of its first and last bytes.
-    pub first_ts: u64,
-    pub last_ts: u64,
-    pub body: Body,
-    pub ending: Ending,
-    /// Chunked trailer fields, raw.
-    pub trailers: Vec<Vec<u8>>,
-    /// Bytes were missing right before this message: something may have been lost before it.
-    pub after_gap: bool,
-}
+/// Bytes sent after a CONNECT or Upgrade request held while its answer is awaited; past this
+/// the wait ends and they are read as HTTP.
+pub const MAX_AWAIT: usize = 64 << 10;
 
 /// Bytes of non-HTTP data read while resynchronising before the direction is taken for
 /// something else than HTTP and no longer copied.
@@ -87,7 +48,8 @@ pub enum Parsed {
     Head { off: u64, head: Head },
     /// The message ended.
     End(Message),
-    /// What began at `off` is not a usable message; nothing else will be reported for it.
+    /// What began at `off` is not a message (no start line could be read); nothing else will
+    /// be reported for it.
     Broken {
         off: u64,
         ts: u64,
@@ -113,7 +75,22 @@ enum State {
     /// Looking for the next start line in `buf`; `from_start` when `buf` begins right after a
     /// gap, where a message may begin too.
     Resync { from_start: bool },
+    /// After a request whose answer may switch protocols: the pieces since, held until the
+    /// answer says whether they are HTTP ([`DirParser::resume`]) or a tunnel's
+    /// ([`DirParser::switch_protocols`]); `bytes` counts their data.
+    Await { held: Vec<Piece>, bytes: usize },
     /// No longer HTTP (CONNECT tunnel, Upgrade).
+    Tunnel,
+}
+
+/// What comes after the message in progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Then {
+    /// The next message.
+    Http,
+    /// The answer to this request may switch protocols: wait for it.
+    Await,
+    /// The protocol was switched already: a tunnel.
     Tunnel,
 }
 
@@ -134,6 +111,8 @@ pub struct DirParser {
     garbage: u64,
     /// The gap being handled is lost bytes (not merely uncopied ones).
     lost_gap: bool,
+    /// After the message in progress.
+    then: Then,
 }
 
 impl DirParser {
@@ -150,6 +129,7 @@ impl DirParser {
             pos: 0,
             garbage: 0,
             lost_gap: false,
+            then: Then::Http,
         }
     }
 
@@ -167,14 +147,60 @@ impl DirParser {
         matches!(self.state, State::Tunnel)
     }
 
+    /// Whether what follows a request waits for its answer (CONNECT, Upgrade).
+    pub fn is_awaiting(&self) -> bool {
+        matches!(self.state, State::Await { .. }) || self.then == Then::Await
+    }
+
+    /// The answer switched protocols (a 2xx to CONNECT, 101): from the end of the request in
+    /// progress on, this direction is a tunnel, not HTTP.
+    pub fn switch_protocols(&mut self) {
+        match self.state {
+            State::Body(_) => self.then = Then::Tunnel,
+            _ => {
+                self.state = State::Tunnel;
+                self.then = Then::Http;
+                self.buf = Vec::new();
+            }
+        }
+    }
+
+    /// The answer did not switch protocols: what waited is HTTP, read now.
+    pub fn resume(&mut self, rule: &mut dyn FnMut(&Head, u64) -> Framing, out: &mut Vec<Parsed>) {
+        if self.then == Then::Await {
+            self.then = Then::Http;
+        }
+        let State::Await { held, .. } = std::mem::replace(&mut self.state, State::Idle) else {
+            return;
+        };
+        if let Some(first) = held.first() {
+            self.pos = first.off();
+        }
+        for piece in &held {
+            self.feed(piece, rule, out);
+        }
+    }
+
     /// Feeds one piece. `rule` decides the body of a message from its head and the time of its
     /// first byte (a response is framed by the request it answers).
     pub fn feed(
         &mut self,
         piece: &Piece,
-        rule: &mut dyn FnMut(&Head, u64) -> BodyRule,
+        rule: &mut dyn FnMut(&Head, u64) -> Framing,
         out: &mut Vec<Parsed>,
     ) {
+        if let State::Await { held, bytes } = &mut self.state {
+            if let Piece::Data { bytes: b, .. } = piece {
+                *bytes += b.len();
+            }
+            let too_much = *bytes > MAX_AWAIT;
+            held.push(piece.clone());
+            if too_much {
+                // The answer is long in coming: read what waited as HTTP.
+                self.resume(rule, out);
+            }
+            return;
+        }
         match piece {
             Piece::Data { off, bytes, ts_ns } => {
                 self.sync_to(*off, *ts_ns, out);
@@ -189,7 +215,7 @@ impl DirParser {
             } => {
                 self.sync_to(*off, *ts_ns, out);
                 self.lost_gap = *kind == GapKind::Lost;
-                self.gap(*len, *ts_ns, out);
+                self.gap(*off, *len, *ts_ns, out);
                 self.pos = off + len;
             }
         }
@@ -201,7 +227,7 @@ impl DirParser {
         if off > self.pos && self.pos > 0 {
             let len = off - self.pos;
             self.lost_gap = true;
-            self.gap(len, ts, out);
+            self.gap(self.pos, len, ts, out);
         }
         self.pos = off;
     }
@@ -219,7 +245,7 @@ impl DirParser {
         &mut self,
         bytes: &[u8],
         ts: u64,
-        rule: &mut dyn FnMut(&Head, u64) -> BodyRule,
+        rule: &mut dyn FnMut(&Head, u64) -> Framing,
         out: &mut Vec<Parsed>,
     ) {
         let mut work: Vec<(Vec<u8>, u64)> = Vec::new();
@@ -239,12 +265,22 @@ impl DirParser {
         mut bytes: &[u8],
         mut at: u64,
         ts: u64,
-        rule: &mut dyn FnMut(&Head, u64) -> BodyRule,
+        rule: &mut dyn FnMut(&Head, u64) -> Framing,
         out: &mut Vec<Parsed>,
     ) -> Option<(Vec<u8>, u64)> {
         while !bytes.is_empty() {
             match &mut self.state {
                 State::Tunnel => return None,
+                State::Await { held, bytes: n } => {
+                    // Bytes after a CONNECT or Upgrade request wait for its answer.
+                    *n += bytes.len();
+                    held.push(Piece::Data {
+                        off: at,
+                        bytes: bytes.to_vec(),
+                        ts_ns: ts,
+                    });
+                    return None;
+                }
                 State::Idle => {
                     // RFC 9112 §2.2: empty lines before a start line are ignored.
                     let skip = skip_leading_crlf(bytes);
@@ -271,8 +307,13 @@ impl DirParser {
                             let used = head.len - before;
                             bytes = &bytes[used..];
                             at += used as u64;
+                            let notes = if head.cgi.is_empty() {
+                                lenient_notes(&self.buf[..head.len])
+                            } else {
+                                Vec::new()
+                            };
                             self.buf.clear();
-                            self.head_done(head, ts, rule, out);
+                            self.head_done(head, notes, ts, rule, out);
                         }
                         HeadParse::Partial if self.buf.len() <= MAX_HEAD => {
                             bytes = &bytes[take..];
@@ -318,6 +359,9 @@ impl DirParser {
                         }
                         BodyState::Chunked(c) => match c.feed(bytes) {
                             Ok(fed) => {
+                                if c.bare_lf {
+                                    msg.note(super::head::NOTE_BARE_LF);
+                                }
                                 for (a, b) in &fed.data {
                                     keep(msg, &bytes[*a..*b]);
                                 }
@@ -397,18 +441,22 @@ impl DirParser {
         }
     }
 
+    /// A head is complete: report it and frame its body. `lenient`: what its bytes were read
+    /// leniently with.
     fn head_done(
         &mut self,
         head: Head,
+        mut lenient: Vec<&'static str>,
         ts: u64,
-        rule: &mut dyn FnMut(&Head, u64) -> BodyRule,
+        rule: &mut dyn FnMut(&Head, u64) -> Framing,
         out: &mut Vec<Parsed>,
     ) {
-        let body_rule = rule(&head, self.buf_ts);
+        let framing = rule(&head, self.buf_ts);
         out.push(Parsed::Head {
             off: self.buf_off,
             head: head.clone(),
         });
+        lenient.extend(framing.note);
         self.msg = Some(Message {
             head,
             off: self.buf_off,
@@ -418,8 +466,12 @@ impl DirParser {
             ending: Ending::Complete,
             trailers: Vec::new(),
             after_gap: std::mem::take(&mut self.after_gap),
+            lenient,
         });
-        match body_rule {
+        if framing.switch_on_answer {
+            self.then = Then::Await;
+        }
+        match framing.rule {
             BodyRule::None | BodyRule::Length(0) => self.end_message(Ending::Complete, out),
             BodyRule::Length(n) => self.state = State::Body(BodyState::Length(n)),
             BodyRule::Chunked => self.state = State::Body(BodyState::Chunked(Chunked::new())),
@@ -440,17 +492,52 @@ impl DirParser {
             msg.ending = ending;
             out.push(Parsed::End(msg));
         }
-        self.state = State::Idle;
+        self.state = match (std::mem::replace(&mut self.then, Then::Http), ending) {
+            (Then::Tunnel, _) => State::Tunnel,
+            (Then::Await, Ending::Complete) => State::Await {
+                held: Vec::new(),
+                bytes: 0,
+            },
+            _ => State::Idle,
+        };
     }
 
-    /// What began in `buf` is not a message: report it and look for the next start line from
-    /// the byte after its first. Returns bytes to parse again when one is found.
+    /// The head collected in `buf` broke (`reason`). With a start line that can be read it is
+    /// still a message, ending broken: its start line and the fields before the fault, so the
+    /// log shows what it was and what was wrong. Otherwise it is not a message.
+    fn head_broken(&mut self, reason: &'static str, out: &mut Vec<Parsed>) {
+        let (off, ts) = (self.buf_off, self.buf_ts);
+        let head = if self.requests && uwsgi::is_packet_start(&self.buf) {
+            None
+        } else {
+            partial_head(&self.buf, self.requests)
+        };
+        match head {
+            Some(head) => {
+                out.push(Parsed::Head {
+                    off,
+                    head: head.clone(),
+                });
+                out.push(Parsed::End(Message {
+                    head,
+                    off,
+                    first_ts: ts,
+                    last_ts: ts,
+                    body: Body::default(),
+                    ending: Ending::Broken(reason),
+                    trailers: Vec::new(),
+                    after_gap: std::mem::take(&mut self.after_gap),
+                    lenient: Vec::new(),
+                }));
+            }
+            None => out.push(Parsed::Broken { off, ts, reason }),
+        }
+    }
+
+    /// What began in `buf` broke: report it and look for the next start line from the byte
+    /// after its first. Returns bytes to parse again when one is found.
     fn broken(&mut self, reason: &'static str, out: &mut Vec<Parsed>) -> Option<(Vec<u8>, u64)> {
-        out.push(Parsed::Broken {
-            off: self.buf_off,
-            ts: self.buf_ts,
-            reason,
-        });
+        self.head_broken(reason, out);
         if !self.buf.is_empty() {
             self.buf.drain(..1);
             self.buf_off += 1;
@@ -458,21 +545,28 @@ impl DirParser {
         self.resync(false)
     }
 
-    fn gap(&mut self, len: u64, ts: u64, out: &mut Vec<Parsed>) {
+    /// `len` bytes from offset `off` are missing.
+    fn gap(&mut self, off: u64, len: u64, ts: u64, out: &mut Vec<Parsed>) {
         match &mut self.state {
             State::Tunnel => {}
+            State::Await { held, .. } => held.push(Piece::Gap {
+                off,
+                len,
+                kind: if self.lost_gap {
+                    GapKind::Lost
+                } else {
+                    GapKind::Uncaptured
+                },
+                ts_ns: ts,
+            }),
             State::Idle => {
                 self.after_gap = true;
                 self.buf.clear();
                 self.state = State::Resync { from_start: true };
             }
             State::Head => {
+                self.head_broken("bytes missing in a header block", out);
                 self.buf.clear();
-                out.push(Parsed::Broken {
-                    off: self.buf_off,
-                    ts: self.buf_ts,
-                    reason: "bytes missing in a header block",
-                });
                 self.after_gap = true;
                 self.state = State::Resync { from_start: true };
             }
@@ -497,7 +591,7 @@ impl DirParser {
                             self.end_message(Ending::Complete, out);
                             if len > n {
                                 // The gap runs on past this body: the next message may be in it.
-                                self.gap(len - n, ts, out);
+                                self.gap(off + n, len - n, ts, out);
                             }
                         }
                     }
@@ -576,16 +670,13 @@ impl DirParser {
             State::Body(BodyState::UntilClose) => self.end_message(Ending::Complete, out),
             State::Body(_) => self.end_message(Ending::Incomplete, out),
             State::Head if !self.buf.is_empty() => {
-                out.push(Parsed::Broken {
-                    off: self.buf_off,
-                    ts: self.buf_ts,
-                    reason: "the connection ended inside a header block",
-                });
+                self.head_broken("the connection ended inside a header block", out);
                 self.buf.clear();
             }
             _ => {}
         }
         self.state = State::Idle;
+        self.then = Then::Http;
     }
 }
 
@@ -612,359 +703,6 @@ fn plausible_start(buf: &[u8], requests: bool) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::http::head::{request_body, response_body};
-
-    fn data(off: u64, bytes: &[u8], ts: u64) -> Piece {
-        Piece::Data {
-            off,
-            bytes: bytes.to_vec(),
-            ts_ns: ts,
-        }
-    }
-
-    fn gap(off: u64, len: u64) -> Piece {
-        Piece::Gap {
-            off,
-            len,
-            kind: GapKind::Lost,
-            ts_ns: 0,
-        }
-    }
-
-    /// Feeds `pieces` to a parser of requests (or of responses to GETs).
-    fn run(requests: bool, pieces: &[Piece]) -> Vec<Parsed> {
-        let mut p = DirParser::new(requests, 64);
-        let mut out = Vec::new();
-        let mut rule = |h: &Head, _: u64| {
-            if requests {
-                request_body(h)
-            } else {
-                response_body(h, Some("GET"))
-            }
-        };
-        for piece in pieces {
-            p.feed(piece, &mut rule, &mut out);
-        }
-        p.finish(&mut out);
-        out
-    }
-
-    /// Cuts `bytes` into pieces at `cuts` (offsets), with increasing times.
-    fn split(bytes: &[u8], cuts: &[usize]) -> Vec<Piece> {
-        let mut pieces = Vec::new();
-        let mut start = 0;
-        for (i, &c) in cuts.iter().chain(std::iter::once(&bytes.len())).enumerate() {
-            if c > start {
-                pieces.push(data(start as u64, &bytes[start..c], 100 + i as u64));
-                start = c;
-            }
-        }
-        pieces
-    }
-
-    fn ends(out: &[Parsed]) -> Vec<&Message> {
-        out.iter()
-            .filter_map(|p| match p {
-                Parsed::End(m) => Some(m),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn target(m: &Message) -> String {
-        match &m.head.start {
-            crate::http::head::StartLine::Request { method, target, .. } => {
-                format!("{method} {target}")
-            }
-            crate::http::head::StartLine::Response { status, .. } => status.to_string(),
-        }
-    }
-
-    const POST: &[u8] =
-        b"POST /v3/auth/tokens HTTP/1.1\r\nHost: k\r\nContent-Length: 11\r\n\r\n{\"a\": true}";
-
-    #[test]
-    fn a_request_split_at_every_point_parses_the_same() {
-        for cut in 0..=POST.len() {
-            let pieces = split(POST, &[cut]);
-            let Piece::Data { ts_ns: first, .. } = pieces[0] else {
-                unreachable!()
-            };
-            let out = run(true, &pieces);
-            let msgs = ends(&out);
-            assert_eq!(msgs.len(), 1, "cut {cut}: {out:?}");
-            let m = msgs[0];
-            assert_eq!(target(m), "POST /v3/auth/tokens");
-            assert_eq!(m.body.preview, b"{\"a\": true}");
-            assert_eq!(m.body.len, 11);
-            assert_eq!(m.ending, Ending::Complete);
-            assert_eq!(m.first_ts, first, "cut {cut}: first byte time");
-            assert_eq!(out[0], Parsed::Begin { off: 0, ts: first });
-        }
-    }
-
-    #[test]
-    fn pipelined_requests_in_one_piece() {
-        let mut bytes = POST.to_vec();
-        bytes.extend_from_slice(b"GET /a HTTP/1.1\r\nHost: k\r\n\r\nHEAD /b HTTP/1.1\r\n\r\n");
-        let out = run(true, &[data(0, &bytes, 5)]);
-        let got: Vec<String> = ends(&out).iter().map(|m| target(m)).collect();
-        assert_eq!(got, vec!["POST /v3/auth/tokens", "GET /a", "HEAD /b"]);
-        let begins: Vec<u64> = out
-            .iter()
-            .filter_map(|p| match p {
-                Parsed::Begin { off, .. } => Some(*off),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(begins, vec![0, POST.len() as u64, POST.len() as u64 + 28]);
-    }
-
-    #[test]
-    fn chunked_response_with_extensions_and_trailers() {
-        let resp = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\nX-T: 1\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n";
-        for cut in 0..resp.len() {
-            let out = run(false, &split(resp, &[cut]));
-            let msgs = ends(&out);
-            assert_eq!(msgs.len(), 2, "cut {cut}");
-            assert_eq!(msgs[0].body.preview, b"hello");
-            assert_eq!(msgs[0].trailers, vec![b"X-T: 1".to_vec()]);
-            assert_eq!(msgs[1].head.status(), Some(204));
-        }
-    }
-
-    #[test]
-    fn close_delimited_response_ends_at_finish() {
-        let out = run(false, &[data(0, b"HTTP/1.0 200 OK\r\n\r\nall of it", 1)]);
-        let m = ends(&out)[0];
-        assert_eq!(m.body.preview, b"all of it");
-        assert_eq!(m.ending, Ending::Complete);
-    }
-
-    #[test]
-    fn a_gap_in_a_body_is_skipped_and_the_next_request_is_framed() {
-        let head = b"PUT /file HTTP/1.1\r\nContent-Length: 100\r\n\r\n0123456789";
-        let next = b"GET /next HTTP/1.1\r\n\r\n";
-        let h = head.len() as u64;
-        let pieces = vec![data(0, head, 1), gap(h, 90), data(h + 90, next, 2)];
-        let out = run(true, &pieces);
-        let msgs = ends(&out);
-        assert_eq!(msgs.len(), 2);
-        assert_eq!(msgs[0].body.len, 100);
-        assert_eq!(msgs[0].body.missing, 90);
-        assert_eq!(msgs[0].body.preview, b"0123456789");
-        assert!(!msgs[0].body.preview_is_whole());
-        assert_eq!(target(msgs[1]), "GET /next");
-        assert!(!msgs[1].after_gap, "the gap was inside the body");
-    }
-
-    #[test]
-    fn lost_and_uncopied_body_bytes_are_told_apart() {
-        let head = b"PUT /file HTTP/1.1\r\nContent-Length: 100\r\n\r\n";
-        let h = head.len() as u64;
-        let uncopied = Piece::Gap {
-            off: h,
-            len: 60,
-            kind: GapKind::Uncaptured,
-            ts_ns: 2,
-        };
-        let out = run(true, &[data(0, head, 1), uncopied, gap(h + 60, 40)]);
-        let m = ends(&out)[0];
-        assert_eq!((m.body.len, m.body.missing, m.body.lost), (100, 100, 40));
-    }
-
-    #[test]
-    fn a_gap_past_a_body_end_resyncs_at_the_next_start_line() {
-        let head = b"PUT /file HTTP/1.1\r\nContent-Length: 4\r\n\r\n";
-        let h = head.len() as u64;
-        // The gap covers the 4 body bytes and 30 more (a whole lost request?).
-        let next = b"GET /after HTTP/1.1\r\n\r\n";
-        let out = run(true, &[data(0, head, 1), gap(h, 34), data(h + 34, next, 2)]);
-        let msgs = ends(&out);
-        assert_eq!(msgs.len(), 2, "{out:?}");
-        assert_eq!(msgs[0].ending, Ending::Complete);
-        assert_eq!(target(msgs[1]), "GET /after");
-        assert!(msgs[1].after_gap, "something may have been lost before it");
-    }
-
-    #[test]
-    fn a_uwsgi_packet_split_at_every_point_is_a_request_with_its_body() {
-        let mut bytes = uwsgi::tests::packet(uwsgi::tests::KEYSTONE_POST);
-        let head_len = bytes.len() as u64;
-        bytes.extend_from_slice(b"{}");
-        for cut in 0..=bytes.len() {
-            let out = run(true, &split(&bytes, &[cut]));
-            let msgs = ends(&out);
-            assert_eq!(msgs.len(), 1, "cut {cut}: {out:?}");
-            assert_eq!(target(msgs[0]), "POST /identity/v3/auth/tokens");
-            assert_eq!(msgs[0].head.len as u64, head_len);
-            assert_eq!(msgs[0].body.preview, b"{}", "cut {cut}");
-            assert_eq!(msgs[0].ending, Ending::Complete);
-            assert_eq!(msgs[0].head.cgi_var("REMOTE_PORT"), Some("40312"));
-        }
-    }
-
-    #[test]
-    fn a_malformed_uwsgi_packet_breaks_and_the_next_one_is_read() {
-        // A var whose value size runs past the packet's end.
-        let mut bad = uwsgi::tests::packet(&[("REQUEST_METHOD", "GET"), ("REQUEST_URI", "/a")]);
-        let n = bad.len();
-        bad[n - 4] = 0x7f;
-        let good = uwsgi::tests::packet(&[("REQUEST_METHOD", "GET"), ("REQUEST_URI", "/b")]);
-        let mut bytes = bad.clone();
-        bytes.extend_from_slice(&good);
-        let out = run(true, &split(&bytes, &[3, bad.len() + 7]));
-        assert!(
-            matches!(out[1], Parsed::Broken { off: 0, reason, .. } if reason.contains("uwsgi")),
-            "{out:?}"
-        );
-        let msgs = ends(&out);
-        assert_eq!(msgs.len(), 1, "{out:?}");
-        assert_eq!(target(msgs[0]), "GET /b");
-        assert_eq!(msgs[0].off, bad.len() as u64);
-    }
-
-    #[test]
-    fn garbage_breaks_and_the_stream_resyncs() {
-        let bytes = b"\x16\x03\x01garbage\r\nGET /ok HTTP/1.1\r\nHost: x\r\n\r\n";
-        let out = run(true, &split(bytes, &[5, 20]));
-        assert!(matches!(out[1], Parsed::Broken { off: 0, .. }), "{out:?}");
-        let msgs = ends(&out);
-        assert_eq!(msgs.len(), 1);
-        assert_eq!(target(msgs[0]), "GET /ok");
-        assert_eq!(msgs[0].off, 12);
-    }
-
-    #[test]
-    fn a_gap_inside_a_head_breaks_that_message_only() {
-        let a = b"GET /lost HTTP/1.1\r\nHo";
-        let b = b"GET /found HTTP/1.1\r\n\r\n";
-        let out = run(true, &[data(0, a, 1), gap(22, 10), data(32, b, 2)]);
-        assert!(out.iter().any(|p| matches!(
-            p,
-            Parsed::Broken {
-                off: 0,
-                reason: "bytes missing in a header block",
-                ..
-            }
-        )));
-        let msgs = ends(&out);
-        assert_eq!(msgs.len(), 1);
-        assert_eq!(target(msgs[0]), "GET /found");
-    }
-
-    #[test]
-    fn head_204_304_have_no_body() {
-        let mut p = DirParser::new(false, 64);
-        let mut out = Vec::new();
-        let mut methods = vec!["HEAD", "GET", "GET"].into_iter();
-        let mut rule = |h: &Head, _: u64| response_body(h, methods.next());
-        let bytes = b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\nHTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n";
-        p.feed(&data(0, bytes, 1), &mut rule, &mut out);
-        let msgs = ends(&out);
-        assert_eq!(
-            msgs.iter()
-                .map(|m| m.head.status().unwrap())
-                .collect::<Vec<_>>(),
-            vec![200, 204, 304]
-        );
-        assert!(msgs.iter().all(|m| m.body.len == 0));
-        assert!(p.is_idle());
-    }
-
-    #[test]
-    fn connection_end_mid_body_is_incomplete() {
-        let out = run(
-            true,
-            &[data(
-                0,
-                b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc",
-                1,
-            )],
-        );
-        let m = ends(&out)[0];
-        assert_eq!(m.ending, Ending::Incomplete);
-        assert_eq!(m.body.len, 3);
-    }
-
-    #[test]
-    fn preview_is_bounded_but_the_length_is_exact() {
-        let mut bytes = b"POST / HTTP/1.1\r\nContent-Length: 1000\r\n\r\n".to_vec();
-        bytes.extend(std::iter::repeat_n(b'x', 1000));
-        let m = ends(&run(true, &split(&bytes, &[100, 500])))[0].clone();
-        assert_eq!(m.body.len, 1000);
-        assert_eq!(m.body.preview.len(), 64);
-    }
-
-    #[test]
-    fn copy_wants_skip_bodies_beyond_the_preview() {
-        let mut p = DirParser::new(true, 4);
-        let mut out = Vec::new();
-        let mut rule = |h: &Head, _: u64| request_body(h);
-        assert_eq!(
-            p.copy_want(100),
-            CopyWant {
-                credit_until: 100,
-                skip: None
-            }
-        );
-        let head = b"PUT /f HTTP/1.1\r\nContent-Length: 1000\r\n\r\n";
-        let h = head.len() as u64;
-        p.feed(&data(0, head, 1), &mut rule, &mut out);
-        assert_eq!(
-            p.copy_want(100),
-            CopyWant {
-                credit_until: h + 100,
-                skip: None
-            },
-            "preview first"
-        );
-        p.feed(&data(h, b"abcdef", 2), &mut rule, &mut out);
-        assert_eq!(
-            p.copy_want(100),
-            CopyWant {
-                credit_until: h + 1000 + 100,
-                skip: Some((h + 6, h + 1000))
-            },
-            "the rest of the body skipped, the next head copied"
-        );
-        // Chunked: the rest of the current chunk.
-        let mut p = DirParser::new(false, 2);
-        let mut rule = |h: &Head, _: u64| response_body(h, Some("GET"));
-        let bytes = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nabcd";
-        p.feed(&data(0, bytes, 1), &mut rule, &mut out);
-        let end = bytes.len() as u64;
-        assert_eq!(p.copy_want(8).skip, Some((end, end + 12)));
-        // Close-delimited and tunnels: nothing more.
-        let mut p = DirParser::new(false, 2);
-        p.feed(
-            &data(0, b"HTTP/1.0 200 OK\r\n\r\nabc", 1),
-            &mut rule,
-            &mut out,
-        );
-        assert_eq!(
-            p.copy_want(8),
-            CopyWant {
-                credit_until: 22,
-                skip: None
-            }
-        );
-    }
-
-    #[test]
-    fn connect_turns_the_connection_into_a_tunnel() {
-        let mut p = DirParser::new(false, 64);
-        let mut out = Vec::new();
-        let mut rule = |h: &Head, _: u64| response_body(h, Some("CONNECT"));
-        p.feed(
-            &data(0, b"HTTP/1.1 200 OK\r\n\r\n\x16\x03\x01binary", 1),
-            &mut rule,
-            &mut out,
-        );
-        assert_eq!(ends(&out).len(), 1);
-        assert!(p.is_tunnel());
-        assert!(!out.iter().any(|p| matches!(p, Parsed::Broken { .. })));
-    }
-}
+mod conformance;
+#[cfg(test)]
+mod tests;

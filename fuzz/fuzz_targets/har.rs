@@ -1,0 +1,13 @@
+//! `sniffer har LOG.jsonl`: any text read as JSONL records and turned into an HTTP Archive.
+//! Nothing may panic, whatever the lines hold (records of another version, hand-edited files).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|input: &[u8]| {
+    let text = String::from_utf8_lossy(input);
+    if let Ok(records) = sniffer::har::read_jsonl(&text) {
+        let har = sniffer::har::from_records(&records);
+        serde_json::to_writer_pretty(std::io::sink(), &har).expect("a HAR serialises");
+    }
+});

@@ -1,0 +1,575 @@
+//! One exchange from both ends, named, in causal order, numbered.
+//!
+//! When the client and the server of a connection are both traced, each reports the exchange
+//! from its side; the two views are stitched into one (the connections must be each other's
+//! peers, the request heads must agree, and views pair in order). Each message is placed at the
+//! kernel time of its first byte (the earliest of its views), so a call a server makes while it
+//! serves a request sits inside that exchange. A message is written once it is complete and no
+//! message that began before it can still arrive: events from other CPUs reach userspace a
+//! little late, so the order is final after a short slack. One end's view can come much later
+//! than the other's (a client reading its response late): it joins the written exchange.
+mod fold;
+mod late;
+mod model;
+mod naming;
+mod order;
+#[cfg(test)]
+mod tests;
+mod views;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use model::better;
+pub use model::{Entry, Exchange, LogSink, Stats, View, Which};
+use order::Item;
+
+use crate::{
+    conns::Conn,
+    events::{Endpoint, Transport},
+    exchange::{HttpEvent, HttpSink, MsgKey},
+    filter::Filter,
+    http::message::Message,
+    names::Names,
+    owners::Owners,
+    procs::ProcTable,
+    proxy::Proxies,
+};
+
+/// How long after a message's first byte its place in the order is taken as final.
+pub const ORDER_SLACK_NS: u64 = 100_000_000;
+/// Messages waiting for their place at most; past it the oldest are written as they are.
+pub const MAX_QUEUED: usize = 100_000;
+/// How long a written exchange with one end's view only stays matchable for the other end's
+/// view (it comes within the order slack unless events were lost). Exchanges seen from both
+/// ends wait for a late view differently: see [`late`].
+const KEEP_DONE_NS: u64 = 2_000_000_000;
+/// Exchanges into or out of a reverse proxy waiting for their other hop, at most.
+const MAX_HOP_CANDIDATES: usize = 4096;
+
+#[derive(Debug)]
+struct ConnInfo {
+    local: Endpoint,
+    peer: Endpoint,
+    sk: u64,
+    peer_sk: u64,
+    peer_tgid: u32,
+    client: bool,
+    transport: Transport,
+    /// Exchanges of this connection, in order, for pairing with the other end's.
+    exchanges: VecDeque<u64>,
+    /// The other end's name, when it is not traced (looked up while it is alive).
+    far_name: Option<String>,
+    /// This end's process is a reverse proxy.
+    near_proxy: bool,
+    /// The untraced other end is a reverse proxy.
+    far_proxy: bool,
+    ended: Option<u64>,
+}
+
+pub struct Stitcher<L: LogSink> {
+    exchanges: HashMap<u64, Exchange>,
+    by_key: HashMap<MsgKey, u64>,
+    queue: BTreeMap<(u64, u64), Item>,
+    position: HashMap<Item, (u64, u64)>,
+    conns: HashMap<u64, ConnInfo>,
+    by_addr: HashMap<(Endpoint, Endpoint), Vec<u64>>,
+    next_id: u64,
+    next_seq: u64,
+    next_number: u64,
+    names: Names,
+    /// Looks up untraced processes in /proc; None keeps the stitcher off the live system.
+    owners: Option<Owners>,
+    filter: Option<Filter>,
+    proxies: Proxies,
+    /// Exchanges into a proxy, and out of one, not yet folded with their other hop.
+    inbound: VecDeque<u64>,
+    /// Written exchanges kept for one end's late view, oldest first (see [`late`]).
+    late: VecDeque<u64>,
+    outbound: VecDeque<u64>,
+    slack_ns: u64,
+    now: u64,
+    pub stats: Stats,
+    pub sink: L,
+}
+
+impl<L: LogSink> Stitcher<L> {
+    pub fn new(sink: L, names: Names, filter: Option<Filter>) -> Self {
+        Self {
+            exchanges: HashMap::new(),
+            by_key: HashMap::new(),
+            queue: BTreeMap::new(),
+            position: HashMap::new(),
+            conns: HashMap::new(),
+            by_addr: HashMap::new(),
+            next_id: 0,
+            next_seq: 0,
+            next_number: 0,
+            names,
+            owners: Some(Owners::new()),
+            filter,
+            proxies: Proxies::default(),
+            inbound: VecDeque::new(),
+            late: VecDeque::new(),
+            outbound: VecDeque::new(),
+            slack_ns: ORDER_SLACK_NS,
+            now: 0,
+            stats: Stats::default(),
+            sink,
+        }
+    }
+
+    /// Which processes are reverse proxies, and whether their hops fold.
+    pub fn with_proxies(mut self, proxies: Proxies) -> Self {
+        self.proxies = proxies;
+        self
+    }
+
+    /// A stitcher that names only what its events say, without reading /proc (fuzzing).
+    pub fn offline(mut self) -> Self {
+        self.owners = None;
+        self
+    }
+
+    fn conn_info(&mut self, conn: &Conn, client: bool, procs: &ProcTable) {
+        if self.conns.contains_key(&conn.id) {
+            return;
+        }
+        let mut info = ConnInfo {
+            local: conn.local.clone(),
+            peer: conn.peer.clone(),
+            sk: conn.sk,
+            peer_sk: conn.peer_sk,
+            peer_tgid: conn.peer_tgid,
+            client,
+            transport: conn.transport,
+            exchanges: VecDeque::new(),
+            far_name: None,
+            near_proxy: self.proxies.is_proxy(&self.names.of(conn.tgid, procs)),
+            far_proxy: false,
+            ended: None,
+        };
+        // Name the other end now, while its process is alive, unless it is traced too.
+        if self.peer_conns(&info).is_empty() {
+            info.far_name = self.far_name(&info, procs);
+            info.far_proxy = info
+                .far_name
+                .as_deref()
+                .is_some_and(|n| self.proxies.is_proxy(n));
+        }
+        self.by_addr
+            .entry((conn.local.clone(), conn.peer.clone()))
+            .or_default()
+            .push(conn.id);
+        self.conns.insert(conn.id, info);
+    }
+
+    /// Traced connections that are the other end of `c`.
+    fn peer_conns(&self, c: &ConnInfo) -> Vec<u64> {
+        let mut out: Vec<u64> = self
+            .by_addr
+            .get(&(c.peer.clone(), c.local.clone()))
+            .cloned()
+            .unwrap_or_default();
+        if c.transport == Transport::Unix && (c.sk != 0 || c.peer_sk != 0) {
+            out.extend(
+                self.conns
+                    .iter()
+                    .filter(|(_, o)| {
+                        o.transport == Transport::Unix
+                            && ((c.peer_sk != 0 && o.sk == c.peer_sk)
+                                || (o.peer_sk != 0 && o.peer_sk == c.sk))
+                    })
+                    .map(|(id, _)| *id),
+            );
+        }
+        out.retain(|id| self.conns.get(id).is_some_and(|o| o.client != c.client));
+        out
+    }
+
+    fn new_exchange(&mut self, view: View, client: bool, ts: u64) -> u64 {
+        self.next_id += 1;
+        let id = self.next_id;
+        let (c, s) = if client {
+            (Some(view), None)
+        } else {
+            (None, Some(view))
+        };
+        self.exchanges.insert(
+            id,
+            Exchange {
+                id,
+                client: c,
+                server: s,
+                request: None,
+                response: None,
+                interim: Vec::new(),
+                interim_conn: None,
+                request_ts: ts,
+                response_ts: None,
+                broken: None,
+                orphan: false,
+                unanswered: false,
+                from: String::new(),
+                to: String::new(),
+                url: String::new(),
+                numbers: [None, None],
+                filtered: false,
+                via: None,
+                upstream_view: None,
+                upstream_target: None,
+                folded_into: None,
+                upstream: None,
+                caller: None,
+                listed: false,
+                written: [false, false],
+                head: None,
+                keys: Vec::new(),
+                resolved: false,
+                done_at: None,
+                answered_by: Vec::new(),
+            },
+        );
+        id
+    }
+
+    fn view(conn: &Conn) -> View {
+        View {
+            pid: conn.tgid,
+            conn: conn.id,
+            local: conn.local.clone(),
+            peer: conn.peer.clone(),
+            transport: conn.transport,
+        }
+    }
+
+    /// A message's first byte: its place in the order. A response that `answers` a request
+    /// whose response was written already (from the other end's view) needs no place.
+    fn on_begin(&mut self, conn: &Conn, key: MsgKey, ts: u64, answers: Option<MsgKey>) {
+        if key.request {
+            let x = self.new_exchange(Self::view(conn), key.client_view, ts);
+            if let Some(e) = self.exchanges.get_mut(&x) {
+                e.keys.push(key);
+            }
+            self.by_key.insert(key, x);
+            if let Some(info) = self.conns.get_mut(&conn.id) {
+                info.exchanges.push_back(x);
+            }
+            self.enqueue(ts, Item::Msg(x, Which::Request));
+        } else {
+            let written = answers
+                .and_then(|r| self.by_key.get(&r))
+                .and_then(|x| self.exchanges.get(x))
+                .is_some_and(|e| e.written[1]);
+            if !written {
+                self.enqueue(ts, Item::Pending(key));
+            }
+        }
+    }
+
+    fn on_response(
+        &mut self,
+        conn: &Conn,
+        key: MsgKey,
+        msg: Message,
+        request: Option<MsgKey>,
+        interim: bool,
+    ) {
+        let pending = self.dequeue(Item::Pending(key));
+        let ts = pending.map_or(msg.first_ts, |p| p.0);
+        let x = match request.and_then(|r| self.by_key.get(&r).copied()) {
+            Some(x) => x,
+            None => {
+                // No request to pair with: an exchange of its own, shown as such unless the
+                // other end saw the request (stitched below, once the response is in).
+                let x = self.new_exchange(Self::view(conn), key.client_view, ts);
+                if let Some(e) = self.exchanges.get_mut(&x) {
+                    e.orphan = true;
+                    e.keys.push(key);
+                }
+                if let Some(info) = self.conns.get_mut(&conn.id) {
+                    info.exchanges.push_back(x);
+                }
+                x
+            }
+        };
+        let orphan = self.exchanges.get(&x).is_some_and(|e| e.orphan);
+        self.by_key.insert(key, x);
+        let Some(e) = self.exchanges.get_mut(&x) else {
+            return;
+        };
+        if !e.keys.contains(&key) {
+            e.keys.push(key);
+        }
+        if e.done_at.is_some() {
+            // The exchange was written: this is one end's late view of it.
+            if !interim {
+                self.late_response(x, conn.id, msg);
+            }
+            return;
+        }
+        if interim {
+            // Both ends see the same 1xx: keep one end's.
+            if e.interim_conn.is_none_or(|c| c == conn.id) {
+                e.interim_conn = Some(conn.id);
+                e.interim.push(msg);
+            }
+            return;
+        }
+        let first = e.response.is_none();
+        if !e.answered_by.contains(&conn.id) {
+            e.answered_by.push(conn.id);
+        }
+        e.response = better(e.response.take(), Some(msg));
+        e.response_ts = Some(e.response_ts.map_or(ts, |t| t.min(ts)));
+        let written = e.written[1];
+        if first {
+            self.enqueue(ts, Item::Msg(x, Which::Response));
+            if orphan {
+                self.stitch(x);
+            }
+        } else if !written {
+            // The other end's view of a response already placed: keep the earlier place.
+            if let Some(pos) = self.position.get(&Item::Msg(x, Which::Response)).copied()
+                && ts < pos.0
+            {
+                self.dequeue(Item::Msg(x, Which::Response));
+                self.enqueue(ts, Item::Msg(x, Which::Response));
+            }
+        }
+    }
+
+    /// What began as `key` is not a message (no start line): counted; it has no entry, unless
+    /// the other end's view of it had one (then that entry says it).
+    fn on_broken(&mut self, key: MsgKey, reason: &'static str) {
+        if self.dequeue(Item::Pending(key)).is_some() {
+            self.stats.broken += 1;
+            return;
+        }
+        let Some(x) = self.by_key.get(&key).copied() else {
+            return;
+        };
+        let Some(e) = self.exchanges.get_mut(&x) else {
+            return;
+        };
+        e.broken = Some(reason);
+        if e.request.is_none() && e.head.is_none() {
+            // Nothing readable began: no entry.
+            self.stats.broken += 1;
+            self.dequeue(Item::Msg(x, Which::Request));
+            self.exchanges.remove(&x);
+            self.by_key.remove(&key);
+        }
+    }
+
+    fn write(&mut self, x: u64, which: Which, procs: &ProcTable) {
+        self.resolve(x, procs);
+        let Some(e) = self.exchanges.get_mut(&x) else {
+            return;
+        };
+        let idx = which as usize;
+        if e.written[idx] {
+            return;
+        }
+        e.written[idx] = true;
+        let body_len = e.message(which).map(|m| m.body.len);
+        if !e.filtered
+            && let Some(body_len) = body_len
+        {
+            self.next_number += 1;
+            e.numbers[idx] = Some(self.next_number);
+            self.stats.messages += 1;
+            self.stats.body_bytes += body_len;
+            if which == Which::Request || e.orphan {
+                self.stats.exchanges += 1;
+            }
+            let e = &self.exchanges[&x];
+            let msg = e.message(which).expect("checked above");
+            self.sink.message(&Entry {
+                number: self.next_number,
+                which,
+                exchange: e,
+                msg,
+            });
+        }
+        self.maybe_done(x);
+    }
+
+    /// An exchange whose messages are all written goes to the per-exchange sinks.
+    fn maybe_done(&mut self, x: u64) {
+        let now = self.now;
+        let Some(e) = self.exchanges.get_mut(&x) else {
+            return;
+        };
+        if e.done_at.is_some() {
+            return;
+        }
+        let req_done = e.written[0] || e.request.is_none();
+        let resp_done = e.written[1] || (e.response.is_none() && e.unanswered);
+        if req_done && resp_done && (e.written[0] || e.written[1]) {
+            e.done_at = Some(now);
+            if e.is_broken() {
+                self.stats.broken += 1;
+            }
+            if !e.filtered {
+                self.sink.exchange(e);
+            }
+            // Written: the messages are no longer needed. The exchange itself stays while a
+            // view of it may still come.
+            e.request = None;
+            e.response = None;
+            e.interim.clear();
+            self.keep_or_forget(x);
+        }
+    }
+
+    /// Drops an exchange and its keys.
+    fn forget(&mut self, x: u64) {
+        if let Some(e) = self.exchanges.remove(&x) {
+            for k in e.keys {
+                self.by_key.remove(&k);
+            }
+            for v in [e.client, e.server].into_iter().flatten() {
+                if let Some(info) = self.conns.get_mut(&v.conn) {
+                    info.exchanges.retain(|i| *i != x);
+                }
+            }
+        }
+    }
+
+    /// Forgets exchanges written long ago and connections ended long ago.
+    fn expire(&mut self) {
+        let now = self.now;
+        let old: Vec<u64> = self
+            .exchanges
+            .values()
+            .filter(|e| e.client.is_none() || e.server.is_none())
+            .filter(|e| e.done_at.is_some_and(|t| t + KEEP_DONE_NS < now))
+            .map(|e| e.id)
+            .collect();
+        for x in old {
+            self.forget(x);
+        }
+        let gone: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.ended.is_some_and(|t| t + KEEP_DONE_NS < now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            if let Some(c) = self.conns.remove(&id)
+                && let Some(v) = self.by_addr.get_mut(&(c.local.clone(), c.peer.clone()))
+            {
+                v.retain(|i| *i != id);
+                if v.is_empty() {
+                    self.by_addr.remove(&(c.local, c.peer));
+                }
+            }
+        }
+        for c in self.conns.values_mut() {
+            let live = &self.exchanges;
+            c.exchanges.retain(|x| live.contains_key(x));
+        }
+    }
+
+    /// Periodic work at kernel time `now_ns`.
+    pub fn tick(&mut self, now_ns: u64, procs: &ProcTable) {
+        self.now = now_ns;
+        self.release(false, procs);
+        self.expire();
+        self.sink.flush();
+    }
+
+    /// The end: everything still waiting is written.
+    pub fn finish(&mut self, now_ns: u64, procs: &ProcTable) {
+        self.now = now_ns;
+        self.release(true, procs);
+        let ids: Vec<u64> = self.exchanges.keys().copied().collect();
+        for x in ids {
+            if let Some(e) = self.exchanges.get_mut(&x) {
+                e.unanswered |= e.response.is_none();
+            }
+            self.maybe_done(x);
+        }
+    }
+}
+
+impl<L: LogSink> HttpSink for Stitcher<L> {
+    fn event(&mut self, conn: &Conn, ev: HttpEvent, procs: &ProcTable) {
+        match ev {
+            HttpEvent::Begin { key, ts, answers } => {
+                self.conn_info(conn, key.client_view, procs);
+                self.on_begin(conn, key, ts, answers);
+            }
+            HttpEvent::RequestHead { key, head } => {
+                if let Some(x) = self.by_key.get(&key).copied() {
+                    if let Some(e) = self.exchanges.get_mut(&x) {
+                        e.head = Some(head);
+                    }
+                    self.stitch(x);
+                    // Stitching may have kept the other end's exchange.
+                    if let Some(x) = self.by_key.get(&key).copied() {
+                        self.forwarded_caller(x, procs);
+                        self.fold(x);
+                    }
+                }
+            }
+            HttpEvent::Request { key, msg } => {
+                if let Some(x) = self.by_key.get(&key).copied()
+                    && let Some(e) = self.exchanges.get_mut(&x)
+                {
+                    if e.head.is_none() {
+                        e.head = Some(msg.head.clone());
+                    }
+                    e.request = better(e.request.take(), Some(msg));
+                }
+            }
+            HttpEvent::Response {
+                key,
+                msg,
+                request,
+                interim,
+            } => {
+                self.conn_info(conn, key.client_view, procs);
+                self.on_response(conn, key, msg, request, interim);
+            }
+            HttpEvent::Broken { key, reason, .. } => self.on_broken(key, reason),
+        }
+    }
+
+    fn conn_ended(&mut self, conn: &Conn, _procs: &ProcTable) {
+        let now = self.now;
+        let Some(info) = self.conns.get_mut(&conn.id) else {
+            return;
+        };
+        info.ended = Some(now);
+        let xs: Vec<u64> = info.exchanges.iter().copied().collect();
+        for x in xs {
+            if let Some(e) = self.exchanges.get_mut(&x)
+                && e.response.is_none()
+            {
+                // Unless the other end's view still brings the response.
+                let other = if e.client.is_some() && e.server.is_some() {
+                    let other_conn = if e.client.as_ref().is_some_and(|c| c.conn == conn.id) {
+                        e.server.as_ref().map(|s| s.conn)
+                    } else {
+                        e.client.as_ref().map(|c| c.conn)
+                    };
+                    other_conn
+                        .is_some_and(|c| self.conns.get(&c).is_some_and(|i| i.ended.is_none()))
+                } else {
+                    false
+                };
+                if !other {
+                    e.unanswered = true;
+                }
+            }
+            self.maybe_done(x);
+            // A view this connection was to bring will not come now.
+            self.recheck_late(x);
+        }
+    }
+
+    fn close(&mut self) {
+        self.sink.close()
+    }
+}

@@ -1,0 +1,161 @@
+//! Who called whom, and the URL: the ends of an exchange named (traced processes, owners of
+//! untraced sockets, devstack's URL rules, through proxies), the filters applied.
+use super::{ConnInfo, Exchange, LogSink, Stitcher};
+use crate::{
+    events::{Endpoint, Transport},
+    filter::Subject,
+    http::head::StartLine,
+    names::{devstack_service, participant},
+    owners::read_proc,
+    procs::ProcTable,
+};
+
+impl<L: LogSink> Stitcher<L> {
+    /// The name of a process we may not trace.
+    pub(super) fn pid_name(&self, pid: u32, procs: &ProcTable) -> String {
+        if procs.get(pid).is_some() {
+            self.names.of(pid, procs)
+        } else {
+            read_proc(pid).map_or_else(|| format!("pid {pid}"), |p| participant(&p))
+        }
+    }
+
+    /// The untraced other end of a connection: the local process owning it, if any (a unix
+    /// socket's peer process the kernel read).
+    pub(super) fn far_name(&mut self, c: &ConnInfo, procs: &ProcTable) -> Option<String> {
+        let owners = self.owners.as_mut()?;
+        let pid = match c.peer {
+            _ if c.transport == Transport::Unix && c.peer_tgid != 0 => Some(c.peer_tgid),
+            Endpoint::Inet(peer) if c.client => owners.listener(peer),
+            Endpoint::Inet(peer) => owners.owner(peer),
+            _ => return None,
+        };
+        tracing::debug!(client = c.client, peer = %c.peer, ?pid, "owner of the untraced end");
+        let pid = pid?;
+        Some(self.pid_name(pid, procs))
+    }
+
+    /// The server of an exchange by name: its own view, else who owns the far end.
+    pub(super) fn server_name(&self, e: &Exchange, procs: &ProcTable) -> Option<String> {
+        match (&e.server, &e.client) {
+            (Some(s), _) => Some(self.names.of(s.pid, procs)),
+            (None, Some(c)) => self.conns.get(&c.conn).and_then(|i| i.far_name.clone()),
+            _ => None,
+        }
+    }
+
+    /// Names the ends and the URL of an exchange. Behind a reverse proxy the callee is the
+    /// service: by devstack's URL rules, else the server of the folded upstream hop; a service
+    /// that saw only the proxy names the caller the proxy forwarded, when it can be known.
+    pub(super) fn resolve(&mut self, x: u64, procs: &ProcTable) {
+        self.fold(x);
+        let Some(e) = self.exchanges.get(&x) else {
+            return;
+        };
+        if e.resolved {
+            return;
+        }
+        let fold = self.proxies.fold;
+        let from = match (&e.client, &e.server) {
+            (Some(c), _) => self.names.of(c.pid, procs),
+            (None, Some(s)) => {
+                let info = self.conns.get(&s.conn);
+                let far = info.and_then(|i| i.far_name.clone());
+                let forwarded = info.is_some_and(|i| i.far_proxy) && fold;
+                if forwarded {
+                    e.caller.clone().or(far)
+                } else {
+                    far
+                }
+                .unwrap_or_else(|| s.peer.to_string())
+            }
+            (None, None) => "?".into(),
+        };
+        let head = e.head.as_ref().or(e.request.as_ref().map(|m| &m.head));
+        let target = match head.map(|h| &h.start) {
+            Some(StartLine::Request { target, .. }) => target.clone(),
+            _ => String::new(),
+        };
+        let host = head
+            .and_then(|h| h.header("host"))
+            .map(|h| String::from_utf8_lossy(h).into_owned());
+        let server_addr = match (&e.client, &e.server) {
+            (Some(c), _) => c.peer.clone(),
+            (None, Some(s)) => s.local.clone(),
+            _ => Endpoint::Unknown,
+        };
+        let url = if e.orphan {
+            String::new()
+        } else {
+            let authority = host.clone().unwrap_or_else(|| server_addr.to_string());
+            crate::http::target::url(&target, &authority)
+        };
+        let port = match &server_addr {
+            Endpoint::Inet(a) => Some(a.port()),
+            _ => None,
+        };
+        let path = target.split("://").nth(1).map_or(target.as_str(), |rest| {
+            rest.find('/').map_or("/", |i| &rest[i..])
+        });
+        let rule = devstack_service(port, path).map(str::to_owned);
+        let near = self.server_name(e, procs);
+        let behind_proxy = fold && self.goes_into_proxy(e);
+        let (to, via) = if behind_proxy {
+            let upstream = e
+                .upstream
+                .and_then(|u| self.exchanges.get(&u))
+                .and_then(|u| self.server_name(u, procs))
+                .filter(|n| !self.proxies.is_proxy(n));
+            let to = rule
+                .or(upstream)
+                .or(near.clone())
+                .unwrap_or_else(|| server_addr.to_string());
+            let via = near.filter(|n| *n != to);
+            (to, via)
+        } else {
+            let to = match (&e.server, &e.client) {
+                (Some(_), _) => near.unwrap_or_default(),
+                (None, Some(_)) => near
+                    .or(rule)
+                    .or(host)
+                    .unwrap_or_else(|| server_addr.to_string()),
+                (None, None) => "?".into(),
+            };
+            (to, None)
+        };
+        let folded = fold && e.folded_into.is_some();
+        let up = e.upstream.and_then(|u| self.exchanges.get(&u));
+        let upstream_view = up.and_then(|u| u.server.clone());
+        let upstream_target = up
+            .and_then(|u| u.head.as_ref())
+            .and_then(|h| match &h.start {
+                StartLine::Request { target, .. } => Some(target.clone()),
+                StartLine::Response { .. } => None,
+            });
+        let filtered = !folded
+            && self.filter.as_ref().is_some_and(|f| {
+                f.excludes(&Subject {
+                    from: &from,
+                    to: &to,
+                    method: e.method(),
+                    url: &url,
+                })
+            });
+        if let Some(e) = self.exchanges.get_mut(&x) {
+            e.from = from;
+            e.to = to;
+            e.url = url;
+            e.via = via;
+            e.upstream_view = upstream_view;
+            e.upstream_target = upstream_target;
+            e.filtered = filtered || folded;
+            e.resolved = true;
+            if filtered {
+                self.stats.filtered += 1;
+            }
+            if folded {
+                self.stats.folded += 1;
+            }
+        }
+    }
+}

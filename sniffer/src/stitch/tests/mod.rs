@@ -1,0 +1,509 @@
+use std::net::SocketAddr;
+
+use super::*;
+use crate::{
+    conns::ConnSink as _,
+    events::{Dir, Role},
+    exchange::Exchanges,
+    stream::{Piece, Stream},
+};
+
+/// A writer into a buffer the test keeps.
+#[derive(Clone, Default)]
+struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Shared {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Records the numbered titles, the numbered log as written, and the JSONL records.
+struct Titles {
+    lines: Vec<String>,
+    exchanges: Vec<(u64, bool)>,
+    log: crate::sinks::log::NumberedLog,
+    text: Shared,
+    /// The JSONL records, unless `records` is off (they cost in long runs).
+    records: Vec<serde_json::Value>,
+    keep_records: bool,
+}
+
+impl Default for Titles {
+    fn default() -> Self {
+        let text = Shared::default();
+        Self {
+            lines: Vec::new(),
+            exchanges: Vec::new(),
+            log: crate::sinks::log::NumberedLog::new(
+                crate::sinks::output::Output::new(
+                    Box::new(text.clone()),
+                    std::sync::Arc::new(crate::sinks::output::Health::new("log", "messages")),
+                ),
+                true,
+                4096,
+            ),
+            text,
+            records: Vec::new(),
+            keep_records: true,
+        }
+    }
+}
+
+impl Titles {
+    /// The numbered log as a user reads it.
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.text.0.lock().expect("lock")).into_owned()
+    }
+}
+
+impl LogSink for Titles {
+    fn message(&mut self, e: &Entry<'_>) {
+        self.lines.push(crate::sinks::log::title(
+            e.number, e.which, e.exchange, e.msg,
+        ));
+        self.log.message(e);
+        // The log's output holds records until asked: the text is read between messages.
+        self.log.flush();
+    }
+    fn exchange(&mut self, x: &Exchange) {
+        self.exchanges
+            .push((x.id, x.client.is_some() && x.server.is_some()));
+        if !self.keep_records {
+            return;
+        }
+        let rec = crate::sinks::jsonl::Recorder {
+            redact: true,
+            text_limit: 4096,
+            unix_offset_ns: 0,
+        };
+        let record = rec.record(x);
+        // The JSONL line, written without a JSON value first, says the same.
+        let mut line = Vec::new();
+        rec.write_line(x, &mut line).expect("write to a Vec");
+        let parsed: serde_json::Value = serde_json::from_slice(&line).expect("a JSON line");
+        assert_eq!(parsed, record);
+        assert_eq!(line.last(), Some(&b'\n'));
+        self.records.push(record);
+    }
+}
+
+fn addr(s: &str) -> Endpoint {
+    Endpoint::Inet(s.parse::<SocketAddr>().unwrap())
+}
+
+fn conn(id: u64, pid: u32, role: Role, local: &str, peer: &str) -> Conn {
+    Conn {
+        id,
+        tgid: pid,
+        fd: id as i32,
+        sk: id,
+        peer_sk: 0,
+        peer_tgid: 0,
+        role,
+        transport: Transport::Tcp,
+        local: addr(local),
+        peer: addr(peer),
+        opened_ns: 0,
+        last_ns: 0,
+        ended: None,
+        streams: [Stream::new(), Stream::new()],
+        open_lost: false,
+        end_known: true,
+        tls: None,
+    }
+}
+
+impl Conn {
+    fn clone_for_test(&self) -> Conn {
+        conn(
+            self.id,
+            self.tgid,
+            self.role,
+            &self.local.to_string(),
+            &self.peer.to_string(),
+        )
+    }
+}
+
+struct World {
+    http: Exchanges<Stitcher<Titles>>,
+    procs: ProcTable,
+    conns: Vec<Conn>,
+    off: HashMap<(u64, usize), u64>,
+}
+
+impl World {
+    /// openstack (100) -> glance-api (200) -> keystone (300), all on loopback.
+    fn new(filter: Option<Filter>) -> Self {
+        let mut procs = ProcTable::new();
+        procs.on_fork(100, 1, "openstack");
+        procs.on_fork(200, 1, "glance-api");
+        procs.on_fork(300, 1, "keystone");
+        let conns = vec![
+            conn(1, 100, Role::Client, "127.0.0.1:40000", "127.0.0.1:9292"),
+            conn(2, 200, Role::Server, "127.0.0.1:9292", "127.0.0.1:40000"),
+            conn(3, 200, Role::Client, "127.0.0.1:40001", "127.0.0.1:5000"),
+            conn(4, 300, Role::Server, "127.0.0.1:5000", "127.0.0.1:40001"),
+        ];
+        let mut st = Stitcher::new(Titles::default(), Names::default(), filter);
+        st.slack_ns = 100;
+        Self {
+            http: Exchanges::new(st, 4096),
+            procs,
+            conns,
+            off: HashMap::new(),
+        }
+    }
+
+    /// Processes `procs` and connections `conns` (ids 1, 2... in order).
+    fn custom(procs: &[(u32, &str)], conns: Vec<Conn>, proxies: Proxies) -> Self {
+        let mut table = ProcTable::new();
+        for (pid, name) in procs {
+            table.on_fork(*pid, 1, name);
+        }
+        let mut st = Stitcher::new(Titles::default(), Names::default(), None).with_proxies(proxies);
+        st.slack_ns = 100;
+        Self {
+            http: Exchanges::new(st, 4096),
+            procs: table,
+            conns,
+            off: HashMap::new(),
+        }
+    }
+
+    /// `bytes` moved at time `ts` on connection `c` in direction `dir`.
+    fn bytes(&mut self, c: u64, dir: Dir, ts: u64, bytes: &[u8]) {
+        let off = self.off.entry((c, dir.index())).or_insert(0);
+        let p = Piece::Data {
+            off: *off,
+            bytes: bytes.to_vec(),
+            ts_ns: ts,
+        };
+        *off += bytes.len() as u64;
+        let conn = &self.conns[(c - 1) as usize];
+        self.http.pieces(conn, dir, &[p], &self.procs);
+    }
+
+    fn tick(&mut self, now: u64) {
+        self.http.sink.tick(now, &self.procs);
+    }
+
+    fn end_all(&mut self, now: u64) -> Vec<String> {
+        for c in &self.conns {
+            self.http.ended(c, &self.procs);
+        }
+        self.http.sink.finish(now, &self.procs);
+        self.http.sink.sink.lines.clone()
+    }
+}
+
+const IMAGES: &[u8] = b"GET /v2/images HTTP/1.1\r\nHost: 127.0.0.1:9292\r\n\r\n";
+const IMAGES_OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
+const TOKENS: &[u8] = b"GET /v3/auth/tokens HTTP/1.1\r\nHost: 127.0.0.1:5000\r\n\r\n";
+const TOKENS_OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+
+const NESTED: [&str; 4] = [
+    "### [1] (openstack) REQ >>> (glance-api) : GET http://127.0.0.1:9292/v2/images",
+    "### [2] (glance-api) REQ >>> (keystone) : GET http://127.0.0.1:5000/v3/auth/tokens",
+    "### [3] (glance-api) RESP <<< (keystone) : 200 OK GET http://127.0.0.1:5000/v3/auth/tokens",
+    "### [4] (openstack) RESP <<< (glance-api) : 200 OK GET http://127.0.0.1:9292/v2/images",
+];
+
+#[test]
+fn both_ends_traced_give_one_exchange_each_nested_in_causal_order() {
+    let mut w = World::new(None);
+    w.bytes(1, Dir::Send, 10, IMAGES);
+    w.bytes(2, Dir::Recv, 11, IMAGES);
+    w.bytes(3, Dir::Send, 20, TOKENS);
+    w.bytes(4, Dir::Recv, 21, TOKENS);
+    w.bytes(4, Dir::Send, 30, TOKENS_OK);
+    w.bytes(3, Dir::Recv, 31, TOKENS_OK);
+    w.bytes(2, Dir::Send, 40, IMAGES_OK);
+    w.bytes(1, Dir::Recv, 41, IMAGES_OK);
+    assert_eq!(w.end_all(1000), NESTED);
+    let ex = &w.http.sink.sink.exchanges;
+    assert_eq!(ex.len(), 2);
+    assert!(
+        ex.iter().all(|(_, both)| *both),
+        "each exchange has both views"
+    );
+}
+
+#[test]
+fn views_arriving_out_of_order_still_number_in_kernel_time_order() {
+    let mut w = World::new(None);
+    // Servers' events reach userspace first, clients' later (other CPUs, held streams).
+    w.bytes(4, Dir::Recv, 21, TOKENS);
+    w.bytes(2, Dir::Recv, 11, IMAGES);
+    w.bytes(4, Dir::Send, 30, TOKENS_OK);
+    w.bytes(3, Dir::Send, 20, TOKENS);
+    w.bytes(2, Dir::Send, 40, IMAGES_OK);
+    w.bytes(1, Dir::Send, 10, IMAGES);
+    w.bytes(3, Dir::Recv, 31, TOKENS_OK);
+    w.bytes(1, Dir::Recv, 41, IMAGES_OK);
+    assert_eq!(w.end_all(1000), NESTED);
+}
+
+#[test]
+fn messages_are_written_as_soon_as_their_place_is_final() {
+    let mut w = World::new(None);
+    w.bytes(1, Dir::Send, 10, IMAGES);
+    w.bytes(2, Dir::Recv, 11, IMAGES);
+    w.tick(50);
+    assert!(
+        w.http.sink.sink.lines.is_empty(),
+        "within the slack nothing is final"
+    );
+    w.tick(111);
+    assert_eq!(w.http.sink.sink.lines, NESTED[..1]);
+    w.bytes(3, Dir::Send, 200, TOKENS);
+    w.bytes(4, Dir::Recv, 201, TOKENS);
+    w.tick(350);
+    assert_eq!(
+        w.http.sink.sink.lines,
+        NESTED[..2],
+        "streamed, not only at exit"
+    );
+}
+
+fn unix(id: u64, pid: u32, role: Role, sk: u64, peer_sk: u64) -> Conn {
+    let mut c = conn(id, pid, role, "127.0.0.1:1", "127.0.0.1:1");
+    c.transport = Transport::Unix;
+    c.local = Endpoint::Unix("/run/keystone.sock".into());
+    c.peer = Endpoint::Unknown;
+    (c.sk, c.peer_sk) = (sk, peer_sk);
+    c
+}
+
+/// openstack (100) -> apache2 (400) -> keystone (300) over a unix socket in uwsgi, and
+/// apache2 -> glance-api (200) in HTTP with the `/image` prefix stripped; every end traced.
+fn through_apache(proxies: Proxies) -> World {
+    World::custom(
+        &[
+            (100, "openstack"),
+            (200, "glance-api"),
+            (300, "keystone"),
+            (400, "apache2"),
+        ],
+        vec![
+            conn(1, 100, Role::Client, "127.0.0.1:40000", "127.0.0.1:80"),
+            conn(2, 400, Role::Server, "127.0.0.1:80", "127.0.0.1:40000"),
+            unix(3, 400, Role::Client, 30, 40),
+            unix(4, 300, Role::Server, 40, 30),
+            conn(5, 400, Role::Client, "127.0.0.1:50000", "127.0.0.1:60999"),
+            conn(6, 200, Role::Server, "127.0.0.1:60999", "127.0.0.1:50000"),
+        ],
+        proxies,
+    )
+}
+
+/// One request through the proxy: client conn 1 <-> proxy conn 2, proxy conn `up` <->
+/// service conn `up + 1`, at times from `t`.
+fn hop(w: &mut World, t: u64, req: &[u8], upstream: &[u8], resp: &[u8], up: u64) {
+    w.bytes(1, Dir::Send, t, req);
+    w.bytes(2, Dir::Recv, t + 1, req);
+    w.bytes(up, Dir::Send, t + 2, upstream);
+    w.bytes(up + 1, Dir::Recv, t + 3, upstream);
+    w.bytes(up + 1, Dir::Send, t + 4, resp);
+    w.bytes(up, Dir::Recv, t + 5, resp);
+    w.bytes(2, Dir::Send, t + 6, resp);
+    w.bytes(1, Dir::Recv, t + 7, resp);
+}
+
+const CREATED: &[u8] = b"HTTP/1.1 201 CREATED\r\nContent-Length: 2\r\n\r\n{}";
+
+fn keystone_upstream() -> Vec<u8> {
+    let mut p = crate::http::uwsgi::tests::packet(&[
+        ("REQUEST_METHOD", "POST"),
+        ("REQUEST_URI", "/identity/v3/auth/tokens"),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+        ("HTTP_HOST", "127.0.0.1"),
+        ("CONTENT_LENGTH", "2"),
+        ("REMOTE_ADDR", "127.0.0.1"),
+        ("REMOTE_PORT", "40000"),
+    ]);
+    p.extend_from_slice(b"{}");
+    p
+}
+
+const AUTH: &[u8] =
+    b"POST /identity/v3/auth/tokens HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}";
+const LIST: &[u8] = b"GET /image/v2/images HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+const LIST_UP: &[u8] =
+    b"GET /v2/images HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Forwarded-For: 127.0.0.1\r\n\r\n";
+
+#[test]
+fn a_reverse_proxy_hop_folds_into_the_clients_exchange() {
+    let mut w = through_apache(Proxies::default());
+    hop(&mut w, 10, AUTH, &keystone_upstream(), CREATED, 3);
+    hop(&mut w, 100, LIST, LIST_UP, IMAGES_OK, 5);
+    assert_eq!(
+        w.end_all(1000),
+        vec![
+            "### [1] (openstack) REQ >>> (keystone) : POST http://127.0.0.1/identity/v3/auth/tokens",
+            "### [2] (openstack) RESP <<< (keystone) : 201 CREATED POST http://127.0.0.1/identity/v3/auth/tokens",
+            "### [3] (openstack) REQ >>> (glance-api) : GET http://127.0.0.1/image/v2/images",
+            "### [4] (openstack) RESP <<< (glance-api) : 200 OK GET http://127.0.0.1/image/v2/images",
+        ]
+    );
+    assert_eq!(w.http.sink.stats.folded, 2);
+    // Two exchanges reach the exchange sinks, each with both ends of the client's hop.
+    assert_eq!(w.http.sink.sink.exchanges.len(), 2);
+    assert!(w.http.sink.sink.exchanges.iter().all(|(_, both)| *both));
+}
+
+#[test]
+fn show_proxies_keeps_both_hops() {
+    let mut w = through_apache(Proxies {
+        extra: Vec::new(),
+        fold: false,
+    });
+    hop(&mut w, 10, AUTH, &keystone_upstream(), CREATED, 3);
+    assert_eq!(
+        w.end_all(1000),
+        vec![
+            "### [1] (openstack) REQ >>> (apache2) : POST http://127.0.0.1/identity/v3/auth/tokens",
+            "### [2] (apache2) REQ >>> (keystone) : POST http://127.0.0.1/identity/v3/auth/tokens",
+            "### [3] (apache2) RESP <<< (keystone) : 201 CREATED POST http://127.0.0.1/identity/v3/auth/tokens",
+            "### [4] (openstack) RESP <<< (apache2) : 201 CREATED POST http://127.0.0.1/identity/v3/auth/tokens",
+        ]
+    );
+}
+
+#[test]
+fn a_named_proxy_with_no_url_rule_is_named_by_its_upstream() {
+    let mut w = World::custom(
+        &[(100, "curl"), (200, "app"), (400, "envoy")],
+        vec![
+            conn(1, 100, Role::Client, "127.0.0.1:40000", "127.0.0.1:8000"),
+            conn(2, 400, Role::Server, "127.0.0.1:8000", "127.0.0.1:40000"),
+            conn(3, 400, Role::Client, "127.0.0.1:50000", "127.0.0.1:9000"),
+            conn(4, 200, Role::Server, "127.0.0.1:9000", "127.0.0.1:50000"),
+        ],
+        Proxies {
+            extra: vec!["envoy".into()],
+            fold: true,
+        },
+    );
+    let req = b"GET /api/x HTTP/1.1\r\nHost: a\r\n\r\n";
+    let other = b"GET /api/y HTTP/1.1\r\nHost: a\r\n\r\n";
+    // The upstream request differs: not the same request, nothing folds.
+    hop(&mut w, 10, req, other, IMAGES_OK, 3);
+    hop(&mut w, 100, req, req, IMAGES_OK, 3);
+    let lines = w.end_all(1000);
+    assert_eq!(lines.len(), 6, "{lines:#?}");
+    assert!(lines[0].contains("(curl) REQ >>> (envoy)"), "{lines:#?}");
+    assert!(
+        lines[1].contains("(envoy) REQ >>> (app) : GET http://a/api/y"),
+        "{lines:#?}"
+    );
+    assert_eq!(
+        lines[4], "### [5] (curl) REQ >>> (app) : GET http://a/api/x",
+        "{lines:#?}"
+    );
+}
+
+#[test]
+fn only_the_client_traced_names_the_server_by_url() {
+    let mut w = World::new(None);
+    w.conns[0] = conn(1, 100, Role::Client, "127.0.0.1:40000", "127.0.0.1:1");
+    w.bytes(
+        1,
+        Dir::Send,
+        10,
+        b"GET /identity/v3 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    );
+    w.bytes(
+        1,
+        Dir::Recv,
+        20,
+        b"HTTP/1.1 300 Multiple Choices\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(
+        w.end_all(1000),
+        vec![
+            "### [1] (openstack) REQ >>> (keystone) : GET http://127.0.0.1/identity/v3",
+            "### [2] (openstack) RESP <<< (keystone) : 300 Multiple Choices GET http://127.0.0.1/identity/v3",
+        ]
+    );
+}
+
+#[test]
+fn filtered_exchanges_are_left_out_and_not_numbered() {
+    let f = Filter::parse(
+        r#"{"filters": [{"from": "glance-api", "to": "keystone"}]}"#,
+        "f",
+    )
+    .unwrap();
+    let mut w = World::new(Some(f));
+    w.bytes(1, Dir::Send, 10, IMAGES);
+    w.bytes(2, Dir::Recv, 11, IMAGES);
+    w.bytes(3, Dir::Send, 20, TOKENS);
+    w.bytes(4, Dir::Recv, 21, TOKENS);
+    w.bytes(4, Dir::Send, 30, TOKENS_OK);
+    w.bytes(3, Dir::Recv, 31, TOKENS_OK);
+    w.bytes(2, Dir::Send, 40, IMAGES_OK);
+    w.bytes(1, Dir::Recv, 41, IMAGES_OK);
+    assert_eq!(
+        w.end_all(1000),
+        vec![
+            "### [1] (openstack) REQ >>> (glance-api) : GET http://127.0.0.1:9292/v2/images",
+            "### [2] (openstack) RESP <<< (glance-api) : 200 OK GET http://127.0.0.1:9292/v2/images",
+        ]
+    );
+    assert_eq!(w.http.sink.stats.filtered, 1);
+}
+
+#[test]
+fn a_request_one_end_lost_is_taken_from_the_other_end() {
+    for client_first in [true, false] {
+        let mut w = World::new(None);
+        // The client's events for its request were dropped (ring full); the server saw all.
+        if client_first {
+            w.bytes(1, Dir::Recv, 41, IMAGES_OK);
+            let c = w.conns[0].clone_for_test();
+            w.http.ended(&c, &w.procs);
+        }
+        w.bytes(2, Dir::Recv, 11, IMAGES);
+        w.bytes(2, Dir::Send, 40, IMAGES_OK);
+        if !client_first {
+            w.bytes(1, Dir::Recv, 41, IMAGES_OK);
+        }
+        let lines = w.end_all(1000);
+        assert_eq!(
+            lines,
+            vec![
+                "### [1] (openstack) REQ >>> (glance-api) : GET http://127.0.0.1:9292/v2/images",
+                "### [2] (openstack) RESP <<< (glance-api) : 200 OK GET http://127.0.0.1:9292/v2/images",
+            ],
+            "client view first: {client_first}"
+        );
+    }
+}
+
+#[test]
+fn a_response_without_its_request_is_shown_as_such() {
+    let mut w = World::new(None);
+    w.conns[0] = conn(1, 100, Role::Unknown, "127.0.0.1:40000", "127.0.0.1:9292");
+    // Attached mid-connection: only a response is seen, then the connection ends.
+    w.bytes(
+        1,
+        Dir::Recv,
+        10,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    );
+    let lines = w.end_all(1000);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(
+        lines[0],
+        "### [1] (openstack) RESP <<< (127.0.0.1:9292) : 200 OK ? (request not seen)"
+    );
+}
+
+mod late_views;
+mod marks;
