@@ -65,6 +65,8 @@ struct ExchangeRecord<'a> {
     server: Option<EndRecord>,
     method: &'a str,
     url: &'a str,
+    /// Read as TLS plaintext in the TLS library.
+    tls: bool,
     status: Option<u16>,
     reason: Option<&'a str>,
     request: Option<MessageRecord>,
@@ -165,6 +167,7 @@ impl Recorder {
             server: end(&x.server),
             method: x.method(),
             url: &x.url,
+            tls: x.tls,
             status,
             reason,
             request: x

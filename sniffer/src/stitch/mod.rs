@@ -64,6 +64,8 @@ struct ConnInfo {
     /// The untraced other end is a reverse proxy.
     far_proxy: bool,
     ended: Option<u64>,
+    /// The connection speaks TLS (its HTTP is the plaintext the TLS library moved).
+    tls: bool,
 }
 
 pub struct Stitcher<L: LogSink> {
@@ -147,6 +149,7 @@ impl<L: LogSink> Stitcher<L> {
             near_proxy: self.proxies.is_proxy(&self.names.of(conn.tgid, procs)),
             far_proxy: false,
             ended: None,
+            tls: conn.tls.is_some(),
         };
         // Name the other end now, while its process is alive, unless it is traced too.
         if self.peer_conns(&info).is_empty() {
@@ -212,6 +215,7 @@ impl<L: LogSink> Stitcher<L> {
                 from: String::new(),
                 to: String::new(),
                 url: String::new(),
+                tls: false,
                 numbers: [None, None],
                 filtered: false,
                 via: None,

@@ -48,6 +48,8 @@ pub struct Exchange {
     pub from: String,
     pub to: String,
     pub url: String,
+    /// Over TLS (read in the TLS library): the URL's scheme is https.
+    pub tls: bool,
     pub numbers: [Option<u64>; 2],
     pub filtered: bool,
     /// The reverse proxy this exchange went through, when its upstream hop is folded into it

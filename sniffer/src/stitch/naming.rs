@@ -84,11 +84,15 @@ impl<L: LogSink> Stitcher<L> {
             (None, Some(s)) => s.local.clone(),
             _ => Endpoint::Unknown,
         };
+        let tls = [&e.client, &e.server]
+            .into_iter()
+            .flatten()
+            .any(|v| self.conns.get(&v.conn).is_some_and(|i| i.tls));
         let url = if e.orphan {
             String::new()
         } else {
             let authority = host.clone().unwrap_or_else(|| server_addr.to_string());
-            crate::http::target::url(&target, &authority)
+            crate::http::target::url(&target, &authority, tls)
         };
         let port = match &server_addr {
             Endpoint::Inet(a) => Some(a.port()),
@@ -145,6 +149,7 @@ impl<L: LogSink> Stitcher<L> {
             e.from = from;
             e.to = to;
             e.url = url;
+            e.tls = tls;
             e.via = via;
             e.upstream_view = upstream_view;
             e.upstream_target = upstream_target;
