@@ -1,6 +1,7 @@
 //! What a sniffer leaves behind: nothing. Its BPF programs go with its process, even when it is
 //! killed with SIGKILL; SIGINT and SIGTERM flush what was half done, marked incomplete.
 use std::{
+    collections::HashSet,
     io::Write as _,
     net::TcpStream,
     time::{Duration, Instant},
@@ -8,19 +9,29 @@ use std::{
 
 use sniffer_tests::{Running, Server, kernel_tests};
 
-/// Programs of ours loaded in the kernel now (named after their tracepoints; the kernel keeps
-/// 15 bytes of a name).
-fn our_programs() -> usize {
+/// The BPF programs process `pid` holds, by id (its fds' `prog_id` in /proc/PID/fdinfo): other
+/// sniffers running at the same time hold their own.
+fn programs_of(pid: u32) -> HashSet<u32> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return HashSet::new();
+    };
+    fds.filter_map(Result::ok)
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .collect()
+}
+
+/// Which of `ids` are still loaded in the kernel.
+fn still_loaded(ids: &HashSet<u32>) -> Vec<u32> {
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
-        .filter(|p| {
-            let name = p.name_as_str().unwrap_or("");
-            name == "sys_enter"
-                || name.starts_with("sys_exit")
-                || name.starts_with("sched_process_")
-                || name == "copy_more"
-        })
-        .count()
+        .map(|p| p.id())
+        .filter(|id| ids.contains(id))
+        .collect()
 }
 
 #[test]
@@ -28,22 +39,22 @@ fn sigkill_leaves_no_bpf_program_attached() {
     if !kernel_tests() {
         return;
     }
-    let before = our_programs();
     let running = Running::start(&["--comm", "nothing-to-see"]);
-    let during = our_programs();
-    assert!(
-        // sys_enter, sys_exit, and sched_process_{fork,exec,exit}.
-        during >= before + 5,
-        "sniffer's programs are loaded: {before} -> {during}"
-    );
+    let ours = programs_of(running.pid());
+    // sys_enter, sys_exit, sched_process_{fork,exec,exit}, and the TLS probes.
+    assert!(ours.len() >= 5, "sniffer's programs are loaded: {ours:?}");
+    assert_eq!(still_loaded(&ours).len(), ours.len());
     running.kill();
     // The kernel frees programs when their last reference (link, fd) goes: shortly after.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while our_programs() > before {
+    loop {
+        let left = still_loaded(&ours);
+        if left.is_empty() {
+            break;
+        }
         assert!(
             Instant::now() < deadline,
-            "programs still loaded 10 s after SIGKILL: {}",
-            our_programs()
+            "programs still loaded 10 s after SIGKILL: {left:?}"
         );
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -370,6 +370,11 @@ impl Running {
         Self { dir, guard, stderr }
     }
 
+    /// The sniffer's pid.
+    pub fn pid(&self) -> u32 {
+        self.guard.pid()
+    }
+
     /// Stops it with SIGINT (as Ctrl-C does) and reads its results.
     pub fn stop(self) -> Capture {
         self.stop_with(libc::SIGINT)
