@@ -255,7 +255,15 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         eprintln!("xtask: capture tests with the {variant} variant of the BPF data programs");
         run_cmd(
             cargo()
-                .args(["test", "--package", "sniffer-tests", "--test", "capture"])
+                .args([
+                    "test",
+                    "--package",
+                    "sniffer-tests",
+                    "--test",
+                    "capture",
+                    "--test",
+                    "tls",
+                ])
                 .env("SNIFFER_BIN", &bin)
                 .env("SNIFFER_BPF_VARIANT", variant)
                 .env_remove("SNIFFER_SKIP_BPF_BUILD"),
