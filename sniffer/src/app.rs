@@ -414,6 +414,21 @@ pub fn own_usage() -> (f64, f64, u64) {
     )
 }
 
+/// `, 41 connections set aside as not HTTP (redis 40, mysql 1)`, or nothing.
+fn set_aside(by: &std::collections::BTreeMap<crate::classify::Protocol, u64>) -> String {
+    let n: u64 = by.values().sum();
+    if n == 0 {
+        return String::new();
+    }
+    let mut each: Vec<String> = by.iter().map(|(p, k)| format!("{p} {k}")).collect();
+    each.sort();
+    format!(
+        ", {n} connection{} set aside as not HTTP ({})",
+        if n == 1 { "" } else { "s" },
+        each.join(", ")
+    )
+}
+
 fn summary(probe: &Probe, reader: &Reader, pipeline: &Pipeline) {
     let t = pipeline.totals;
     let (user, sys, rss) = own_usage();
@@ -450,6 +465,7 @@ fn summary(probe: &Probe, reader: &Reader, pipeline: &Pipeline) {
         .filter(|(n, _)| *n > 0)
         .map(|(n, what)| format!(", {n} {what}"))
         .collect::<String>()
+            + &set_aside(&pipeline.conns.set_aside)
     );
     let nonzero: Vec<String> = counters
         .iter()

@@ -166,6 +166,39 @@ pub fn first_bytes(bytes: &[u8], side: Side, first_of_connection: bool) -> Verdi
     }
 }
 
+/// The protocol a well-known service port speaks (MySQL/MariaDB, Redis, memcached, AMQP), for
+/// connections that began before tracing: their first bytes seen may be the middle of
+/// anything, so they are set aside only on such a port or with [`unmistakable`] bytes.
+pub const fn by_port(port: u16) -> Option<Protocol> {
+    match port {
+        3306 => Some(Protocol::Mysql),
+        6379 => Some(Protocol::Redis),
+        11211 => Some(Protocol::Memcached),
+        5671 | 5672 => Some(Protocol::Amqp),
+        _ => None,
+    }
+}
+
+/// Bytes that start a message of a protocol other than HTTP beyond doubt, wherever they fall:
+/// a Redis array (`*2\r\n$`), AMQP's header, a memcached command with its key.
+pub fn unmistakable(bytes: &[u8]) -> bool {
+    let b = &bytes[..bytes.len().min(LOOK)];
+    if b.starts_with(b"AMQP\0") {
+        return true;
+    }
+    if let Some(rest) = b.strip_prefix(b"*") {
+        let digits = rest.iter().take_while(|c| c.is_ascii_digit()).count();
+        return digits > 0 && rest[digits..].starts_with(b"\r\n$");
+    }
+    let word_len = b
+        .iter()
+        .take_while(|c| c.is_ascii_lowercase() || **c == b'_')
+        .count();
+    word_len > 0
+        && b.get(word_len) == Some(&b' ')
+        && std::str::from_utf8(&b[..word_len]).is_ok_and(|w| MEMCACHED.contains(&w))
+}
+
 /// The protocol of bytes that are not HTTP, where obvious.
 fn guess(b: &[u8]) -> Protocol {
     match b.first() {
@@ -252,6 +285,19 @@ mod tests {
             resp(b"VALUE k 0 5\r\n", false),
             Verdict::NotHttp(Protocol::Memcached)
         );
+    }
+
+    #[test]
+    fn unmistakable_bytes_and_ports() {
+        assert!(unmistakable(b"*3\r\n$3\r\nSET\r\n"));
+        assert!(unmistakable(b"get some_key\r\n"));
+        assert!(unmistakable(b"AMQP\x00\x00\x09\x01"));
+        assert!(!unmistakable(b"*not redis"));
+        assert!(!unmistakable(b"\x89PNG\r\n"));
+        assert!(!unmistakable(b"GET / HTTP/1.1"));
+        assert!(!unmistakable(b"getaway"));
+        assert_eq!(by_port(3306), Some(Protocol::Mysql));
+        assert_eq!(by_port(80), None);
     }
 
     #[test]

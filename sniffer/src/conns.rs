@@ -5,8 +5,12 @@
 //! sniffer stops; its streams are then finished up to the kernel's final offsets.
 use std::collections::HashMap;
 
+use sniffer_common::{CopyCtl, copy_flags, dir as kernel_dir};
+
 use crate::{
+    classify::{self, Protocol, Side, Verdict},
     events::{Chunk, Dir, Endpoint, FinalOffsets, Role, SockInfo, Tls, Transport},
+    probe::CopyHint,
     procs::ProcTable,
     stream::{Piece, Stream},
 };
@@ -58,6 +62,11 @@ pub struct Conn {
     /// TLS, when the connection speaks it: its streams then hold the plaintext the TLS
     /// library moved, and its bytes on the wire are only counted.
     pub tls: Option<TlsConn>,
+    /// Set aside as not HTTP at its first bytes: the kernel sends nothing more of it.
+    pub not_http: Option<Protocol>,
+    /// Bytes sent and received in all, by [`Dir::index`], as the kernel counted them at the
+    /// end (known for a connection set aside, whose streams stop at its first bytes).
+    pub total: Option<[u64; 2]>,
 }
 
 /// A TLS connection's figures.
@@ -74,6 +83,45 @@ pub struct TlsConn {
 /// 20-23, legacy version 3.x): no HTTP/1.x message starts that way.
 pub fn starts_tls_record(bytes: &[u8]) -> bool {
     matches!(bytes, [20..=23, 3, 0..=4, ..])
+}
+
+/// The protocol of a connection whose first bytes in direction `dir` cannot start HTTP/1.x
+/// (nor a uwsgi packet), by the side they come from (a role not known: neither side's).
+fn not_http(conn: &Conn, dir: Dir, bytes: &[u8]) -> Option<Protocol> {
+    let other_untouched = match dir {
+        Dir::Send => conn.streams[Dir::Recv.index()].is_untouched(),
+        Dir::Recv => conn.streams[Dir::Send.index()].is_untouched(),
+    };
+    let verdict = |side| classify::first_bytes(bytes, side, other_untouched);
+    let sides: &[Side] = match (conn.role, dir) {
+        (Role::Client, Dir::Send) | (Role::Server, Dir::Recv) => &[Side::Requests],
+        (Role::Client, Dir::Recv) | (Role::Server, Dir::Send) => &[Side::Responses],
+        (Role::Unknown, _) => &[Side::Requests, Side::Responses],
+    };
+    let mut protocol = None;
+    for &side in sides {
+        match verdict(side) {
+            Verdict::NotHttp(p) => {
+                protocol.get_or_insert(p);
+            }
+            Verdict::MaybeHttp | Verdict::Undecided => return None,
+        }
+    }
+    if conn.role == Role::Unknown {
+        // A connection older than the tracing: its first bytes seen may fall anywhere in a
+        // message. Only a well-known service port or unmistakable bytes set it aside.
+        let port = |e: &Endpoint| match e {
+            Endpoint::Inet(a) => classify::by_port(a.port()),
+            _ => None,
+        };
+        if let Some(p) = port(&conn.peer).or_else(|| port(&conn.local)) {
+            return Some(p);
+        }
+        if !classify::unmistakable(bytes) {
+            return None;
+        }
+    }
+    protocol
 }
 
 /// Where a connection's streams end, as the kernel counted them.
@@ -136,6 +184,10 @@ pub struct ConnTable {
     pub tls_unread: u64,
     /// Processes already warned about for a TLS connection that could not be read.
     tls_warned: std::collections::HashSet<u32>,
+    /// Connections set aside as not HTTP, by protocol.
+    pub set_aside: std::collections::BTreeMap<Protocol, u64>,
+    /// What the kernel should stop sending (connections set aside), for the probe to apply.
+    pub hints: Vec<CopyHint>,
     max_conns: usize,
     scratch: Vec<Piece>,
 }
@@ -209,6 +261,8 @@ impl ConnTable {
             open_lost,
             end_known: false,
             tls: None,
+            not_http: None,
+            total: None,
         }
     }
 
@@ -291,11 +345,45 @@ impl ConnTable {
             }
             Tls::Plaintext => conn.tls.get_or_insert_default().read = true,
             Tls::No => {
+                if conn.not_http.is_some() {
+                    // Bytes the kernel sent before it was told to stop.
+                    return;
+                }
                 // Before the kernel knew (the library was probed late) or without a library
                 // it reads: TLS by its first bytes, counted, never parsed as HTTP.
                 let first = conn.streams[d].is_untouched() && chunk.off == 0;
                 if conn.tls.is_some() || (first && starts_tls_record(&chunk.data)) {
                     conn.tls.get_or_insert_default().ciphertext[d] += len;
+                    return;
+                }
+                if first
+                    && !chunk.data.is_empty()
+                    && let Some(p) = not_http(conn, chunk.dir, &chunk.data)
+                {
+                    conn.not_http = Some(p);
+                    *self.set_aside.entry(p).or_default() += 1;
+                    tracing::info!(
+                        "{} (pid {}) fd {} to {}: not HTTP ({p}), set aside",
+                        procs.name(conn.tgid),
+                        conn.tgid,
+                        conn.fd,
+                        conn.peer
+                    );
+                    for dir in [kernel_dir::RECV, kernel_dir::SEND] {
+                        self.hints.push(CopyHint {
+                            tgid: conn.tgid,
+                            fd: conn.fd,
+                            dir,
+                            ctl: Some(CopyCtl {
+                                sk: conn.sk,
+                                credit_until: 0,
+                                skip_from: u64::MAX,
+                                skip_until: u64::MAX,
+                                flags: copy_flags::IGNORE,
+                                _pad: 0,
+                            }),
+                        });
+                    }
                     return;
                 }
             }
@@ -391,6 +479,19 @@ impl ConnTable {
                 }
             }
             None => {}
+        }
+        if conn.not_http.is_some() {
+            // Its streams stopped at its first bytes, on purpose: no gap to report.
+            conn.total = final_offsets.map(|e| {
+                let mut t = [0; 2];
+                t[Dir::Send.index()] = e.sent;
+                t[Dir::Recv.index()] = e.received;
+                t
+            });
+            conn.end_known = final_offsets.is_some();
+            conn.ended = Some((ts_ns, why));
+            sink.ended(&conn, procs);
+            return;
         }
         let mut out = std::mem::take(&mut self.scratch);
         // A TLS connection's streams are its plaintext: they end at the plaintext's offsets.

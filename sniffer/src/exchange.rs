@@ -564,6 +564,7 @@ mod tests {
             open_lost: false,
             end_known: true,
             tls: None,
+            not_http: None,
         }
     }
 

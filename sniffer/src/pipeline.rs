@@ -83,7 +83,9 @@ impl Pipeline {
 
     /// What the kernel should copy, decided since the last call (bounded copy).
     pub fn take_hints(&mut self) -> Vec<crate::probe::CopyHint> {
-        std::mem::take(&mut self.sinks.http.hints)
+        let mut hints = std::mem::take(&mut self.conns.hints);
+        hints.append(&mut self.sinks.http.hints);
+        hints
     }
 
     /// Exchanges, messages and breakage so far.

@@ -110,10 +110,12 @@ impl TlsLibs {
                 if !meta.is_file() {
                     continue;
                 }
+                // Named by the file itself, not a link to it.
+                let real = fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
                 let m = Mapped {
                     dev: dev_name(meta.dev()),
                     inode: meta.ino(),
-                    path: path.display().to_string(),
+                    path: real.display().to_string(),
                 };
                 self.attach(m, path, "the system's", probe);
             }

@@ -42,6 +42,26 @@ impl ConnLog {
             conn.local,
             conn.peer
         )?;
+        if let Some(p) = conn.not_http {
+            let total = conn.total.map_or_else(
+                || "bytes unknown".to_owned(),
+                |t| {
+                    format!(
+                        "{} bytes sent, {} received",
+                        t[Dir::Send.index()],
+                        t[Dir::Recv.index()]
+                    )
+                },
+            );
+            writeln!(
+                out,
+                "    not HTTP ({p}): set aside at its first bytes, the kernel sent nothing more; \
+                 {total}; ended: {}",
+                conn.ended
+                    .map_or("-".to_owned(), |e| format!("{:?}", e.1).to_lowercase())
+            )?;
+            return Ok(());
+        }
         writeln!(
             out,
             "    {}sent {} bytes ({} captured), received {} bytes ({} captured); ended: {}",

@@ -115,6 +115,7 @@ fn conn(id: u64, pid: u32, role: Role, local: &str, peer: &str) -> Conn {
         open_lost: false,
         end_known: true,
         tls: None,
+        not_http: None,
     }
 }
 
