@@ -20,6 +20,7 @@ use anyhow::{Context as _, anyhow, bail};
 use crate::{run_cmd, workspace};
 
 mod peers;
+mod redis;
 
 /// Settings of a bench run.
 pub struct Settings {
@@ -61,6 +62,8 @@ fn ensure_tools() -> anyhow::Result<()> {
         ("httpry", "httpry"),
         ("tshark", "tshark"),
         ("openssl", "openssl"),
+        ("redis-server", "redis-server"),
+        ("redis-benchmark", "redis-tools"),
     ]
     .into_iter()
     .filter(|(bin, _)| {
@@ -646,6 +649,7 @@ pub fn bench(bin: &Path, s: &Settings) -> anyhow::Result<()> {
         s,
     )?);
     let peers = peers::compare(bin, &dir, nginx_pid, port, s)?;
+    let redis = redis::case(bin, &dir, s)?;
     let soak = if s.soak_seconds > 0 {
         soak(bin, &dir, nginx_pid, port, s)?
     } else {
@@ -720,6 +724,7 @@ pub fn bench(bin: &Path, s: &Settings) -> anyhow::Result<()> {
         );
     }
     let _ = writeln!(table, "\n{}", peers::table(&peers));
+    let _ = writeln!(table, "{}", redis::table(&redis));
     let date = Command::new("date")
         .arg("-u")
         .arg("+%Y-%m-%d")
@@ -740,6 +745,7 @@ pub fn bench(bin: &Path, s: &Settings) -> anyhow::Result<()> {
         "pairs": s.pairs,
         "cases": cases,
         "peers": peers,
+        "redis": redis,
         "soak": soak,
         "table": table,
     });
