@@ -5,7 +5,7 @@
 //! offsets from the kernel's sockets map and hands them on with the exit: a stream whose last
 //! events were lost still ends at the right byte.
 use std::{
-    collections::{HashMap as StdHashMap, HashSet},
+    collections::HashSet,
     io,
     mem::size_of,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -381,7 +381,7 @@ pub struct Reader {
     ring: AsyncFd<RingBuf<MapData>>,
     sockets: HashMap<MapData, SockKey, SockState>,
     /// fds with a live kernel socket entry, per process.
-    live: StdHashMap<u32, HashSet<i32>>,
+    live: rustc_hash::FxHashMap<u32, HashSet<i32>>,
     /// The last data event's (tgid, fd): runs of chunks skip the set insert.
     last_data: Option<(u32, i32)>,
     /// Records that did not decode (a bug on one side of the contract if ever non-zero).
@@ -401,7 +401,7 @@ impl Reader {
         Ok(Self {
             ring,
             sockets,
-            live: StdHashMap::new(),
+            live: rustc_hash::FxHashMap::default(),
             last_data: None,
             malformed: 0,
             records: 0,

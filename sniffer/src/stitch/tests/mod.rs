@@ -116,6 +116,7 @@ fn conn(id: u64, pid: u32, role: Role, local: &str, peer: &str) -> Conn {
         end_known: true,
         tls: None,
         not_http: None,
+        total: None,
     }
 }
 
@@ -157,7 +158,7 @@ impl World {
             http: Exchanges::new(st, 4096),
             procs,
             conns,
-            off: HashMap::new(),
+            off: HashMap::default(),
         }
     }
 
@@ -173,7 +174,7 @@ impl World {
             http: Exchanges::new(st, 4096),
             procs: table,
             conns,
-            off: HashMap::new(),
+            off: HashMap::default(),
         }
     }
 
