@@ -787,6 +787,57 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_that_is_not_http_is_set_aside_and_the_kernel_told() {
+        let mut t = ConnTable::new();
+        let mut r = Record::default();
+        let p = ProcTable::new();
+        t.open(&sock(3, 0xa, 0, 0), &mut r, &p);
+        t.data(
+            chunk(3, 0xa, Dir::Send, 0, b"*3\r\n$3\r\nSET\r\n"),
+            &mut r,
+            &p,
+        );
+        t.data(chunk(3, 0xa, Dir::Recv, 0, b"+OK\r\n"), &mut r, &p);
+        let c = t.get(7, 3).unwrap();
+        assert_eq!(c.not_http, Some(Protocol::Redis));
+        assert_eq!(
+            r.log,
+            ["open #1 127.0.0.1:40000 -> 127.0.0.1:8000"],
+            "nothing delivered"
+        );
+        assert_eq!(t.set_aside.get(&Protocol::Redis), Some(&1));
+        let dirs: Vec<u32> = t.hints.iter().map(|h| h.dir).collect();
+        assert_eq!(dirs, [kernel_dir::RECV, kernel_dir::SEND]);
+        for h in &t.hints {
+            let ctl = h.ctl.unwrap();
+            assert_eq!((h.tgid, h.fd, ctl.sk), (7, 3, 0xa));
+            assert_eq!(ctl.flags, copy_flags::IGNORE);
+        }
+        // Its close: no gap reported, the totals kept.
+        t.close(&sock(3, 0xa, 14, 5), &mut r, &p);
+        assert_eq!(r.log.last().unwrap(), "end #1 Some(Closed)");
+        assert_eq!(r.log.len(), 2);
+    }
+
+    #[test]
+    fn an_older_connection_is_set_aside_only_on_sure_grounds() {
+        let mut t = ConnTable::new();
+        let mut r = Record::default();
+        let p = ProcTable::new();
+        let mut s = sock(3, 0xa, 0, 0);
+        s.role = Role::Unknown;
+        t.open(&s, &mut r, &p);
+        // The middle of some binary body: could be anything, HTTP included. Read on.
+        t.data(
+            chunk(3, 0xa, Dir::Recv, 0, &[0x89, b'P', b'N', b'G']),
+            &mut r,
+            &p,
+        );
+        assert_eq!(t.get(7, 3).unwrap().not_http, None);
+        assert!(t.hints.is_empty());
+    }
+
+    #[test]
     fn plain_http_is_not_taken_for_tls() {
         assert!(!starts_tls_record(b"GET / HTTP/1.1"));
         assert!(!starts_tls_record(b"HTTP/1.1 200 OK"));
