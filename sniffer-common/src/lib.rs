@@ -216,6 +216,10 @@ pub mod data_flags {
 pub mod sock_flags {
     /// A TLS library call on this socket was seen: its syscalls carry ciphertext.
     pub const TLS: u32 = 1;
+    /// Userspace set the socket aside (not HTTP, [`crate::copy_flags::IGNORE`]): its data
+    /// syscalls stop at the socket lookup, before the fd walk. Set by the exit program when it
+    /// finds the word in the copy-control map.
+    pub const IGNORED: u32 = 2;
 }
 
 /// Direction of a data event, seen from the traced process.
@@ -343,6 +347,25 @@ pub struct DataHeader {
     pub cap: u32,
     /// Bits of [`data_flags`].
     pub flags: u32,
+}
+
+impl DataHeader {
+    /// All zero, to fill in.
+    pub const EMPTY: Self = Self {
+        kind: 0,
+        dir: 0,
+        ts_ns: 0,
+        tgid: 0,
+        tid: 0,
+        fd: 0,
+        syscall: 0,
+        sk: 0,
+        off: 0,
+        len: 0,
+        syscall_len: 0,
+        cap: 0,
+        flags: 0,
+    };
 }
 
 /// A data event as staged in the per-CPU scratch map; only `size_of::<DataHeader>() + cap` bytes
@@ -477,8 +500,9 @@ pub struct CopyCtl {
 
 /// Bits of [`CopyCtl::flags`].
 pub mod copy_flags {
-    /// Not HTTP: send nothing of this stream's syscalls any more (its close still comes). The
-    /// enter program checks it first, before it looks at the fd.
+    /// Not HTTP: send nothing of this socket's syscalls any more (its close still comes). The
+    /// exit program marks the socket [`crate::sock_flags::IGNORED`], which the enter program
+    /// checks first, before it looks at the fd.
     pub const IGNORE: u32 = 1;
 }
 

@@ -21,7 +21,8 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RetProbeContext},
 };
 use sniffer_common::{
-    CHUNK_SIZE, Config, DataHeader, MAX_LOOP_ITERATIONS, STEPS_PER_TAIL_CALL, StreamKey, counters,
+    CHUNK_SIZE, Config, CopyCtl, DataHeader, MAX_LOOP_ITERATIONS, STEPS_PER_TAIL_CALL, StreamKey,
+    counters,
 };
 
 use crate::{
@@ -31,11 +32,10 @@ use crate::{
     ring::{emit_uncopied, room_for_data, wakeup},
 };
 
-/// Sets up the copy of `hdr.syscall_len` bytes of a stream starting at `hdr.off`, with what
-/// userspace wants copied of that stream (bounded copy) or, without word from it, a first
-/// window. The caller then says where the bytes are (`base`/`seg_left` or `iov`/`iov_left`).
+/// What userspace said of the stream `hdr` belongs to (bounded copy, or set aside), when it
+/// said something about this very socket.
 #[inline(always)]
-pub fn prepare(cfg: &Config, hdr: DataHeader) -> Option<*mut Copy> {
+pub fn control(hdr: &DataHeader) -> Option<CopyCtl> {
     let skey = StreamKey {
         tgid: hdr.tgid,
         fd: hdr.fd,
@@ -43,10 +43,21 @@ pub fn prepare(cfg: &Config, hdr: DataHeader) -> Option<*mut Copy> {
         _pad: 0,
     };
     // SAFETY: copied out of the map value.
-    let (skip_at, skip_to, stop_at) = match unsafe { COPY_CTL.get(skey) } {
-        Some(ctl) if ctl.sk == hdr.sk => (ctl.skip_from, ctl.skip_until, ctl.credit_until),
-        _ if cfg.initial_credit_kib == 0 => (u64::MAX, u64::MAX, u64::MAX),
-        _ => (u64::MAX, u64::MAX, u64::from(cfg.initial_credit_kib) << 10),
+    unsafe { COPY_CTL.get(skey) }
+        .copied()
+        .filter(|ctl| ctl.sk == hdr.sk)
+}
+
+/// Sets up the copy of `hdr.syscall_len` bytes of a stream starting at `hdr.off`, with what
+/// userspace wants copied of that stream (`ctl`, bounded copy) or, without word from it, a
+/// first window. The caller then says where the bytes are (`base`/`seg_left` or
+/// `iov`/`iov_left`).
+#[inline(always)]
+pub fn prepare(cfg: &Config, hdr: DataHeader, ctl: Option<CopyCtl>) -> Option<*mut Copy> {
+    let (skip_at, skip_to, stop_at) = match ctl {
+        Some(ctl) => (ctl.skip_from, ctl.skip_until, ctl.credit_until),
+        None if cfg.initial_credit_kib == 0 => (u64::MAX, u64::MAX, u64::MAX),
+        None => (u64::MAX, u64::MAX, u64::from(cfg.initial_credit_kib) << 10),
     };
     let state = COPY_STATE.get_ptr_mut(0)?;
     // SAFETY: per-CPU map value, used by this program run only.

@@ -29,10 +29,10 @@ pub static SK_ROLES: LruHashMap<u64, u32> = LruHashMap::with_max_entries(maps::S
 #[map]
 pub static COPY_CTL: HashMap<StreamKey, CopyCtl> =
     HashMap::with_max_entries(maps::COPY_CTL_CAPACITY, 0);
-/// LRU: an entry whose exit never comes (the thread died in the syscall) ages out.
+/// A plain hash (an LRU's bookkeeping costs every lookup): an entry whose exit never comes
+/// goes when its thread exits (`sched_process_exit`).
 #[map]
-pub static PENDING: LruHashMap<u32, Pending> =
-    LruHashMap::with_max_entries(maps::PENDING_CAPACITY, 0);
+pub static PENDING: HashMap<u32, Pending> = HashMap::with_max_entries(maps::PENDING_CAPACITY, 0);
 #[map]
 pub static SCRATCH: PerCpuArray<DataEvent> = PerCpuArray::with_max_entries(1, 0);
 /// The chunk loop's state lives in a map, not on the stack: the verifier tracks stack values

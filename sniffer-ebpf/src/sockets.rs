@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use sniffer_common::{
     Config, KernelOffsets, OFFSET_ABSENT, SockAddr, SockEvent, SockKey, SockState, UNIX_PATH_LEN,
-    config_flags, counters, family, kind, maps, role,
+    config_flags, counters, family, kind, maps, role, sock_flags,
 };
 
 use crate::{
@@ -232,6 +232,14 @@ pub fn track_socket(
     new_role: Option<u32>,
 ) -> Option<u64> {
     let key = SockKey { tgid, fd };
+    // A socket set aside: nothing to do, not even the fd walk. (Its close still ends it; an fd
+    // replaced without a close we see, by dup2, stays ignored until then.)
+    if new_role.is_none()
+        // SAFETY: plain value read.
+        && unsafe { SOCKETS.get(key) }.is_some_and(|st| st.flags & sock_flags::IGNORED != 0)
+    {
+        return None;
+    }
     let found = fd_socket(&cfg.kernel, tgid, fd, cfg.flags);
     if let Some(st) = SOCKETS.get_ptr_mut(key) {
         // SAFETY: map value pointer, valid during this program run.

@@ -17,16 +17,15 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use sniffer_common::{
-    Config, DataHeader, MAX_IOVECS, Pending, SockKey, SslKey, StreamKey, Syscall, config_flags,
-    copy_flags, data_flags, dir, kind, role, sock_flags,
+    Config, DataHeader, MAX_IOVECS, Pending, SockKey, SslKey, Syscall, config_flags, copy_flags,
+    data_flags, dir, kind, role, sock_flags,
 };
 
 use crate::{
     atomic::{fetch_add, read_then_add},
     copy,
     maps::{
-        COPY_CTL, COPY_TAIL, SOCKETS, SSL_FDS, TLS_CALLS, config, current_target, save_pending,
-        take_pending,
+        COPY_TAIL, SOCKETS, SSL_FDS, TLS_CALLS, config, current_target, save_pending, take_pending,
     },
     ring::{emit_proc, emit_uncopied},
     sockets::{emit_sock, track_socket},
@@ -159,9 +158,6 @@ fn enter_data(
         return 0;
     }
     let fd = arg(regs, 0) as i32;
-    if ignored(tgid, fd, sc.dir()) {
-        return 0;
-    }
     let Some(sk) = track_socket(cfg, tgid, tid, fd, None) else {
         return 0;
     };
@@ -184,29 +180,6 @@ fn enter_data(
         },
     );
     0
-}
-
-/// Whether userspace set this stream aside (not HTTP): checked before the fd walk, so such a
-/// connection's syscalls cost two lookups. The socket the entry was for must still be the
-/// one the fd has (an fd closed and reused since is not ignored: its close removed the socket
-/// entry, and the next walk records the new socket).
-#[inline(always)]
-fn ignored(tgid: u32, fd: i32, d: u32) -> bool {
-    let key = StreamKey {
-        tgid,
-        fd,
-        dir: d,
-        _pad: 0,
-    };
-    // SAFETY: copied out of the map values.
-    let Some(ctl) = (unsafe { COPY_CTL.get(key) }).copied() else {
-        return false;
-    };
-    if ctl.flags & copy_flags::IGNORE == 0 {
-        return false;
-    }
-    // SAFETY: as above.
-    unsafe { SOCKETS.get(SockKey { tgid, fd }) }.is_some_and(|st| st.sk == ctl.sk)
 }
 
 /// A socket syscall inside a TLS library call: that call's `SSL *` uses this socket, whose
@@ -346,11 +319,25 @@ fn exit_data<const BPF_LOOP: bool, const FETCH: bool>(
         return;
     };
     let d = sc.dir();
+    // SAFETY: map value pointer, valid during this program run.
+    if unsafe { (*st).sk } != p.sk {
+        return;
+    }
+    let ctl = copy::control(&DataHeader {
+        tgid,
+        fd: p.fd,
+        dir: d,
+        sk: p.sk,
+        ..DataHeader::EMPTY
+    });
+    if ctl.is_some_and(|c| c.flags & copy_flags::IGNORE != 0) {
+        // Set aside (not HTTP): nothing more of it, and its enters stop at the lookup.
+        // SAFETY: as above.
+        unsafe { (*st).flags |= sock_flags::IGNORED };
+        return;
+    }
     // SAFETY: map value pointer; the offset counter is shared by threads of the process.
     let (off, tls) = unsafe {
-        if (*st).sk != p.sk {
-            return;
-        }
         let counter = if d == dir::SEND {
             &raw mut (*st).send_off
         } else {
@@ -390,7 +377,7 @@ fn exit_data<const BPF_LOOP: bool, const FETCH: bool>(
         );
         return;
     }
-    let Some(state) = copy::prepare(cfg, hdr) else {
+    let Some(state) = copy::prepare(cfg, hdr, ctl) else {
         return;
     };
     // SAFETY: per-CPU map value, used by this program run only.

@@ -186,7 +186,7 @@ fn ret<const BPF_LOOP: bool, const FETCH: bool>(ctx: &RetProbeContext) -> u32 {
         cap: 0,
         flags: 0,
     };
-    let Some(state) = copy::prepare(cfg, hdr) else {
+    let Some(state) = copy::prepare(cfg, hdr, copy::control(&hdr)) else {
         return 0;
     };
     // SAFETY: per-CPU map value, used by this program run only.
