@@ -62,6 +62,7 @@ const TEST_BINARIES: &[&str] = &[
     "cli",
     "http",
     "lifecycle",
+    "not_http",
     "outputs",
     "tls",
     "tracefs",
