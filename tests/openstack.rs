@@ -13,8 +13,8 @@ use serde_json::Value;
 use sniffer_tests::{
     kernel_tests,
     openstack::{
-        Run, assert_nested, assert_numbered_and_drawn, assert_served_once, create_image, find,
-        fresh_dir, qcow2, sniff, start_bed,
+        Run, assert_databases_set_aside, assert_nested, assert_numbered_and_drawn,
+        assert_served_once, create_image, find, fresh_dir, qcow2, sniff, start_bed,
     },
 };
 
@@ -24,6 +24,8 @@ fn check(run: &Run, what: &str) {
     assert!(!run.exchanges.is_empty(), "{}", ctx());
     // Every request each service logged, exactly once, and nothing it did not serve.
     assert_served_once(run, |p| p, &ctx());
+    // MariaDB and memcached, as devstack has them: set aside, never in the log.
+    assert_databases_set_aside(run, &ctx());
     let mut names: Vec<&str> = run
         .exchanges
         .iter()

@@ -12,8 +12,8 @@ use std::fs;
 use sniffer_tests::{
     kernel_tests,
     openstack::{
-        Run, assert_nested, assert_numbered_and_drawn, assert_served_once, create_image, fresh_dir,
-        path_of, qcow2, sniff, start_bed_tls,
+        Run, assert_databases_set_aside, assert_nested, assert_numbered_and_drawn,
+        assert_served_once, create_image, fresh_dir, path_of, qcow2, sniff, start_bed_tls,
     },
 };
 
@@ -30,6 +30,8 @@ fn check(run: &Run, what: &str) {
     let ctx = || format!("{what}: log in {}", run.dir.display());
     assert!(!run.exchanges.is_empty(), "{}", ctx());
     assert_served_once(run, without_image_prefix, &ctx());
+    // MariaDB and memcached, as devstack has them: set aside, never in the log.
+    assert_databases_set_aside(run, &ctx());
     let mut names: Vec<&str> = run
         .exchanges
         .iter()

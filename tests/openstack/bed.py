@@ -4,9 +4,12 @@ uWSGI with devstack's process names, all state in one directory.
 
 usage: bed.py VENV STATE_DIR [--swift SWIFT_VENV] [--apache] [--tls]
 
-Configures keystone (sqlite, fernet tokens, admin/secret bootstrapped, endpoints on 127.0.0.1)
-and glance-api (sqlite, file store, keystonemiddleware auth_token with its own `glance` service
-user), starts both, then prints one JSON line:
+Like devstack: MariaDB (Debian's mariadbd, a datadir of its own, 127.0.0.1:3306) holds keystone's
+and glance's databases (PyMySQL), and memcached (127.0.0.1:11211) caches for keystone
+(`[cache]` with oslo_cache.memcache_pool) and for glance's keystonemiddleware
+(`memcached_servers`). Configures keystone (fernet tokens, admin/secret bootstrapped, endpoints
+on 127.0.0.1) and glance-api (file store, keystonemiddleware auth_token with its own `glance`
+service user), starts both, then prints one JSON line:
 
   {"keystone": {"pid": N, "port": N, "log": PATH}, "glance": {...}, "env": {OS_* ...}}
 
@@ -134,6 +137,50 @@ def stop(*_):
 
 signal.signal(signal.SIGTERM, stop)
 
+def start_mariadb():
+    """mariadbd with a datadir of its own on 127.0.0.1:3306 (devstack's port), databases
+    keystone and glance; no passwords (grant tables skipped: a test's own server)."""
+    probe = socket.socket()
+    try:
+        probe.bind(("127.0.0.1", 3306))
+    except OSError as e:
+        raise SystemExit(f"127.0.0.1:3306 is taken ({e}); the bed's MariaDB needs it, as devstack's")
+    finally:
+        probe.close()
+    data = os.path.join(state, "mysql")
+    sock = os.path.join(state, "mysql.sock")
+    run("mariadb-install-db", "--no-defaults", f"--datadir={data}", "--user=root",
+        "--auth-root-authentication-method=normal", "--skip-test-db")
+    spawn("/usr/sbin/mariadbd", "--no-defaults", f"--datadir={data}", f"--socket={sock}",
+          "--port=3306", "--bind-address=127.0.0.1", "--user=root", "--skip-grant-tables",
+          f"--pid-file={state}/mysql.pid", f"--log-error={state}/mysql.err")
+    end = time.time() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", 3306), timeout=1).close()
+            break
+        except OSError:
+            if time.time() > end:
+                raise SystemExit("MariaDB did not listen on 3306 in 60s")
+            time.sleep(0.2)
+    run("mariadb", "--no-defaults", f"--socket={sock}", "-e",
+        "CREATE DATABASE keystone; CREATE DATABASE glance;")
+
+
+def start_memcached():
+    """memcached on 127.0.0.1:11211, devstack's."""
+    spawn("memcached", "-u", "nobody", "-l", "127.0.0.1", "-p", "11211", "-U", "0", "-m", "64")
+    end = time.time() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", 11211), timeout=1).close()
+            return
+        except OSError:
+            if time.time() > end:
+                raise SystemExit("memcached did not listen on 11211 in 30s")
+            time.sleep(0.1)
+
+
 def make_cert(d):
     """A self-signed certificate for 127.0.0.1 (clients take it as their CA)."""
     os.makedirs(d, exist_ok=True)
@@ -207,12 +254,15 @@ else:
     kbase, gurl = f"http://127.0.0.1:{kport}", None
     gurl = f"http://127.0.0.1:{gport}"
 kurl = f"{kbase}/v3"
+start_mariadb()
+start_memcached()
+db = "mysql+pymysql://root@127.0.0.1:3306"
 
 # keystone
 kconf = os.path.join(state, "keystone.conf")
 write(kconf, f"""[DEFAULT]
 [database]
-connection = sqlite:///{state}/keystone.db
+connection = {db}/keystone
 [token]
 provider = fernet
 [fernet_tokens]
@@ -221,6 +271,10 @@ key_repository = {state}/fernet-keys
 key_repository = {state}/fernet-receipts
 [credential]
 key_repository = {state}/credential-keys
+[cache]
+enabled = true
+backend = oslo_cache.memcache_pool
+memcache_servers = 127.0.0.1:11211
 """)
 km = lambda *a: run(bin_("keystone-manage"), "--config-file", kconf, *a)  # noqa: E731
 km("db_sync")
@@ -259,6 +313,7 @@ user_domain_name = Default
 project_name = service
 username = {user}
 password = secret
+memcached_servers = 127.0.0.1:11211
 """ + (f"cafile = {cacert}\n" if tls else "")
 
 
@@ -338,7 +393,7 @@ gconf = os.path.join(getc, "glance-api.conf")
 write(gconf, f"""[DEFAULT]
 enabled_backends = fs:file{", swift:swift" if swift else ""}
 [database]
-connection = sqlite:///{state}/glance.db
+connection = {db}/glance
 [keystone_authtoken]
 {authtoken("glance")}[paste_deploy]
 flavor = keystone

@@ -135,6 +135,20 @@ impl Lines {
         Self { rx }
     }
 
+    /// Every line until the output ends (at most `limit`), joined.
+    pub fn rest(&self, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        let mut out = String::new();
+        while let Ok(l) = self
+            .rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            out.push_str(&l);
+            out.push('\n');
+        }
+        out
+    }
+
     /// The first line starting with `prefix`, waiting at most `limit`.
     pub fn expect(&self, prefix: &str, limit: Duration) -> String {
         let deadline = Instant::now() + limit;

@@ -133,6 +133,8 @@ fn start_bed_with(state: &str, swift_venv: Option<&PathBuf>, flags: &[&str]) -> 
 pub struct Run {
     pub dir: PathBuf,
     pub stdout: String,
+    /// What sniffer said on stderr (its summary last).
+    pub stderr: String,
     pub log: String,
     pub exchanges: Vec<Value>,
     pub keystone: Vec<(String, String, u16)>,
@@ -201,7 +203,7 @@ pub fn sniff_with(bed: &Bed, name: &str, args: &[&str], t: &Trace<'_>) -> Run {
         .args(args)
         .envs(bed.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::null());
-    let stdout = if t.cli {
+    let (stdout, stderr) = if t.cli {
         let mut cmd = sniffer;
         cmd.arg("--").arg(bed.venv.join("bin/openstack")).args(args);
         cmd.envs(bed.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
@@ -211,7 +213,7 @@ pub fn sniff_with(bed: &Bed, name: &str, args: &[&str], t: &Trace<'_>) -> Run {
             out.status.success(),
             "openstack {args:?} under sniffer failed:\n{stderr}"
         );
-        out.stdout
+        (out.stdout, stderr)
     } else {
         sniffer.stderr(Stdio::piped()).stdout(Stdio::null());
         let mut running = Guard::spawn(&mut sniffer);
@@ -228,7 +230,7 @@ pub fn sniff_with(bed: &Bed, name: &str, args: &[&str], t: &Trace<'_>) -> Run {
         running.signal(libc::SIGINT);
         let st = running.wait_timeout(Duration::from_secs(60));
         assert!(st.success(), "sniffer exited with {st}");
-        out.stdout
+        (out.stdout, lines.rest(Duration::from_secs(10)))
     };
     // uWSGI writes its request line after the response: give it a moment.
     std::thread::sleep(Duration::from_millis(300));
@@ -240,6 +242,7 @@ pub fn sniff_with(bed: &Bed, name: &str, args: &[&str], t: &Trace<'_>) -> Run {
         .collect();
     Run {
         stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr,
         dir,
         log,
         exchanges,
@@ -302,6 +305,33 @@ pub fn create_image(bed: &Bed, name: &str, img: &Path) -> Run {
 
 /// Every request keystone and glance-api logged in the run's window, exactly once, as sniffer
 /// saw them served (`glance_path` maps what sniffer shows to what glance logged).
+/// The services' MySQL and memcached connections were set aside (none of them in the log):
+/// the summary counts both protocols.
+pub fn assert_databases_set_aside(run: &Run, ctx: &str) {
+    let summary = run
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("sniffer: ") && l.contains(" exchanges, "))
+        .unwrap_or_else(|| panic!("no summary: {}; {ctx}", run.stderr));
+    for p in ["memcached ", "mysql "] {
+        assert!(
+            summary.contains("set aside as not HTTP") && summary.contains(p),
+            "{p}connections not set aside: {summary}; {ctx}"
+        );
+    }
+    assert!(
+        summary.contains(" 0 broken "),
+        "nothing counted broken: {summary}; {ctx}"
+    );
+    for x in &run.exchanges {
+        let url = x["url"].as_str().unwrap_or("");
+        assert!(
+            !url.contains(":3306") && !url.contains(":11211"),
+            "a database in the log: {x}; {ctx}"
+        );
+    }
+}
+
 pub fn assert_served_once(run: &Run, glance_path: fn(String) -> String, ctx: &str) {
     assert_eq!(
         seen_by(run, "keystone"),

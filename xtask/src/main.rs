@@ -384,13 +384,17 @@ fn fuzz(seconds: u64, runs: Option<u64>, target: &str) -> anyhow::Result<()> {
     )
 }
 
-/// Python packages of the OpenStack test bed (swiftclient: glance's swift store).
+/// Python packages of the OpenStack test bed (swiftclient: glance's swift store; PyMySQL for
+/// MariaDB, python-memcached and pymemcache for the caches, as devstack installs them).
 const OPENSTACK_PACKAGES: &[&str] = &[
     "keystone",
     "glance",
     "python-openstackclient",
     "python-swiftclient",
     "uwsgi",
+    "PyMySQL",
+    "python-memcached",
+    "pymemcache",
 ];
 /// Swift, in a venv of its own (its pins and glance's need not agree).
 const SWIFT_PACKAGES: &[&str] = &[
@@ -398,13 +402,26 @@ const SWIFT_PACKAGES: &[&str] = &[
     "python-swiftclient",
     "pyeclib",
     "keystonemiddleware",
+    "python-memcached",
 ];
 
 /// A venv under target/ with `packages`, made or completed when any of `ready` (paths under the
-/// venv) is missing (about 40 s from PyPI wheels).
-fn venv(name: &str, packages: &[&str], ready: &[&str]) -> anyhow::Result<PathBuf> {
+/// venv) is missing or a module of `imports` does not import (about 40 s from PyPI wheels).
+fn venv(
+    name: &str,
+    packages: &[&str],
+    ready: &[&str],
+    imports: &[&str],
+) -> anyhow::Result<PathBuf> {
     let venv = workspace().join("target").join(name);
-    if ready.iter().all(|p| venv.join(p).exists()) {
+    let imports_ok = || {
+        Command::new(venv.join("bin").join("python"))
+            .arg("-c")
+            .arg(format!("import {}", imports.join(", ")))
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if ready.iter().all(|p| venv.join(p).exists()) && (imports.is_empty() || imports_ok()) {
         return Ok(venv);
     }
     eprintln!(
@@ -434,11 +451,13 @@ fn e2e(args: &[String]) -> anyhow::Result<()> {
             "bin/glance-manage",
             "bin/swift",
         ],
+        &["pymysql", "memcache", "pymemcache"],
     )?;
     let swift = venv(
         "swift-venv",
         SWIFT_PACKAGES,
         &["bin/swift-proxy-server", "bin/swift-ring-builder"],
+        &["memcache"],
     )?;
     // devstack's front: Debian's apache2 with mod_proxy_uwsgi (.ci/run installs them).
     for (path, package) in [
@@ -449,6 +468,8 @@ fn e2e(args: &[String]) -> anyhow::Result<()> {
         ),
         ("/usr/lib/apache2/modules/mod_ssl.so", "apache2"),
         ("/usr/bin/openssl", "openssl"),
+        ("/usr/sbin/mariadbd", "mariadb-server"),
+        ("/usr/bin/memcached", "memcached"),
         ("/usr/bin/qemu-img", "qemu-utils"),
     ] {
         anyhow::ensure!(
