@@ -52,7 +52,10 @@ pub enum HttpEvent {
         answers: Option<MsgKey>,
     },
     /// A request head is complete (its body may follow).
-    RequestHead { key: MsgKey, head: Head },
+    RequestHead {
+        key: MsgKey,
+        head: std::sync::Arc<Head>,
+    },
     /// A request ended.
     Request { key: MsgKey, msg: Message },
     /// A response ended. `request` is the request it answers; None for an orphan.

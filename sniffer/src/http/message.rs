@@ -38,7 +38,8 @@ pub enum Ending {
 /// fault).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
-    pub head: Head,
+    /// Shared with the head's event and the exchange: heads are not copied.
+    pub head: std::sync::Arc<Head>,
     /// Stream offset of its first byte.
     pub off: u64,
     /// Kernel time of its first and last bytes.

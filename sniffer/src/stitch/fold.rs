@@ -136,7 +136,7 @@ impl<L: LogSink> Stitcher<L> {
         if e.client.is_some() || e.caller.is_some() || !self.comes_from_proxy(e) {
             return;
         }
-        let Some(addr) = e.head.as_ref().and_then(proxy::forwarded_client) else {
+        let Some(addr) = e.head.as_deref().and_then(proxy::forwarded_client) else {
             return;
         };
         let Some(pid) = self.owners.as_mut().and_then(|o| o.owner(addr)) else {

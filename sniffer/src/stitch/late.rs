@@ -60,8 +60,12 @@ impl<L: LogSink> Stitcher<L> {
         if let Some(e) = self.exchanges.get_mut(&x)
             && let Some(h) = e.head.as_mut()
         {
-            h.headers = Vec::new();
-            h.cgi = Vec::new();
+            *h = std::sync::Arc::new(crate::http::head::Head {
+                start: h.start.clone(),
+                headers: Vec::new(),
+                len: h.len,
+                cgi: Vec::new(),
+            });
         }
         self.late.push_back(x);
         while self.late.len() > MAX_LATE {

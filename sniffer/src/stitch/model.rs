@@ -68,7 +68,7 @@ pub struct Exchange {
     /// Waits in the stitcher's inbound or outbound list for its other hop.
     pub(super) listed: bool,
     pub(super) written: [bool; 2],
-    pub(super) head: Option<Head>,
+    pub(super) head: Option<std::sync::Arc<Head>>,
     pub(super) keys: Vec<MsgKey>,
     pub(super) resolved: bool,
     pub(super) done_at: Option<u64>,
@@ -78,7 +78,7 @@ pub struct Exchange {
 
 impl Exchange {
     pub fn method(&self) -> &str {
-        self.head.as_ref().and_then(Head::method).unwrap_or("")
+        self.head.as_deref().and_then(Head::method).unwrap_or("")
     }
 
     pub fn message(&self, which: Which) -> Option<&Message> {

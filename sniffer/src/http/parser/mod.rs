@@ -45,7 +45,10 @@ pub enum Parsed {
     /// The first byte of what should be a message.
     Begin { off: u64, ts: u64 },
     /// Its head is complete (before its body).
-    Head { off: u64, head: Head },
+    Head {
+        off: u64,
+        head: std::sync::Arc<Head>,
+    },
     /// The message ended.
     End(Message),
     /// What began at `off` is not a message (no start line could be read); nothing else will
@@ -452,6 +455,7 @@ impl DirParser {
         out: &mut Vec<Parsed>,
     ) {
         let framing = rule(&head, self.buf_ts);
+        let head = std::sync::Arc::new(head);
         out.push(Parsed::Head {
             off: self.buf_off,
             head: head.clone(),
@@ -514,6 +518,7 @@ impl DirParser {
         };
         match head {
             Some(head) => {
+                let head = std::sync::Arc::new(head);
                 out.push(Parsed::Head {
                     off,
                     head: head.clone(),
