@@ -2,7 +2,7 @@
 //! reference logs), text as is, binary as its size and first bytes in hex; gzip/deflate bodies
 //! decoded first (bounded); secrets replaced by a short fingerprint so the same token can
 //! still be followed from the response that issued it to the requests that use it.
-use std::io::Read as _;
+use std::{borrow::Cow, io::Read as _};
 
 use sha2::{Digest as _, Sha256};
 
@@ -39,11 +39,11 @@ pub fn is_secret_header(name: &str) -> bool {
 }
 
 /// A header value for display: lossy UTF-8, or its fingerprint when secret and `redact`.
-pub fn header_value(name: &str, value: &[u8], redact: bool) -> String {
+pub fn header_value<'a>(name: &str, value: &'a [u8], redact: bool) -> Cow<'a, str> {
     if redact && is_secret_header(name) && !value.is_empty() {
-        fingerprint(value)
+        Cow::Owned(fingerprint(value))
     } else {
-        String::from_utf8_lossy(value).into_owned()
+        String::from_utf8_lossy(value)
     }
 }
 

@@ -115,7 +115,7 @@ impl Recorder {
                 .map(|h| {
                     (
                         h.name.clone(),
-                        render::header_value(&h.name, &h.value, self.redact),
+                        render::header_value(&h.name, &h.value, self.redact).into_owned(),
                     )
                 })
                 .collect(),

@@ -77,45 +77,39 @@ impl NumberedLog {
         }
     }
 
-    fn entry(&self, e: &Entry<'_>) -> String {
+    /// Writes the entry of `e` straight into the output's buffer.
+    fn entry(redact: bool, text_limit: usize, e: &Entry<'_>, b: &mut Vec<u8>) {
         let msg = e.msg;
-        let mut s = String::new();
-        s.push('\n');
-        s.push_str(&title(e.number, e.which, e.exchange, msg));
-        s.push('\n');
+        b.push(b'\n');
+        b.extend_from_slice(title(e.number, e.which, e.exchange, msg).as_bytes());
+        b.push(b'\n');
         for h in &msg.head.headers {
-            s.push_str(&h.name);
-            s.push_str(": ");
-            s.push_str(&render::header_value(&h.name, &h.value, self.redact));
-            s.push('\n');
+            b.extend_from_slice(h.name.as_bytes());
+            b.extend_from_slice(b": ");
+            b.extend_from_slice(render::header_value(&h.name, &h.value, redact).as_bytes());
+            b.push(b'\n');
         }
-        s.push('\n');
+        b.push(b'\n');
         for n in notes(e.exchange, e.which, msg) {
-            s.push_str(&n);
-            s.push('\n');
+            b.extend_from_slice(n.as_bytes());
+            b.push(b'\n');
         }
-        s.push_str(&render::body(
-            &msg.head,
-            &msg.body,
-            self.redact,
-            self.text_limit,
-        ));
-        s.push('\n');
+        b.extend_from_slice(render::body(&msg.head, &msg.body, redact, text_limit).as_bytes());
+        b.push(b'\n');
         for t in &msg.trailers {
-            s.push_str("[trailer] ");
-            s.push_str(&String::from_utf8_lossy(t));
-            s.push('\n');
+            b.extend_from_slice(b"[trailer] ");
+            b.extend_from_slice(String::from_utf8_lossy(t).as_bytes());
+            b.push(b'\n');
         }
-        s.push('\n');
-        s
+        b.push(b'\n');
     }
 }
 
 impl LogSink for NumberedLog {
     fn message(&mut self, e: &Entry<'_>) {
-        let text = self.entry(e);
+        let (redact, limit) = (self.redact, self.text_limit);
         self.out.record(1, |b| {
-            b.extend_from_slice(text.as_bytes());
+            Self::entry(redact, limit, e, b);
             Ok(())
         });
     }
