@@ -197,14 +197,21 @@ pub const NOTE_OBS_FOLD: &str = "a folded header line (obs-fold), unfolded with 
 /// otherwise, so the log says it.
 pub fn lenient_notes(head_bytes: &[u8]) -> Vec<&'static str> {
     let mut notes = Vec::new();
-    let bare_lf = head_bytes
-        .iter()
-        .enumerate()
-        .any(|(i, &b)| b == b'\n' && (i == 0 || head_bytes[i - 1] != b'\r'));
+    // One pass over the line ends (memchr): a bare LF, or a line that starts with SP/HTAB
+    // after the start line (obs-fold).
+    let mut bare_lf = false;
+    let mut fold = false;
+    for i in memchr::memchr_iter(b'\n', head_bytes) {
+        bare_lf |= i == 0 || head_bytes[i - 1] != b'\r';
+        fold |= matches!(head_bytes.get(i + 1), Some(b' ' | b'\t'));
+        if bare_lf && fold {
+            break;
+        }
+    }
     if bare_lf {
         notes.push(NOTE_BARE_LF);
     }
-    if folds(head_bytes) {
+    if fold {
         notes.push(NOTE_OBS_FOLD);
     }
     notes

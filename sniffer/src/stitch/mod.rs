@@ -436,7 +436,12 @@ impl<L: LogSink> Stitcher<L> {
             }
             for v in [e.client, e.server].into_iter().flatten() {
                 if let Some(info) = self.conns.get_mut(&v.conn) {
-                    info.exchanges.retain(|i| *i != x);
+                    // Exchanges go in the order they came, mostly: the front, not a scan.
+                    if info.exchanges.front() == Some(&x) {
+                        info.exchanges.pop_front();
+                    } else {
+                        info.exchanges.retain(|i| *i != x);
+                    }
                 }
             }
         }

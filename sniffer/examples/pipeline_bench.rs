@@ -1,0 +1,121 @@
+//! The userspace pipeline's cost per exchange, without a kernel: the events a traced nginx
+//! worker's keep-alive connections produce (a request read, a response written), replayed
+//! through the whole pipeline (connections, streams, HTTP, stitching, the numbered log and the
+//! JSONL, to nowhere). `cargo run --release --example pipeline_bench [EXCHANGES] [--jsonl]`
+//! (the numbered log only, as `cargo xtask bench` runs sniffer, unless `--jsonl`); under
+//! `valgrind --tool=callgrind` its instruction counts are repeatable on a busy machine.
+use std::time::Instant;
+
+use sniffer::{
+    events::{Chunk, Dir, Endpoint, Event, Role, SockInfo, Tls, Transport},
+    exchange::Exchanges,
+    names::Names,
+    pipeline::Pipeline,
+    procs::ProcTable,
+    sinks::{
+        jsonl::{Jsonl, LogFanout, Recorder},
+        log::NumberedLog,
+        output::Outputs,
+    },
+    stitch::Stitcher,
+};
+use sniffer_common::Syscall;
+
+const CONNS: u64 = 10;
+
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() {
+    sniffer::heap::configure();
+    let n: u64 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(200_000);
+    let outputs = Outputs::default();
+    let sink = |unit| outputs.writer(Box::new(std::io::sink()), "sink", unit);
+    let mut logs = LogFanout::default();
+    logs.sinks
+        .push(Box::new(NumberedLog::new(sink("messages"), true, 64 << 10)));
+    let rec = Recorder {
+        redact: true,
+        text_limit: 64 << 10,
+        unix_offset_ns: 0,
+    };
+    if std::env::args().any(|a| a == "--jsonl") {
+        logs.sinks
+            .push(Box::new(Jsonl::new(sink("exchanges"), rec)));
+    }
+    let http = Exchanges::new(
+        Stitcher::new(logs, Names::default(), None).offline(),
+        64 << 10,
+    )
+    .with_bounded_copy(512 << 10);
+    let mut p = Pipeline::new(ProcTable::new(), None, Vec::new(), http);
+    let request: &[u8] =
+        b"GET /small.txt HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\n\r\n";
+    let response: &[u8] = b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Mon, 30 Nov 2026 07:00:00 GMT\r\nContent-Type: text/plain\r\nContent-Length: 36\r\nLast-Modified: Mon, 30 Nov 2026 06:00:00 GMT\r\nConnection: keep-alive\r\nETag: \"6789-24\"\r\nAccept-Ranges: bytes\r\n\r\nhello from nginx, traced by sniffer\n";
+    let mut ts = 1_000_000_000u64;
+    let mut off = vec![[0u64; 2]; CONNS as usize];
+    for c in 0..CONNS {
+        p.handle(Event::SockOpen(SockInfo {
+            ts_ns: ts,
+            tgid: 100,
+            tid: 100,
+            fd: 10 + c as i32,
+            sk: 0x1000 + c,
+            peer_sk: 0,
+            peer_tgid: 0,
+            role: Role::Server,
+            transport: Transport::Tcp,
+            local: Endpoint::Inet("127.0.0.1:8080".parse().unwrap()),
+            peer: Endpoint::Inet(format!("127.0.0.1:{}", 40000 + c).parse().unwrap()),
+            sent: 0,
+            received: 0,
+            tls_sent: 0,
+            tls_received: 0,
+        }));
+    }
+    let start = Instant::now();
+    for i in 0..n {
+        let c = i % CONNS;
+        for (dir, bytes) in [(Dir::Recv, request), (Dir::Send, response)] {
+            ts += 10_000;
+            let o = &mut off[c as usize][dir.index()];
+            p.handle(Event::Data(Chunk {
+                ts_ns: ts,
+                tgid: 100,
+                tid: 100,
+                fd: 10 + c as i32,
+                sk: 0x1000 + c,
+                dir,
+                syscall: if dir == Dir::Recv {
+                    Syscall::Recvfrom
+                } else {
+                    Syscall::Writev
+                },
+                off: *o,
+                len: bytes.len() as u64,
+                syscall_len: bytes.len() as u64,
+                data: bytes.to_vec(),
+                tls: Tls::No,
+            }));
+            *o += bytes.len() as u64;
+        }
+        if i % 2000 == 0 {
+            // The daemon's 100 ms tick, in event time.
+            p.tick(ts);
+            let _ = p.take_hints();
+        }
+    }
+    p.finish(ts + 1_000_000_000, &[]);
+    let el = start.elapsed();
+    let s = p.http_stats();
+    println!(
+        "{} exchanges ({} messages) in {:.3} s: {:.2} us per exchange",
+        s.exchanges,
+        s.messages,
+        el.as_secs_f64(),
+        el.as_secs_f64() * 1e6 / s.exchanges.max(1) as f64
+    );
+}
