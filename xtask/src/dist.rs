@@ -120,6 +120,14 @@ fn ensure_target() -> anyhow::Result<()> {
                 .current_dir(workspace()),
         )?;
     }
+    // mimalloc, sniffer's allocator, is C: for musl it is compiled by musl-gcc.
+    let has_musl_gcc = Command::new("musl-gcc")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_musl_gcc {
+        bail!("musl-gcc is missing: install Debian's musl-tools (apt-get install musl-tools)");
+    }
     Ok(())
 }
 
