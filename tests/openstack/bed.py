@@ -141,6 +141,8 @@ def start_mariadb():
     """mariadbd with a datadir of its own on 127.0.0.1:3306 (devstack's port), databases
     keystone and glance; no passwords (grant tables skipped: a test's own server)."""
     probe = socket.socket()
+    # As mariadbd does: connections of an earlier run in TIME_WAIT do not take the port.
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         probe.bind(("127.0.0.1", 3306))
     except OSError as e:
