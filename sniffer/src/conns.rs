@@ -3,7 +3,7 @@
 //! A connection is born from the kernel's socket-open event (connect, accept, or first use of a
 //! socket that existed before tracing) and ends at close(2), at the owner's exit, or when the
 //! sniffer stops; its streams are then finished up to the kernel's final offsets.
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use crate::{
     events::{Chunk, Dir, Endpoint, FinalOffsets, Role, SockInfo, Transport},

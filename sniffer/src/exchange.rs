@@ -8,7 +8,9 @@
 //! after it. HEAD and CONNECT change how a response is framed, so response bytes that arrive
 //! before any request head is known wait (bounded) for it. The answer to a CONNECT or Upgrade
 //! request decides whether the connection stays HTTP both ways.
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::HashMap;
 
 use sniffer_common::{CopyCtl, dir as kdir};
 
@@ -136,7 +138,7 @@ pub struct Exchanges<S: HttpSink> {
 impl<S: HttpSink> Exchanges<S> {
     pub fn new(sink: S, preview_limit: usize) -> Self {
         Self {
-            conns: HashMap::new(),
+            conns: HashMap::default(),
             preview_limit,
             copy_window: None,
             hints: Vec::new(),

@@ -18,9 +18,11 @@ mod tests;
 mod views;
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, VecDeque},
     io,
 };
+
+use foldhash::HashMap;
 
 use model::better;
 pub use model::{Entry, Exchange, LogSink, Stats, View, Which};
@@ -98,12 +100,12 @@ pub struct Stitcher<L: LogSink> {
 impl<L: LogSink> Stitcher<L> {
     pub fn new(sink: L, names: Names, filter: Option<Filter>) -> Self {
         Self {
-            exchanges: HashMap::new(),
-            by_key: HashMap::new(),
+            exchanges: HashMap::default(),
+            by_key: HashMap::default(),
             queue: BTreeMap::new(),
-            position: HashMap::new(),
-            conns: HashMap::new(),
-            by_addr: HashMap::new(),
+            position: HashMap::default(),
+            conns: HashMap::default(),
+            by_addr: HashMap::default(),
             next_id: 0,
             next_seq: 0,
             next_number: 0,

@@ -146,7 +146,7 @@ impl World {
             http: Exchanges::new(st, 4096),
             procs,
             conns,
-            off: HashMap::new(),
+            off: HashMap::default(),
         }
     }
 
@@ -162,7 +162,7 @@ impl World {
             http: Exchanges::new(st, 4096),
             procs: table,
             conns,
-            off: HashMap::new(),
+            off: HashMap::default(),
         }
     }
 
