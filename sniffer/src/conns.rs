@@ -3,8 +3,7 @@
 //! A connection is born from the kernel's socket-open event (connect, accept, or first use of a
 //! socket that existed before tracing) and ends at close(2), at the owner's exit, or when the
 //! sniffer stops; its streams are then finished up to the kernel's final offsets.
-use rustc_hash::FxHashMap as HashMap;
-
+use foldhash::HashMap;
 use sniffer_common::{CopyCtl, copy_flags, dir as kernel_dir};
 
 use crate::{

@@ -381,7 +381,7 @@ pub struct Reader {
     ring: AsyncFd<RingBuf<MapData>>,
     sockets: HashMap<MapData, SockKey, SockState>,
     /// fds with a live kernel socket entry, per process.
-    live: rustc_hash::FxHashMap<u32, HashSet<i32>>,
+    live: foldhash::HashMap<u32, HashSet<i32>>,
     /// The last data event's (tgid, fd): runs of chunks skip the set insert.
     last_data: Option<(u32, i32)>,
     /// Records that did not decode (a bug on one side of the contract if ever non-zero).
@@ -401,7 +401,7 @@ impl Reader {
         Ok(Self {
             ring,
             sockets,
-            live: rustc_hash::FxHashMap::default(),
+            live: foldhash::HashMap::default(),
             last_data: None,
             malformed: 0,
             records: 0,

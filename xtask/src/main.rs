@@ -333,7 +333,10 @@ fn lint() -> anyhow::Result<()> {
 ///
 /// Built without a sanitizer: the code under test is safe Rust (no `unsafe` on the reassembly
 /// path), so AddressSanitizer finds nothing the Rust checks do not, at ten times the cost per
-/// run; overflow checks and debug assertions stay on (cargo fuzz's default).
+/// run; overflow checks and debug assertions stay on (cargo fuzz's default). Without
+/// comparison tracing either: with the HTTP dictionary (`fuzz/<target>.dict`) a run is 1.6
+/// times cheaper and, measured over two minutes from the seeds, reached more edges (6,498
+/// against 6,239).
 fn fuzz(seconds: u64, runs: Option<u64>, target: &str) -> anyhow::Result<()> {
     let toolchain = setup::bpf_toolchain();
     setup::ensure()?;
@@ -358,6 +361,7 @@ fn fuzz(seconds: u64, runs: Option<u64>, target: &str) -> anyhow::Result<()> {
         "run",
         "--sanitizer",
         "none",
+        "--no-trace-compares",
         target,
     ])
     .arg(&scratch)

@@ -19,7 +19,7 @@ mod views;
 
 use std::collections::{BTreeMap, VecDeque};
 
-use rustc_hash::FxHashMap as HashMap;
+use foldhash::HashMap;
 
 use model::better;
 pub use model::{Entry, Exchange, LogSink, Stats, View, Which};
