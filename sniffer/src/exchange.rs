@@ -486,6 +486,7 @@ mod tests {
             sk: 1,
             peer_sk: 0,
             peer_tgid: 0,
+            netns: 0,
             role,
             transport: Transport::Tcp,
             local: Endpoint::Inet(a),

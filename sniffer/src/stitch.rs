@@ -1215,6 +1215,7 @@ mod tests {
             sk: id,
             peer_sk: 0,
             peer_tgid: 0,
+            netns: 0,
             role,
             transport: Transport::Tcp,
             local: addr(local),

@@ -203,6 +203,9 @@ pub struct ConnRecord {
     pub transport: String,
     pub local: String,
     pub peer: String,
+    /// The socket's network namespace inode, when the kernel told.
+    #[serde(default)]
+    pub netns: Option<u32>,
     pub end: Option<String>,
     pub open_lost: bool,
     pub end_known: bool,
