@@ -161,6 +161,8 @@ struct ConnInfo {
     sk: u64,
     peer_sk: u64,
     peer_tgid: u32,
+    /// The socket's network namespace (0: unknown).
+    netns: u32,
     client: bool,
     transport: Transport,
     /// Exchanges of this connection, in order, for pairing with the other end's.
@@ -187,6 +189,8 @@ pub struct Stitcher<L: LogSink> {
     names: Names,
     /// Looks up untraced processes in /proc; None keeps the stitcher off the live system.
     owners: Option<Owners>,
+    /// sniffer's own network namespace: the only one its socket lookups see (0: unknown).
+    own_netns: u32,
     filter: Option<Filter>,
     proxies: Proxies,
     /// Exchanges into a proxy, and out of one, not yet folded with their other hop.
@@ -212,6 +216,7 @@ impl<L: LogSink> Stitcher<L> {
             next_number: 0,
             names,
             owners: Some(Owners::new()),
+            own_netns: own_netns(),
             filter,
             proxies: Proxies::default(),
             inbound: VecDeque::new(),
@@ -232,6 +237,7 @@ impl<L: LogSink> Stitcher<L> {
     /// A stitcher that names only what its events say, without reading /proc (fuzzing).
     pub fn offline(mut self) -> Self {
         self.owners = None;
+        self.own_netns = 0;
         self
     }
 
@@ -258,6 +264,7 @@ impl<L: LogSink> Stitcher<L> {
             sk: conn.sk,
             peer_sk: conn.peer_sk,
             peer_tgid: conn.peer_tgid,
+            netns: conn.netns,
             client,
             transport: conn.transport,
             exchanges: VecDeque::new(),
@@ -288,6 +295,13 @@ impl<L: LogSink> Stitcher<L> {
             .get(&(c.peer.clone(), c.local.clone()))
             .cloned()
             .unwrap_or_default();
+        out.retain(|id| self.conns.get(id).is_some_and(|o| !other_namespace(c, o)));
+        // Where both namespaces are known, the end in the same one first: two namespaces
+        // joined by a veth pair are peers across namespaces, and the same addresses can be
+        // reused by another pair of namespaces.
+        let netns = |id: &u64| self.conns.get(id).map_or(0, |o| o.netns);
+        out.sort_by_key(|id| c.netns == 0 || netns(id) != c.netns);
+        // Unix ends know each other's kernel socket, whatever their names.
         if c.transport == Transport::Unix && (c.sk != 0 || c.peer_sk != 0) {
             out.extend(
                 self.conns
@@ -316,6 +330,12 @@ impl<L: LogSink> Stitcher<L> {
     /// The untraced other end of a connection: the local process owning it, if any (a unix
     /// socket's peer process the kernel read).
     fn far_name(&mut self, c: &ConnInfo, procs: &ProcTable) -> Option<String> {
+        // Socket tables (sock_diag, /proc/net) are sniffer's own namespace's: an address in
+        // another namespace could name a stranger there.
+        let elsewhere = c.netns != 0 && self.own_netns != 0 && c.netns != self.own_netns;
+        if elsewhere && !(c.transport == Transport::Unix && c.peer_tgid != 0) {
+            return None;
+        }
         let owners = self.owners.as_mut()?;
         let pid = match c.peer {
             _ if c.transport == Transport::Unix && c.peer_tgid != 0 => Some(c.peer_tgid),
@@ -1076,6 +1096,26 @@ impl<L: LogSink> Stitcher<L> {
     }
 }
 
+/// Whether `b` cannot be the other end of `a` because they live in different network
+/// namespaces where that matters: loopback addresses and unix socket names are each
+/// namespace's own (abstract unix names are; paths are the mount namespace's, and unix ends
+/// pair by their kernel sockets anyway).
+fn other_namespace(a: &ConnInfo, b: &ConnInfo) -> bool {
+    if a.netns == 0 || b.netns == 0 || a.netns == b.netns {
+        return false;
+    }
+    match (&a.local, &a.peer) {
+        (Endpoint::Inet(l), Endpoint::Inet(p)) => l.ip().is_loopback() || p.ip().is_loopback(),
+        _ => a.transport == Transport::Unix,
+    }
+}
+
+/// The inode of sniffer's own network namespace (0 when /proc does not tell).
+fn own_netns() -> u32 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino() as u32)
+}
+
 /// Of two views of one message, the one that shows more.
 fn better(a: Option<Message>, b: Option<Message>) -> Option<Message> {
     match (a, b) {
@@ -1344,6 +1384,64 @@ mod tests {
             ex.iter().all(|(_, both)| *both),
             "each exchange has both views"
         );
+    }
+
+    #[test]
+    fn two_namespaces_reusing_one_loopback_four_tuple_pair_within_each() {
+        // a and b: a client and a server in each of two network namespaces, the same
+        // 127.0.0.1:40000 -> 127.0.0.1:8000 in both; b's server reads first, while both
+        // clients' requests wait: by addresses alone it would take a's client.
+        let ns = |mut c: Conn, netns: u32| {
+            c.netns = netns;
+            c
+        };
+        let conns = vec![
+            ns(
+                conn(1, 100, Role::Client, "127.0.0.1:40000", "127.0.0.1:8000"),
+                7,
+            ),
+            ns(
+                conn(2, 200, Role::Server, "127.0.0.1:8000", "127.0.0.1:40000"),
+                7,
+            ),
+            ns(
+                conn(3, 300, Role::Client, "127.0.0.1:40000", "127.0.0.1:8000"),
+                9,
+            ),
+            ns(
+                conn(4, 400, Role::Server, "127.0.0.1:8000", "127.0.0.1:40000"),
+                9,
+            ),
+        ];
+        let procs = [
+            (100, "client-a"),
+            (200, "server-a"),
+            (300, "client-b"),
+            (400, "server-b"),
+        ];
+        let mut w = World::custom(&procs, conns, Proxies::default());
+        let get = b"GET /same HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n\r\n";
+        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        w.bytes(1, Dir::Send, 10, get);
+        w.bytes(3, Dir::Send, 11, get);
+        w.bytes(4, Dir::Recv, 12, get);
+        w.bytes(2, Dir::Recv, 13, get);
+        w.bytes(4, Dir::Send, 20, ok);
+        w.bytes(3, Dir::Recv, 21, ok);
+        w.bytes(2, Dir::Send, 30, ok);
+        w.bytes(1, Dir::Recv, 31, ok);
+        let lines = w.end_all(1000);
+        let url = "GET http://127.0.0.1:8000/same";
+        assert_eq!(
+            lines,
+            [
+                format!("### [1] (client-a) REQ >>> (server-a) : {url}"),
+                format!("### [2] (client-b) REQ >>> (server-b) : {url}"),
+                format!("### [3] (client-b) RESP <<< (server-b) : 200 OK {url}"),
+                format!("### [4] (client-a) RESP <<< (server-a) : 200 OK {url}"),
+            ]
+        );
+        assert!(w.http.sink.sink.exchanges.iter().all(|(_, both)| *both));
     }
 
     #[test]
