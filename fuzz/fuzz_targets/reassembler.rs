@@ -60,8 +60,14 @@ fuzz_target!(|input: &[u8]| {
     let outputs = Outputs::default();
     let sink = |unit| outputs.writer(Box::new(std::io::sink()), "sink", unit);
     logs.sinks.push(Box::new(NumberedLog::new(sink("messages"), true, 4096)));
-    let rec = Recorder { redact: true, text_limit: 4096, unix_offset_ns: 0 };
-    logs.sinks.push(Box::new(Jsonl::new(sink("exchanges"), rec)));
+    let rec = Recorder {
+        redact: true,
+        text_limit: 4096,
+        unix_offset_ns: 0,
+        host: None,
+        clock_shift_ns: 0,
+    };
+    logs.sinks.push(Box::new(Jsonl::new(sink("exchanges"), rec.clone())));
     logs.sinks.push(Box::new(HarSink::new(sink("exchanges"), rec)));
     let mut down = Downstream {
         streams: Fanout { sinks: vec![Box::new(Contiguous::default())] },
@@ -76,6 +82,7 @@ fuzz_target!(|input: &[u8]| {
         sk: 7,
         peer_sk: 0,
         peer_tgid: 0,
+        netns: 0,
         role,
         transport: Transport::Tcp,
         local: Endpoint::Inet("127.0.0.1:40000".parse().unwrap()),

@@ -22,6 +22,7 @@ use crate::{
     probe::{self, Probe, ProbeOptions, target_flags},
     procs::{self, ProcTable},
     proxy::Proxies,
+    record::Host,
     sinks::{
         conn_log::ConnLog,
         dump::DumpSink,
@@ -141,6 +142,10 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
         redact,
         text_limit: preview,
         unix_offset_ns: unix_ns() - i128::from(monotonic_ns()),
+        host: Some(Host::this(cli.host.as_deref())),
+        clock_shift_ns: cli
+            .clock_shift_ms
+            .map_or(0, |ms| ms.saturating_mul(1_000_000)),
     };
     let mut logs = LogFanout::default();
     logs.sinks.push(Box::new(NumberedLog::new(
@@ -150,11 +155,12 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
     )));
     if let (Some(out), Some(path)) = (jsonl_out, &cli.jsonl) {
         let out = writer(out, path, "exchanges")?;
-        logs.sinks.push(Box::new(Jsonl::new(out, recorder)));
+        logs.sinks.push(Box::new(Jsonl::new(out, recorder.clone())));
     }
     if let (Some(out), Some(path)) = (har_out, &cli.har) {
         let out = writer(out, path, "exchanges")?;
-        logs.sinks.push(Box::new(HarSink::new(out, recorder)));
+        logs.sinks
+            .push(Box::new(HarSink::new(out, recorder.clone())));
     }
     let names = Names::new(cli.names.iter().cloned().collect());
     let full_capture = cli.full_capture || cli.dump_streams.is_some();

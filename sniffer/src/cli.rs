@@ -105,6 +105,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub filter: Option<PathBuf>,
 
+    /// Name this machine NAME in the JSONL (default: its hostname), for `sniffer merge` of
+    /// several hosts' captures.
+    #[arg(long = "host", value_name = "NAME")]
+    pub host: Option<String>,
+
     /// Show tokens, passwords and cookies as they are (default: a sha256 fingerprint).
     #[arg(long)]
     pub no_redact: bool,
@@ -166,6 +171,11 @@ pub struct RunArgs {
     /// More diagnostics on stderr (-v, -vv; -vv adds the kernel side's).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+
+    /// Add MS milliseconds (may be negative) to every kernel time recorded in the JSONL: a
+    /// host whose clock is off, for tests of `sniffer merge`.
+    #[arg(long, value_name = "MS", hide = true, allow_hyphen_values = true)]
+    pub clock_shift_ms: Option<i64>,
 
     /// Load this variant of the BPF data programs, not the one the kernel's features choose
     /// (for tests of older kernels' variants).

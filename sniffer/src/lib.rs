@@ -22,6 +22,7 @@ pub mod pipeline;
 pub mod probe;
 pub mod procs;
 pub mod proxy;
+pub mod record;
 pub mod render;
 pub mod sinks;
 pub mod sockdiag;

@@ -48,6 +48,8 @@ pub struct View {
     pub local: Endpoint,
     pub peer: Endpoint,
     pub transport: Transport,
+    /// The socket's network namespace (0: unknown).
+    pub netns: u32,
 }
 
 #[derive(Debug)]
@@ -400,6 +402,7 @@ impl<L: LogSink> Stitcher<L> {
             local: conn.local.clone(),
             peer: conn.peer.clone(),
             transport: conn.transport,
+            netns: conn.netns,
         }
     }
 
@@ -1442,6 +1445,106 @@ mod tests {
             ]
         );
         assert!(w.http.sink.sink.exchanges.iter().all(|(_, both)| *both));
+    }
+
+    /// A writer into a shared buffer.
+    #[derive(Clone, Default)]
+    struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Shared {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn records_give_back_the_log_entries_byte_for_byte() {
+        use crate::sinks::{
+            jsonl::{Jsonl, LogFanout, Recorder},
+            log::{NumberedLog, record_entry},
+            output::Outputs,
+        };
+        let (log, jsonl) = (Shared::default(), Shared::default());
+        let outputs = Outputs::default();
+        let rec = Recorder {
+            redact: true,
+            text_limit: 4096,
+            unix_offset_ns: 0,
+            host: None,
+            clock_shift_ns: 0,
+        };
+        let mut fan = LogFanout::default();
+        fan.sinks.push(Box::new(NumberedLog::new(
+            outputs.writer(Box::new(log.clone()), "log", "messages"),
+            true,
+            4096,
+        )));
+        fan.sinks.push(Box::new(Jsonl::new(
+            outputs.writer(Box::new(jsonl.clone()), "jsonl", "exchanges"),
+            rec,
+        )));
+        let mut procs = ProcTable::new();
+        procs.on_fork(100, 1, "openstack");
+        procs.on_fork(200, 1, "glance-api");
+        let conns = vec![
+            conn(1, 100, Role::Client, "127.0.0.1:40000", "127.0.0.1:9292"),
+            conn(2, 200, Role::Server, "127.0.0.1:9292", "127.0.0.1:40000"),
+        ];
+        let mut st = Stitcher::new(fan, Names::default(), None);
+        st.slack_ns = 100;
+        let mut http = Exchanges::new(st, 4096);
+        let mut off = [[0u64; 2]; 2];
+        let mut send = |c: usize, dir: Dir, ts: u64, b: &[u8], http: &mut Exchanges<_>| {
+            let p = Piece::Data {
+                off: off[c][dir.index()],
+                bytes: b.to_vec(),
+                ts_ns: ts,
+            };
+            off[c][dir.index()] += b.len() as u64;
+            http.pieces(&conns[c], dir, &[p], &procs);
+        };
+        let post = b"POST /v2/images HTTP/1.1\r\nHost: 127.0.0.1:9292\r\nX-Auth-Token: secret\r\nContent-Length: 25\r\n\r\n{\"name\": \"cirros\", \"a\":1}";
+        let chunked = b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-Trailer: 1\r\n\r\n";
+        // A JSON body with a token, a chunked answer with a trailer, then a request the
+        // connection's end leaves incomplete.
+        send(0, Dir::Send, 10, post, &mut http);
+        send(1, Dir::Recv, 11, post, &mut http);
+        send(1, Dir::Send, 20, chunked, &mut http);
+        send(0, Dir::Recv, 21, chunked, &mut http);
+        send(
+            0,
+            Dir::Send,
+            30,
+            b"PUT /v2/images/1/file HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc",
+            &mut http,
+        );
+        for c in &conns {
+            http.ended(c, &procs);
+        }
+        http.sink.finish(1000, &procs);
+        http.sink.close();
+        let log = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        let records =
+            crate::record::read_jsonl(&String::from_utf8(jsonl.0.lock().unwrap().clone()).unwrap())
+                .unwrap();
+        let mut entries: Vec<(u64, String)> = records
+            .iter()
+            .flat_map(|r| {
+                [true, false]
+                    .into_iter()
+                    .filter_map(move |req| Some((r.message(req)?.number?, record_entry(r, req)?)))
+            })
+            .collect();
+        entries.sort();
+        let from_records: String = entries.into_iter().map(|(_, e)| e).collect();
+        assert!(log.contains("[trailer] X-Trailer: 1"), "{log}");
+        assert!(log.contains("[incomplete: "), "{log}");
+        assert!(log.contains("<redacted sha256:"), "{log}");
+        assert_eq!(from_records, log);
     }
 
     #[test]

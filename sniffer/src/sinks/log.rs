@@ -13,6 +13,7 @@ use crate::{
         head::StartLine,
         parser::{Ending, Message},
     },
+    record::ExchangeRecord,
     render,
     stitch::{Entry, Exchange, LogSink, Which},
 };
@@ -23,45 +24,140 @@ pub struct NumberedLog {
     text_limit: usize,
 }
 
-/// The `### [N] ...` line of an entry.
-pub fn title(number: u64, which: Which, x: &Exchange, msg: &Message) -> String {
-    let method = x.method();
-    match (which, &msg.head.start) {
-        (Which::Response, StartLine::Response { status, reason, .. }) => {
-            let what = if x.orphan {
+/// The `### [N] ...` line of an entry; `response`: its status and reason.
+fn title_text(
+    number: u64,
+    response: Option<(u16, &str)>,
+    x: (&str, &str, &str, &str),
+    orphan: bool,
+) -> String {
+    let (from, to, method, url) = x;
+    match response {
+        Some((status, reason)) => {
+            let what = if orphan {
                 "? (request not seen)".to_owned()
             } else {
-                format!("{method} {}", x.url)
+                format!("{method} {url}")
             };
-            format!(
-                "### [{number}] ({}) RESP <<< ({}) : {status} {reason} {what}",
-                x.from, x.to
-            )
+            format!("### [{number}] ({from}) RESP <<< ({to}) : {status} {reason} {what}")
         }
-        _ => format!(
-            "### [{number}] ({}) REQ >>> ({}) : {method} {}",
-            x.from, x.to, x.url
-        ),
+        None => format!("### [{number}] ({from}) REQ >>> ({to}) : {method} {url}"),
     }
+}
+
+/// The `### [N] ...` line of an entry.
+pub fn title(number: u64, which: Which, x: &Exchange, msg: &Message) -> String {
+    let response = match (which, &msg.head.start) {
+        (Which::Response, StartLine::Response { status, reason, .. }) => {
+            Some((*status, reason.as_str()))
+        }
+        _ => None,
+    };
+    title_text(
+        number,
+        response,
+        (&x.from, &x.to, x.method(), &x.url),
+        x.orphan,
+    )
+}
+
+/// Bracketed notes on what is not whole about a message.
+fn notes_text(complete: bool, broken: Option<&str>, after_gap: bool, orphan: bool) -> Vec<String> {
+    let mut n = Vec::new();
+    match (complete, broken) {
+        (true, _) => {}
+        (false, None) => {
+            n.push("[incomplete: the connection ended before this message did]".to_owned())
+        }
+        (false, Some(r)) => n.push(format!("[broken: {r}]")),
+    }
+    if after_gap {
+        n.push("[bytes were lost on this connection before this message]".to_owned());
+    }
+    if orphan {
+        n.push("[the request this answers was not seen]".to_owned());
+    }
+    n
 }
 
 /// Bracketed notes on what is not whole about a message.
 pub fn notes(x: &Exchange, which: Which, msg: &Message) -> Vec<String> {
-    let mut n = Vec::new();
-    match msg.ending {
-        Ending::Complete => {}
-        Ending::Incomplete => {
-            n.push("[incomplete: the connection ended before this message did]".to_owned())
-        }
-        Ending::Broken(r) => n.push(format!("[broken: {r}]")),
+    let broken = match msg.ending {
+        Ending::Broken(r) => Some(r),
+        _ => None,
+    };
+    notes_text(
+        msg.ending == Ending::Complete,
+        broken,
+        msg.after_gap,
+        which == Which::Response && x.orphan,
+    )
+}
+
+/// One entry as the log shows it: the title, the header fields, a blank line, the notes, the
+/// body, the trailer fields, framed by blank lines.
+pub fn format_entry<'a>(
+    title: &str,
+    headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+    notes: &[String],
+    body: &str,
+    trailers: impl IntoIterator<Item = &'a str>,
+) -> String {
+    let mut s = String::new();
+    s.push('\n');
+    s.push_str(title);
+    s.push('\n');
+    for (name, value) in headers {
+        s.push_str(name);
+        s.push_str(": ");
+        s.push_str(value);
+        s.push('\n');
     }
-    if msg.after_gap {
-        n.push("[bytes were lost on this connection before this message]".to_owned());
+    s.push('\n');
+    for n in notes {
+        s.push_str(n);
+        s.push('\n');
     }
-    if which == Which::Response && x.orphan {
-        n.push("[the request this answers was not seen]".to_owned());
+    s.push_str(body);
+    s.push('\n');
+    for t in trailers {
+        s.push_str("[trailer] ");
+        s.push_str(t);
+        s.push('\n');
     }
-    n
+    s.push('\n');
+    s
+}
+
+/// The entry of a recorded message (`sniffer merge` writes its log from records); None when
+/// the message is not numbered.
+pub fn record_entry(r: &ExchangeRecord, request: bool) -> Option<String> {
+    let m = r.message(request)?;
+    let number = m.number?;
+    let response = if request {
+        None
+    } else {
+        Some((r.status.unwrap_or(0), r.reason.as_deref().unwrap_or("")))
+    };
+    let title = title_text(
+        number,
+        response,
+        (&r.from, &r.to, &r.method, &r.url),
+        r.orphan,
+    );
+    let notes = notes_text(
+        m.complete,
+        m.broken.as_deref(),
+        m.after_gap,
+        !request && r.orphan,
+    );
+    Some(format_entry(
+        &title,
+        m.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+        &notes,
+        &m.body,
+        m.trailers.iter().map(String::as_str),
+    ))
 }
 
 impl NumberedLog {
@@ -76,35 +172,29 @@ impl NumberedLog {
 
     fn entry(&self, e: &Entry<'_>) -> String {
         let msg = e.msg;
-        let mut s = String::new();
-        s.push('\n');
-        s.push_str(&title(e.number, e.which, e.exchange, msg));
-        s.push('\n');
-        for h in &msg.head.headers {
-            s.push_str(&h.name);
-            s.push_str(": ");
-            s.push_str(&render::header_value(&h.name, &h.value, self.redact));
-            s.push('\n');
-        }
-        s.push('\n');
-        for n in notes(e.exchange, e.which, msg) {
-            s.push_str(&n);
-            s.push('\n');
-        }
-        s.push_str(&render::body(
-            &msg.head,
-            &msg.body,
-            self.redact,
-            self.text_limit,
-        ));
-        s.push('\n');
-        for t in &msg.trailers {
-            s.push_str("[trailer] ");
-            s.push_str(&String::from_utf8_lossy(t));
-            s.push('\n');
-        }
-        s.push('\n');
-        s
+        let headers: Vec<(&str, String)> = msg
+            .head
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.as_str(),
+                    render::header_value(&h.name, &h.value, self.redact),
+                )
+            })
+            .collect();
+        let trailers: Vec<String> = msg
+            .trailers
+            .iter()
+            .map(|t| String::from_utf8_lossy(t).into_owned())
+            .collect();
+        format_entry(
+            &title(e.number, e.which, e.exchange, msg),
+            headers.iter().map(|(n, v)| (*n, v.as_str())),
+            &notes(e.exchange, e.which, msg),
+            &render::body(&msg.head, &msg.body, self.redact, self.text_limit),
+            trailers.iter().map(String::as_str),
+        )
     }
 }
 
