@@ -41,6 +41,10 @@ pub enum Tool {
     Diagram(DiagramArgs),
     /// Turn a .jsonl into an HTTP Archive (HAR 1.2) for browser devtools and HAR viewers.
     Har(HarArgs),
+    /// Merge several hosts' captures (their .jsonl) into one numbered log: a call from one
+    /// host to another becomes one exchange with both ends' views, clocks are corrected from
+    /// the exchanges themselves, and a name running on several hosts becomes NAME@HOST.
+    Merge(MergeArgs),
     /// Can this host run a capture? One line per requirement (kernel, BTF, privileges,
     /// lockdown, tracefs, BPF features), then sniffer's programs loaded for real. Exit code 0
     /// when a capture will work, 2 when not.
@@ -75,6 +79,20 @@ pub struct HarArgs {
     /// Where the HAR goes ("-" for stdout).
     #[arg(short, long, value_name = "FILE", default_value = "sniffer.har")]
     pub output: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// The JSONL each host's run wrote with --jsonl; the first one's host is the reference
+    /// clock.
+    #[arg(required = true, value_name = "JSONL")]
+    pub inputs: Vec<PathBuf>,
+    /// The merged numbered log ("-" for stdout).
+    #[arg(short, long, value_name = "FILE", default_value = "merged.log")]
+    pub output: PathBuf,
+    /// Also write the merged exchanges as JSONL (times on the reference host's clock).
+    #[arg(long, value_name = "FILE")]
+    pub jsonl: Option<PathBuf>,
 }
 
 /// Tracing: what to trace and where the results go.
@@ -219,6 +237,24 @@ mod tool_tests {
             Some(Tool::Har(_))
         ));
         assert!(Cli::try_parse_from(["sniffer", "--pid", "1", "diagram", "x"]).is_err());
+    }
+
+    #[test]
+    fn merge_takes_one_or_more_captures() {
+        let cli = Cli::try_parse_from(["sniffer", "merge", "a.jsonl", "b.jsonl", "--jsonl", "m"])
+            .unwrap();
+        match cli.tool {
+            Some(Tool::Merge(m)) => {
+                assert_eq!(
+                    m.inputs,
+                    [PathBuf::from("a.jsonl"), PathBuf::from("b.jsonl")]
+                );
+                assert_eq!(m.output, PathBuf::from("merged.log"));
+                assert_eq!(m.jsonl, Some(PathBuf::from("m")));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["sniffer", "merge"]).is_err());
     }
 }
 

@@ -16,6 +16,7 @@ pub mod filter;
 pub mod har;
 pub mod heap;
 pub mod http;
+pub mod merge;
 pub mod names;
 pub mod owners;
 pub mod pipeline;
