@@ -93,6 +93,9 @@ pub struct MergeArgs {
     /// Also write the merged exchanges as JSONL (times on the reference host's clock).
     #[arg(long, value_name = "FILE")]
     pub jsonl: Option<PathBuf>,
+    /// Also send the merged exchanges as OpenTelemetry spans (OTLP over HTTP) to URL.
+    #[arg(long, value_name = "URL")]
+    pub otlp: Option<String>,
 }
 
 /// Tracing: what to trace and where the results go.
@@ -122,6 +125,12 @@ pub struct RunArgs {
     /// Leave out messages matching a should_not_hook.json filter file.
     #[arg(long, value_name = "FILE")]
     pub filter: Option<PathBuf>,
+
+    /// Also send every exchange as OpenTelemetry spans (OTLP over HTTP, protobuf) to URL,
+    /// e.g. http://127.0.0.1:4318 (/v1/traces is added to a URL without a path). Sent in
+    /// batches from a queue that never holds up the capture; what it drops is counted.
+    #[arg(long, value_name = "URL")]
+    pub otlp: Option<String>,
 
     /// Name this machine NAME in the JSONL (default: its hostname), for `sniffer merge` of
     /// several hosts' captures.

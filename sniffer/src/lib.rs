@@ -18,6 +18,7 @@ pub mod heap;
 pub mod http;
 pub mod merge;
 pub mod names;
+pub mod otlp;
 pub mod owners;
 pub mod pipeline;
 pub mod probe;

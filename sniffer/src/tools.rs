@@ -7,7 +7,7 @@ use crate::{
     diagram::{body, mermaid, model},
     exit,
     filter::Filter,
-    har, merge, record,
+    har, merge, otlp, record,
     sinks::{
         log::record_entry,
         safe_open::{self, Target},
@@ -106,6 +106,12 @@ fn har_file(a: &HarArgs) -> Result<(), ToolError> {
 }
 
 fn merge_files(a: &MergeArgs) -> Result<(), ToolError> {
+    let endpoint = a
+        .otlp
+        .as_deref()
+        .map(otlp::Endpoint::parse)
+        .transpose()
+        .map_err(|e| ToolError::Usage(format!("--otlp {e}")))?;
     let mut inputs = Vec::new();
     for path in &a.inputs {
         let text = read(path)?;
@@ -151,6 +157,31 @@ fn merge_files(a: &MergeArgs) -> Result<(), ToolError> {
     }
     for line in merged.report() {
         eprintln!("sniffer merge: {line}");
+    }
+    match endpoint {
+        Some(ep) => export(&merged, ep),
+        None => Ok(()),
+    }
+}
+
+/// How long `sniffer merge --otlp` waits for the backend at most, after the last span.
+const MERGE_EXPORT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Sends a merged capture's spans; an error (exit code 74) when some did not arrive.
+fn export(merged: &merge::Merged, ep: otlp::Endpoint) -> Result<(), ToolError> {
+    let exporter = otlp::Exporter::start(ep.clone(), otlp::Options::default(), None)
+        .map_err(|e| ToolError::Write(format!("cannot start the OTLP export: {e}")))?;
+    for spans in otlp::merged::spans_of(merged) {
+        exporter.send(spans);
+    }
+    let s = exporter.finish(MERGE_EXPORT_WAIT);
+    eprintln!("sniffer merge: {}", s.line(&ep));
+    let lost = s.dropped + s.failed + s.unsent + s.rejected;
+    if lost > 0 {
+        return Err(ToolError::Write(format!(
+            "otlp {ep}: {lost} of {} spans did not arrive",
+            s.offered
+        )));
     }
     Ok(())
 }

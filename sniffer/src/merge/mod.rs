@@ -247,7 +247,7 @@ impl Merged {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 #[cfg(test)]
 mod unit {

@@ -94,7 +94,7 @@ const CMP: &str = "198.18.0.2";
 /// 400), compute1's clock `skew` ms ahead. compute1's openstack calls both glance-apis; each
 /// glance-api asks keystone on the controller; compute1's openstack also calls an address no
 /// capture covers.
-fn scene(skew: i128) -> Vec<Input> {
+pub(crate) fn scene(skew: i128) -> Vec<Input> {
     let g_ctl = format!("{CTL}:9292");
     let ks = format!("{CTL}:5000");
     let g_cmp = "127.0.0.1:9292";
