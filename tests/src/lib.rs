@@ -18,6 +18,7 @@ use serde::Deserialize;
 
 pub mod netns;
 pub mod openstack;
+pub mod phoenix;
 
 /// Whether kernel tests run here. Panics when they cannot (not root) and were not skipped
 /// explicitly: a silent skip would read as a pass.
@@ -176,8 +177,14 @@ impl Server {
     /// Runs a server fixture that prints `PORT <n>` once it listens.
     pub fn script(script: &str, args: &[&str]) -> Self {
         let mut cmd = Command::new("python3");
-        cmd.arg(fixture(script)).args(args).stdout(Stdio::piped());
-        let mut guard = Guard::spawn(&mut cmd);
+        cmd.arg(fixture(script)).args(args);
+        Self::command(&mut cmd)
+    }
+
+    /// Runs `cmd`, a server that prints `PORT <n>` once it listens.
+    pub fn command(cmd: &mut Command) -> Self {
+        cmd.stdout(Stdio::piped());
+        let mut guard = Guard::spawn(cmd);
         let lines = Lines::new(guard.child.stdout.take().expect("stdout"));
         let port = lines
             .expect("PORT ", Duration::from_secs(20))

@@ -331,6 +331,9 @@ impl Worker {
         let n = spans.len() as u64;
         let body = proto::export_request(spans, "sniffer", env!("CARGO_PKG_VERSION"));
         let mut backoff = self.opts.backoff;
+        if self.past_deadline() {
+            return self.give_up(n, "not sent before the exit deadline");
+        }
         for attempt in 1..=self.opts.attempts.max(1) {
             let (wait, why) = match self.try_once(&body, n) {
                 Outcome::Done => {
