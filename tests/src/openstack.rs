@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::{Guard, Lines, sniffer_bin, workspace};
 
 pub struct Bed {
-    guard: Guard,
+    _process: BedProcess,
     pub keystone: Service,
     pub glance: Service,
     /// swift-proxy-server's pid, when the bed has swift.
@@ -23,7 +23,12 @@ pub struct Bed {
     pub venv: PathBuf,
 }
 
-impl Drop for Bed {
+/// A running bed.py.
+pub struct BedProcess {
+    guard: Guard,
+}
+
+impl Drop for BedProcess {
     /// Closing the bed's stdin lets it stop its services in order; the guard then kills what is
     /// left (the services also die with the bed).
     fn drop(&mut self) {
@@ -44,7 +49,7 @@ pub struct Service {
 }
 
 impl Service {
-    fn from(v: &Value) -> Self {
+    pub fn from(v: &Value) -> Self {
         Self {
             pid: v["pid"].as_u64().expect("pid") as u32,
             log: PathBuf::from(v["log"].as_str().expect("log")),
@@ -77,36 +82,65 @@ pub fn uwsgi_requests(text: &str) -> Vec<(String, String, u16)> {
         .collect()
 }
 
-/// Starts the bed (with swift when `swift_venv` is given, behind Apache when `apache`) in
-/// target/<state>.
-pub fn start_bed(state: &str, swift_venv: Option<&PathBuf>, apache: bool) -> Bed {
-    let venv = PathBuf::from(
+/// SNIFFER_OPENSTACK_VENV, which `cargo xtask e2e` sets.
+pub fn openstack_venv() -> PathBuf {
+    PathBuf::from(
         std::env::var("SNIFFER_OPENSTACK_VENV")
             .expect("SNIFFER_OPENSTACK_VENV: run `cargo xtask e2e`"),
-    );
+    )
+}
+
+/// Runs bed.py in target/<state> with `args` (in network namespace `netns` when given) until
+/// it is up; the process and what it printed (pids, logs, the OS_* environment).
+pub fn bed_process(
+    netns: Option<&str>,
+    state: &str,
+    args: &[std::ffi::OsString],
+) -> (BedProcess, Value) {
     let state = workspace().join("target").join(state);
     let _ = fs::remove_dir_all(&state);
-    let mut cmd = Command::new("python3");
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "python3"]);
+            c
+        }
+        None => Command::new("python3"),
+    };
     cmd.arg(workspace().join("tests/openstack/bed.py"))
-        .arg(&venv)
-        .arg(&state);
-    if let Some(s) = swift_venv {
-        cmd.arg("--swift").arg(s);
-    }
-    if apache {
-        cmd.arg("--apache");
-    }
+        .arg(openstack_venv())
+        .arg(&state)
+        .args(args);
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
     let mut guard = Guard::spawn(&mut cmd);
     let lines = Lines::new(guard.child.stdout.take().expect("stdout"));
     let info: Value =
-        serde_json::from_str(&lines.expect("{", Duration::from_secs(180))).expect("bed json");
-    let env = info["env"]
+        serde_json::from_str(&lines.expect("{", Duration::from_secs(300))).expect("bed json");
+    (BedProcess { guard }, info)
+}
+
+/// The OS_* environment a bed printed.
+pub fn bed_env(info: &Value) -> Vec<(String, String)> {
+    info["env"]
         .as_object()
         .expect("env")
         .iter()
         .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_owned()))
-        .collect();
+        .collect()
+}
+
+/// Starts the bed (with swift when `swift_venv` is given, behind Apache when `apache`) in
+/// target/<state>.
+pub fn start_bed(state: &str, swift_venv: Option<&PathBuf>, apache: bool) -> Bed {
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    if let Some(s) = swift_venv {
+        args.push("--swift".into());
+        args.push(s.into());
+    }
+    if apache {
+        args.push("--apache".into());
+    }
+    let (process, info) = bed_process(None, state, &args);
     Bed {
         keystone: Service::from(&info["keystone"]),
         glance: Service::from(&info["glance"]),
@@ -114,9 +148,9 @@ pub fn start_bed(state: &str, swift_venv: Option<&PathBuf>, apache: bool) -> Bed
         apache: info["apache"]
             .is_object()
             .then(|| Service::from(&info["apache"])),
-        guard,
-        env,
-        venv,
+        env: bed_env(&info),
+        venv: openstack_venv(),
+        _process: process,
     }
 }
 

@@ -432,7 +432,12 @@ fn e2e(args: &[String]) -> anyhow::Result<()> {
     let mut cmd = cargo();
     cmd.args(["test", "--package", "sniffer-tests", "--features", "e2e"])
         .args(["--test", "openstack", "--test", "openstack_swift"])
-        .args(["--test", "openstack_apache"])
+        .args([
+            "--test",
+            "openstack_apache",
+            "--test",
+            "openstack_multihost",
+        ])
         .args(args)
         .env("SNIFFER_BIN", &bin)
         .env("SNIFFER_OPENSTACK_VENV", &openstack)
