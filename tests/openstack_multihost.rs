@@ -130,20 +130,23 @@ fn a_two_node_openstack_merges_into_one_story_with_a_clock_five_seconds_off() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     // The controller's glance (RegionOne), then compute1's (RegionTwo).
-    let id = openstack("RegionOne", &[
-        "image",
-        "create",
-        "--disk-format",
-        "qcow2",
-        "--file",
-        img.to_str().expect("utf-8 path"),
-        "--public",
-        "cirros",
-        "-f",
-        "value",
-        "-c",
-        "id",
-    ]);
+    let id = openstack(
+        "RegionOne",
+        &[
+            "image",
+            "create",
+            "--disk-format",
+            "qcow2",
+            "--file",
+            img.to_str().expect("utf-8 path"),
+            "--public",
+            "cirros",
+            "-f",
+            "value",
+            "-c",
+            "id",
+        ],
+    );
     assert_eq!(id.trim().len(), 36, "{id}");
     openstack("RegionTwo", &["image", "list"]);
     std::thread::sleep(Duration::from_millis(700));
