@@ -15,34 +15,10 @@ use sniffer_tests::{
     netns::Lab,
     openstack::{
         Run, Service, assert_nested, assert_numbered_and_drawn, bed_env, bed_process, fresh_dir,
-        openstack_venv, path_of, qcow2, sorted, uwsgi_requests,
+        openstack_venv, participants, qcow2, seen_by, sorted,
     },
     sniffer_tool,
 };
-
-/// (method, path, status) of what the merged capture shows `to` serving.
-fn served_by(exchanges: &[Value], to: &str) -> Vec<(String, String, u16)> {
-    sorted(
-        exchanges
-            .iter()
-            .filter(|x| x["to"] == to)
-            .map(|x| {
-                (
-                    x["method"].as_str().unwrap_or("").to_owned(),
-                    path_of(x["url"].as_str().unwrap_or("")),
-                    x["status"].as_u64().unwrap_or(0) as u16,
-                )
-            })
-            .collect(),
-    )
-}
-
-fn logged_since(s: &Service, from: u64) -> Vec<(String, String, u16)> {
-    let text = fs::read(&s.log).unwrap_or_default();
-    sorted(uwsgi_requests(&String::from_utf8_lossy(
-        &text[(from as usize).min(text.len())..],
-    )))
-}
 
 #[test]
 fn a_two_node_openstack_merges_into_one_story_with_a_clock_five_seconds_off() {
@@ -191,24 +167,12 @@ fn a_two_node_openstack_merges_into_one_story_with_a_clock_five_seconds_off() {
         (&glance_ctl, "glance-api@controller", gc0),
         (&glance_cmp, "glance-api@compute1", g10),
     ] {
-        let logged = logged_since(service, from);
+        let logged = sorted(service.served_since(from));
         assert!(!logged.is_empty(), "{name} logged nothing: {}", ctx());
-        assert_eq!(served_by(&run.exchanges, name), logged, "{name}: {}", ctx());
+        assert_eq!(seen_by(&run, name), logged, "{name}: {}", ctx());
     }
-    let mut names: Vec<&str> = run
-        .exchanges
-        .iter()
-        .flat_map(|x| {
-            [
-                x["from"].as_str().unwrap_or(""),
-                x["to"].as_str().unwrap_or(""),
-            ]
-        })
-        .collect();
-    names.sort_unstable();
-    names.dedup();
     assert_eq!(
-        names,
+        participants(&run),
         [
             "glance-api@compute1",
             "glance-api@controller",

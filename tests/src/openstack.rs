@@ -409,6 +409,23 @@ pub fn seen_by(run: &Run, to: &str) -> Vec<(String, String, u16)> {
     v
 }
 
+/// The participants of a run's exchanges, sorted, each once.
+pub fn participants(run: &Run) -> Vec<&str> {
+    let mut names: Vec<&str> = run
+        .exchanges
+        .iter()
+        .flat_map(|x| {
+            [
+                x["from"].as_str().unwrap_or(""),
+                x["to"].as_str().unwrap_or(""),
+            ]
+        })
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+}
+
 pub fn sorted(mut v: Vec<(String, String, u16)>) -> Vec<(String, String, u16)> {
     v.sort();
     v
