@@ -11,7 +11,7 @@ use std::{ffi::OsString, fs, time::Duration};
 
 use serde_json::Value;
 use sniffer_tests::{
-    Running, kernel_tests,
+    Interactive, Running, kernel_tests,
     netns::Lab,
     openstack::{
         Run, Service, assert_nested, assert_numbered_and_drawn, bed_env, bed_process, fresh_dir,
@@ -75,38 +75,20 @@ fn a_two_node_openstack_merges_into_one_story_with_a_clock_five_seconds_off() {
         ],
         false,
     );
-    let on_compute1 = Running::start_in(
-        Some(&cmp.ns),
-        &[
-            "--host",
-            "compute1",
-            "--pid",
-            &glance_cmp.pid.to_string(),
-            "--comm",
-            "openstack",
-            "--clock-shift-ms",
-            "5000",
-        ],
-        false,
-    );
+    // The CLI runs on compute1, traced by pid: each command waits for a line, then execs
+    // openstack (`--comm openstack` would catch every openstack on this machine, whatever its
+    // namespace: other hosts' too).
     let openstack = |region: &str, args: &[&str]| {
-        let out = lab
-            .command("compute1", openstack_venv().join("bin/openstack"))
+        let mut cmd = lab.command("compute1", "sh");
+        cmd.args(["-c", "read _ && exec \"$0\" \"$@\""])
+            .arg(openstack_venv().join("bin/openstack"))
             .args(args)
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("OS_REGION_NAME", region)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .expect("run openstack");
-        assert!(
-            out.status.success(),
-            "openstack {args:?} on compute1 failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+            .env("OS_REGION_NAME", region);
+        Interactive::start(&mut cmd)
     };
     // The controller's glance (RegionOne), then compute1's (RegionTwo).
-    let id = openstack(
+    let mut create = openstack(
         "RegionOne",
         &[
             "image",
@@ -123,8 +105,33 @@ fn a_two_node_openstack_merges_into_one_story_with_a_clock_five_seconds_off() {
             "id",
         ],
     );
+    let mut list = openstack("RegionTwo", &["image", "list"]);
+    let on_compute1 = Running::start_in(
+        Some(&cmp.ns),
+        &[
+            "--host",
+            "compute1",
+            "--pid",
+            &glance_cmp.pid.to_string(),
+            "--pid",
+            &create.guard.pid().to_string(),
+            "--pid",
+            &list.guard.pid().to_string(),
+            "--clock-shift-ms",
+            "5000",
+        ],
+        false,
+    );
+    let limit = Duration::from_secs(180);
+    create.send_line("go");
+    let id = create.lines.expect("", limit);
     assert_eq!(id.trim().len(), 36, "{id}");
-    openstack("RegionTwo", &["image", "list"]);
+    let st = create.guard.wait_timeout(limit);
+    assert!(st.success(), "openstack image create on compute1: {st}");
+    // compute1's glance has its own database: no image there, an empty list.
+    list.send_line("go");
+    let st = list.guard.wait_timeout(limit);
+    assert!(st.success(), "openstack image list on compute1: {st}");
     std::thread::sleep(Duration::from_millis(700));
     let compute1 = on_compute1.stop();
     let controller = on_controller.stop();
