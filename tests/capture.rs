@@ -505,6 +505,35 @@ fn ipv6_loopback_connections_have_ipv6_addresses() {
 }
 
 #[test]
+fn sockets_carry_the_inode_of_their_network_namespace() {
+    if !kernel_tests() {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt as _;
+    let www = www();
+    let server = Server::start(www.path(), &[]);
+    let url = format!("http://127.0.0.1:{}/hi.txt", server.port);
+    let cap = sniff_command(
+        &["--pid", &server.pid().to_string()],
+        &["curl", "-s", "-o", "/dev/null", &url],
+        LIMIT,
+    );
+    assert!(cap.status.success(), "{}", cap.describe());
+    // What `/proc/PID/ns/net` links to, `net:[INODE]`, is the namespace the kernel read.
+    let ns = |pid: u32| {
+        fs::metadata(format!("/proc/{pid}/ns/net"))
+            .expect("netns of the server")
+            .ino() as u32
+    };
+    let expected = ns(server.pid());
+    assert_eq!(expected, ns(std::process::id()));
+    let client = one(cap.conns.iter().filter(|c| c.comm == "curl"), "curl", &cap);
+    let srv = one(cap.conns_of(server.pid()), "server", &cap);
+    assert_eq!(client.netns, Some(expected), "{client:#?}");
+    assert_eq!(srv.netns, Some(expected), "{srv:#?}");
+}
+
+#[test]
 fn unix_stream_sockets_are_captured_with_their_path() {
     if !kernel_tests() {
         return;

@@ -165,3 +165,61 @@ fn version_names_the_revision_and_the_build_date() {
         "date {date:?}"
     );
 }
+
+#[test]
+fn merge_names_the_input_it_cannot_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("missing.jsonl");
+    assert_usage_error(
+        &run(&["merge", missing.to_str().unwrap(), "-o", "/dev/null"]),
+        &format!("cannot read {}", missing.display()),
+    );
+    let bad = dir.path().join("bad.jsonl");
+    fs::write(&bad, "{\"id\": 1}\n{\"id\": \"two\"}\n").expect("write");
+    assert_usage_error(
+        &run(&["merge", bad.to_str().unwrap(), "-o", "/dev/null"]),
+        &format!("{}: line 2: not an exchange record", bad.display()),
+    );
+    let empty = dir.path().join("empty.jsonl");
+    fs::write(&empty, "\n").expect("write");
+    assert_usage_error(
+        &run(&["merge", empty.to_str().unwrap(), "-o", "/dev/null"]),
+        "no exchange records in it",
+    );
+    // A binary file is bad input too, not a crash.
+    let binary = dir.path().join("binary.jsonl");
+    fs::write(&binary, [0xff, 0xfe, 0x00, 0x01]).expect("write");
+    assert_usage_error(
+        &run(&["merge", binary.to_str().unwrap(), "-o", "/dev/null"]),
+        "cannot read",
+    );
+}
+
+#[test]
+fn an_otlp_url_sniffer_cannot_use_is_named() {
+    assert_usage_error(
+        &run(&[
+            "--otlp",
+            "https://collector:4318",
+            "--comm",
+            "x",
+            "-o",
+            "/dev/null",
+        ]),
+        "--otlp https://collector:4318: only http:// is supported",
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let one = dir.path().join("one.jsonl");
+    fs::write(&one, "{\"id\": 1}\n").expect("write");
+    assert_usage_error(
+        &run(&[
+            "merge",
+            one.to_str().unwrap(),
+            "-o",
+            "/dev/null",
+            "--otlp",
+            "http://h:0",
+        ]),
+        "the port is not a number from 1 to 65535",
+    );
+}

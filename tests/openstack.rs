@@ -14,7 +14,7 @@ use sniffer_tests::{
     kernel_tests,
     openstack::{
         Run, assert_databases_set_aside, assert_nested, assert_numbered_and_drawn,
-        assert_served_once, create_image, find, fresh_dir, qcow2, sniff, start_bed,
+        assert_served_once, create_image, find, fresh_dir, participants, qcow2, sniff, start_bed,
     },
 };
 
@@ -26,20 +26,8 @@ fn check(run: &Run, what: &str) {
     assert_served_once(run, |p| p, &ctx());
     // MariaDB and memcached, as devstack has them: set aside, never in the log.
     assert_databases_set_aside(run, &ctx());
-    let mut names: Vec<&str> = run
-        .exchanges
-        .iter()
-        .flat_map(|x| {
-            [
-                x["from"].as_str().unwrap_or(""),
-                x["to"].as_str().unwrap_or(""),
-            ]
-        })
-        .collect();
-    names.sort_unstable();
-    names.dedup();
     assert_eq!(
-        names,
+        participants(run),
         vec!["glance-api", "keystone", "openstack"],
         "{}",
         ctx()

@@ -63,6 +63,8 @@ const RECORDER: Recorder = Recorder {
     redact: true,
     text_limit: 4096,
     unix_offset_ns: 0,
+    host: None,
+    clock_shift_ns: 0,
 };
 
 /// One traced end of the connection.
@@ -88,6 +90,7 @@ impl End {
                 sk: 7 + u64::from(b),
                 peer_sk: 0,
                 peer_tgid: 0,
+                netns: 0,
                 role,
                 transport: Transport::Tcp,
                 local: Endpoint::Inet(if b { server } else { client }),

@@ -414,7 +414,9 @@ pub struct SockEvent {
     /// For unix sockets: the process at the other end when it connected, or the one that
     /// listened (the kernel's SO_PEERCRED pid; 0 when unknown).
     pub peer_tgid: u32,
-    pub _pad: u32,
+    /// Inode number of the socket's network namespace (`sock->sk_net->ns.inum`, what
+    /// `/proc/PID/ns/net` links to; 0 when unknown): two namespaces can reuse one address.
+    pub netns: u32,
     /// Stream offsets at this moment: the total bytes sent and received so far.
     pub send_off: u64,
     pub recv_off: u64,
@@ -591,7 +593,9 @@ pub struct KernelOffsets {
     pub sk_peer_pid: u32,
     pub pid_numbers: u32,
     pub upid_nr: u32,
-    pub _pad: u32,
+    /// `sock.__sk_common.skc_net.net` and `net.ns.inum`: the socket's network namespace.
+    pub skc_net: u32,
+    pub net_ns_inum: u32,
 }
 
 /// Field offsets inside the classic tracepoints' records, read from tracefs `format` files.
@@ -642,9 +646,9 @@ const _: () = {
     assert!(size_of::<TlsArgs>() == 40);
     assert!(size_of::<SslKey>() == 16);
     assert!(size_of::<Pending>() == 32);
-    assert!(size_of::<KernelOffsets>() == 108);
+    assert!(size_of::<KernelOffsets>() == 112);
     assert!(size_of::<TracepointOffsets>() == 8);
-    assert!(size_of::<Config>() == 132);
+    assert!(size_of::<Config>() == 136);
     assert!(size_of::<StreamKey>() == 16);
     assert!(size_of::<CopyCtl>() == 40);
     assert!(align_of::<DataEvent>() == 8);

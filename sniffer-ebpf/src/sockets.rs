@@ -141,6 +141,12 @@ fn unix_path(k: &KernelOffsets, usk: u64, out: &mut SockAddr) {
 /// Fills local and peer addresses of `sk` into a socket event.
 #[inline(always)]
 fn fill_addresses(k: &KernelOffsets, sk: u64, fam: u16, ev: &mut SockEvent) {
+    // possible_net_t is a struct holding one pointer (none without CONFIG_NET_NS: absent).
+    if let Some(net) = kread::<u64>(sk, k.skc_net)
+        && let Some(inum) = kread::<u32>(net, k.net_ns_inum)
+    {
+        ev.netns = inum;
+    }
     match fam {
         family::INET => {
             if let Some(a) = kread::<[u8; 4]>(sk, k.skc_rcv_saddr) {

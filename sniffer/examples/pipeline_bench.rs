@@ -41,6 +41,8 @@ fn main() {
         redact: true,
         text_limit: 64 << 10,
         unix_offset_ns: 0,
+        host: None,
+        clock_shift_ns: 0,
     };
     if std::env::args().any(|a| a == "--jsonl") {
         logs.sinks
@@ -74,6 +76,7 @@ fn main() {
             received: 0,
             tls_sent: 0,
             tls_received: 0,
+            netns: 0,
         }));
     }
     let start = Instant::now();

@@ -18,10 +18,12 @@ use crate::{
     exit,
     filter::Filter,
     names::Names,
+    otlp::{self, Endpoint, Exporter, sink::OtlpSink},
     pipeline::Pipeline,
     probe::{self, Probe, ProbeOptions, target_flags},
     procs::{self, ProcTable},
     proxy::Proxies,
+    record::Host,
     sinks::{
         conn_log::ConnLog,
         dump::DumpSink,
@@ -92,6 +94,13 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
         pids.push(tgid);
     }
 
+    let otlp_endpoint = cli
+        .otlp
+        .as_deref()
+        .map(Endpoint::parse)
+        .transpose()
+        .map_err(|e| UsageError(format!("--otlp {e}")))?;
+
     let filter = cli
         .filter
         .as_deref()
@@ -142,6 +151,10 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
         redact,
         text_limit: preview,
         unix_offset_ns: unix_ns() - i128::from(monotonic_ns()),
+        host: Some(Host::this(cli.host.as_deref())),
+        clock_shift_ns: cli
+            .clock_shift_ms
+            .map_or(0, |ms| ms.saturating_mul(1_000_000)),
     };
     let mut logs = LogFanout::default();
     logs.sinks.push(Box::new(NumberedLog::new(
@@ -151,12 +164,24 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
     )));
     if let (Some(out), Some(path)) = (jsonl_out, &cli.jsonl) {
         let out = writer(out, path, "exchanges")?;
-        logs.sinks.push(Box::new(Jsonl::new(out, recorder)));
+        logs.sinks.push(Box::new(Jsonl::new(out, recorder.clone())));
     }
     if let (Some(out), Some(path)) = (har_out, &cli.har) {
         let out = writer(out, path, "exchanges")?;
-        logs.sinks.push(Box::new(HarSink::new(out, recorder)));
+        logs.sinks
+            .push(Box::new(HarSink::new(out, recorder.clone())));
     }
+    let otlp = match otlp_endpoint {
+        Some(ep) => {
+            let health = outputs.track(format!("otlp {ep}"), "spans");
+            let exporter = Exporter::start(ep.clone(), otlp::Options::default(), Some(health))
+                .context("starting the OTLP export thread")?;
+            let (sink, summary) = OtlpSink::new(recorder.clone(), exporter);
+            logs.sinks.push(Box::new(sink));
+            Some((ep, summary))
+        }
+        None => None,
+    };
     let names = Names::new(cli.names.iter().cloned().collect());
     let full_capture = cli.full_capture || cli.dump_streams.is_some();
     let proxies = Proxies {
@@ -301,6 +326,14 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
     let finals = reader.live_offsets();
     pipeline.finish(monotonic_ns(), &finals);
     summary(&probe, &reader, &pipeline);
+    if let Some((ep, summary)) = otlp {
+        let s = *summary
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(s) = s {
+            eprintln!("sniffer: {}", s.line(&ep));
+        }
+    }
     let status = status.map(exit_code);
     Ok(outputs_summary(&outputs.failures(), status))
 }

@@ -190,7 +190,7 @@ fn btf(lines: &mut Vec<Line>) -> Option<Layouts> {
 }
 
 /// Members the programs can do without, and what is lost without each.
-fn optional_members(k: &KernelOffsets) -> [(u32, &'static str, &'static str); 10] {
+fn optional_members(k: &KernelOffsets) -> [(u32, &'static str, &'static str); 12] {
     [
         (
             k.task_exit_code,
@@ -222,6 +222,16 @@ fn optional_members(k: &KernelOffsets) -> [(u32, &'static str, &'static str); 10
             "unix peers named from /proc only",
         ),
         (k.upid_nr, "upid.nr", "unix peers named from /proc only"),
+        (
+            k.skc_net,
+            "sock.skc_net",
+            "network namespaces not told apart",
+        ),
+        (
+            k.net_ns_inum,
+            "net.ns.inum",
+            "network namespaces not told apart",
+        ),
     ]
 }
 
@@ -232,8 +242,8 @@ fn offsets_line(k: &KernelOffsets) -> Line {
         .filter(|(v, _, _)| *v == OFFSET_ABSENT)
         .map(|(_, name, loss)| format!("{name} ({loss})"))
         .collect();
-    // Every u32 of the struct but its padding is a member offset.
-    let total = size_of::<KernelOffsets>() / 4 - 1;
+    // Every u32 of the struct is a member offset.
+    let total = size_of::<KernelOffsets>() / 4;
     if absent.is_empty() {
         Line::new(
             Status::Ok,

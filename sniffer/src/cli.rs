@@ -41,6 +41,10 @@ pub enum Tool {
     Diagram(DiagramArgs),
     /// Turn a .jsonl into an HTTP Archive (HAR 1.2) for browser devtools and HAR viewers.
     Har(HarArgs),
+    /// Merge several hosts' captures (their .jsonl) into one numbered log: a call from one
+    /// host to another becomes one exchange with both ends' views, clocks are corrected from
+    /// the exchanges themselves, and a name running on several hosts becomes NAME@HOST.
+    Merge(MergeArgs),
     /// Can this host run a capture? One line per requirement (kernel, BTF, privileges,
     /// lockdown, tracefs, BPF features), then sniffer's programs loaded for real. Exit code 0
     /// when a capture will work, 2 when not.
@@ -77,6 +81,23 @@ pub struct HarArgs {
     pub output: PathBuf,
 }
 
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// The JSONL each host's run wrote with --jsonl; the first one's host is the reference
+    /// clock.
+    #[arg(required = true, value_name = "JSONL")]
+    pub inputs: Vec<PathBuf>,
+    /// The merged numbered log ("-" for stdout).
+    #[arg(short, long, value_name = "FILE", default_value = "merged.log")]
+    pub output: PathBuf,
+    /// Also write the merged exchanges as JSONL (times on the reference host's clock).
+    #[arg(long, value_name = "FILE")]
+    pub jsonl: Option<PathBuf>,
+    /// Also send the merged exchanges as OpenTelemetry spans (OTLP over HTTP) to URL.
+    #[arg(long, value_name = "URL")]
+    pub otlp: Option<String>,
+}
+
 /// Tracing: what to trace and where the results go.
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -104,6 +125,17 @@ pub struct RunArgs {
     /// Leave out messages matching a should_not_hook.json filter file.
     #[arg(long, value_name = "FILE")]
     pub filter: Option<PathBuf>,
+
+    /// Also send every exchange as OpenTelemetry spans (OTLP over HTTP, protobuf) to URL,
+    /// e.g. http://127.0.0.1:4318 (/v1/traces is added to a URL without a path). Sent in
+    /// batches from a queue that never holds up the capture; what it drops is counted.
+    #[arg(long, value_name = "URL")]
+    pub otlp: Option<String>,
+
+    /// Name this machine NAME in the JSONL (default: its hostname), for `sniffer merge` of
+    /// several hosts' captures.
+    #[arg(long = "host", value_name = "NAME")]
+    pub host: Option<String>,
 
     /// Show tokens, passwords and cookies as they are (default: a sha256 fingerprint).
     #[arg(long)]
@@ -172,6 +204,11 @@ pub struct RunArgs {
     #[arg(long, hide = true)]
     pub bpf_stats: bool,
 
+    /// Add MS milliseconds (may be negative) to every kernel time recorded in the JSONL: a
+    /// host whose clock is off, for tests of `sniffer merge`.
+    #[arg(long, value_name = "MS", hide = true, allow_hyphen_values = true)]
+    pub clock_shift_ms: Option<i64>,
+
     /// Load this variant of the BPF data programs, not the one the kernel's features choose
     /// (for tests of older kernels' variants).
     #[arg(long, value_enum, hide = true, env = "SNIFFER_BPF_VARIANT")]
@@ -214,6 +251,24 @@ mod tool_tests {
             Some(Tool::Har(_))
         ));
         assert!(Cli::try_parse_from(["sniffer", "--pid", "1", "diagram", "x"]).is_err());
+    }
+
+    #[test]
+    fn merge_takes_one_or_more_captures() {
+        let cli = Cli::try_parse_from(["sniffer", "merge", "a.jsonl", "b.jsonl", "--jsonl", "m"])
+            .unwrap();
+        match cli.tool {
+            Some(Tool::Merge(m)) => {
+                assert_eq!(
+                    m.inputs,
+                    [PathBuf::from("a.jsonl"), PathBuf::from("b.jsonl")]
+                );
+                assert_eq!(m.output, PathBuf::from("merged.log"));
+                assert_eq!(m.jsonl, Some(PathBuf::from("m")));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["sniffer", "merge"]).is_err());
     }
 }
 

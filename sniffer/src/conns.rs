@@ -43,6 +43,8 @@ pub struct Conn {
     pub peer_sk: u64,
     /// A unix peer's process (SO_PEERCRED; 0 when unknown).
     pub peer_tgid: u32,
+    /// The socket's network namespace (inode number; 0 when unknown).
+    pub netns: u32,
     pub role: Role,
     pub transport: Transport,
     pub local: Endpoint,
@@ -249,6 +251,7 @@ impl ConnTable {
             sk: s.sk,
             peer_sk: s.peer_sk,
             peer_tgid: s.peer_tgid,
+            netns: s.netns,
             role: s.role,
             transport: s.transport,
             local: s.local.clone(),
@@ -276,6 +279,7 @@ impl ConnTable {
                 c.peer = s.peer.clone();
                 c.peer_sk = s.peer_sk;
                 c.peer_tgid = s.peer_tgid;
+                c.netns = s.netns;
                 return;
             }
             if let Some(old) = self.live.remove(&key) {
@@ -312,6 +316,7 @@ impl ConnTable {
                 sk: chunk.sk,
                 peer_sk: 0,
                 peer_tgid: 0,
+                netns: 0,
                 role: Role::Unknown,
                 transport: Transport::Other(0),
                 local: Endpoint::Unknown,
@@ -565,6 +570,7 @@ mod tests {
             sk,
             peer_sk: 0,
             peer_tgid: 0,
+            netns: 0,
             role: Role::Client,
             transport: Transport::Tcp,
             local: Endpoint::Inet("127.0.0.1:40000".parse::<SocketAddr>().unwrap()),

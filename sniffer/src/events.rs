@@ -143,6 +143,8 @@ pub struct SockInfo {
     pub peer_sk: u64,
     /// A unix peer's process (SO_PEERCRED; 0 when unknown).
     pub peer_tgid: u32,
+    /// The socket's network namespace (its inode number; 0 when unknown).
+    pub netns: u32,
     pub role: Role,
     pub transport: Transport,
     pub local: Endpoint,
@@ -268,6 +270,7 @@ fn sock_info(ev: &SockEvent) -> SockInfo {
         sk: ev.sk,
         peer_sk: ev.peer_sk,
         peer_tgid: ev.peer_tgid,
+        netns: ev.netns,
         role: match ev.role {
             role::CLIENT => Role::Client,
             role::SERVER => Role::Server,

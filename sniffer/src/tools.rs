@@ -1,14 +1,17 @@
-//! The subcommands: the converters behind `sniffer diagram` and `sniffer har` (files in,
-//! files out), and `sniffer check`.
+//! The subcommands: the converters behind `sniffer diagram`, `sniffer har` and `sniffer merge`
+//! (files in, files out), and `sniffer check`.
 use std::{fs, io::Write as _, path::Path};
 
 use crate::{
-    cli::{DiagramArgs, HarArgs, Tool},
+    cli::{DiagramArgs, HarArgs, MergeArgs, Tool},
     diagram::{body, mermaid, model},
     exit,
     filter::Filter,
-    har,
-    sinks::safe_open::{self, Target},
+    har, merge, otlp, record,
+    sinks::{
+        log::record_entry,
+        safe_open::{self, Target},
+    },
 };
 
 /// A converter's failure, in one sentence naming the file.
@@ -59,6 +62,7 @@ pub fn run(tool: Tool) -> Result<u8, ToolError> {
     match tool {
         Tool::Diagram(a) => diagram(&a).map(|()| exit::OK),
         Tool::Har(a) => har_file(&a).map(|()| exit::OK),
+        Tool::Merge(a) => merge_files(&a).map(|()| exit::OK),
         Tool::Check => Ok(crate::check::run()),
     }
 }
@@ -99,4 +103,85 @@ fn har_file(a: &HarArgs) -> Result<(), ToolError> {
     let doc = har::from_records(&records);
     let pretty = serde_json::to_string_pretty(&doc).map_err(|e| ToolError::Usage(e.to_string()))?;
     write(&[(&a.output, &(pretty + "\n"))])
+}
+
+fn merge_files(a: &MergeArgs) -> Result<(), ToolError> {
+    let endpoint = a
+        .otlp
+        .as_deref()
+        .map(otlp::Endpoint::parse)
+        .transpose()
+        .map_err(|e| ToolError::Usage(format!("--otlp {e}")))?;
+    let mut inputs = Vec::new();
+    for path in &a.inputs {
+        let text = read(path)?;
+        let records = record::read_jsonl(&text)
+            .map_err(|e| ToolError::Usage(format!("{}: {e}", path.display())))?;
+        inputs.push(merge::Input {
+            name: path.display().to_string(),
+            records,
+        });
+    }
+    let merged = merge::merge(&inputs);
+    for w in &merged.warnings {
+        eprintln!("sniffer merge: {w}");
+    }
+    let mut entries: Vec<(u64, String)> = merged
+        .exchanges
+        .iter()
+        .flat_map(|j| {
+            [true, false].into_iter().filter_map(|request| {
+                let number = j.record.message(request)?.number?;
+                Some((number, record_entry(&j.record, request)?))
+            })
+        })
+        .collect();
+    entries.sort_unstable_by_key(|(n, _)| *n);
+    let log: String = entries.into_iter().map(|(_, e)| e).collect();
+    let jsonl = match &a.jsonl {
+        Some(_) => {
+            let mut out = String::new();
+            for j in &merged.exchanges {
+                let line = serde_json::to_string(&j.record)
+                    .map_err(|e| ToolError::Usage(format!("cannot encode a record: {e}")))?;
+                out.push_str(&line);
+                out.push('\n');
+            }
+            Some(out)
+        }
+        None => None,
+    };
+    match (&a.jsonl, &jsonl) {
+        (Some(path), Some(text)) => write(&[(&a.output, &log), (path, text)])?,
+        _ => write(&[(&a.output, &log)])?,
+    }
+    for line in merged.report() {
+        eprintln!("sniffer merge: {line}");
+    }
+    match endpoint {
+        Some(ep) => export(&merged, ep),
+        None => Ok(()),
+    }
+}
+
+/// How long `sniffer merge --otlp` waits for the backend at most, after the last span.
+const MERGE_EXPORT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Sends a merged capture's spans; an error (exit code 74) when some did not arrive.
+fn export(merged: &merge::Merged, ep: otlp::Endpoint) -> Result<(), ToolError> {
+    let exporter = otlp::Exporter::start(ep.clone(), otlp::Options::default(), None)
+        .map_err(|e| ToolError::Write(format!("cannot start the OTLP export: {e}")))?;
+    for spans in otlp::merged::spans_of(merged) {
+        exporter.send(spans);
+    }
+    let s = exporter.finish(MERGE_EXPORT_WAIT);
+    eprintln!("sniffer merge: {}", s.line(&ep));
+    let lost = s.dropped + s.failed + s.unsent + s.rejected;
+    if lost > 0 {
+        return Err(ToolError::Write(format!(
+            "otlp {ep}: {lost} of {} spans did not arrive",
+            s.offered
+        )));
+    }
+    Ok(())
 }

@@ -2,7 +2,8 @@
 """A small OpenStack on 127.0.0.1 for sniffer's end-to-end test: keystone and glance-api under
 uWSGI with devstack's process names, all state in one directory.
 
-usage: bed.py VENV STATE_DIR [--swift SWIFT_VENV] [--apache] [--tls]
+usage: bed.py VENV STATE_DIR [--swift SWIFT_VENV] [--apache] [--tls] [--bind ADDR]
+              [--keystone URL --region NAME --glance-user NAME]
 
 Like devstack: MariaDB (Debian's mariadbd, a datadir of its own, 127.0.0.1:3306) holds keystone's
 and glance's databases (PyMySQL), and memcached (127.0.0.1:11211) caches for keystone
@@ -30,6 +31,12 @@ which clients take as their CA: OS_CACERT for the CLI, keystonemiddleware's `caf
 glance); the catalog lists https://127.0.0.1/identity and https://127.0.0.1/image, so glance
 calls keystone through HTTPS too. The JSON then has "cacert": PATH.
 
+With --bind ADDR, keystone and glance-api listen on ADDR (a lab host's address) instead of
+127.0.0.1, and the catalog lists ADDR. With --keystone URL (a keystone/v3 URL another bed
+started), no keystone of its own: glance-api (service user --glance-user) checks tokens there and
+is listed in region --region; the JSON's "keystone" is then null. That is a second host of a
+multi-node devstack.
+
 It waits until its stdin closes or it gets SIGTERM; it then stops the services it started and
 nothing else. The services die with this script (PR_SET_PDEATHSIG), however it ends.
 """
@@ -48,14 +55,21 @@ opts = sys.argv[3:]
 swift_venv = os.path.abspath(opts[opts.index("--swift") + 1]) if "--swift" in opts else None
 tls = "--tls" in opts
 apache = "--apache" in opts or tls
+opt = lambda name, default: opts[opts.index(name) + 1] if name in opts else default  # noqa: E731
+bind = opt("--bind", "127.0.0.1")
+remote_keystone = opt("--keystone", None)
+region = opt("--region", "RegionOne")
+glance_user = opt("--glance-user", "glance")
 os.makedirs(state, exist_ok=True)
+# The bed's addresses are reached directly, whatever proxy the environment names.
+os.environ["no_proxy"] = os.environ["NO_PROXY"] = "*"
 bin_ = lambda name: os.path.join(venv, "bin", name)  # noqa: E731
 children = []
 
 
 def free_port():
     s = socket.socket()
-    s.bind(("127.0.0.1", 0))
+    s.bind((bind, 0))
     port = s.getsockname()[1]
     s.close()
     return port
@@ -74,7 +88,7 @@ def start_uwsgi(name, port, module, env_var, env_val, log):
     """uWSGI master + 2 workers, titled like devstack (`keystone uWSGI master`); `port` a TCP
     port (HTTP) or a unix socket path (the uwsgi protocol, for Apache's mod_proxy_uwsgi)."""
     listen = (["--socket", port, "--chmod-socket=666"] if isinstance(port, str)
-              else ["--http11-socket", f"127.0.0.1:{port}"])
+              else ["--http11-socket", f"{bind}:{port}"])
     p = subprocess.Popen(
         [
             bin_("uwsgi"), *listen, "--module", module,
@@ -253,16 +267,18 @@ if apache:
     kbase, gurl = f"{scheme}://127.0.0.1/identity", f"{scheme}://127.0.0.1/image"
 else:
     kport, gport = free_port(), free_port()
-    kbase, gurl = f"http://127.0.0.1:{kport}", None
-    gurl = f"http://127.0.0.1:{gport}"
-kurl = f"{kbase}/v3"
+    kbase, gurl = f"http://{bind}:{kport}", None
+    gurl = f"http://{bind}:{gport}"
+kurl = remote_keystone or f"{kbase}/v3"
 start_mariadb()
 start_memcached()
 db = "mysql+pymysql://root@127.0.0.1:3306"
 
-# keystone
-kconf = os.path.join(state, "keystone.conf")
-write(kconf, f"""[DEFAULT]
+
+def start_keystone():
+    """keystone under uWSGI (MariaDB, fernet tokens, admin/secret bootstrapped); its log."""
+    kconf = os.path.join(state, "keystone.conf")
+    write(kconf, f"""[DEFAULT]
 [database]
 connection = {db}/keystone
 [token]
@@ -278,17 +294,23 @@ enabled = true
 backend = oslo_cache.memcache_pool
 memcache_servers = 127.0.0.1:11211
 """)
-km = lambda *a: run(bin_("keystone-manage"), "--config-file", kconf, *a)  # noqa: E731
-km("db_sync")
-km("fernet_setup", "--keystone-user", "root", "--keystone-group", "root")
-km("credential_setup", "--keystone-user", "root", "--keystone-group", "root")
-km("bootstrap", "--bootstrap-password", "secret", "--bootstrap-username", "admin",
-   "--bootstrap-project-name", "admin", "--bootstrap-role-name", "admin",
-   "--bootstrap-service-name", "keystone", "--bootstrap-region-id", "RegionOne",
-   "--bootstrap-admin-url", kurl, "--bootstrap-public-url", kurl, "--bootstrap-internal-url", kurl)
-klog = os.path.join(state, "keystone-requests.log")
-keystone = start_uwsgi("keystone", kport, "keystone.wsgi.api:application", "OS_KEYSTONE_CONFIG_FILES", kconf, klog)
-front = start_apache(kport, gport) if apache else None
+    km = lambda *a: run(bin_("keystone-manage"), "--config-file", kconf, *a)  # noqa: E731
+    km("db_sync")
+    km("fernet_setup", "--keystone-user", "root", "--keystone-group", "root")
+    km("credential_setup", "--keystone-user", "root", "--keystone-group", "root")
+    km("bootstrap", "--bootstrap-password", "secret", "--bootstrap-username", "admin",
+       "--bootstrap-project-name", "admin", "--bootstrap-role-name", "admin",
+       "--bootstrap-service-name", "keystone", "--bootstrap-region-id", "RegionOne",
+       "--bootstrap-admin-url", kurl, "--bootstrap-public-url", kurl, "--bootstrap-internal-url", kurl)
+    klog = os.path.join(state, "keystone-requests.log")
+    p = start_uwsgi("keystone", kport, "keystone.wsgi.api:application", "OS_KEYSTONE_CONFIG_FILES", kconf, klog)
+    return p, klog
+
+
+keystone, klog, front = None, None, None
+if not remote_keystone:
+    keystone, klog = start_keystone()
+    front = start_apache(kport, gport) if apache else None
 wait_http(kurl)
 
 env = dict(os.environ, OS_AUTH_URL=kurl, OS_USERNAME="admin", OS_PASSWORD="secret",
@@ -297,12 +319,15 @@ env = dict(os.environ, OS_AUTH_URL=kurl, OS_USERNAME="admin", OS_PASSWORD="secre
 if tls:
     env["OS_CACERT"] = cacert
 osc = lambda *a: run(bin_("openstack"), *a, env=env)  # noqa: E731
-osc("project", "create", "service", "--domain", "Default")
-osc("user", "create", "glance", "--domain", "Default", "--password", "secret")
-osc("role", "add", "--project", "service", "--user", "glance", "admin")
-osc("service", "create", "--name", "glance", "image")
+if not remote_keystone:
+    osc("project", "create", "service", "--domain", "Default")
+    osc("service", "create", "--name", "glance", "image")
+else:
+    osc("region", "create", region)
+osc("user", "create", glance_user, "--domain", "Default", "--password", "secret")
+osc("role", "add", "--project", "service", "--user", glance_user, "admin")
 for iface in ("public", "internal", "admin"):
-    osc("endpoint", "create", "--region", "RegionOne", "image", iface, gurl)
+    osc("endpoint", "create", "--region", region, "image", iface, gurl)
 
 
 def authtoken(user):
@@ -397,7 +422,7 @@ enabled_backends = fs:file{", swift:swift" if swift else ""}
 [database]
 connection = {db}/glance
 [keystone_authtoken]
-{authtoken("glance")}[paste_deploy]
+{authtoken(glance_user)}[paste_deploy]
 flavor = keystone
 [glance_store]
 default_backend = {"swift" if swift else "fs"}
@@ -428,7 +453,7 @@ glance = start_uwsgi("glance-api", gport, "glance.wsgi.api:application", "OS_GLA
 wait_http(f"{gurl}/")
 
 print(json.dumps({
-    "keystone": {"pid": keystone.pid, "port": kport, "log": klog},
+    "keystone": keystone and {"pid": keystone.pid, "port": kport, "log": klog},
     "glance": {"pid": glance.pid, "port": gport, "log": glog},
     "swift": swift,
     "apache": front,

@@ -16,7 +16,9 @@ use std::{
 
 use serde::Deserialize;
 
+pub mod netns;
 pub mod openstack;
+pub mod phoenix;
 
 /// Whether kernel tests run here. Panics when they cannot (not root) and were not skipped
 /// explicitly: a silent skip would read as a pass.
@@ -189,8 +191,14 @@ impl Server {
     /// Runs a server fixture that prints `PORT <n>` once it listens.
     pub fn script(script: &str, args: &[&str]) -> Self {
         let mut cmd = Command::new("python3");
-        cmd.arg(fixture(script)).args(args).stdout(Stdio::piped());
-        let mut guard = Guard::spawn(&mut cmd);
+        cmd.arg(fixture(script)).args(args);
+        Self::command(&mut cmd)
+    }
+
+    /// Runs `cmd`, a server that prints `PORT <n>` once it listens.
+    pub fn command(cmd: &mut Command) -> Self {
+        cmd.stdout(Stdio::piped());
+        let mut guard = Guard::spawn(cmd);
         let lines = Lines::new(guard.child.stdout.take().expect("stdout"));
         let port = lines
             .expect("PORT ", Duration::from_secs(20))
@@ -217,6 +225,9 @@ pub struct ConnRecord {
     pub transport: String,
     pub local: String,
     pub peer: String,
+    /// The socket's network namespace inode, when the kernel told.
+    #[serde(default)]
+    pub netns: Option<u32>,
     pub end: Option<String>,
     pub open_lost: bool,
     pub end_known: bool,
@@ -296,6 +307,16 @@ impl Capture {
         all
     }
 
+    /// The run's JSONL (`--jsonl`).
+    pub fn jsonl_path(&self) -> PathBuf {
+        self.dir.path().join("exchanges.jsonl")
+    }
+
+    /// The run's numbered log (`-o`).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("sniffer.log")
+    }
+
     pub fn describe(&self) -> String {
         format!(
             "sniffer stderr:\n{}\nlog:\n{}\nconnections: {:#?}",
@@ -305,7 +326,19 @@ impl Capture {
 }
 
 fn sniffer_cmd(dir: &Path, args: &[&str], streams: bool) -> Command {
-    let mut cmd = Command::new(sniffer_bin());
+    sniffer_cmd_in(None, dir, args, streams)
+}
+
+/// The sniffer command, run in network namespace `netns` when given.
+fn sniffer_cmd_in(netns: Option<&str>, dir: &Path, args: &[&str], streams: bool) -> Command {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(sniffer_bin());
+            c
+        }
+        None => Command::new(sniffer_bin()),
+    };
     cmd.arg("-o")
         .arg(dir.join("sniffer.log"))
         .arg("--jsonl")
@@ -356,8 +389,14 @@ pub struct Running {
 impl Running {
     /// Starts `sniffer ARGS` and waits until it traces.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_in(None, args, true)
+    }
+
+    /// Starts `sniffer ARGS` in network namespace `netns` (a lab's host), with stream dumps
+    /// when `streams`, and waits until it traces.
+    pub fn start_in(netns: Option<&str>, args: &[&str], streams: bool) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut cmd = sniffer_cmd(dir.path(), args, true);
+        let mut cmd = sniffer_cmd_in(netns, dir.path(), args, streams);
         cmd.stderr(Stdio::piped()).stdout(Stdio::null());
         let mut guard = Guard::spawn(&mut cmd);
         let (tx, rx) = mpsc::channel();
@@ -439,4 +478,28 @@ impl Interactive {
 /// Bytes of a file of `size` that no compression or text rule would mistake: a counter pattern.
 pub fn pattern(size: usize) -> Vec<u8> {
     (0..size).map(|i| (i * 7 + i / 251) as u8).collect()
+}
+
+/// `sniffer ARGS` (a subcommand: merge, diagram, har) to completion within `limit`: its exit
+/// code, stdout and stderr.
+pub fn sniffer_tool<S: AsRef<std::ffi::OsStr>>(
+    args: &[S],
+    limit: Duration,
+) -> (i32, String, String) {
+    let mut cmd = Command::new(sniffer_bin());
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut g = Guard::spawn(&mut cmd);
+    let out = g.child.stdout.take().expect("stdout");
+    let err = g.child.stderr.take().expect("stderr");
+    let out = thread::spawn(move || std::io::read_to_string(out).unwrap_or_default());
+    let err = thread::spawn(move || std::io::read_to_string(err).unwrap_or_default());
+    let status = g.wait_timeout(limit);
+    (
+        status.code().unwrap_or(-1),
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default(),
+    )
 }

@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::{Guard, Lines, sniffer_bin, workspace};
 
 pub struct Bed {
-    guard: Guard,
+    _process: BedProcess,
     pub keystone: Service,
     pub glance: Service,
     /// swift-proxy-server's pid, when the bed has swift.
@@ -25,7 +25,12 @@ pub struct Bed {
     pub venv: PathBuf,
 }
 
-impl Drop for Bed {
+/// A running bed.py.
+pub struct BedProcess {
+    guard: Guard,
+}
+
+impl Drop for BedProcess {
     /// Closing the bed's stdin lets it stop its services in order; the guard then kills what is
     /// left (the services also die with the bed).
     fn drop(&mut self) {
@@ -46,7 +51,7 @@ pub struct Service {
 }
 
 impl Service {
-    fn from(v: &Value) -> Self {
+    pub fn from(v: &Value) -> Self {
         Self {
             pid: v["pid"].as_u64().expect("pid") as u32,
             log: PathBuf::from(v["log"].as_str().expect("log")),
@@ -79,6 +84,53 @@ pub fn uwsgi_requests(text: &str) -> Vec<(String, String, u16)> {
         .collect()
 }
 
+/// SNIFFER_OPENSTACK_VENV, which `cargo xtask e2e` sets.
+pub fn openstack_venv() -> PathBuf {
+    PathBuf::from(
+        std::env::var("SNIFFER_OPENSTACK_VENV")
+            .expect("SNIFFER_OPENSTACK_VENV: run `cargo xtask e2e`"),
+    )
+}
+
+/// Runs bed.py in target/<state> with `args` (in network namespace `netns` when given) until
+/// it is up; the process and what it printed (pids, logs, the OS_* environment).
+pub fn bed_process(
+    netns: Option<&str>,
+    state: &str,
+    args: &[std::ffi::OsString],
+) -> (BedProcess, Value) {
+    let state = workspace().join("target").join(state);
+    let _ = fs::remove_dir_all(&state);
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "python3"]);
+            c
+        }
+        None => Command::new("python3"),
+    };
+    cmd.arg(workspace().join("tests/openstack/bed.py"))
+        .arg(openstack_venv())
+        .arg(&state)
+        .args(args);
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+    let mut guard = Guard::spawn(&mut cmd);
+    let lines = Lines::new(guard.child.stdout.take().expect("stdout"));
+    let info: Value =
+        serde_json::from_str(&lines.expect("{", Duration::from_secs(300))).expect("bed json");
+    (BedProcess { guard }, info)
+}
+
+/// The OS_* environment a bed printed.
+pub fn bed_env(info: &Value) -> Vec<(String, String)> {
+    info["env"]
+        .as_object()
+        .expect("env")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_owned()))
+        .collect()
+}
+
 /// Starts the bed (with swift when `swift_venv` is given, behind Apache when `apache`) in
 /// target/<state>.
 pub fn start_bed(state: &str, swift_venv: Option<&PathBuf>, apache: bool) -> Bed {
@@ -91,31 +143,13 @@ pub fn start_bed_tls(state: &str) -> Bed {
 }
 
 fn start_bed_with(state: &str, swift_venv: Option<&PathBuf>, flags: &[&str]) -> Bed {
-    let venv = PathBuf::from(
-        std::env::var("SNIFFER_OPENSTACK_VENV")
-            .expect("SNIFFER_OPENSTACK_VENV: run `cargo xtask e2e`"),
-    );
-    let state = workspace().join("target").join(state);
-    let _ = fs::remove_dir_all(&state);
-    let mut cmd = Command::new("python3");
-    cmd.arg(workspace().join("tests/openstack/bed.py"))
-        .arg(&venv)
-        .arg(&state);
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
     if let Some(s) = swift_venv {
-        cmd.arg("--swift").arg(s);
+        args.push("--swift".into());
+        args.push(s.into());
     }
-    cmd.args(flags);
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
-    let mut guard = Guard::spawn(&mut cmd);
-    let lines = Lines::new(guard.child.stdout.take().expect("stdout"));
-    let info: Value =
-        serde_json::from_str(&lines.expect("{", Duration::from_secs(180))).expect("bed json");
-    let env = info["env"]
-        .as_object()
-        .expect("env")
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_owned()))
-        .collect();
+    args.extend(flags.iter().map(Into::into));
+    let (process, info) = bed_process(None, state, &args);
     Bed {
         keystone: Service::from(&info["keystone"]),
         glance: Service::from(&info["glance"]),
@@ -124,9 +158,9 @@ fn start_bed_with(state: &str, swift_venv: Option<&PathBuf>, flags: &[&str]) -> 
             .is_object()
             .then(|| Service::from(&info["apache"])),
         cacert: info["cacert"].as_str().map(PathBuf::from),
-        guard,
-        env,
-        venv,
+        env: bed_env(&info),
+        venv: openstack_venv(),
+        _process: process,
     }
 }
 
@@ -413,6 +447,23 @@ pub fn seen_by(run: &Run, to: &str) -> Vec<(String, String, u16)> {
         .collect();
     v.sort();
     v
+}
+
+/// The participants of a run's exchanges, sorted, each once.
+pub fn participants(run: &Run) -> Vec<&str> {
+    let mut names: Vec<&str> = run
+        .exchanges
+        .iter()
+        .flat_map(|x| {
+            [
+                x["from"].as_str().unwrap_or(""),
+                x["to"].as_str().unwrap_or(""),
+            ]
+        })
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names
 }
 
 pub fn sorted(mut v: Vec<(String, String, u16)>) -> Vec<(String, String, u16)> {

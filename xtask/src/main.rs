@@ -239,11 +239,14 @@ fn run(release: bool, args: &[String]) -> anyhow::Result<()> {
 
 fn test(args: &[String]) -> anyhow::Result<()> {
     let bin = build(false)?;
+    // The OTLP tests send to a real trace store: Arize Phoenix.
+    let phoenix = phoenix_venv()?;
     let mut cmd = cargo();
     // The default members: every crate but the BPF one, which only builds for BPF.
     cmd.arg("test")
         .args(args)
         .env("SNIFFER_BIN", &bin)
+        .env("SNIFFER_PHOENIX_VENV", &phoenix)
         .env_remove("SNIFFER_SKIP_BPF_BUILD");
     run_cmd(&mut cmd)?;
     if !args.is_empty() {
@@ -409,6 +412,13 @@ const SWIFT_PACKAGES: &[&str] = &[
     "python-memcached",
 ];
 
+/// Arize Phoenix, a trace store that takes OTLP over HTTP, for the OTLP tests (its venv also
+/// has the OpenTelemetry protobuf classes the strict test receiver parses with; a first
+/// install takes a few minutes).
+fn phoenix_venv() -> anyhow::Result<PathBuf> {
+    venv("phoenix-venv", &["arize-phoenix"], &["bin/phoenix"], &[])
+}
+
 /// A venv under target/ with `packages`, made or completed when any of `ready` (paths under the
 /// venv) is missing or a module of `imports` does not import (about 40 s from PyPI wheels).
 fn venv(
@@ -485,7 +495,14 @@ fn e2e(args: &[String]) -> anyhow::Result<()> {
     let mut cmd = cargo();
     cmd.args(["test", "--package", "sniffer-tests", "--features", "e2e"])
         .args(["--test", "openstack", "--test", "openstack_swift"])
-        .args(["--test", "openstack_apache", "--test", "openstack_tls"])
+        .args([
+            "--test",
+            "openstack_apache",
+            "--test",
+            "openstack_tls",
+            "--test",
+            "openstack_multihost",
+        ])
         .args(args)
         .env("SNIFFER_BIN", &bin)
         .env("SNIFFER_OPENSTACK_VENV", &openstack)

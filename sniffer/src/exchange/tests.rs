@@ -54,6 +54,7 @@ fn conn(role: Role) -> Conn {
         sk: 1,
         peer_sk: 0,
         peer_tgid: 0,
+        netns: 0,
         role,
         transport: Transport::Tcp,
         local: Endpoint::Inet(a),

@@ -178,7 +178,8 @@ impl Layouts {
             sk_peer_pid: self.optional("sock", &["sk_peer_pid"])?,
             pid_numbers: self.optional("pid", &["numbers"])?,
             upid_nr: self.optional("upid", &["nr"])?,
-            _pad: 0,
+            skc_net: self.optional("sock", &["__sk_common", "skc_net", "net"])?,
+            net_ns_inum: self.optional("net", &["ns", "inum"])?,
         })
     }
 }

@@ -46,6 +46,9 @@ struct ConnRecord<'a> {
     transport: String,
     local: String,
     peer: String,
+    /// The socket's network namespace (inode number), when the kernel told.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    netns: Option<u32>,
     opened_ns: u64,
     ended_ns: Option<u64>,
     end: Option<End>,
@@ -181,6 +184,7 @@ impl DumpSink {
             transport: conn.transport.name(),
             local: conn.local.to_string(),
             peer: conn.peer.to_string(),
+            netns: (conn.netns != 0).then_some(conn.netns),
             opened_ns: conn.opened_ns,
             ended_ns: conn.ended.map(|e| e.0),
             end: conn.ended.map(|e| e.1),

@@ -1,7 +1,5 @@
 //! `--jsonl FILE`: one JSON object per exchange, for tools (the diagram converter reads it).
-use std::io::{self, Write};
-
-use serde::Serialize;
+use std::io::Write as _;
 
 use super::output::Output;
 use crate::{
@@ -9,82 +7,23 @@ use crate::{
         head::StartLine,
         message::{Ending, Message},
     },
+    record::{EndRecord, ExchangeRecord, Host, MessageRecord, UpstreamRecord},
     render,
     stitch::{Exchange, LogSink, View, Which},
 };
 
-#[derive(Serialize)]
-struct EndRecord {
-    pid: u32,
-    local: String,
-    peer: String,
-    transport: String,
-}
-
-#[derive(Serialize)]
-struct UpstreamRecord<'a> {
-    server: Option<EndRecord>,
-    target: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct MessageRecord {
-    number: Option<u64>,
-    /// Kernel (CLOCK_MONOTONIC) times of the first and last bytes.
-    first_ts_ns: u64,
-    last_ts_ns: u64,
-    /// The same first byte in ns since the Unix epoch.
-    first_unix_ns: i128,
-    headers: Vec<(String, String)>,
-    body_size: u64,
-    body_missing: u64,
-    body_lost: u64,
-    body_truncated: bool,
-    /// The body as the log shows it.
-    body: String,
-    complete: bool,
-    broken: Option<&'static str>,
-    after_gap: bool,
-    /// What the RFCs call invalid that was read anyway (a bare LF, ...).
-    lenient: Vec<&'static str>,
-}
-
-#[derive(Serialize)]
-struct ExchangeRecord<'a> {
-    id: u64,
-    from: &'a str,
-    to: &'a str,
-    /// The reverse proxy between the two, its hop folded into this exchange.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    via: Option<&'a str>,
-    /// The proxy's upstream hop folded into this exchange: the service's end and the target
-    /// the proxy sent it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    upstream: Option<UpstreamRecord<'a>>,
-    client: Option<EndRecord>,
-    server: Option<EndRecord>,
-    method: &'a str,
-    url: &'a str,
-    /// Read as TLS plaintext in the TLS library.
-    tls: bool,
-    status: Option<u16>,
-    reason: Option<&'a str>,
-    request: Option<MessageRecord>,
-    response: Option<MessageRecord>,
-    interim_statuses: Vec<u16>,
-    incomplete: bool,
-    orphan: bool,
-    unanswered: bool,
-    broken: Option<&'static str>,
-}
-
-/// Turns exchanges into JSON records (for JSONL and HAR).
-#[derive(Clone, Copy, Debug)]
+/// Turns exchanges into their records (for JSONL, HAR and OTLP).
+#[derive(Clone, Debug)]
 pub struct Recorder {
     pub redact: bool,
     pub text_limit: usize,
     /// Unix time minus kernel monotonic time, in ns.
     pub unix_offset_ns: i128,
+    /// The machine the run is on, named in every end's record.
+    pub host: Option<Host>,
+    /// Added to every kernel time recorded: a host whose clock is off, for tests of `sniffer
+    /// merge` (`--clock-shift-ms`).
+    pub clock_shift_ns: i64,
 }
 
 pub struct Jsonl {
@@ -92,22 +31,38 @@ pub struct Jsonl {
     rec: Recorder,
 }
 
-fn end(v: &Option<View>) -> Option<EndRecord> {
-    v.as_ref().map(|v| EndRecord {
-        pid: v.pid,
-        local: v.local.to_string(),
-        peer: v.peer.to_string(),
-        transport: v.transport.name(),
-    })
-}
-
 impl Recorder {
-    fn message_record(&self, x: &Exchange, which: Which, m: &Message) -> MessageRecord {
+    fn end(&self, v: &Option<View>) -> Option<EndRecord> {
+        v.as_ref().map(|v| EndRecord {
+            pid: v.pid,
+            local: v.local.to_string(),
+            peer: v.peer.to_string(),
+            transport: v.transport.name(),
+            netns: (v.netns != 0).then_some(v.netns),
+            host: self.host.clone(),
+        })
+    }
+
+    fn shifted(&self, ts: u64) -> u64 {
+        ts.saturating_add_signed(self.clock_shift_ns)
+    }
+
+    /// `first_ts`: where the message sits in the order, the first byte of the earlier view.
+    fn message_record(
+        &self,
+        x: &Exchange,
+        which: Which,
+        m: &Message,
+        first_ts: u64,
+    ) -> MessageRecord {
+        let first_ts = first_ts.min(m.first_ts);
         MessageRecord {
             number: x.numbers[which as usize],
-            first_ts_ns: m.first_ts,
-            last_ts_ns: m.last_ts,
-            first_unix_ns: i128::from(m.first_ts) + self.unix_offset_ns,
+            first_ts_ns: self.shifted(first_ts),
+            last_ts_ns: self.shifted(m.last_ts.max(first_ts)),
+            first_unix_ns: i128::from(first_ts)
+                + self.unix_offset_ns
+                + i128::from(self.clock_shift_ns),
             headers: m
                 .head
                 .headers
@@ -126,63 +81,58 @@ impl Recorder {
             body: render::body(&m.head, &m.body, self.redact, self.text_limit),
             complete: m.ending == Ending::Complete,
             broken: match m.ending {
-                Ending::Broken(r) => Some(r),
+                Ending::Broken(r) => Some(r.to_owned()),
                 _ => None,
             },
             after_gap: m.after_gap,
-            lenient: m.lenient.clone(),
+            trailers: m
+                .trailers
+                .iter()
+                .map(|t| String::from_utf8_lossy(t).into_owned())
+                .collect(),
+            lenient: m.lenient.iter().map(|s| (*s).to_owned()).collect(),
         }
     }
 
-    /// The record of an exchange, as a JSON value (for the HAR).
-    pub fn record(&self, x: &Exchange) -> serde_json::Value {
-        serde_json::to_value(self.exchange_record(x)).unwrap_or_default()
-    }
-
-    /// Writes the record of an exchange as one JSON line, without making a JSON value first.
-    pub fn write_line(&self, x: &Exchange, out: &mut dyn Write) -> io::Result<()> {
-        serde_json::to_writer(&mut *out, &self.exchange_record(x))?;
-        out.write_all(b"\n")
-    }
-
-    fn exchange_record<'a>(&self, x: &'a Exchange) -> ExchangeRecord<'a> {
+    /// The record of an exchange.
+    pub fn record(&self, x: &Exchange) -> ExchangeRecord {
         let (status, reason) = match x.response.as_ref().map(|m| &m.head.start) {
             Some(StartLine::Response { status, reason, .. }) => {
-                (Some(*status), Some(reason.as_str()))
+                (Some(*status), Some(reason.clone()))
             }
             _ => (None, None),
         };
         ExchangeRecord {
             id: x.id,
-            from: &x.from,
-            to: &x.to,
-            via: x.via.as_deref(),
+            from: x.from.clone(),
+            to: x.to.clone(),
+            via: x.via.clone(),
             upstream: (x.upstream_view.is_some() || x.upstream_target.is_some()).then(|| {
                 UpstreamRecord {
-                    server: end(&x.upstream_view),
-                    target: x.upstream_target.as_deref(),
+                    server: self.end(&x.upstream_view),
+                    target: x.upstream_target.clone(),
                 }
             }),
-            client: end(&x.client),
-            server: end(&x.server),
-            method: x.method(),
-            url: &x.url,
-            tls: x.tls,
+            client: self.end(&x.client),
+            server: self.end(&x.server),
+            method: x.method().to_owned(),
+            url: x.url.clone(),
             status,
             reason,
             request: x
                 .request
                 .as_ref()
-                .map(|m| self.message_record(x, Which::Request, m)),
-            response: x
-                .response
-                .as_ref()
-                .map(|m| self.message_record(x, Which::Response, m)),
+                .map(|m| self.message_record(x, Which::Request, m, x.request_ts)),
+            response: x.response.as_ref().map(|m| {
+                let ts = x.response_ts.unwrap_or(m.first_ts);
+                self.message_record(x, Which::Response, m, ts)
+            }),
             interim_statuses: x.interim.iter().filter_map(|m| m.head.status()).collect(),
             incomplete: x.is_incomplete(),
             orphan: x.orphan,
             unanswered: x.unanswered,
-            broken: x.broken,
+            broken: x.broken.map(str::to_owned),
+            tls: x.tls,
         }
     }
 }
@@ -198,8 +148,11 @@ impl LogSink for Jsonl {
     fn message(&mut self, _e: &crate::stitch::Entry<'_>) {}
 
     fn exchange(&mut self, x: &Exchange) {
-        let rec = &self.rec;
-        self.out.record(1, |b| rec.write_line(x, b));
+        let record = self.rec.record(x);
+        self.out.record(1, |b| {
+            serde_json::to_writer(&mut *b, &record)?;
+            b.write_all(b"\n")
+        });
     }
 
     fn flush(&mut self) {
@@ -265,7 +218,9 @@ impl LogSink for HarSink {
     fn message(&mut self, _e: &crate::stitch::Entry<'_>) {}
 
     fn exchange(&mut self, x: &Exchange) {
-        self.records.push(self.rec.record(x));
+        let record = self.rec.record(x);
+        self.records
+            .push(serde_json::to_value(&record).unwrap_or_default());
     }
 
     fn close(&mut self) {

@@ -13,6 +13,7 @@ use crate::{
         head::StartLine,
         message::{Ending, Message},
     },
+    record::ExchangeRecord,
     render,
     stitch::{Entry, Exchange, LogSink, Which},
 };
@@ -23,48 +24,153 @@ pub struct NumberedLog {
     text_limit: usize,
 }
 
-/// The `### [N] ...` line of an entry.
-pub fn title(number: u64, which: Which, x: &Exchange, msg: &Message) -> String {
-    let method = x.method();
-    match (which, &msg.head.start) {
-        (Which::Response, StartLine::Response { status, reason, .. }) => {
-            let what = if x.orphan {
+/// The `### [N] ...` line of an entry; `response`: its status and reason.
+fn title_text(
+    number: u64,
+    response: Option<(u16, &str)>,
+    x: (&str, &str, &str, &str),
+    orphan: bool,
+) -> String {
+    let (from, to, method, url) = x;
+    match response {
+        Some((status, reason)) => {
+            let what = if orphan {
                 "? (request not seen)".to_owned()
             } else {
-                format!("{method} {}", x.url)
+                format!("{method} {url}")
             };
-            format!(
-                "### [{number}] ({}) RESP <<< ({}) : {status} {reason} {what}",
-                x.from, x.to
-            )
+            format!("### [{number}] ({from}) RESP <<< ({to}) : {status} {reason} {what}")
         }
-        _ => format!(
-            "### [{number}] ({}) REQ >>> ({}) : {method} {}",
-            x.from, x.to, x.url
-        ),
+        None => format!("### [{number}] ({from}) REQ >>> ({to}) : {method} {url}"),
     }
+}
+
+/// The `### [N] ...` line of an entry.
+pub fn title(number: u64, which: Which, x: &Exchange, msg: &Message) -> String {
+    let response = match (which, &msg.head.start) {
+        (Which::Response, StartLine::Response { status, reason, .. }) => {
+            Some((*status, reason.as_str()))
+        }
+        _ => None,
+    };
+    title_text(
+        number,
+        response,
+        (&x.from, &x.to, x.method(), &x.url),
+        x.orphan,
+    )
+}
+
+/// Bracketed notes on what is not whole about a message, and what was read leniently.
+fn notes_text<'a>(
+    complete: bool,
+    broken: Option<&str>,
+    lenient: impl IntoIterator<Item = &'a str>,
+    after_gap: bool,
+    orphan: bool,
+) -> Vec<String> {
+    let mut n = Vec::new();
+    match (complete, broken) {
+        (true, _) => {}
+        (false, None) => {
+            n.push("[incomplete: the connection ended before this message did]".to_owned())
+        }
+        (false, Some(r)) => n.push(format!("[broken: {r}]")),
+    }
+    for what in lenient {
+        n.push(format!("[lenient: {what}]"));
+    }
+    if after_gap {
+        n.push("[bytes were lost on this connection before this message]".to_owned());
+    }
+    if orphan {
+        n.push("[the request this answers was not seen]".to_owned());
+    }
+    n
 }
 
 /// Bracketed notes on what is not whole about a message.
 pub fn notes(x: &Exchange, which: Which, msg: &Message) -> Vec<String> {
-    let mut n = Vec::new();
-    match msg.ending {
-        Ending::Complete => {}
-        Ending::Incomplete => {
-            n.push("[incomplete: the connection ended before this message did]".to_owned())
-        }
-        Ending::Broken(r) => n.push(format!("[broken: {r}]")),
+    let broken = match msg.ending {
+        Ending::Broken(r) => Some(r),
+        _ => None,
+    };
+    notes_text(
+        msg.ending == Ending::Complete,
+        broken,
+        msg.lenient.iter().copied(),
+        msg.after_gap,
+        which == Which::Response && x.orphan,
+    )
+}
+
+/// One entry as the log shows it, appended to `b`: the title, the header fields, a blank
+/// line, the notes, the body, the trailer fields, framed by blank lines.
+pub fn write_entry<'a, V: AsRef<str>>(
+    b: &mut Vec<u8>,
+    title: &str,
+    headers: impl IntoIterator<Item = (&'a str, V)>,
+    notes: &[String],
+    body: &str,
+    trailers: impl IntoIterator<Item = &'a str>,
+) {
+    b.push(b'\n');
+    b.extend_from_slice(title.as_bytes());
+    b.push(b'\n');
+    for (name, value) in headers {
+        b.extend_from_slice(name.as_bytes());
+        b.extend_from_slice(b": ");
+        b.extend_from_slice(value.as_ref().as_bytes());
+        b.push(b'\n');
     }
-    for what in &msg.lenient {
-        n.push(format!("[lenient: {what}]"));
+    b.push(b'\n');
+    for n in notes {
+        b.extend_from_slice(n.as_bytes());
+        b.push(b'\n');
     }
-    if msg.after_gap {
-        n.push("[bytes were lost on this connection before this message]".to_owned());
+    b.extend_from_slice(body.as_bytes());
+    b.push(b'\n');
+    for t in trailers {
+        b.extend_from_slice(b"[trailer] ");
+        b.extend_from_slice(t.as_bytes());
+        b.push(b'\n');
     }
-    if which == Which::Response && x.orphan {
-        n.push("[the request this answers was not seen]".to_owned());
-    }
-    n
+    b.push(b'\n');
+}
+
+/// The entry of a recorded message (`sniffer merge` writes its log from records); None when
+/// the message is not numbered.
+pub fn record_entry(r: &ExchangeRecord, request: bool) -> Option<String> {
+    let m = r.message(request)?;
+    let number = m.number?;
+    let response = if request {
+        None
+    } else {
+        Some((r.status.unwrap_or(0), r.reason.as_deref().unwrap_or("")))
+    };
+    let title = title_text(
+        number,
+        response,
+        (&r.from, &r.to, &r.method, &r.url),
+        r.orphan,
+    );
+    let notes = notes_text(
+        m.complete,
+        m.broken.as_deref(),
+        m.lenient.iter().map(String::as_str),
+        m.after_gap,
+        !request && r.orphan,
+    );
+    let mut b = Vec::new();
+    write_entry(
+        &mut b,
+        &title,
+        m.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+        &notes,
+        &m.body,
+        m.trailers.iter().map(String::as_str),
+    );
+    String::from_utf8(b).ok()
 }
 
 impl NumberedLog {
@@ -80,28 +186,24 @@ impl NumberedLog {
     /// Writes the entry of `e` straight into the output's buffer.
     fn entry(redact: bool, text_limit: usize, e: &Entry<'_>, b: &mut Vec<u8>) {
         let msg = e.msg;
-        b.push(b'\n');
-        b.extend_from_slice(title(e.number, e.which, e.exchange, msg).as_bytes());
-        b.push(b'\n');
-        for h in &msg.head.headers {
-            b.extend_from_slice(h.name.as_bytes());
-            b.extend_from_slice(b": ");
-            b.extend_from_slice(render::header_value(&h.name, &h.value, redact).as_bytes());
-            b.push(b'\n');
-        }
-        b.push(b'\n');
-        for n in notes(e.exchange, e.which, msg) {
-            b.extend_from_slice(n.as_bytes());
-            b.push(b'\n');
-        }
-        b.extend_from_slice(render::body(&msg.head, &msg.body, redact, text_limit).as_bytes());
-        b.push(b'\n');
-        for t in &msg.trailers {
-            b.extend_from_slice(b"[trailer] ");
-            b.extend_from_slice(String::from_utf8_lossy(t).as_bytes());
-            b.push(b'\n');
-        }
-        b.push(b'\n');
+        let trailers: Vec<String> = msg
+            .trailers
+            .iter()
+            .map(|t| String::from_utf8_lossy(t).into_owned())
+            .collect();
+        write_entry(
+            b,
+            &title(e.number, e.which, e.exchange, msg),
+            msg.head.headers.iter().map(|h| {
+                (
+                    h.name.as_str(),
+                    render::header_value(&h.name, &h.value, redact),
+                )
+            }),
+            &notes(e.exchange, e.which, msg),
+            &render::body(&msg.head, &msg.body, redact, text_limit),
+            trailers.iter().map(String::as_str),
+        );
     }
 }
 

@@ -55,6 +55,8 @@ struct ConnInfo {
     sk: u64,
     peer_sk: u64,
     peer_tgid: u32,
+    /// The socket's network namespace (0: unknown).
+    netns: u32,
     client: bool,
     transport: Transport,
     /// Exchanges of this connection, in order, for pairing with the other end's.
@@ -83,6 +85,8 @@ pub struct Stitcher<L: LogSink> {
     names: Names,
     /// Looks up untraced processes in /proc; None keeps the stitcher off the live system.
     owners: Option<Owners>,
+    /// sniffer's own network namespace: the only one its socket lookups see (0: unknown).
+    own_netns: u32,
     filter: Option<Filter>,
     proxies: Proxies,
     /// Exchanges into a proxy, and out of one, not yet folded with their other hop.
@@ -110,6 +114,7 @@ impl<L: LogSink> Stitcher<L> {
             next_number: 0,
             names,
             owners: Some(Owners::new()),
+            own_netns: own_netns(),
             filter,
             proxies: Proxies::default(),
             inbound: VecDeque::new(),
@@ -131,6 +136,7 @@ impl<L: LogSink> Stitcher<L> {
     /// A stitcher that names only what its events say, without reading /proc (fuzzing).
     pub fn offline(mut self) -> Self {
         self.owners = None;
+        self.own_netns = 0;
         self
     }
 
@@ -144,6 +150,7 @@ impl<L: LogSink> Stitcher<L> {
             sk: conn.sk,
             peer_sk: conn.peer_sk,
             peer_tgid: conn.peer_tgid,
+            netns: conn.netns,
             client,
             transport: conn.transport,
             exchanges: VecDeque::new(),
@@ -175,6 +182,13 @@ impl<L: LogSink> Stitcher<L> {
             .get(&(c.peer.clone(), c.local.clone()))
             .cloned()
             .unwrap_or_default();
+        out.retain(|id| self.conns.get(id).is_some_and(|o| !other_namespace(c, o)));
+        // Where both namespaces are known, the end in the same one first: two namespaces
+        // joined by a veth pair are peers across namespaces, and the same addresses can be
+        // reused by another pair of namespaces.
+        let netns = |id: &u64| self.conns.get(id).map_or(0, |o| o.netns);
+        out.sort_by_key(|id| c.netns == 0 || netns(id) != c.netns);
+        // Unix ends know each other's kernel socket, whatever their names.
         if c.transport == Transport::Unix && (c.sk != 0 || c.peer_sk != 0) {
             out.extend(
                 self.conns
@@ -245,6 +259,7 @@ impl<L: LogSink> Stitcher<L> {
             local: conn.local.clone(),
             peer: conn.peer.clone(),
             transport: conn.transport,
+            netns: conn.netns,
         }
     }
 
@@ -583,4 +598,24 @@ impl<L: LogSink> HttpSink for Stitcher<L> {
     fn close(&mut self) {
         self.sink.close()
     }
+}
+
+/// Whether `b` cannot be the other end of `a` because they live in different network
+/// namespaces where that matters: loopback addresses and unix socket names are each
+/// namespace's own (abstract unix names are; paths are the mount namespace's, and unix ends
+/// pair by their kernel sockets anyway).
+fn other_namespace(a: &ConnInfo, b: &ConnInfo) -> bool {
+    if a.netns == 0 || b.netns == 0 || a.netns == b.netns {
+        return false;
+    }
+    match (&a.local, &a.peer) {
+        (Endpoint::Inet(l), Endpoint::Inet(p)) => l.ip().is_loopback() || p.ip().is_loopback(),
+        _ => a.transport == Transport::Unix,
+    }
+}
+
+/// The inode of sniffer's own network namespace (0 when /proc does not tell).
+fn own_netns() -> u32 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino() as u32)
 }

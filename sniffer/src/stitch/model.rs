@@ -24,6 +24,8 @@ pub struct View {
     pub local: Endpoint,
     pub peer: Endpoint,
     pub transport: Transport,
+    /// The socket's network namespace (0: unknown).
+    pub netns: u32,
 }
 
 #[derive(Debug)]

@@ -23,6 +23,12 @@ impl<L: LogSink> Stitcher<L> {
     /// The untraced other end of a connection: the local process owning it, if any (a unix
     /// socket's peer process the kernel read).
     pub(super) fn far_name(&mut self, c: &ConnInfo, procs: &ProcTable) -> Option<String> {
+        // Socket tables (sock_diag, /proc/net) are sniffer's own namespace's: an address in
+        // another namespace could name a stranger there.
+        let elsewhere = c.netns != 0 && self.own_netns != 0 && c.netns != self.own_netns;
+        if elsewhere && !(c.transport == Transport::Unix && c.peer_tgid != 0) {
+            return None;
+        }
         let owners = self.owners.as_mut()?;
         let pid = match c.peer {
             _ if c.transport == Transport::Unix && c.peer_tgid != 0 => Some(c.peer_tgid),

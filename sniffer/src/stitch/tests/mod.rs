@@ -80,14 +80,10 @@ impl LogSink for Titles {
             redact: true,
             text_limit: 4096,
             unix_offset_ns: 0,
+            host: None,
+            clock_shift_ns: 0,
         };
-        let record = rec.record(x);
-        // The JSONL line, written without a JSON value first, says the same.
-        let mut line = Vec::new();
-        rec.write_line(x, &mut line).expect("write to a Vec");
-        let parsed: serde_json::Value = serde_json::from_slice(&line).expect("a JSON line");
-        assert_eq!(parsed, record);
-        assert_eq!(line.last(), Some(&b'\n'));
+        let record = serde_json::to_value(rec.record(x)).expect("a JSON value");
         self.records.push(record);
     }
 }
@@ -117,6 +113,7 @@ fn conn(id: u64, pid: u32, role: Role, local: &str, peer: &str) -> Conn {
         tls: None,
         not_http: None,
         total: None,
+        netns: 0,
     }
 }
 
@@ -505,6 +502,150 @@ fn a_response_without_its_request_is_shown_as_such() {
         lines[0],
         "### [1] (openstack) RESP <<< (127.0.0.1:9292) : 200 OK ? (request not seen)"
     );
+}
+
+#[test]
+fn two_namespaces_reusing_one_loopback_four_tuple_pair_within_each() {
+    // a and b: a client and a server in each of two network namespaces, the same
+    // 127.0.0.1:40000 -> 127.0.0.1:8000 in both; b's server reads first, while both
+    // clients' requests wait: by addresses alone it would take a's client.
+    let ns = |mut c: Conn, netns: u32| {
+        c.netns = netns;
+        c
+    };
+    let conns = vec![
+        ns(
+            conn(1, 100, Role::Client, "127.0.0.1:40000", "127.0.0.1:8000"),
+            7,
+        ),
+        ns(
+            conn(2, 200, Role::Server, "127.0.0.1:8000", "127.0.0.1:40000"),
+            7,
+        ),
+        ns(
+            conn(3, 300, Role::Client, "127.0.0.1:40000", "127.0.0.1:8000"),
+            9,
+        ),
+        ns(
+            conn(4, 400, Role::Server, "127.0.0.1:8000", "127.0.0.1:40000"),
+            9,
+        ),
+    ];
+    let procs = [
+        (100, "client-a"),
+        (200, "server-a"),
+        (300, "client-b"),
+        (400, "server-b"),
+    ];
+    let mut w = World::custom(&procs, conns, Proxies::default());
+    let get = b"GET /same HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n\r\n";
+    let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    w.bytes(1, Dir::Send, 10, get);
+    w.bytes(3, Dir::Send, 11, get);
+    w.bytes(4, Dir::Recv, 12, get);
+    w.bytes(2, Dir::Recv, 13, get);
+    w.bytes(4, Dir::Send, 20, ok);
+    w.bytes(3, Dir::Recv, 21, ok);
+    w.bytes(2, Dir::Send, 30, ok);
+    w.bytes(1, Dir::Recv, 31, ok);
+    let lines = w.end_all(1000);
+    let url = "GET http://127.0.0.1:8000/same";
+    assert_eq!(
+        lines,
+        [
+            format!("### [1] (client-a) REQ >>> (server-a) : {url}"),
+            format!("### [2] (client-b) REQ >>> (server-b) : {url}"),
+            format!("### [3] (client-b) RESP <<< (server-b) : 200 OK {url}"),
+            format!("### [4] (client-a) RESP <<< (server-a) : 200 OK {url}"),
+        ]
+    );
+    assert!(w.http.sink.sink.exchanges.iter().all(|(_, both)| *both));
+}
+
+#[test]
+fn records_give_back_the_log_entries_byte_for_byte() {
+    use crate::sinks::{
+        jsonl::{Jsonl, LogFanout, Recorder},
+        log::{NumberedLog, record_entry},
+        output::Outputs,
+    };
+    let (log, jsonl) = (Shared::default(), Shared::default());
+    let outputs = Outputs::default();
+    let rec = Recorder {
+        redact: true,
+        text_limit: 4096,
+        unix_offset_ns: 0,
+        host: None,
+        clock_shift_ns: 0,
+    };
+    let mut fan = LogFanout::default();
+    fan.sinks.push(Box::new(NumberedLog::new(
+        outputs.writer(Box::new(log.clone()), "log", "messages"),
+        true,
+        4096,
+    )));
+    fan.sinks.push(Box::new(Jsonl::new(
+        outputs.writer(Box::new(jsonl.clone()), "jsonl", "exchanges"),
+        rec,
+    )));
+    let mut procs = ProcTable::new();
+    procs.on_fork(100, 1, "openstack");
+    procs.on_fork(200, 1, "glance-api");
+    let conns = vec![
+        conn(1, 100, Role::Client, "127.0.0.1:40000", "127.0.0.1:9292"),
+        conn(2, 200, Role::Server, "127.0.0.1:9292", "127.0.0.1:40000"),
+    ];
+    let mut st = Stitcher::new(fan, Names::default(), None);
+    st.slack_ns = 100;
+    let mut http = Exchanges::new(st, 4096);
+    let mut off = [[0u64; 2]; 2];
+    let mut send = |c: usize, dir: Dir, ts: u64, b: &[u8], http: &mut Exchanges<_>| {
+        let p = Piece::Data {
+            off: off[c][dir.index()],
+            bytes: b.to_vec(),
+            ts_ns: ts,
+        };
+        off[c][dir.index()] += b.len() as u64;
+        http.pieces(&conns[c], dir, &[p], &procs);
+    };
+    let post = b"POST /v2/images HTTP/1.1\r\nHost: 127.0.0.1:9292\r\nX-Auth-Token: secret\r\nContent-Length: 25\r\n\r\n{\"name\": \"cirros\", \"a\":1}";
+    let chunked = b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-Trailer: 1\r\n\r\n";
+    // A JSON body with a token, a chunked answer with a trailer, then a request the
+    // connection's end leaves incomplete.
+    send(0, Dir::Send, 10, post, &mut http);
+    send(1, Dir::Recv, 11, post, &mut http);
+    send(1, Dir::Send, 20, chunked, &mut http);
+    send(0, Dir::Recv, 21, chunked, &mut http);
+    send(
+        0,
+        Dir::Send,
+        30,
+        b"PUT /v2/images/1/file HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc",
+        &mut http,
+    );
+    for c in &conns {
+        http.ended(c, &procs);
+    }
+    http.sink.finish(1000, &procs);
+    http.sink.close();
+    let log = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let records =
+        crate::record::read_jsonl(&String::from_utf8(jsonl.0.lock().unwrap().clone()).unwrap())
+            .unwrap();
+    let mut entries: Vec<(u64, String)> = records
+        .iter()
+        .flat_map(|r| {
+            [true, false]
+                .into_iter()
+                .filter_map(move |req| Some((r.message(req)?.number?, record_entry(r, req)?)))
+        })
+        .collect();
+    entries.sort();
+    let from_records: String = entries.into_iter().map(|(_, e)| e).collect();
+    assert!(log.contains("[trailer] X-Trailer: 1"), "{log}");
+    assert!(log.contains("[incomplete: "), "{log}");
+    assert!(log.contains("<redacted sha256:"), "{log}");
+    assert_eq!(from_records, log);
 }
 
 mod late_views;
