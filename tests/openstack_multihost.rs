@@ -161,6 +161,7 @@ fn a_two_node_openstack_merges_into_one_story_with_a_clock_five_seconds_off() {
     let run = Run {
         dir: dir.clone(),
         stdout: String::new(),
+        stderr: report.clone(),
         log: fs::read_to_string(&log).expect("merged log"),
         exchanges,
         keystone: Vec::new(),
