@@ -5,6 +5,7 @@
 //! [`procs`] (who the processes are) and [`conns`] (connections) -> [`stream`] (ordered
 //! bytes with exact gaps) -> [`sinks`]. [`pipeline`] wires the steps, [`app`] runs them.
 pub mod app;
+pub mod cgroups;
 pub mod check;
 pub mod cli;
 pub mod conns;
@@ -16,6 +17,7 @@ pub mod filter;
 pub mod har;
 pub mod heap;
 pub mod http;
+pub mod live;
 pub mod names;
 pub mod owners;
 pub mod pipeline;
@@ -23,6 +25,7 @@ pub mod probe;
 pub mod procs;
 pub mod proxy;
 pub mod render;
+pub mod report;
 pub mod sinks;
 pub mod sockdiag;
 pub mod stitch;

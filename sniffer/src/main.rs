@@ -25,7 +25,8 @@ fn main() -> ExitCode {
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level)),
         )
-        .with_writer(std::io::stderr)
+        // Through the terminal the status line shares, so no diagnostic lands inside it.
+        .with_writer(sniffer::live::term::Stderr)
         // Colour codes only for a terminal: a user's `2> file` reads as plain lines.
         .with_ansi(std::io::stderr().is_terminal())
         .init();

@@ -61,6 +61,11 @@ pub fn notes(x: &Exchange, which: Which, msg: &Message) -> Vec<String> {
     if which == Which::Response && x.orphan {
         n.push("[the request this answers was not seen]".to_owned());
     }
+    // What the service behind a folded proxy hop received, for `diagram --paths served`.
+    if let Some(target) = &x.upstream_target {
+        let via = x.via.as_deref().unwrap_or("a proxy");
+        n.push(crate::diagram::model::served_note(target, via));
+    }
     n
 }
 
