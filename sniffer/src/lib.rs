@@ -9,6 +9,7 @@ pub mod cgroups;
 pub mod check;
 pub mod cli;
 pub mod conns;
+pub mod demo;
 pub mod diagram;
 pub mod events;
 pub mod exchange;

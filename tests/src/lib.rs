@@ -16,6 +16,8 @@ use std::{
 
 use serde::Deserialize;
 
+pub mod browser;
+pub mod cgroup;
 pub mod openstack;
 
 /// Whether kernel tests run here. Panics when they cannot (not root) and were not skipped
@@ -174,9 +176,20 @@ impl Server {
 
     /// Runs a server fixture that prints `PORT <n>` once it listens.
     pub fn script(script: &str, args: &[&str]) -> Self {
+        Self::spawn(&mut Self::command(script, args))
+    }
+
+    /// The command of a server fixture, to adjust before [`Server::spawn`].
+    pub fn command(script: &str, args: &[&str]) -> Command {
         let mut cmd = Command::new("python3");
-        cmd.arg(fixture(script)).args(args).stdout(Stdio::piped());
-        let mut guard = Guard::spawn(&mut cmd);
+        cmd.arg(fixture(script)).args(args);
+        cmd
+    }
+
+    /// Starts a server fixture's command and waits for its `PORT <n>`.
+    pub fn spawn(cmd: &mut Command) -> Self {
+        cmd.stdout(Stdio::piped());
+        let mut guard = Guard::spawn(cmd);
         let lines = Lines::new(guard.child.stdout.take().expect("stdout"));
         let port = lines
             .expect("PORT ", Duration::from_secs(20))

@@ -61,8 +61,12 @@
   }
 
   // ---- geometry --------------------------------------------------------------------------
+  // Columns wide enough for the names and for most labels (the longest are cut, with the
+  // whole text in their tooltip and the panel).
   const longest = Math.max(8, ...M.participants.map((p) => p.length));
-  const COL = Math.min(320, Math.max(170, longest * 8 + 40));
+  const labels = A.map((a) => a.label.length).sort((x, y) => x - y);
+  const typical = labels.length ? labels[Math.floor(labels.length * 0.9)] : 0;
+  const COL = Math.min(340, Math.max(170, longest * 8 + 40, typical * 6.8 + 40));
   const X = M.participants.map((_, i) => 40 + COL / 2 + i * COL);
   const WIDTH = 80 + COL * Math.max(1, M.participants.length);
   const blockOf = new Array(A.length).fill(-1);
@@ -213,7 +217,7 @@
     const next = el("svg", { id: "diagram", width: WIDTH, height: Math.max(1, to - from) });
     next.style.top = `${from}px`;
     const defs = el("defs", {}, next);
-    const m = el("marker", { id: "ah", viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 8, markerHeight: 8, orient: "auto-start-reverse" }, defs);
+    const m = el("marker", { id: "ah", viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 9, markerHeight: 9, markerUnits: "userSpaceOnUse", orient: "auto-start-reverse" }, defs);
     el("path", { d: "M0 0 L10 5 L0 10 z", fill: "#2c3e5c" }, m);
     const g0 = el("g", { transform: `translate(0 ${-from})` }, next);
     X.forEach((x) => el("line", { class: "lifeline", x1: x, y1: from, x2: x, y2: to }, g0));
@@ -382,6 +386,10 @@
 
   refilter();
   scroll.focus();
-  window.__report = { model: M, rows: () => rows, shown: () => shown, renders: () => renders, choose };
+  // For tests and the curious: the layout, and a timed redraw of the current view.
+  window.__report = {
+    model: M, rows: () => rows, shown: () => shown, renders: () => renders, choose,
+    redraw: () => { const t0 = performance.now(); drawn = null; render(); return performance.now() - t0; },
+  };
   document.documentElement.dataset.ready = "1";
 })();
