@@ -31,16 +31,28 @@ fn plural(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
-/// The line's text.
-pub fn line(elapsed_for: Duration, c: &Counts) -> String {
-    format!(
-        "sniffer {}  {}, {}, {}, {}, {} traced  (Ctrl-C stops)",
+/// The line's text for a terminal `cols` wide: in words when they fit, else short.
+pub fn line(elapsed_for: Duration, c: &Counts, cols: usize) -> String {
+    let long = format!(
+        "sniffer {} | {} | {} | {} | {} | {} traced",
         elapsed(elapsed_for),
         plural(c.exchanges, "exchange", "exchanges"),
         plural(c.messages, "message", "messages"),
         plural(c.connections, "connection", "connections"),
-        plural(c.lost_events, "event lost", "events lost"),
+        plural(c.lost_events, "lost event", "lost events"),
         plural(c.processes as u64, "process", "processes"),
+    );
+    if long.chars().count() < cols {
+        return long;
+    }
+    format!(
+        "sniffer {} | {} exch | {} msgs | {} conns | {} lost | {} procs",
+        elapsed(elapsed_for),
+        c.exchanges,
+        c.messages,
+        c.connections,
+        c.lost_events,
+        c.processes
     )
 }
 
@@ -72,7 +84,7 @@ impl Status {
     pub fn show(&mut self, now: Instant, c: &Counts) {
         if self.on {
             self.last = Some(now);
-            term::show_status(&line(now.duration_since(self.start), c));
+            term::show_status(&line(now.duration_since(self.start), c, term::width()));
         }
     }
 
@@ -98,9 +110,13 @@ mod tests {
             processes: 7,
         };
         assert_eq!(
-            line(Duration::from_secs(65), &c),
-            "sniffer 1:05  12 exchanges, 24 messages, 1 connection, 0 events lost, 7 processes \
-             traced  (Ctrl-C stops)"
+            line(Duration::from_secs(65), &c, 200),
+            "sniffer 1:05 | 12 exchanges | 24 messages | 1 connection | 0 lost events | 7 \
+             processes traced"
+        );
+        assert_eq!(
+            line(Duration::from_secs(65), &c, 80),
+            "sniffer 1:05 | 12 exch | 24 msgs | 1 conns | 0 lost | 7 procs"
         );
         assert_eq!(elapsed(Duration::from_secs(3723)), "1:02:03");
     }
