@@ -56,7 +56,16 @@ pub const KERNELS: &[Kernel] = &[
 
 /// The integration test binaries that need a kernel (the OpenStack end-to-end ones stay on the
 /// host: they need minutes of CPU that software emulation would turn into an hour).
-const TEST_BINARIES: &[&str] = &["capture", "check", "cli", "http", "lifecycle", "tracefs"];
+const TEST_BINARIES: &[&str] = &[
+    "capture",
+    "cgroups",
+    "check",
+    "cli",
+    "http",
+    "lifecycle",
+    "live",
+    "tracefs",
+];
 
 /// Settings of one `vm-test` run.
 pub struct Settings {

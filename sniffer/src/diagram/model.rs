@@ -414,6 +414,43 @@ mod tests {
     }
 
     #[test]
+    fn the_served_note_gives_the_services_path_and_leaves_the_body() {
+        let log = "\n### [1] (openstack) REQ >>> (glance-api) : GET http://127.0.0.1/image/v2/images?limit=2\nHost: 127.0.0.1\n\n[served as /v2/images?limit=2 via apache2]\nnone\n\n\n### [2] (openstack) RESP <<< (glance-api) : 200 OK GET http://127.0.0.1/image/v2/images?limit=2\n\n[incomplete: the connection ended before this message did]\n[served as /v2/images?limit=2 via apache2]\n{}\n";
+        let m = from_log(log).unwrap();
+        assert_eq!(m[0].served.as_deref(), Some("/v2/images?limit=2"));
+        assert_eq!(m[0].via.as_deref(), Some("apache2"));
+        assert_eq!(m[0].body, "none");
+        assert!(m[0].marks.is_empty());
+        assert_eq!(
+            m[1].marks,
+            ["[incomplete: the connection ended before this message did]"]
+        );
+        assert_eq!(
+            m[1].body,
+            "[incomplete: the connection ended before this message did]\n{}"
+        );
+        assert_eq!(m[0].shown_path(Paths::Client), "/image/v2/images?limit=2");
+        assert_eq!(m[0].shown_path(Paths::Served), "/v2/images?limit=2");
+        let d = crate::diagram::mermaid::draw(
+            &m,
+            crate::diagram::mermaid::Options {
+                paths: Paths::Served,
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            d.text,
+            "openstack->>glance-api: GET /v2/images?limit=2\nglance-api-->>openstack: 200 OK /v2/images?limit=2\n"
+        );
+        // The note is the log's own line: it reads back.
+        assert_eq!(
+            parse_served_note(&served_note("/v2/images", "apache2")),
+            Some(("/v2/images".into(), "apache2".into()))
+        );
+        assert_eq!(parse_served_note("[served as  via x]"), None);
+    }
+
+    #[test]
     fn paths_without_scheme_and_host() {
         assert_eq!(path_of("http://h:1/a/b?c=d"), "/a/b?c=d");
         assert_eq!(path_of("http://h"), "/");
