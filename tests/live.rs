@@ -57,8 +57,9 @@ fn follow_prints_nested_calls_under_their_call() {
     );
 }
 
-/// Runs sniffer with stderr on a new pty; returns what the terminal received.
-fn on_a_terminal(args: &[&str], port: u16, pid: u32) -> String {
+/// Runs sniffer on `pid` with stderr on a new pty (stopped with Ctrl-C's SIGINT after a curl
+/// to `port`, or with `command` after --); returns what the terminal received.
+fn on_a_terminal(args: &[&str], port: u16, pid: u32, command: &[&str]) -> String {
     let (mut master, mut slave) = (0, 0);
     // SAFETY: openpty fills two fds; the other arguments may be null.
     let rc = unsafe {
@@ -84,38 +85,53 @@ fn on_a_terminal(args: &[&str], port: u16, pid: u32) -> String {
     let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
     let mut cmd = Command::new(sniffer_bin());
     cmd.args(args)
-        .args([
-            "--pid",
-            &pid.to_string(),
-            "-o",
-            "/dev/null",
-            "--",
-            "sh",
-            "-c",
-        ])
-        .arg(format!(
-            "curl -s -o /dev/null http://127.0.0.1:{port}/work; sleep 0.8"
-        ))
+        .args(["--pid", &pid.to_string(), "-o", "/dev/null"])
         .stdout(Stdio::null())
         .stderr(Stdio::from(slave));
+    if !command.is_empty() {
+        cmd.arg("--").args(command);
+    }
     let mut g = Guard::spawn(&mut cmd);
     // Our copy of the slave went into the child's stderr: the master reads until it exits.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let keep = seen.clone();
     let reader = std::thread::spawn(move || {
         let mut f = std::fs::File::from(master);
-        let mut all = Vec::new();
         let mut buf = [0u8; 4096];
         while let Ok(n) = f.read(&mut buf) {
             if n == 0 {
                 break;
             }
-            all.extend_from_slice(&buf[..n]);
+            keep.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
         }
-        String::from_utf8_lossy(&all).into_owned()
     });
     drop(cmd);
+    if command.is_empty() {
+        // Once it traces: a call, then time for the line to show it, then Ctrl-C.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !seen.lock().unwrap().contains("sniffer: tracing") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sniffer did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let st = Command::new("curl")
+            .args(["-s", "-o", "/dev/null"])
+            .arg(format!("http://127.0.0.1:{port}/work"))
+            .status()
+            .unwrap();
+        assert!(st.success());
+        std::thread::sleep(Duration::from_millis(800));
+        g.signal(libc::SIGINT);
+    }
     let st = g.wait_timeout(Duration::from_secs(60));
     assert!(st.success(), "sniffer on a pty exited with {st}");
-    reader.join().unwrap()
+    reader.join().unwrap();
+    let all = seen.lock().unwrap().clone();
+    all
 }
 
 #[test]
@@ -124,9 +140,9 @@ fn the_status_line_is_drawn_on_a_terminal_and_q_silences_it() {
         return;
     }
     let server = Server::script("chain_server.py", &[]);
-    let tty = on_a_terminal(&[], server.port, server.pid());
+    let tty = on_a_terminal(&[], server.port, server.pid(), &[]);
     assert!(
-        tty.contains("\r\x1b[Ksniffer 0:0") && tty.contains(" processes traced\r"),
+        tty.contains("\r\x1b[Ksniffer 0:0") && tty.contains(" | 1 process traced\r"),
         "{tty:?}"
     );
     assert!(
@@ -135,7 +151,20 @@ fn the_status_line_is_drawn_on_a_terminal_and_q_silences_it() {
     );
     // Taken off before the summary, which stands on its own line.
     assert!(tty.contains("\r\x1b[Ksniffer: 1 exchanges"), "{tty:?}");
-    let quiet = on_a_terminal(&["-q"], server.port, server.pid());
+    let quiet = on_a_terminal(&["-q"], server.port, server.pid(), &[]);
     assert!(!quiet.contains("\x1b[K"), "{quiet:?}");
     assert!(quiet.contains("sniffer: 1 exchanges"), "{quiet:?}");
+    // A traced command owns the terminal: no line over its output.
+    let url = format!("http://127.0.0.1:{}/work", server.port);
+    let with_command = on_a_terminal(
+        &[],
+        server.port,
+        server.pid(),
+        &["sh", "-c", &format!("sleep 1; curl -s {url}; sleep 0.5")],
+    );
+    assert!(!with_command.contains("\x1b[K"), "{with_command:?}");
+    assert!(
+        with_command.contains("sniffer: 1 exchanges"),
+        "{with_command:?}"
+    );
 }

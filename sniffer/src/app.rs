@@ -287,7 +287,9 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
     let mut signals = 0;
     let mut ticks: u64 = 0;
     let mut lost_reported = 0;
-    let mut status = Status::new(!cli.quiet && std::io::stderr().is_terminal());
+    // A traced command owns the terminal it writes to: the line would run into its output.
+    let mut status =
+        Status::new(!cli.quiet && cli.command.is_empty() && std::io::stderr().is_terminal());
     let mut processes = 0;
 
     loop {
