@@ -130,8 +130,7 @@ fn on_a_terminal(args: &[&str], port: u16, pid: u32, command: &[&str]) -> String
     let st = g.wait_timeout(Duration::from_secs(60));
     assert!(st.success(), "sniffer on a pty exited with {st}");
     reader.join().unwrap();
-    let all = seen.lock().unwrap().clone();
-    all
+    seen.lock().unwrap().clone()
 }
 
 #[test]
