@@ -86,7 +86,8 @@ fn a_unit_now_after_joins_and_after_a_restart() {
     let pids = server_pids(&c);
     let ctx = c.describe();
     assert!(
-        c.stderr.contains(&format!("tracing the processes of {unit}")),
+        c.stderr
+            .contains(&format!("tracing the processes of {unit}")),
         "{ctx}"
     );
     assert!(
@@ -98,7 +99,11 @@ fn a_unit_now_after_joins_and_after_a_restart() {
         "the restarted unit's server: {ctx}"
     );
     // The first three servers are gone: their pids are in the log by the fork order above.
-    assert_eq!(pids.len(), 4, "four servers of the unit traced: {pids:?}; {ctx}");
+    assert_eq!(
+        pids.len(),
+        4,
+        "four servers of the unit traced: {pids:?}; {ctx}"
+    );
     drop(top);
 }
 
@@ -150,7 +155,8 @@ fn devstack_units_by_their_names() {
     thread::sleep(Duration::from_millis(300));
     let c = sniffer.stop();
     assert!(
-        c.stderr.contains(&format!("tracing the processes of devstack@t{me} (")),
+        c.stderr
+            .contains(&format!("tracing the processes of devstack@t{me} (")),
         "{}",
         c.describe()
     );

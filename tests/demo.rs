@@ -2,7 +2,7 @@
 //! `--follow` shows the calls nested as they happen, the diagram is printed, the files are
 //! written with every token and the password redacted, the report opens in Chromium, and the
 //! services are stopped at the end.
-use std::{fs, net::TcpStream, process::Command, time::Duration};
+use std::{fs, net::TcpStream, process::Command};
 
 use sniffer_tests::{browser::Browser, kernel_tests, sniffer_bin, workspace};
 
@@ -96,34 +96,13 @@ fn the_demo_traces_its_chain_and_writes_log_diagram_and_report() {
     // The report: every message an arrow; a click on the client's login shows it redacted,
     // with its times from the JSONL.
     let mut b = Browser::start(1400, 900);
-    let html = dir.path().join("report.html");
-    b.open(
-        &format!("file://{}", html.display()),
-        "document.documentElement.dataset.ready === '1'",
-        Duration::from_secs(30),
-    );
-    assert_eq!(
-        b.eval("document.querySelectorAll('#diagram g.msg').length"),
-        26
-    );
-    b.click_on("#diagram g.msg[data-n='3'] line");
-    b.wait(
-        "document.querySelector('#detail.open')",
-        Duration::from_secs(5),
-    );
-    assert_eq!(
-        b.eval("document.querySelector('#detail h2').textContent"),
-        "[3] POST /v3/auth/tokens"
-    );
-    let body = b.eval("document.querySelector('#detail pre.body').textContent");
-    assert!(
-        body.as_str()
-            .unwrap()
-            .contains("\"password\": \"<redacted sha256:"),
-        "{body}"
-    );
-    let info = b.eval("document.querySelector('#detail table.info').textContent");
-    assert!(info.as_str().unwrap().contains("exchange took"), "{info}");
+    b.open_report(&dir.path().join("report.html"));
+    assert_eq!(b.arrows(), 26);
+    assert_eq!(b.open_message(3), "[3] POST /v3/auth/tokens");
+    let body = b.text("#detail pre.body");
+    assert!(body.contains("\"password\": \"<redacted sha256:"), "{body}");
+    let info = b.text("#detail table.info");
+    assert!(info.contains("exchange took"), "{info}");
     let shots = workspace().join("target/report-test");
     fs::create_dir_all(&shots).unwrap();
     b.screenshot(&shots.join("demo.png"));

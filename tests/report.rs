@@ -81,17 +81,14 @@ fn report(input: &Path, html: &Path, extra: &[&str]) {
     );
 }
 
-fn url(p: &Path) -> String {
-    format!("file://{}", p.display())
-}
-
-const READY: &str = "document.documentElement.dataset.ready === '1'";
-
 /// The checks every report gets, against its log read independently.
 fn check_page(b: &mut Browser, log: &str, name: &str) {
     let want = entries(log);
-    let arrows = b.eval("document.querySelectorAll('#diagram g.msg').length");
-    assert_eq!(arrows, want.len(), "{name}: one arrow per message");
+    assert_eq!(
+        b.arrows(),
+        want.len() as u64,
+        "{name}: one arrow per message"
+    );
     let mut order: Vec<&str> = Vec::new();
     for e in &want {
         for n in [e.from.as_str(), e.to.as_str()] {
@@ -112,18 +109,13 @@ fn check_page(b: &mut Browser, log: &str, name: &str) {
     assert_eq!(resp, count_responses(log), "{name}: responses are dashed");
 
     // A click on the third arrow opens the third message.
-    b.click_on("#diagram g.msg[data-n='3'] line");
-    b.wait(
-        "document.querySelector('#detail.open')",
-        Duration::from_secs(5),
+    let title = b.open_message(3);
+    assert!(title.starts_with("[3] "), "{name}: {title}");
+    assert_eq!(
+        b.text("#detail pre.body"),
+        want[2].body,
+        "{name}: the body of [3]"
     );
-    let title = b.eval("document.querySelector('#detail h2').textContent");
-    assert!(
-        title.as_str().unwrap().starts_with("[3] "),
-        "{name}: {title}"
-    );
-    let body = b.eval("document.querySelector('#detail pre.body').textContent");
-    assert_eq!(body, want[2].body.as_str(), "{name}: the body of [3]");
     // Keyboard: j goes to the next message, Escape closes.
     b.key("j");
     let title = b.eval("document.querySelector('#detail h2').textContent");
@@ -180,7 +172,7 @@ fn devstack_reference_logs_in_chromium() {
         let log = fs::read_to_string(&log_path).expect("reference log");
         let html = out_dir().join(format!("{name}.html"));
         report(&log_path, &html, &["--placeholders"]);
-        b.open(&url(&html), READY, Duration::from_secs(30));
+        b.open_report(&html);
         check_page(&mut b, &log, name);
         if name == "image-create" {
             // The service token block, boxed as mermaid's opt.
@@ -229,11 +221,8 @@ fn ten_thousand_messages_render_and_scroll() {
     let html = dir.join("big.html");
     report(&log_path, &html, &[]);
     let mut b = Browser::start(1400, 900);
-    let load = b.open(&url(&html), READY, Duration::from_secs(60));
-    let drawn = b
-        .eval("document.querySelectorAll('#diagram g.msg').length")
-        .as_u64()
-        .unwrap();
+    let load = b.open_report(&html);
+    let drawn = b.arrows();
     assert!(
         (10..500).contains(&drawn),
         "only the rows near the view are drawn, not {drawn} of 10000"
@@ -257,15 +246,8 @@ fn ten_thousand_messages_render_and_scroll() {
     }
     let last = b.eval("document.querySelectorAll(\"#diagram g.msg[data-n='10000']\").length");
     assert_eq!(last, 1, "the last arrow is drawn at the bottom");
-    b.click_on("#diagram g.msg[data-n='10000'] line");
-    b.wait(
-        "document.querySelector('#detail.open')",
-        Duration::from_secs(5),
-    );
-    let title = b.eval("document.querySelector('#detail h2').textContent");
-    assert_eq!(title, "[10000] 200 OK /v1/items/2499");
-    let body = b.eval("document.querySelector('#detail pre.body').textContent");
-    assert_eq!(body, "{\n  \"id\": 2499\n}");
+    assert_eq!(b.open_message(10000), "[10000] 200 OK /v1/items/2499");
+    assert_eq!(b.text("#detail pre.body"), "{\n  \"id\": 2499\n}");
     b.screenshot(&dir.join("big.png"));
     eprintln!(
         "10,000 messages: page ready in {load:?} (navigation to first drawing), the slowest \

@@ -176,6 +176,42 @@ impl Browser {
         start.elapsed()
     }
 
+    /// Opens a `sniffer report` page from disk and waits until it has drawn; returns how long
+    /// that took.
+    pub fn open_report(&mut self, html: &Path) -> Duration {
+        self.open(
+            &format!("file://{}", html.display()),
+            "document.documentElement.dataset.ready === '1'",
+            Duration::from_secs(60),
+        )
+    }
+
+    /// Arrows drawn now.
+    pub fn arrows(&mut self) -> u64 {
+        self.eval("document.querySelectorAll('#diagram g.msg').length")
+            .as_u64()
+            .expect("a count")
+    }
+
+    /// Clicks arrow `[n]` and waits for its message; returns the panel's title.
+    pub fn open_message(&mut self, n: u64) -> String {
+        self.click_on(&format!("#diagram g.msg[data-n='{n}'] line"));
+        self.wait(
+            "document.querySelector('#detail.open')",
+            Duration::from_secs(5),
+        );
+        self.text("#detail h2")
+    }
+
+    /// The text of the first element `selector`.
+    pub fn text(&mut self, selector: &str) -> String {
+        let s = serde_json::to_string(selector).expect("json");
+        self.eval(&format!("document.querySelector({s}).textContent"))
+            .as_str()
+            .unwrap_or_else(|| panic!("no element {selector}"))
+            .to_owned()
+    }
+
     /// Waits until `expr` is true.
     pub fn wait(&mut self, expr: &str, limit: Duration) {
         let deadline = Instant::now() + limit;

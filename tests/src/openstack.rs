@@ -437,14 +437,10 @@ pub fn assert_report_in_chromium(
         }
     }
     let mut b = crate::browser::Browser::start(1400, 900);
-    b.open(
-        &format!("file://{}", html.display()),
-        "document.documentElement.dataset.ready === '1'",
-        Duration::from_secs(30),
-    );
+    b.open_report(&html);
     assert_eq!(
-        b.eval("document.querySelectorAll('#diagram g.msg').length"),
-        titles,
+        b.arrows(),
+        titles as u64,
         "{name}: one arrow per message of the log"
     );
     let shown =
@@ -465,15 +461,7 @@ pub fn assert_report_in_chromium(
         .position(|l| l == label)
         .unwrap_or_else(|| panic!("{name}: no arrow {label:?} in {labels:#?}"))
         + 1;
-    b.click_on(&format!("#diagram g.msg[data-n='{n}'] line"));
-    b.wait(
-        "document.querySelector('#detail.open')",
-        Duration::from_secs(5),
-    );
-    assert_eq!(
-        b.eval("document.querySelector('#detail h2').textContent"),
-        format!("[{n}] {label}")
-    );
+    assert_eq!(b.open_message(n as u64), format!("[{n}] {label}"));
     let shots = workspace().join("target/report-test");
     fs::create_dir_all(&shots).unwrap();
     b.screenshot(&shots.join(format!("{name}.png")));
