@@ -29,7 +29,7 @@
   h("span", {
     className: "summary",
     textContent: `${A.length} messages, ${exchanges} exchanges, ${M.participants.length} participants` +
-      (M.timed && A.length ? `, ${fmtMs(Math.max(...A.map((a) => a.t_ms || 0)))}` : ""),
+      (M.timed && A.length ? `, ${fmtMs(A.reduce((m, a) => Math.max(m, a.t_ms || 0), 0))}` : ""),
   }, h1);
   const tools = h("div", { className: "tools" }, header);
   const q = h("input", { type: "search", id: "q", placeholder: "search: path, participant, method, status (/)" }, tools);
