@@ -36,7 +36,8 @@ fn assert_usage_error(out: &Output, needle: &str) {
 fn nothing_to_trace_says_what_to_give() {
     assert_usage_error(
         &run(&["-o", "/dev/null"]),
-        "nothing to trace: give --pid PID, --comm NAME, or a command after --",
+        "nothing to trace: give --pid PID, --comm NAME, --unit NAME, --cgroup PATH, --devstack, \
+         or a command after --",
     );
 }
 
@@ -163,5 +164,13 @@ fn version_names_the_revision_and_the_build_date() {
     assert!(
         (1..=12).contains(&month) && (1..=31).contains(&day),
         "date {date:?}"
+    );
+}
+
+#[test]
+fn follow_with_the_log_on_stdout_is_refused() {
+    assert_usage_error(
+        &run(&["--follow", "-o", "-", "--comm", "x"]),
+        "--follow and -o - would both write to stdout: give the log a file with -o",
     );
 }
