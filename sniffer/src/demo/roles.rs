@@ -3,6 +3,7 @@ use std::{
     collections::BTreeMap,
     io::{self, BufReader, Write as _},
     net::TcpListener,
+    os::fd::AsRawFd as _,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -28,8 +29,24 @@ fn serve(handle: impl Fn(&Message) -> Reply + Send + Sync + 'static) -> io::Resu
     println!("PORT {}", l.local_addr()?.port());
     io::stdout().flush()?;
     let handle = Arc::new(handle);
-    for conn in l.incoming() {
-        let Ok(conn) = conn else { continue };
+    loop {
+        // Wait for a connection, then accept it: the accept then starts after sniffer does,
+        // as in servers built on poll/epoll (a socket accepted by a call begun before the
+        // capture has no role from its accept).
+        let mut pfd = libc::pollfd {
+            fd: l.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut pfd, 1, -1) } < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        let Ok((conn, _)) = l.accept() else { continue };
         let handle = handle.clone();
         std::thread::spawn(move || {
             let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
@@ -53,7 +70,6 @@ fn serve(handle: impl Fn(&Message) -> Reply + Send + Sync + 'static) -> io::Resu
             }
         });
     }
-    Ok(())
 }
 
 fn auth(req: &Message) -> Reply {
