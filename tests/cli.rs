@@ -36,7 +36,8 @@ fn assert_usage_error(out: &Output, needle: &str) {
 fn nothing_to_trace_says_what_to_give() {
     assert_usage_error(
         &run(&["-o", "/dev/null"]),
-        "nothing to trace: give --pid PID, --comm NAME, or a command after --",
+        "nothing to trace: give --pid PID, --comm NAME, --unit NAME, --cgroup PATH, --devstack, \
+         or a command after --",
     );
 }
 
@@ -221,5 +222,13 @@ fn an_otlp_url_sniffer_cannot_use_is_named() {
             "http://h:0",
         ]),
         "the port is not a number from 1 to 65535",
+    );
+}
+
+#[test]
+fn follow_with_the_log_on_stdout_is_refused() {
+    assert_usage_error(
+        &run(&["--follow", "-o", "-", "--comm", "x"]),
+        "--follow and -o - would both write to stdout: give the log a file with -o",
     );
 }

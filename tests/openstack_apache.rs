@@ -14,8 +14,9 @@ use std::fs;
 use sniffer_tests::{
     kernel_tests,
     openstack::{
-        Bed, Run, Trace, assert_nested, assert_numbered_and_drawn, assert_served_once,
-        create_image, draw, fresh_dir, path_of, qcow2, sniff, sniff_with, start_bed, swift_venv,
+        Bed, Run, Trace, assert_nested, assert_numbered_and_drawn, assert_report_in_chromium,
+        assert_served_once, create_image, draw, fresh_dir, path_of, qcow2, sniff, sniff_with,
+        start_bed, swift_venv,
     },
 };
 
@@ -167,6 +168,40 @@ fn devstack_topology_apache_in_front_of_keystone_glance_and_swift() {
             .iter()
             .any(|x| x["from"] == "glance-api" && x["to"] == "swift-proxy-server"),
         "glance stores in swift"
+    );
+    // The services' view (--paths served): glance's arrows without Apache's /image, as the
+    // reference pages (hooks inside the services) draw them; keystone's unchanged (uwsgi
+    // passes the client's REQUEST_URI).
+    let served = draw(
+        &create,
+        "diagram-served",
+        "body-served",
+        &["--paths", "served"],
+    );
+    for line in [
+        "openstack->>glance-api: POST /v2/images",
+        "glance-api-->>openstack: 201 Created /v2/images",
+        "openstack->>glance-api: PUT /v2/images/{image_id}/file",
+        "openstack->>keystone: POST /identity/v3/auth/tokens",
+    ] {
+        assert!(
+            served.lines().any(|l| l.trim() == line),
+            "{line}:\n{served}"
+        );
+    }
+    assert!(!served.contains(": POST /image/"), "{served}");
+    // The report of the run, both views, in a real browser.
+    assert_report_in_chromium(
+        &create,
+        "apache-image-create",
+        &["--placeholders"],
+        "PUT /image/v2/images/{image_id}/file",
+    );
+    assert_report_in_chromium(
+        &create,
+        "apache-image-create-served",
+        &["--placeholders", "--paths", "served"],
+        "PUT /v2/images/{image_id}/file",
     );
 
     let list = sniff(&bed, "apache-image-list", &["image", "list"]);

@@ -216,7 +216,7 @@ fn receiver(args: &[&str]) -> (Server, String, tempfile::TempDir) {
     let python = phoenix::venv().join("bin/python");
     let mut cmd = Command::new(python);
     cmd.arg(fixture("otlp_receiver.py")).arg(&out).args(args);
-    let srv = Server::command(&mut cmd);
+    let srv = Server::spawn(&mut cmd);
     let url = format!("http://127.0.0.1:{}", srv.port);
     (srv, url, dir)
 }

@@ -17,6 +17,13 @@ pub mod maps {
     pub const TARGETS: &str = "TARGETS";
     pub const TARGETS_CAPACITY: u32 = 16384;
 
+    /// cgroup v2 ids (`--unit`, `--cgroup`, `--devstack`) whose processes become targets at
+    /// their first traced syscall: cgroup id (u64, the directory's inode number) -> 1.
+    pub const CGROUPS: &str = "CGROUPS";
+    pub const CGROUPS_CAPACITY: u32 = 1024;
+    /// The value a process found through [`CGROUPS`] gets in [`TARGETS`].
+    pub const TARGET_BY_CGROUP: u32 = 16;
+
     /// Process names (`comm`, 16 bytes, NUL padded) that become targets when they exec.
     pub const COMMS: &str = "COMMS";
     pub const COMMS_CAPACITY: u32 = 64;
@@ -631,6 +638,8 @@ pub mod config_flags {
     pub const UNIX: u32 = 2;
     /// TLS library probes are attached: traced socket syscalls look for a TLS call around them.
     pub const TLS: u32 = 4;
+    /// `maps::CGROUPS` is in use: a process that is not a target has its cgroup looked up.
+    pub const CGROUPS: u32 = 8;
 }
 
 // Pin the layouts: a change here must be a deliberate change of the contract on both sides.

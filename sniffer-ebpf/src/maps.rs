@@ -2,7 +2,7 @@
 //! all programs share: the configuration, the counters, whether the current process is traced.
 
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid,
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
@@ -19,6 +19,10 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(maps::EVENTS_DEFAULT_BYTES,
 pub static TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(maps::TARGETS_CAPACITY, 0);
 #[map]
 pub static COMMS: HashMap<[u8; COMM_LEN], u32> = HashMap::with_max_entries(maps::COMMS_CAPACITY, 0);
+/// cgroup v2 id -> 1: a process in one of these cgroups becomes a target at its first traced
+/// syscall, wherever it came from (a unit restarted, a worker spawned, a process moved in).
+#[map]
+pub static CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(maps::CGROUPS_CAPACITY, 0);
 #[map]
 pub static SOCKETS: HashMap<SockKey, SockState> =
     HashMap::with_max_entries(maps::SOCKETS_CAPACITY, 0);
@@ -74,13 +78,29 @@ pub fn config() -> Option<&'static Config> {
     (c.flags & config_flags::READY != 0).then_some(c)
 }
 
-/// The current process if it is a target: (tgid, tid).
+/// The current process if it is a target: (tgid, tid). A process that is not one yet becomes
+/// one here when its cgroup is in CGROUPS (only looked up when userspace said CGROUPS is used,
+/// so untraced processes pay nothing for it otherwise).
 #[inline(always)]
 pub fn current_target() -> Option<(u32, u32)> {
     let id = bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
     // SAFETY: the value is only tested for presence.
-    unsafe { TARGETS.get(tgid) }?;
+    if unsafe { TARGETS.get(tgid) }.is_none() {
+        let cfg = config()?;
+        if cfg.flags & config_flags::CGROUPS == 0 {
+            return None;
+        }
+        // SAFETY: no preconditions (the task's cgroup on the v2 hierarchy, since 4.18).
+        let cgroup = unsafe { bpf_get_current_cgroup_id() };
+        // SAFETY: presence test only.
+        unsafe { CGROUPS.get(cgroup) }?;
+        if TARGETS.insert(tgid, maps::TARGET_BY_CGROUP, 0).is_err() {
+            count(counters::TARGETS_FULL, 1);
+            crate::diag::map_full(maps::TARGETS);
+            return None;
+        }
+    }
     Some((tgid, id as u32))
 }
 

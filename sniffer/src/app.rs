@@ -10,13 +10,21 @@ use tokio::{
     time::{Instant, MissedTickBehavior},
 };
 
+use std::io::IsTerminal as _;
+
 use crate::{
+    cgroups::{self, Spec, Watch},
     cli::RunArgs,
     conns::ConnSink,
     events::{Event, Reader},
     exchange::Exchanges,
     exit,
     filter::Filter,
+    live::{
+        follow::Follow,
+        status::{Counts, Status},
+        term,
+    },
     names::Names,
     otlp::{self, Endpoint, Exporter, sink::OtlpSink},
     pipeline::Pipeline,
@@ -49,6 +57,10 @@ const TRIM_EVERY: u64 = 50;
 /// How often the ring buffer is read without a wakeup: the kernel wakes the reader only when
 /// much is waiting, so a quiet trickle is picked up by this poll.
 const POLL: Duration = Duration::from_millis(10);
+/// Ticks between two looks at the cgroup tree for `--unit`/`--cgroup`/`--devstack` (1 s).
+const CGROUP_EVERY: u64 = 10;
+/// Ticks between two counts of the traced processes for the status line (1 s).
+const COUNT_TARGETS_EVERY: u64 = 10;
 /// After a stop signal, how long the traced command gets to finish.
 const COMMAND_STOP_WAIT: Duration = Duration::from_secs(5);
 
@@ -81,12 +93,34 @@ fn exit_code(status: ExitStatus) -> i32 {
 
 /// Runs the sniffer; returns the process exit code.
 pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
-    if cli.pids.is_empty() && cli.comms.is_empty() && cli.command.is_empty() {
+    let specs = cgroup_specs(&cli);
+    if cli.pids.is_empty() && cli.comms.is_empty() && cli.command.is_empty() && specs.is_empty() {
         return Err(UsageError(
-            "nothing to trace: give --pid PID, --comm NAME, or a command after --".into(),
+            "nothing to trace: give --pid PID, --comm NAME, --unit NAME, --cgroup PATH, \
+             --devstack, or a command after --"
+                .into(),
         )
         .into());
     }
+    if cli.follow && cli.output.as_os_str() == "-" {
+        return Err(UsageError(
+            "--follow and -o - would both write to stdout: give the log a file with -o".into(),
+        )
+        .into());
+    }
+    let mut watch = if specs.is_empty() {
+        None
+    } else {
+        let root = cgroups::root().map_err(|e| UsageError(e.to_string()))?;
+        let w = Watch::new(root, specs).map_err(|e| UsageError(e.to_string()))?;
+        if w.names_own() {
+            tracing::warn!(
+                "sniffer runs in a cgroup --cgroup names; its own cgroup is left out (it would \
+                 see its own reads)"
+            );
+        }
+        Some(w)
+    };
     let mut pids = Vec::new();
     for &pid in &cli.pids {
         let tgid =
@@ -182,6 +216,10 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
         }
         None => None,
     };
+    if cli.follow {
+        term::set_stdout_tty(std::io::stdout().is_terminal());
+        logs.sinks.push(Box::new(Follow::new()));
+    }
     let names = Names::new(cli.names.iter().cloned().collect());
     let full_capture = cli.full_capture || cli.dump_streams.is_some();
     let proxies = Proxies {
@@ -250,6 +288,16 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
         }
     }
 
+    if let Some(w) = &mut watch {
+        apply_cgroups(&mut probe, w.refresh())?;
+        for u in w.unmatched() {
+            term::err_line(&format!(
+                "sniffer: {u}: no such cgroup now (not running?); its processes are traced \
+                 when it starts"
+            ));
+        }
+    }
+
     let raw = raw_out.map(|out| RawSink::new(out, start_ns));
     let mut pipeline = Pipeline::new(table, raw, conn_sinks, http);
 
@@ -258,7 +306,7 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
         None => None,
     };
     if child.is_none() {
-        eprintln!("sniffer: tracing; stop with Ctrl-C");
+        term::err_line("sniffer: tracing; stop with Ctrl-C");
     }
 
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -267,11 +315,15 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut poll = tokio::time::interval(POLL);
     poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut status: Option<ExitStatus> = None;
+    let mut exit_status: Option<ExitStatus> = None;
     let mut stop_at: Option<Instant> = None;
     let mut signals = 0;
     let mut ticks: u64 = 0;
     let mut lost_reported = 0;
+    // A traced command owns the terminal it writes to: the line would run into its output.
+    let mut status =
+        Status::new(!cli.quiet && cli.command.is_empty() && std::io::stderr().is_terminal());
+    let mut processes = 0;
 
     loop {
         let deadline = stop_at.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
@@ -304,26 +356,46 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
                 }
                 lost_reported = report_losses(&probe, lost_reported);
                 probe.flush_kernel_log();
+                if ticks.is_multiple_of(CGROUP_EVERY)
+                    && let Some(w) = &mut watch
+                {
+                    apply_cgroups(&mut probe, w.refresh())?;
+                }
+                let now = std::time::Instant::now();
+                if status.due(now) {
+                    if ticks.is_multiple_of(COUNT_TARGETS_EVERY) || processes == 0 {
+                        processes = probe.target_count();
+                    }
+                    let h = pipeline.http_stats();
+                    status.show(now, &Counts {
+                        exchanges: h.exchanges,
+                        messages: h.messages,
+                        connections: pipeline.conns.created(),
+                        lost_events: lost_reported,
+                        processes,
+                    });
+                }
             }
-            s = wait_child(&mut child), if child.is_some() && status.is_none() => {
+            s = wait_child(&mut child), if child.is_some() && exit_status.is_none() => {
                 let s = s.context("waiting for the command")?;
-                status = Some(s);
+                exit_status = Some(s);
                 stop_at = Some(Instant::now() + Duration::from_millis(cli.grace_ms));
             }
             _ = tokio::time::sleep_until(deadline), if stop_at.is_some() => break,
             _ = sigint.recv() => {
                 signals += 1;
-                if !stop_requested(&mut child, &status, signals, libc::SIGINT, &mut stop_at) { break; }
+                if !stop_requested(&mut child, &exit_status, signals, libc::SIGINT, &mut stop_at) { break; }
             }
             _ = sigterm.recv() => {
                 signals += 1;
-                if !stop_requested(&mut child, &status, signals, libc::SIGTERM, &mut stop_at) { break; }
+                if !stop_requested(&mut child, &exit_status, signals, libc::SIGTERM, &mut stop_at) { break; }
             }
         }
     }
 
     reader.drain(&mut |ev| pipeline.handle(ev));
     let finals = reader.live_offsets();
+    status.clear();
     pipeline.finish(monotonic_ns(), &finals);
     summary(&probe, &reader, &pipeline);
     if let Some((ep, summary)) = otlp {
@@ -334,8 +406,56 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
             eprintln!("sniffer: {}", s.line(&ep));
         }
     }
-    let status = status.map(exit_code);
+    let status = exit_status.map(exit_code);
     Ok(outputs_summary(&outputs.failures(), status))
+}
+
+/// What `--unit`, `--cgroup` and `--devstack` name.
+fn cgroup_specs(cli: &RunArgs) -> Vec<Spec> {
+    let mut v: Vec<Spec> = cli.units.iter().cloned().map(Spec::Unit).collect();
+    v.extend(cli.cgroups.iter().cloned().map(Spec::Path));
+    if cli.devstack {
+        v.push(Spec::Devstack);
+    }
+    v
+}
+
+/// Tells the kernel about cgroups that appeared and went, and the user about the units.
+fn apply_cgroups(probe: &mut Probe, ch: cgroups::Changes) -> anyhow::Result<()> {
+    let tops = |list: &[(std::path::PathBuf, cgroups::Traced)]| -> Vec<String> {
+        list.iter()
+            .filter(|(p, _)| !list.iter().any(|(q, _)| p != q && p.starts_with(q)))
+            .map(|(p, t)| {
+                format!(
+                    "{} ({}, {} processes now)",
+                    t.label,
+                    p.display(),
+                    cgroups::process_count(p)
+                )
+            })
+            .collect()
+    };
+    for (_, t) in &ch.added {
+        probe
+            .add_cgroup(t.id)
+            .context("adding a cgroup to the kernel's map")?;
+    }
+    for (_, t) in &ch.removed {
+        probe
+            .remove_cgroup(t.id)
+            .context("removing a cgroup from the kernel's map")?;
+    }
+    for t in tops(&ch.added) {
+        term::err_line(&format!("sniffer: tracing the processes of {t}"));
+    }
+    for (p, t) in &ch.removed {
+        if !ch.added.iter().any(|(q, _)| q == p)
+            && !ch.removed.iter().any(|(q, _)| p != q && p.starts_with(q))
+        {
+            term::err_line(&format!("sniffer: {} ({}) is gone", t.label, p.display()));
+        }
+    }
+    Ok(())
 }
 
 /// Says which outputs lost what; returns the exit code: the command's status (0 without

@@ -45,6 +45,16 @@ pub enum Tool {
     /// host to another becomes one exchange with both ends' views, clocks are corrected from
     /// the exchanges themselves, and a name running on several hosts becomes NAME@HOST.
     Merge(MergeArgs),
+    /// Turn a numbered log (or a .jsonl) into one self-contained HTML page: the sequence
+    /// diagram drawn as SVG, every message clickable for its headers and body, search and
+    /// filters. Opens from disk, loads nothing from the network.
+    Report(ReportArgs),
+    /// Show the whole idea in seconds: start a small chain of local HTTP services, trace them,
+    /// write the log, the diagram and the report, print the diagram, stop everything.
+    Demo(DemoArgs),
+    /// One of the demo's processes (started by `sniffer demo`).
+    #[command(hide = true)]
+    DemoPart(DemoPartArgs),
     /// Can this host run a capture? One line per requirement (kernel, BTF, privileges,
     /// lockdown, tracefs, BPF features), then sniffer's programs loaded for real. Exit code 0
     /// when a capture will work, 2 when not.
@@ -70,6 +80,48 @@ pub struct DiagramArgs {
     /// Leave out messages matching a should_not_hook.json file (the rest are numbered again).
     #[arg(long, value_name = "FILE")]
     pub filter: Option<PathBuf>,
+    /// Which path an arrow through a reverse proxy shows: the one the client sent, or the one
+    /// the service received (the proxy's upstream target; needs the .jsonl).
+    #[arg(long, value_enum, default_value_t = Paths::Client)]
+    pub paths: Paths,
+}
+
+pub use crate::diagram::model::Paths;
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The numbered log (sniffer.log) or the JSONL (a name ending in .jsonl; it has times and
+    /// sizes, which the log does not).
+    pub log: PathBuf,
+    /// Where the page goes ("-" for stdout).
+    #[arg(short, long, value_name = "FILE", default_value = "report.html")]
+    pub output: PathBuf,
+    /// Leave out messages matching a should_not_hook.json file (the rest are numbered again).
+    #[arg(long, value_name = "FILE")]
+    pub filter: Option<PathBuf>,
+    /// Replace ids in paths by names ({image_id}, {account}, {id1}...) and list them.
+    #[arg(long)]
+    pub placeholders: bool,
+    /// Which path an arrow through a reverse proxy shows (see `sniffer diagram --paths`).
+    #[arg(long, value_enum, default_value_t = Paths::Client)]
+    pub paths: Paths,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where the demo's log, JSONL, diagram and report go (created).
+    #[arg(long, value_name = "DIR", default_value = "sniffer-demo")]
+    pub dir: PathBuf,
+}
+
+/// A demo process: a service on 127.0.0.1 or the client.
+#[derive(Debug, Args)]
+pub struct DemoPartArgs {
+    /// auth, store, api or client.
+    pub role: String,
+    /// The ports of the services it calls (api: auth and store; client: api).
+    #[arg(long = "call", value_name = "PORT")]
+    pub calls: Vec<u16>,
 }
 
 #[derive(Debug, Args)]
@@ -109,6 +161,30 @@ pub struct RunArgs {
     /// or exec'd later (repeatable).
     #[arg(long = "comm", value_name = "NAME")]
     pub comms: Vec<String>,
+
+    /// Trace every process of systemd unit NAME (devstack@keystone, apache2), now and later:
+    /// its cgroup v2 directory is watched by the kernel, so workers, restarts and processes
+    /// started in it later are traced too (repeatable).
+    #[arg(long = "unit", value_name = "NAME")]
+    pub units: Vec<String>,
+
+    /// Trace every process in cgroup v2 directory PATH and below it, now and later
+    /// (repeatable).
+    #[arg(long = "cgroup", value_name = "PATH")]
+    pub cgroups: Vec<PathBuf>,
+
+    /// Trace every running devstack@* unit and apache2.
+    #[arg(long)]
+    pub devstack: bool,
+
+    /// Print one line per exchange on stdout as it is written (number, caller -> callee,
+    /// method, path, status, time, size), nested calls indented under the call they happen in.
+    #[arg(long)]
+    pub follow: bool,
+
+    /// No live status line on the terminal.
+    #[arg(short, long)]
+    pub quiet: bool,
 
     /// The numbered log: one entry per HTTP message, in causal order ("-" for stdout).
     #[arg(short, long, value_name = "FILE", default_value = "sniffer.log")]

@@ -5,10 +5,12 @@
 //! [`procs`] (who the processes are) and [`conns`] (connections) -> [`stream`] (ordered
 //! bytes with exact gaps) -> [`sinks`]. [`pipeline`] wires the steps, [`app`] runs them.
 pub mod app;
+pub mod cgroups;
 pub mod check;
 pub mod classify;
 pub mod cli;
 pub mod conns;
+pub mod demo;
 pub mod diagram;
 pub mod events;
 pub mod exchange;
@@ -17,6 +19,7 @@ pub mod filter;
 pub mod har;
 pub mod heap;
 pub mod http;
+pub mod live;
 pub mod merge;
 pub mod names;
 pub mod otlp;
@@ -27,6 +30,7 @@ pub mod procs;
 pub mod proxy;
 pub mod record;
 pub mod render;
+pub mod report;
 pub mod sinks;
 pub mod sockdiag;
 pub mod stitch;

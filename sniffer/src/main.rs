@@ -1,7 +1,13 @@
 use std::{io::IsTerminal as _, process::ExitCode};
 
 use clap::Parser as _;
-use sniffer::{app, cli::Cli, exit, probe::ProbeError, tools};
+use sniffer::{
+    app,
+    cli::{Cli, Tool},
+    demo, exit,
+    probe::ProbeError,
+    tools,
+};
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc: the pipeline allocates and frees many small buffers per message; glibc's malloc
@@ -12,17 +18,32 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     sniffer::heap::configure();
     let cli = Cli::parse();
-    if let Some(tool) = cli.tool {
-        return match tools::run(tool) {
-            Ok(code) => ExitCode::from(code),
-            Err(e) => {
-                eprintln!("sniffer: {e}");
-                ExitCode::from(e.exit_code())
-            }
-        };
-    }
-    let cli = cli.run;
-    let level = match cli.verbose {
+    let (run, verbose) = match cli.tool {
+        Some(Tool::DemoPart(a)) => {
+            return match demo::roles::run(&a) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("sniffer demo-part {}: {e}", a.role);
+                    ExitCode::from(exit::FAILURE)
+                }
+            };
+        }
+        Some(Tool::Demo(a)) => (Err(a), 0),
+        Some(tool) => {
+            return match tools::run(tool) {
+                Ok(code) => ExitCode::from(code),
+                Err(e) => {
+                    eprintln!("sniffer: {e}");
+                    ExitCode::from(e.exit_code())
+                }
+            };
+        }
+        None => {
+            let v = cli.run.verbose;
+            (Ok(cli.run), v)
+        }
+    };
+    let level = match verbose {
         0 => "warn",
         1 => "info",
         _ => "debug",
@@ -31,7 +52,8 @@ fn main() -> ExitCode {
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level)),
         )
-        .with_writer(std::io::stderr)
+        // Through the terminal the status line shares, so no diagnostic lands inside it.
+        .with_writer(sniffer::live::term::Stderr)
         // Colour codes only for a terminal: a user's `2> file` reads as plain lines.
         .with_ansi(std::io::stderr().is_terminal())
         .init();
@@ -45,7 +67,11 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::FAILURE);
         }
     };
-    match runtime.block_on(app::run(cli)) {
+    let result = match run {
+        Ok(args) => runtime.block_on(app::run(args)),
+        Err(demo) => runtime.block_on(demo::run(demo)),
+    };
+    match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(exit::FAILURE)),
         Err(e) => {
             eprintln!("sniffer: {e:#}");

@@ -3,8 +3,11 @@
 use std::{fs, io::Write as _, path::Path};
 
 use crate::{
-    cli::{DiagramArgs, HarArgs, MergeArgs, Tool},
-    diagram::{body, mermaid, model},
+    cli::{DiagramArgs, HarArgs, MergeArgs, ReportArgs, Tool},
+    diagram::{
+        body, mermaid,
+        model::{self, Msg, Paths},
+    },
     exit,
     filter::Filter,
     har, merge, otlp, record,
@@ -40,7 +43,7 @@ fn read(path: &Path) -> Result<String, ToolError> {
 }
 
 /// Writes each text to its file, once every file passed its checks (see [`safe_open`]).
-fn write(outputs: &[(&Path, &str)]) -> Result<(), ToolError> {
+pub fn write(outputs: &[(&Path, &str)]) -> Result<(), ToolError> {
     let usage = |e: safe_open::OpenError| ToolError::Usage(e.to_string());
     let targets = outputs
         .iter()
@@ -63,31 +66,65 @@ pub fn run(tool: Tool) -> Result<u8, ToolError> {
         Tool::Diagram(a) => diagram(&a).map(|()| exit::OK),
         Tool::Har(a) => har_file(&a).map(|()| exit::OK),
         Tool::Merge(a) => merge_files(&a).map(|()| exit::OK),
+        Tool::Report(a) => report(&a).map(|()| exit::OK),
         Tool::Check => Ok(crate::check::run()),
+        Tool::Demo(_) | Tool::DemoPart(_) => Err(ToolError::Usage(
+            "the demo runs from main, with its runtime".into(),
+        )),
     }
 }
 
-fn diagram(a: &DiagramArgs) -> Result<(), ToolError> {
-    let text = read(&a.log)?;
-    let jsonl = a.log.extension().is_some_and(|e| e == "jsonl");
+/// The messages of a log or JSONL (by its name), less what `filter` leaves out.
+pub fn messages(log: &Path, filter: Option<&Path>, paths: Paths) -> Result<Vec<Msg>, ToolError> {
+    let text = read(log)?;
+    let jsonl = log.extension().is_some_and(|e| e == "jsonl");
     let msgs = if jsonl {
         model::from_jsonl(&text)
     } else {
         model::from_log(&text)
     }
-    .map_err(|e| ToolError::Usage(format!("{}: {e}", a.log.display())))?;
-    let msgs = match &a.filter {
+    .map_err(|e| ToolError::Usage(format!("{}: {e}", log.display())))?;
+    if paths == Paths::Served && !msgs.iter().any(|m| m.served.is_some()) {
+        eprintln!(
+            "sniffer: {}: no exchange went through a reverse proxy whose hop was folded; the \
+             paths are the ones the clients sent",
+            log.display()
+        );
+    }
+    Ok(match filter {
         Some(path) => {
             let f = Filter::load(path).map_err(|e| ToolError::Usage(e.to_string()))?;
             model::without(msgs, &f)
         }
         None => msgs,
-    };
+    })
+}
+
+fn report(a: &ReportArgs) -> Result<(), ToolError> {
+    let msgs = messages(&a.log, a.filter.as_deref(), a.paths)?;
+    let source = a
+        .log
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let page = crate::report::page(
+        &msgs,
+        &crate::report::Options {
+            placeholders: a.placeholders,
+            paths: a.paths,
+            source,
+        },
+    );
+    write(&[(&a.output, &page)])
+}
+
+fn diagram(a: &DiagramArgs) -> Result<(), ToolError> {
+    let msgs = messages(&a.log, a.filter.as_deref(), a.paths)?;
     let d = mermaid::draw(
         &msgs,
         mermaid::Options {
             placeholders: a.placeholders,
             standalone: a.standalone,
+            paths: a.paths,
         },
     );
     match &a.body {

@@ -16,6 +16,8 @@ use std::{
 
 use serde::Deserialize;
 
+pub mod browser;
+pub mod cgroup;
 pub mod netns;
 pub mod openstack;
 pub mod phoenix;
@@ -190,13 +192,18 @@ impl Server {
 
     /// Runs a server fixture that prints `PORT <n>` once it listens.
     pub fn script(script: &str, args: &[&str]) -> Self {
-        let mut cmd = Command::new("python3");
-        cmd.arg(fixture(script)).args(args);
-        Self::command(&mut cmd)
+        Self::spawn(&mut Self::command(script, args))
     }
 
-    /// Runs `cmd`, a server that prints `PORT <n>` once it listens.
-    pub fn command(cmd: &mut Command) -> Self {
+    /// The command of a server fixture, to adjust before [`Server::spawn`].
+    pub fn command(script: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new("python3");
+        cmd.arg(fixture(script)).args(args);
+        cmd
+    }
+
+    /// Starts a server fixture's command and waits for its `PORT <n>`.
+    pub fn spawn(cmd: &mut Command) -> Self {
         cmd.stdout(Stdio::piped());
         let mut guard = Guard::spawn(cmd);
         let lines = Lines::new(guard.child.stdout.take().expect("stdout"));

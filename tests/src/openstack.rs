@@ -496,3 +496,65 @@ pub fn draw(run: &Run, name: &str, body: &str, extra: &[&str]) -> String {
     assert!(st.success(), "sniffer diagram failed");
     fs::read_to_string(&diagram).expect("diagram")
 }
+
+/// `sniffer report` of a run (its JSONL, with `extra` arguments) opened in headless Chromium:
+/// one arrow per message of the log, the participants in the order they first appear, and a
+/// click on the arrow labelled `label` opens that message. A screenshot stays in
+/// target/report-test/NAME.png. Returns the labels of the arrows.
+pub fn assert_report_in_chromium(
+    run: &Run,
+    name: &str,
+    extra: &[&str],
+    label: &str,
+) -> Vec<String> {
+    let html = run.dir.join(format!("{name}.html"));
+    let st = Command::new(sniffer_bin())
+        .arg("report")
+        .arg(run.dir.join("exchanges.jsonl"))
+        .arg("-o")
+        .arg(&html)
+        .args(extra)
+        .status()
+        .expect("run sniffer report");
+    assert!(st.success(), "sniffer report failed");
+    let titles = run.log.lines().filter(|l| l.starts_with("### [")).count();
+    let mut order: Vec<String> = Vec::new();
+    for x in &run.exchanges {
+        for k in ["from", "to"] {
+            let n = x[k].as_str().unwrap_or("").to_owned();
+            if !order.contains(&n) {
+                order.push(n);
+            }
+        }
+    }
+    let mut b = crate::browser::Browser::start(1400, 900);
+    b.open_report(&html);
+    assert_eq!(
+        b.arrows(),
+        titles as u64,
+        "{name}: one arrow per message of the log"
+    );
+    let shown =
+        b.eval("[...document.querySelectorAll('#lanes g.participant')].map(g => g.dataset.name)");
+    let shown: Vec<String> = serde_json::from_value(shown).expect("names");
+    let mut first_seen = shown.clone();
+    first_seen.retain(|n| order.contains(n));
+    assert_eq!(
+        first_seen.len(),
+        shown.len(),
+        "{name}: {shown:?} vs {order:?}"
+    );
+    let labels: Vec<String> =
+        serde_json::from_value(b.eval("window.__report.model.arrows.map(a => a.label)"))
+            .expect("labels");
+    let n = labels
+        .iter()
+        .position(|l| l == label)
+        .unwrap_or_else(|| panic!("{name}: no arrow {label:?} in {labels:#?}"))
+        + 1;
+    assert_eq!(b.open_message(n as u64), format!("[{n}] {label}"));
+    let shots = workspace().join("target/report-test");
+    fs::create_dir_all(&shots).unwrap();
+    b.screenshot(&shots.join(format!("{name}.png")));
+    labels
+}

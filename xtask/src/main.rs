@@ -53,6 +53,13 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// The first thing to run: build the release binary, then `sniffer demo` as root (a small
+    /// chain of local HTTP services traced; log, diagram and report in sniffer-demo/).
+    Demo {
+        /// More `sniffer demo` arguments (after --), e.g. `--dir DIR`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Setup, build, and run every test, including those on the real kernel.
     Test {
         /// Extra arguments for `cargo test` (after --), e.g. a test name filter.
@@ -118,6 +125,11 @@ fn main() -> std::process::ExitCode {
         Task::Build { release } => build(release).map(drop),
         Task::Dist => dist::dist().map(drop),
         Task::Run { debug, args, .. } => run(!debug, &args),
+        Task::Demo { args } => {
+            let mut all = vec!["demo".to_owned()];
+            all.extend(args);
+            run(true, &all)
+        }
         Task::Test { args } => test(&args),
         Task::Lint => lint(),
         Task::Fuzz {
@@ -252,10 +264,12 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     if !args.is_empty() {
         return Ok(());
     }
-    // The data programs older kernels load, on this kernel: the capture tests again with each
-    // (`cargo xtask vm-test` runs them on the old kernels themselves).
+    // The data programs older kernels load, on this kernel: the capture and cgroup tests again
+    // with each (`cargo xtask vm-test` runs them on the old kernels themselves).
     for variant in ["noloop", "noatomic"] {
-        eprintln!("xtask: capture tests with the {variant} variant of the BPF data programs");
+        eprintln!(
+            "xtask: capture and cgroup tests with the {variant} variant of the BPF data programs"
+        );
         run_cmd(
             cargo()
                 .args([
@@ -267,6 +281,7 @@ fn test(args: &[String]) -> anyhow::Result<()> {
                     "--test",
                     "tls",
                 ])
+                .args(["--test", "cgroups"])
                 .env("SNIFFER_BIN", &bin)
                 .env("SNIFFER_BPF_VARIANT", variant)
                 .env_remove("SNIFFER_SKIP_BPF_BUILD"),

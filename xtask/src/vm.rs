@@ -58,6 +58,7 @@ pub const KERNELS: &[Kernel] = &[
 /// host: they need minutes of CPU that software emulation would turn into an hour).
 const TEST_BINARIES: &[&str] = &[
     "capture",
+    "cgroups",
     "check",
     "cli",
     "http",
@@ -65,6 +66,7 @@ const TEST_BINARIES: &[&str] = &[
     "not_http",
     "outputs",
     "tls",
+    "live",
     "tracefs",
 ];
 

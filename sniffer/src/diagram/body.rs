@@ -72,6 +72,7 @@ mod tests {
             headers: vec![("Content-Type".into(), "application/json".into())],
             body: "{\n  \"a\": 1\n}".into(),
             exchange: None,
+            ..Default::default()
         };
         assert_eq!(
             page(&[m]),

@@ -3,7 +3,10 @@
 //! arrows as the log numbers its messages.
 use std::collections::HashMap;
 
-use super::{model::Msg, placeholders::Placeholders};
+use super::{
+    model::{Msg, Paths},
+    placeholders::Placeholders,
+};
 
 /// Words mermaid reads as syntax in a sequence diagram.
 const KEYWORDS: &[&str] = &[
@@ -53,6 +56,7 @@ fn text(s: &str) -> String {
 pub struct Options {
     pub placeholders: bool,
     pub standalone: bool,
+    pub paths: Paths,
 }
 
 /// What the converter produced.
@@ -64,7 +68,7 @@ pub struct Diagram {
 
 /// Index of each request's response in `msgs` (by exchange when known, else FIFO per
 /// from/to/method/url).
-fn responses(msgs: &[Msg]) -> HashMap<usize, usize> {
+pub fn responses(msgs: &[Msg]) -> HashMap<usize, usize> {
     let mut open: HashMap<(String, String, String, String), Vec<usize>> = HashMap::new();
     let mut by_exchange: HashMap<u64, usize> = HashMap::new();
     let mut out = HashMap::new();
@@ -96,10 +100,10 @@ fn responses(msgs: &[Msg]) -> HashMap<usize, usize> {
     out
 }
 
-/// Ranges [first, last] of service-token calls to wrap in `opt FROM token issue`: a process
+/// Ranges [first, last] (indexes into `msgs`) of service-token calls to wrap in `opt FROM token issue`: a process
 /// that is serving a request asks keystone for a token (POST .../auth/tokens) right after its
 /// version discovery (GET of the identity root), as four consecutive messages.
-fn token_blocks(msgs: &[Msg]) -> Vec<(usize, usize)> {
+pub fn token_blocks(msgs: &[Msg]) -> Vec<(usize, usize)> {
     let resp = responses(msgs);
     let mut blocks = Vec::new();
     for (i, m) in msgs.iter().enumerate() {
@@ -182,9 +186,9 @@ pub fn draw(msgs: &[Msg], opts: Options) -> Diagram {
         let inside = blocks.iter().any(|b| b.0 <= i && i <= b.1);
         let pad = if inside { "  " } else { "" };
         let path = if opts.placeholders {
-            ph.apply(&m.path())
+            ph.apply(&m.shown_path(opts.paths))
         } else {
-            m.path()
+            m.shown_path(opts.paths)
         };
         let line = if m.request {
             format!("{}->>{}: {} {}", id(&m.from), id(&m.to), m.method, path)
@@ -280,7 +284,7 @@ mod tests {
                 &msgs,
                 Options {
                     placeholders,
-                    standalone: false,
+                    ..Options::default()
                 },
             );
             assert_eq!(
@@ -320,6 +324,7 @@ mod tests {
             headers: vec![],
             body: "none".into(),
             exchange: None,
+            ..Default::default()
         }
     }
 
@@ -340,8 +345,8 @@ mod tests {
         let d = draw(
             &msgs,
             Options {
-                placeholders: false,
                 standalone: true,
+                ..Options::default()
             },
         );
         assert_eq!(

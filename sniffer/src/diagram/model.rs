@@ -1,8 +1,34 @@
 //! The messages a diagram is drawn from, read back from the numbered log or the JSONL.
 use regex::Regex;
 
+/// `--paths`: whose view of a proxied request's path the arrows show.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Paths {
+    /// What the client sent (`/image/v2/images` through devstack's Apache).
+    #[default]
+    Client,
+    /// What the service received (`/v2/images`), as in-process hooks log it.
+    Served,
+}
+
+/// What the JSONL says of a message beyond the log: kernel times and sizes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// Kernel (CLOCK_MONOTONIC) times of the first and last bytes, ns.
+    pub first_ns: u64,
+    pub last_ns: u64,
+    /// The first byte in ns since the Unix epoch.
+    pub unix_ns: i128,
+    pub body_size: u64,
+    /// Body bytes the kernel counted but did not copy, and bytes lost to a full ring.
+    pub body_missing: u64,
+    pub body_lost: u64,
+    /// The shown body is a preview of a longer one.
+    pub truncated: bool,
+}
+
 /// One message, as the log shows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Msg {
     pub number: u64,
     pub request: bool,
@@ -18,6 +44,15 @@ pub struct Msg {
     pub body: String,
     /// The exchange it belongs to, when the input says (JSONL).
     pub exchange: Option<u64>,
+    /// The target the service received when a reverse proxy's hop was folded into this
+    /// exchange (`/v2/images` for the client's `/image/v2/images`).
+    pub served: Option<String>,
+    /// The proxy it went through.
+    pub via: Option<String>,
+    /// What is not whole about it: `[incomplete: ...]`, `[broken: ...]`, ... as the log says.
+    pub marks: Vec<String>,
+    /// Times and sizes (JSONL only).
+    pub meta: Option<Meta>,
 }
 
 impl Msg {
@@ -25,6 +60,27 @@ impl Msg {
     pub fn path(&self) -> String {
         path_of(&self.url)
     }
+
+    /// The path an arrow shows: the client's, or with `Paths::Served` the one the service
+    /// received when the exchange went through a proxy.
+    pub fn shown_path(&self, paths: Paths) -> String {
+        match (&self.served, paths) {
+            (Some(s), Paths::Served) if self.path() != "?" => s.clone(),
+            _ => self.path(),
+        }
+    }
+}
+
+/// The log's note on a message whose proxy hop was folded: `[served as /v2/images via apache2]`.
+pub fn served_note(target: &str, via: &str) -> String {
+    format!("[served as {target} via {via}]")
+}
+
+/// (target, via) of a [`served_note`] line.
+fn parse_served_note(line: &str) -> Option<(String, String)> {
+    let rest = line.strip_prefix("[served as ")?.strip_suffix(']')?;
+    let (target, via) = rest.rsplit_once(" via ")?;
+    (!target.is_empty() && !target.contains(' ')).then(|| (target.to_owned(), via.to_owned()))
 }
 
 /// `msgs` without those `filter` leaves out, numbered again from 1.
@@ -117,6 +173,20 @@ pub fn from_log(text: &str) -> Result<Vec<Msg>, ReadError> {
         while body.last().is_some_and(|l| l.is_empty()) {
             body.pop();
         }
+        // The notes before the body: the served path is taken out (it is not the body), the
+        // marks stay where a reader of the body page expects them.
+        let mut served = None;
+        let mut marks = Vec::new();
+        let mut k = 0;
+        while k < body.len() && body[k].starts_with('[') && body[k].ends_with(']') {
+            if let Some(s) = parse_served_note(body[k]) {
+                served = Some(s);
+                body.remove(k);
+            } else {
+                marks.push(body[k].to_owned());
+                k += 1;
+            }
+        }
         out.push(Msg {
             number,
             request,
@@ -129,6 +199,10 @@ pub fn from_log(text: &str) -> Result<Vec<Msg>, ReadError> {
             headers,
             body: body.join("\n"),
             exchange: None,
+            via: served.as_ref().map(|(_, v)| v.clone()),
+            served: served.map(|(t, _)| t),
+            marks,
+            meta: None,
         });
     }
     if out.is_empty() {
@@ -171,11 +245,27 @@ pub fn from_jsonl(text: &str) -> Result<Vec<Msg>, ReadError> {
             message: e.to_string(),
         })?;
         let s = |k: &str| v[k].as_str().unwrap_or("").to_owned();
+        let served = v["upstream"]["target"].as_str().map(str::to_owned);
+        let via = v["via"].as_str().map(str::to_owned);
         for (key, request) in [("request", true), ("response", false)] {
             let m = &v[key];
             let Some(number) = m["number"].as_u64() else {
                 continue;
             };
+            let u = |k: &str| m[k].as_u64().unwrap_or(0);
+            let mut marks = Vec::new();
+            if m["complete"] == false {
+                marks.push(match m["broken"].as_str() {
+                    Some(r) => format!("[broken: {r}]"),
+                    None => "[incomplete: the connection ended before this message did]".into(),
+                });
+            }
+            if m["after_gap"] == true {
+                marks.push("[bytes were lost on this connection before this message]".into());
+            }
+            if !request && v["orphan"] == true {
+                marks.push("[the request this answers was not seen]".into());
+            }
             let headers = m["headers"]
                 .as_array()
                 .map(|hs| {
@@ -205,6 +295,22 @@ pub fn from_jsonl(text: &str) -> Result<Vec<Msg>, ReadError> {
                 headers,
                 body: m["body"].as_str().unwrap_or("").to_owned(),
                 exchange: v["id"].as_u64(),
+                served: served.clone(),
+                via: via.clone(),
+                marks,
+                meta: Some(Meta {
+                    first_ns: u("first_ts_ns"),
+                    last_ns: u("last_ts_ns"),
+                    unix_ns: m["first_unix_ns"]
+                        .as_i64()
+                        .map(i128::from)
+                        .or_else(|| m["first_unix_ns"].as_u64().map(i128::from))
+                        .unwrap_or(0),
+                    body_size: u("body_size"),
+                    body_missing: u("body_missing"),
+                    body_lost: u("body_lost"),
+                    truncated: m["body_truncated"] == true,
+                }),
             });
         }
     }
@@ -305,6 +411,43 @@ mod tests {
             crate::filter::Filter::parse(r#"{"filters": [{"from": "glance-api"}]}"#, "f").unwrap();
         let m = without(from_log(LOG).unwrap(), &f);
         assert_eq!(m.iter().map(|x| x.number).collect::<Vec<_>>(), vec![1, 2]);
+    }
+
+    #[test]
+    fn the_served_note_gives_the_services_path_and_leaves_the_body() {
+        let log = "\n### [1] (openstack) REQ >>> (glance-api) : GET http://127.0.0.1/image/v2/images?limit=2\nHost: 127.0.0.1\n\n[served as /v2/images?limit=2 via apache2]\nnone\n\n\n### [2] (openstack) RESP <<< (glance-api) : 200 OK GET http://127.0.0.1/image/v2/images?limit=2\n\n[incomplete: the connection ended before this message did]\n[served as /v2/images?limit=2 via apache2]\n{}\n";
+        let m = from_log(log).unwrap();
+        assert_eq!(m[0].served.as_deref(), Some("/v2/images?limit=2"));
+        assert_eq!(m[0].via.as_deref(), Some("apache2"));
+        assert_eq!(m[0].body, "none");
+        assert!(m[0].marks.is_empty());
+        assert_eq!(
+            m[1].marks,
+            ["[incomplete: the connection ended before this message did]"]
+        );
+        assert_eq!(
+            m[1].body,
+            "[incomplete: the connection ended before this message did]\n{}"
+        );
+        assert_eq!(m[0].shown_path(Paths::Client), "/image/v2/images?limit=2");
+        assert_eq!(m[0].shown_path(Paths::Served), "/v2/images?limit=2");
+        let d = crate::diagram::mermaid::draw(
+            &m,
+            crate::diagram::mermaid::Options {
+                paths: Paths::Served,
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            d.text,
+            "openstack->>glance-api: GET /v2/images?limit=2\nglance-api-->>openstack: 200 OK /v2/images?limit=2\n"
+        );
+        // The note is the log's own line: it reads back.
+        assert_eq!(
+            parse_served_note(&served_note("/v2/images", "apache2")),
+            Some(("/v2/images".into(), "apache2".into()))
+        );
+        assert_eq!(parse_served_note("[served as  via x]"), None);
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub mod target_flags {
     pub const BY_PID: u32 = 1;
     pub const BY_COMM: u32 = 2;
     pub const BY_COMMAND: u32 = 8;
+    /// Found by the kernel in a cgroup of `maps::CGROUPS`.
+    pub const BY_CGROUP: u32 = sniffer_common::maps::TARGET_BY_CGROUP;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +119,10 @@ pub struct Probe {
     ebpf: Ebpf,
     targets: HashMap<MapData, u32, u32>,
     comms: HashMap<MapData, [u8; COMM_LEN], u32>,
+    cgroups: HashMap<MapData, u64, u32>,
+    /// The configuration as written; `add_cgroup` turns the cgroup lookup on in it, and the
+    /// first TLS library attached the TLS flag.
+    config: Config,
     /// What the kernel can do, and the variant of the data programs loaded.
     pub features: Features,
     pub variant: Variant,
@@ -124,8 +130,6 @@ pub struct Probe {
     kernel_log: Option<aya_log::EbpfLogger<KernelLog>>,
     /// Keeps the kernel counting programs' run time while open (`--bpf-stats`).
     stats: Option<std::os::fd::OwnedFd>,
-    /// The configuration written at load (TLS turns a flag on later).
-    config: Config,
     /// The TLS probes loaded (not attached: they are attached per library found).
     tls_loaded: bool,
 }
@@ -187,6 +191,8 @@ impl Probe {
         let targets = HashMap::try_from(targets).map_err(map_err(maps::TARGETS))?;
         let comms = take_map(&mut ebpf, maps::COMMS)?;
         let comms = HashMap::try_from(comms).map_err(map_err(maps::COMMS))?;
+        let cgroups = take_map(&mut ebpf, maps::CGROUPS)?;
+        let cgroups = HashMap::try_from(cgroups).map_err(map_err(maps::CGROUPS))?;
 
         for name in programs::SCHED_TRACEPOINTS {
             attach_tracepoint(&mut ebpf, programs::SCHED, name, name)?;
@@ -241,11 +247,12 @@ impl Probe {
             ebpf,
             targets,
             comms,
+            cgroups,
+            config,
             features,
             variant,
             kernel_log,
             stats,
-            config,
             tls_loaded,
         })
     }
@@ -339,6 +346,39 @@ impl Probe {
     /// The targets map's fd, for a child to add itself between fork and exec.
     pub fn targets_fd(&self) -> RawFd {
         self.targets.map().fd().as_fd().as_raw_fd()
+    }
+
+    /// Makes every process of cgroup `id` (a cgroup v2 directory's inode number) a target at
+    /// its first traced syscall: the kernel checks each process that is not a target yet, so
+    /// processes that join the cgroup later are traced too. The first call turns that check on.
+    pub fn add_cgroup(&mut self, id: u64) -> Result<(), ProbeError> {
+        self.cgroups
+            .insert(id, 1, 0)
+            .map_err(map_err(maps::CGROUPS))?;
+        if self.config.flags & config_flags::CGROUPS == 0 {
+            self.config.flags |= config_flags::CGROUPS;
+            let map = self
+                .ebpf
+                .map_mut(maps::CONFIG)
+                .ok_or(ProbeError::MissingMap(maps::CONFIG))?;
+            let mut cfg: Array<_, Config> = Array::try_from(map).map_err(map_err(maps::CONFIG))?;
+            cfg.set(0, self.config, 0).map_err(map_err(maps::CONFIG))?;
+        }
+        Ok(())
+    }
+
+    /// Forgets cgroup `id` (its directory is gone: a stopped unit). Its processes that are
+    /// targets stay targets until they exit.
+    pub fn remove_cgroup(&mut self, id: u64) -> Result<(), ProbeError> {
+        match self.cgroups.remove(&id) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(maps::CGROUPS)(e)),
+        }
+    }
+
+    /// How many processes are targets now (one map walk: call it now and then, not per event).
+    pub fn target_count(&self) -> usize {
+        self.targets.keys().filter(Result::is_ok).count()
     }
 
     /// Makes every process that execs with this name a target. Returns the name as the kernel

@@ -68,6 +68,7 @@ fn notes_text<'a>(
     lenient: impl IntoIterator<Item = &'a str>,
     after_gap: bool,
     orphan: bool,
+    served: Option<(&str, Option<&str>)>,
 ) -> Vec<String> {
     let mut n = Vec::new();
     match (complete, broken) {
@@ -86,6 +87,11 @@ fn notes_text<'a>(
     if orphan {
         n.push("[the request this answers was not seen]".to_owned());
     }
+    // What the service behind a folded proxy hop received, for `diagram --paths served`.
+    if let Some((target, via)) = served {
+        let via = via.unwrap_or("a proxy");
+        n.push(crate::diagram::model::served_note(target, via));
+    }
     n
 }
 
@@ -101,6 +107,9 @@ pub fn notes(x: &Exchange, which: Which, msg: &Message) -> Vec<String> {
         msg.lenient.iter().copied(),
         msg.after_gap,
         which == Which::Response && x.orphan,
+        x.upstream_target
+            .as_deref()
+            .map(|target| (target, x.via.as_deref())),
     )
 }
 
@@ -160,6 +169,10 @@ pub fn record_entry(r: &ExchangeRecord, request: bool) -> Option<String> {
         m.lenient.iter().map(String::as_str),
         m.after_gap,
         !request && r.orphan,
+        r.upstream
+            .as_ref()
+            .and_then(|u| u.target.as_deref())
+            .map(|target| (target, r.via.as_deref())),
     );
     let mut b = Vec::new();
     write_entry(

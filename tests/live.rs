@@ -1,0 +1,169 @@
+//! What a user watching a terminal sees, on the real kernel: `--follow` prints one line per
+//! exchange with the calls made inside a call indented under it (and the log is still
+//! written); the status line is drawn on a terminal (a pty here), never on a pipe, and `-q`
+//! silences it.
+use std::{
+    fs,
+    io::Read as _,
+    os::fd::{FromRawFd as _, OwnedFd},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use sniffer_tests::{Guard, Server, kernel_tests, sniffer_bin};
+
+#[test]
+fn follow_prints_nested_calls_under_their_call() {
+    if !kernel_tests() {
+        return;
+    }
+    let back = Server::script("chain_server.py", &[]);
+    let front = Server::script("chain_server.py", &["--next", &back.port.to_string()]);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("sniffer.log");
+    let out = Command::new(sniffer_bin())
+        .args(["--follow", "--pid", &front.pid().to_string()])
+        .args(["--pid", &back.pid().to_string()])
+        .args(["--name", &format!("{}=front", front.pid())])
+        .args(["--name", &format!("{}=back", back.pid())])
+        .arg("-o")
+        .arg(&log)
+        .args(["--", "curl", "-s", "-o", "/dev/null"])
+        .arg(format!("http://127.0.0.1:{}/work", front.port))
+        .output()
+        .expect("run sniffer");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "one line per exchange:\n{stdout}\n{stderr}");
+    assert!(
+        lines[0].starts_with("[1] curl -> front  GET /work  200 OK  ")
+            && lines[0].ends_with("  11 B"),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].starts_with("  [2] front -> back  GET /inner  200 OK  ")
+            && lines[1].ends_with("  5 B"),
+        "the inner call, indented under the call it happened in:\n{stdout}"
+    );
+    // The status line is for terminals: none on this pipe.
+    assert!(!stderr.contains("\x1b[K"), "{stderr:?}");
+    let text = fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("### [")).count(),
+        4,
+        "the log is written as well:\n{text}"
+    );
+}
+
+/// Runs sniffer on `pid` with stderr on a new pty (stopped with Ctrl-C's SIGINT after a curl
+/// to `port`, or with `command` after --); returns what the terminal received.
+fn on_a_terminal(args: &[&str], port: u16, pid: u32, command: &[&str]) -> String {
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty fills two fds; the other arguments may be null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // A terminal 120 columns wide, so the line is in words.
+    let ws = libc::winsize {
+        ws_row: 40,
+        ws_col: 120,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a valid winsize.
+    unsafe { libc::ioctl(slave, libc::TIOCSWINSZ, &ws) };
+    // SAFETY: both fds were just opened and are owned here.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let mut cmd = Command::new(sniffer_bin());
+    cmd.args(args)
+        .args(["--pid", &pid.to_string(), "-o", "/dev/null"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(slave));
+    if !command.is_empty() {
+        cmd.arg("--").args(command);
+    }
+    let mut g = Guard::spawn(&mut cmd);
+    // Our copy of the slave went into the child's stderr: the master reads until it exits.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let keep = seen.clone();
+    let reader = std::thread::spawn(move || {
+        let mut f = std::fs::File::from(master);
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = f.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            keep.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    drop(cmd);
+    if command.is_empty() {
+        // Once it traces: a call, then time for the line to show it, then Ctrl-C.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !seen.lock().unwrap().contains("sniffer: tracing") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sniffer did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let st = Command::new("curl")
+            .args(["-s", "-o", "/dev/null"])
+            .arg(format!("http://127.0.0.1:{port}/work"))
+            .status()
+            .unwrap();
+        assert!(st.success());
+        std::thread::sleep(Duration::from_millis(800));
+        g.signal(libc::SIGINT);
+    }
+    let st = g.wait_timeout(Duration::from_secs(60));
+    assert!(st.success(), "sniffer on a pty exited with {st}");
+    reader.join().unwrap();
+    seen.lock().unwrap().clone()
+}
+
+#[test]
+fn the_status_line_is_drawn_on_a_terminal_and_q_silences_it() {
+    if !kernel_tests() {
+        return;
+    }
+    let server = Server::script("chain_server.py", &[]);
+    let tty = on_a_terminal(&[], server.port, server.pid(), &[]);
+    assert!(
+        tty.contains("\r\x1b[Ksniffer 0:0") && tty.contains(" | 1 process traced\r"),
+        "{tty:?}"
+    );
+    assert!(
+        tty.contains(" | 1 exchange | 2 messages | ") && tty.contains(" | 0 lost events | "),
+        "the counts reach the line: {tty:?}"
+    );
+    // Taken off before the summary, which stands on its own line.
+    assert!(tty.contains("\r\x1b[Ksniffer: 1 exchanges"), "{tty:?}");
+    let quiet = on_a_terminal(&["-q"], server.port, server.pid(), &[]);
+    assert!(!quiet.contains("\x1b[K"), "{quiet:?}");
+    assert!(quiet.contains("sniffer: 1 exchanges"), "{quiet:?}");
+    // A traced command owns the terminal: no line over its output.
+    let url = format!("http://127.0.0.1:{}/work", server.port);
+    let with_command = on_a_terminal(
+        &[],
+        server.port,
+        server.pid(),
+        &["sh", "-c", &format!("sleep 1; curl -s {url}; sleep 0.5")],
+    );
+    assert!(!with_command.contains("\x1b[K"), "{with_command:?}");
+    assert!(
+        with_command.contains("sniffer: 1 exchanges"),
+        "{with_command:?}"
+    );
+}
