@@ -343,6 +343,58 @@ fn connection_opened_before_attaching_is_captured_with_its_addresses() {
     assert_no_gaps(c);
 }
 
+/// A server thread blocked in accept(2) since before the attach gets a socket the sniffer
+/// first sees at its read; the kernel may have put it where a traced client's socket just was.
+/// It must not keep that client's role: the exchange would be paired backwards.
+#[test]
+fn a_reused_socket_does_not_keep_the_role_of_the_one_before() {
+    if !kernel_tests() {
+        return;
+    }
+    const THREADS: usize = 12;
+    let script = fixture("stale_role.py");
+    let script = script.to_str().unwrap();
+    let threads = THREADS.to_string();
+    let server = Server::spawn(&mut Server::command("stale_role.py", &["server", &threads]));
+    server.lines.expect("READY", Duration::from_secs(20));
+    let mut client = Interactive::start(Command::new("python3").args([
+        script,
+        "client",
+        &server.port.to_string(),
+        &threads,
+        "16",
+    ]));
+    let running = Running::start(&[
+        "--pid",
+        &server.pid().to_string(),
+        "--pid",
+        &client.guard.pid().to_string(),
+    ]);
+    client.send_line("go");
+    client.lines.expect("DONE", Duration::from_secs(60));
+    let cap = running.stop();
+
+    let served: Vec<&ConnRecord> = cap
+        .conns_of(server.pid())
+        .into_iter()
+        .filter(|c| c.recv.bytes > 0)
+        .collect();
+    assert_eq!(served.len(), THREADS, "{}", cap.describe());
+    for c in &served {
+        assert_ne!(
+            c.role,
+            "client",
+            "an accepted socket took a closed client socket's role\n{}",
+            cap.describe()
+        );
+        assert!(cap.stream(c, "recv").starts_with(b"GET /n"), "{c:#?}");
+    }
+    // Each request once, from the client to the server, answered.
+    let requests = cap.log.matches(") REQ >>> (").count();
+    let answers = cap.log.matches(" : 200 OK GET http://127.0.0.1:").count();
+    assert_eq!((requests, answers), (THREADS, THREADS), "{}", cap.log);
+}
+
 /// Downloads 50 MB through a traced server with curl (under sh, so following a fork is part of
 /// it) and checks both views of the body against curl's own count. Returns the capture, the
 /// client and server records, and the total.

@@ -583,6 +583,8 @@ pub struct KernelOffsets {
     pub file_inode: u32,
     pub file_private_data: u32,
     pub inode_mode: u32,
+    /// `inode.i_ino`: tells a socket from the one that was at the same address before.
+    pub inode_ino: u32,
     pub socket_type: u32,
     pub socket_sk: u32,
     pub skc_family: u32,
@@ -655,9 +657,9 @@ const _: () = {
     assert!(size_of::<TlsArgs>() == 40);
     assert!(size_of::<SslKey>() == 16);
     assert!(size_of::<Pending>() == 32);
-    assert!(size_of::<KernelOffsets>() == 112);
+    assert!(size_of::<KernelOffsets>() == 116);
     assert!(size_of::<TracepointOffsets>() == 8);
-    assert!(size_of::<Config>() == 136);
+    assert!(size_of::<Config>() == 140);
     assert!(size_of::<StreamKey>() == 16);
     assert!(size_of::<CopyCtl>() == 40);
     assert!(align_of::<DataEvent>() == 8);

@@ -27,9 +27,12 @@ pub static CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(maps::CGROUPS_
 pub static SOCKETS: HashMap<SockKey, SockState> =
     HashMap::with_max_entries(maps::SOCKETS_CAPACITY, 0);
 /// sk -> role: a socket keeps the role it got at connect/accept when another process uses it
-/// (a forking server accepts in the parent and serves in the child). LRU bounds it.
+/// (a forking server accepts in the parent and serves in the child). The value is the role in
+/// the low 32 bits and the socket's inode number in the high ones: a closed socket's entry stays
+/// (LRU bounds it), and a new socket the kernel puts at the same address must not take its
+/// role. See [`crate::sockets::sk_role`].
 #[map]
-pub static SK_ROLES: LruHashMap<u64, u32> = LruHashMap::with_max_entries(maps::SOCKETS_CAPACITY, 0);
+pub static SK_ROLES: LruHashMap<u64, u64> = LruHashMap::with_max_entries(maps::SOCKETS_CAPACITY, 0);
 #[map]
 pub static COPY_CTL: HashMap<StreamKey, CopyCtl> =
     HashMap::with_max_entries(maps::COPY_CTL_CAPACITY, 0);

@@ -46,22 +46,26 @@ struct Found {
     sk: u64,
     family: u16,
     sock_type: u16,
+    /// The socket inode's number (its low 32 bits: sockets take theirs from `get_next_ino`).
+    ino: u32,
 }
 
 const NOT_FOUND: Found = Found {
     sk: 0,
     family: 0,
     sock_type: 0,
+    ino: 0,
 };
 
 /// A traced stream socket behind `fd` of the current task, or [`NOT_FOUND`].
 #[inline(always)]
 fn fd_socket(k: &KernelOffsets, tgid: u32, fd: i32, flags: u32) -> Found {
     match fd_socket_walk(k, tgid, fd, flags) {
-        Some((sk, family, sock_type)) => Found {
+        Some((sk, family, sock_type, ino)) => Found {
             sk,
             family,
             sock_type,
+            ino,
         },
         None => NOT_FOUND,
     }
@@ -69,7 +73,12 @@ fn fd_socket(k: &KernelOffsets, tgid: u32, fd: i32, flags: u32) -> Found {
 
 /// Walks task->files->fdt->fd[fd]->f_inode->i_mode and file->private_data->sk.
 #[inline(always)]
-fn fd_socket_walk(k: &KernelOffsets, tgid: u32, fd: i32, flags: u32) -> Option<(u64, u16, u16)> {
+fn fd_socket_walk(
+    k: &KernelOffsets,
+    tgid: u32,
+    fd: i32,
+    flags: u32,
+) -> Option<(u64, u16, u16, u32)> {
     if fd < 0 {
         return None;
     }
@@ -109,7 +118,11 @@ fn fd_socket_walk(k: &KernelOffsets, tgid: u32, fd: i32, flags: u32) -> Option<(
         family::UNIX => flags & config_flags::UNIX != 0,
         _ => false,
     };
-    (wanted && sock_type as u16 == SOCK_STREAM && sk != 0).then_some((sk, fam, sock_type as u16))
+    if !(wanted && sock_type as u16 == SOCK_STREAM && sk != 0) {
+        return None;
+    }
+    let ino = kread::<u64>(inode, k.inode_ino).unwrap_or(0) as u32;
+    Some((sk, fam, sock_type as u16, ino))
 }
 
 /// Fills one end's address from a unix_sock's `addr` (struct unix_address *).
@@ -226,6 +239,24 @@ pub fn emit_sock(
     true
 }
 
+/// Remembers the role `sk` got at connect/accept, for other processes using the socket.
+#[inline(always)]
+fn set_sk_role(sk: u64, ino: u32, role: u32) {
+    let _ = SK_ROLES.insert(sk, (u64::from(ino) << 32) | u64::from(role), 0);
+}
+
+/// The role recorded for `sk`, if it was recorded for this very socket: the kernel reuses a
+/// closed socket's memory, and an accept begun before the attach records nothing for the new
+/// one (its role was the old socket's, and its exchanges were read backwards).
+#[inline(always)]
+fn sk_role(sk: u64, ino: u32) -> u32 {
+    // SAFETY: plain value read.
+    match unsafe { SK_ROLES.get(sk) } {
+        Some(v) if (*v >> 32) as u32 == ino => *v as u32,
+        _ => role::UNKNOWN,
+    }
+}
+
 /// The tracked state of `fd` in the current process, registering the socket when it is new or
 /// when the fd now refers to a different socket than the one recorded (the fd was reused without
 /// a close we saw: dup2, exec of a CLOEXEC socket). `role` is set when given (connect/accept).
@@ -253,7 +284,7 @@ pub fn track_socket(
         if found.sk != 0 && found.sk == st.sk {
             if let Some(r) = new_role {
                 // connect/accept on a socket we already knew: addresses are known now.
-                let _ = SK_ROLES.insert(found.sk, r, 0);
+                set_sk_role(found.sk, found.ino, r);
                 st.role = r;
                 emit_sock(cfg, kind::SOCK_OPEN, &key, st, tid, true);
             }
@@ -270,16 +301,14 @@ pub fn track_socket(
         sk,
         family: fam,
         sock_type,
+        ino,
     } = found;
     let role = match new_role {
         Some(r) => {
-            let _ = SK_ROLES.insert(sk, r, 0);
+            set_sk_role(sk, ino, r);
             r
         }
-        // SAFETY: plain value read.
-        None => unsafe { SK_ROLES.get(sk) }
-            .copied()
-            .unwrap_or(role::UNKNOWN),
+        None => sk_role(sk, ino),
     };
     let st = SockState {
         sk,

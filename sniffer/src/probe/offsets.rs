@@ -162,6 +162,7 @@ impl Layouts {
             file_inode: self.offset("file", &["f_inode"])?,
             file_private_data: self.offset("file", &["private_data"])?,
             inode_mode: self.offset("inode", &["i_mode"])?,
+            inode_ino: self.offset("inode", &["i_ino"])?,
             socket_type: self.offset("socket", &["type"])?,
             socket_sk: self.offset("socket", &["sk"])?,
             skc_family: sk("skc_family")?,
