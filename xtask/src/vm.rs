@@ -636,7 +636,7 @@ impl Cpio {
 }
 
 /// The script the guest runs inside the host's tree: a machine like a lab host (proc, sys,
-/// tmpfs, loopback up), `sniffer check`, then every test binary, one marker line each.
+/// devpts, loopback up), `sniffer check`, then every test binary, one marker line each.
 fn guest_script(sniffer: &Path, tests: &BTreeMap<String, PathBuf>, args: &[String]) -> String {
     let mut s = String::from(
         r#"set -u
@@ -646,8 +646,8 @@ mount -t devtmpfs dev /dev 2>/dev/null
 mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
-mount -t tmpfs tmpfs /tmp
-mount -t tmpfs tmpfs /run
+# /tmp and /run stay the overlay's (writes land in its tmpfs): a tmpfs over them would hide a
+# workspace there, and with it the binaries under test.
 mount -t bpf bpf /sys/fs/bpf 2>/dev/null
 mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
 ip link set lo up
