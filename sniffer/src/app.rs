@@ -54,15 +54,28 @@ pub struct UsageError(pub String);
 const TICK: Duration = Duration::from_millis(100);
 /// Ticks between two returns of freed heap memory to the system (5 s).
 const TRIM_EVERY: u64 = 50;
-/// How often the ring buffer is read without a wakeup: the kernel wakes the reader only when
-/// much is waiting, so a quiet trickle is picked up by this poll.
+/// How often the ring buffer is read without a wakeup while records flow: the kernel wakes the
+/// reader only when much is waiting, so a quiet trickle is picked up by this poll.
 const POLL: Duration = Duration::from_millis(10);
+/// The poll's period grows (doubling) while it finds nothing, up to this: an idle sniffer wakes
+/// about 20 times a second, not 110.
+const POLL_IDLE: Duration = TICK;
 /// Ticks between two looks at the cgroup tree for `--unit`/`--cgroup`/`--devstack` (1 s).
 const CGROUP_EVERY: u64 = 10;
 /// Ticks between two counts of the traced processes for the status line (1 s).
 const COUNT_TARGETS_EVERY: u64 = 10;
 /// After a stop signal, how long the traced command gets to finish.
 const COMMAND_STOP_WAIT: Duration = Duration::from_secs(5);
+
+/// The poll's next period: back to [`POLL`] when records came, doubled (up to [`POLL_IDLE`])
+/// when none did.
+fn next_poll(every: Duration, records: usize) -> Duration {
+    if records > 0 {
+        POLL
+    } else {
+        (every * 2).min(POLL_IDLE)
+    }
+}
 
 /// CLOCK_MONOTONIC in ns: the clock of the kernel's event timestamps (bpf_ktime_get_ns).
 pub fn monotonic_ns() -> u64 {
@@ -313,8 +326,9 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut poll = tokio::time::interval(POLL);
-    poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut poll_every = POLL;
+    let poll = tokio::time::sleep(poll_every);
+    tokio::pin!(poll);
     let mut exit_status: Option<ExitStatus> = None;
     let mut stop_at: Option<Instant> = None;
     let mut signals = 0;
@@ -335,13 +349,17 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
                     copy_control.apply(&h);
                 }
                 scan_mapped(&mut tls, &mut probe, &mut mapped);
+                poll_every = POLL;
+                poll.as_mut().reset(tokio::time::Instant::now() + poll_every);
             }
-            _ = poll.tick() => {
-                reader.drain(&mut |ev| handle(&mut pipeline, &mut mapped, ev));
+            _ = &mut poll => {
+                let n = reader.drain(&mut |ev| handle(&mut pipeline, &mut mapped, ev));
                 for h in pipeline.take_hints() {
                     copy_control.apply(&h);
                 }
                 scan_mapped(&mut tls, &mut probe, &mut mapped);
+                poll_every = next_poll(poll_every, n);
+                poll.as_mut().reset(tokio::time::Instant::now() + poll_every);
             }
             _ = tick.tick() => {
                 reader.drain(&mut |ev| handle(&mut pipeline, &mut mapped, ev));
@@ -647,5 +665,22 @@ fn summary(probe: &Probe, reader: &Reader, pipeline: &Pipeline) {
             "sniffer: {} connections had their open event lost (addresses unknown)",
             pipeline.conns.opens_lost
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_poll_backs_off_while_idle_and_returns_at_the_first_record() {
+        let mut every = POLL;
+        let mut seen = vec![];
+        for _ in 0..6 {
+            every = next_poll(every, 0);
+            seen.push(every.as_millis());
+        }
+        assert_eq!(seen, [20, 40, 80, 100, 100, 100]);
+        assert_eq!(next_poll(every, 1), POLL);
     }
 }
