@@ -14,8 +14,8 @@ use sniffer_tests::{
     Interactive, Running, kernel_tests,
     netns::Lab,
     openstack::{
-        Run, Service, assert_nested, assert_numbered_and_drawn, bed_env, bed_process, fresh_dir,
-        openstack_venv, participants, qcow2, seen_by, sorted,
+        Run, Service, assert_nested, assert_numbered_and_drawn, bed_env, bed_process,
+        create_image_args, fresh_dir, openstack_venv, participants, qcow2, seen_by, sorted,
     },
     sniffer_tool,
 };
@@ -88,23 +88,7 @@ fn a_two_node_openstack_merges_into_one_story_with_a_clock_five_seconds_off() {
         Interactive::start(&mut cmd)
     };
     // The controller's glance (RegionOne), then compute1's (RegionTwo).
-    let mut create = openstack(
-        "RegionOne",
-        &[
-            "image",
-            "create",
-            "--disk-format",
-            "qcow2",
-            "--file",
-            img.to_str().expect("utf-8 path"),
-            "--public",
-            "cirros",
-            "-f",
-            "value",
-            "-c",
-            "id",
-        ],
-    );
+    let mut create = openstack("RegionOne", &create_image_args(&img));
     let mut list = openstack("RegionTwo", &["image", "list"]);
     let on_compute1 = Running::start_in(
         Some(&cmp.ns),

@@ -317,24 +317,25 @@ pub fn qcow2(dir: &Path, raw_bytes: usize) -> PathBuf {
 
 /// `openstack image create` of `img` under sniffer (run NAME); its stdout is the image id.
 pub fn create_image(bed: &Bed, name: &str, img: &Path) -> Run {
-    sniff(
-        bed,
-        name,
-        &[
-            "image",
-            "create",
-            "--disk-format",
-            "qcow2",
-            "--file",
-            img.to_str().unwrap(),
-            "--public",
-            "cirros",
-            "-f",
-            "value",
-            "-c",
-            "id",
-        ],
-    )
+    sniff(bed, name, &create_image_args(img))
+}
+
+/// `openstack` arguments that upload `img` as a public qcow2 image and print its id.
+pub fn create_image_args(img: &Path) -> [&str; 12] {
+    [
+        "image",
+        "create",
+        "--disk-format",
+        "qcow2",
+        "--file",
+        img.to_str().expect("utf-8 path"),
+        "--public",
+        "cirros",
+        "-f",
+        "value",
+        "-c",
+        "id",
+    ]
 }
 
 /// Every request keystone and glance-api logged in the run's window, exactly once, as sniffer

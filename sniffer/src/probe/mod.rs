@@ -283,15 +283,7 @@ impl Probe {
         if attached == 0 {
             return Err(first_err.unwrap_or(ProbeError::TlsNotLoaded));
         }
-        if self.config.flags & config_flags::TLS == 0 {
-            self.config.flags |= config_flags::TLS;
-            let map = self
-                .ebpf
-                .map_mut(maps::CONFIG)
-                .ok_or(ProbeError::MissingMap(maps::CONFIG))?;
-            let mut cfg: Array<_, Config> = Array::try_from(map).map_err(map_err(maps::CONFIG))?;
-            cfg.set(0, self.config, 0).map_err(map_err(maps::CONFIG))?;
-        }
+        self.set_flag(config_flags::TLS)?;
         Ok(attached)
     }
 
@@ -355,16 +347,21 @@ impl Probe {
         self.cgroups
             .insert(id, 1, 0)
             .map_err(map_err(maps::CGROUPS))?;
-        if self.config.flags & config_flags::CGROUPS == 0 {
-            self.config.flags |= config_flags::CGROUPS;
-            let map = self
-                .ebpf
-                .map_mut(maps::CONFIG)
-                .ok_or(ProbeError::MissingMap(maps::CONFIG))?;
-            let mut cfg: Array<_, Config> = Array::try_from(map).map_err(map_err(maps::CONFIG))?;
-            cfg.set(0, self.config, 0).map_err(map_err(maps::CONFIG))?;
+        self.set_flag(config_flags::CGROUPS)
+    }
+
+    /// Turns on a [`config_flags`] bit in the kernel's config, once.
+    fn set_flag(&mut self, flag: u32) -> Result<(), ProbeError> {
+        if self.config.flags & flag != 0 {
+            return Ok(());
         }
-        Ok(())
+        self.config.flags |= flag;
+        let map = self
+            .ebpf
+            .map_mut(maps::CONFIG)
+            .ok_or(ProbeError::MissingMap(maps::CONFIG))?;
+        let mut cfg: Array<_, Config> = Array::try_from(map).map_err(map_err(maps::CONFIG))?;
+        cfg.set(0, self.config, 0).map_err(map_err(maps::CONFIG))
     }
 
     /// Forgets cgroup `id` (its directory is gone: a stopped unit). Its processes that are
