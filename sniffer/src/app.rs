@@ -28,7 +28,7 @@ use crate::{
     names::Names,
     otlp::{self, Endpoint, Exporter, sink::OtlpSink},
     pipeline::Pipeline,
-    probe::{self, Probe, ProbeOptions, target_flags},
+    probe::{self, CopyControl, Probe, ProbeOptions, target_flags},
     procs::{self, ProcTable},
     proxy::Proxies,
     record::Host,
@@ -344,20 +344,12 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
         tokio::select! {
             r = reader.readable() => {
                 r.context("waiting on the BPF ring buffer")?;
-                reader.drain(&mut |ev| handle(&mut pipeline, &mut mapped, ev));
-                for h in pipeline.take_hints() {
-                    copy_control.apply(&h);
-                }
-                scan_mapped(&mut tls, &mut probe, &mut mapped);
+                pump(&mut reader, &mut pipeline, &mut mapped, &mut copy_control, &mut tls, &mut probe);
                 poll_every = POLL;
                 poll.as_mut().reset(tokio::time::Instant::now() + poll_every);
             }
             _ = &mut poll => {
-                let n = reader.drain(&mut |ev| handle(&mut pipeline, &mut mapped, ev));
-                for h in pipeline.take_hints() {
-                    copy_control.apply(&h);
-                }
-                scan_mapped(&mut tls, &mut probe, &mut mapped);
+                let n = pump(&mut reader, &mut pipeline, &mut mapped, &mut copy_control, &mut tls, &mut probe);
                 poll_every = next_poll(poll_every, n);
                 poll.as_mut().reset(tokio::time::Instant::now() + poll_every);
             }
@@ -501,6 +493,24 @@ fn handle(pipeline: &mut Pipeline, mapped: &mut Vec<u32>, ev: Event) {
         mapped.push(pid);
     }
     pipeline.handle(ev);
+}
+
+/// Reads every record the ring holds into the pipeline, tells the kernel what to copy from now
+/// on, and probes the TLS libraries of processes that mapped code. Returns the records read.
+fn pump(
+    reader: &mut Reader,
+    pipeline: &mut Pipeline,
+    mapped: &mut Vec<u32>,
+    copy_control: &mut CopyControl,
+    tls: &mut TlsLibs,
+    probe: &mut Probe,
+) -> usize {
+    let n = reader.drain(&mut |ev| handle(pipeline, mapped, ev));
+    for h in pipeline.take_hints() {
+        copy_control.apply(&h);
+    }
+    scan_mapped(tls, probe, mapped);
+    n
 }
 
 /// Looks for TLS libraries in the processes that mapped code.
