@@ -149,6 +149,60 @@ fn a_refused_connect_leaves_http_and_what_waited_is_read() {
     assert!(!p.is_awaiting() && !p.is_tunnel());
 }
 
+/// The answer to an Upgrade request with content came before all its content: the body goes
+/// on, the bytes after it are the next request (found by the fuzzer: the answer reset the
+/// direction to "between messages" and its content was read as heads).
+#[test]
+fn an_answer_before_the_end_of_an_upgrade_request_body_leaves_that_body_alone() {
+    const UP: &[u8] = b"POST /up HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: h2c\r\nContent-Length: 6\r\n\r\n";
+    let mut rule = |h: &Head, _: u64| request_body(h);
+    let mut p = DirParser::new(true, 64);
+    let mut out = Vec::new();
+    let mut at = 0u64;
+    for bytes in [UP, b"abc"] {
+        p.feed(&data(at, bytes, 1), &mut rule, &mut out);
+        at += bytes.len() as u64;
+    }
+    assert!(p.is_awaiting());
+    p.resume(&mut rule, &mut out);
+    for bytes in [&b"def"[..], b"GET /next HTTP/1.1\r\n\r\n"] {
+        p.feed(&data(at, bytes, 2), &mut rule, &mut out);
+        at += bytes.len() as u64;
+    }
+    p.finish(&mut out);
+    let msgs = ends(&out);
+    let got: Vec<_> = msgs
+        .iter()
+        .map(|m| (target(m), m.body.preview.clone(), m.ending))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("POST /up".to_owned(), b"abcdef".to_vec(), Ending::Complete),
+            ("GET /next".to_owned(), Vec::new(), Ending::Complete),
+        ],
+        "{out:?}"
+    );
+}
+
+/// An answer told to a direction that is not waiting (a head in progress) changes nothing:
+/// the head's bytes so far stay its own.
+#[test]
+fn resume_outside_a_wait_keeps_a_head_in_progress() {
+    let mut rule = |h: &Head, _: u64| request_body(h);
+    let mut p = DirParser::new(true, 64);
+    let mut out = Vec::new();
+    let first = b"GET /a HTTP/1.1\r\nHost: x\r\n";
+    p.feed(&data(0, first, 1), &mut rule, &mut out);
+    p.resume(&mut rule, &mut out);
+    p.feed(&data(first.len() as u64, b"\r\n", 2), &mut rule, &mut out);
+    p.finish(&mut out);
+    let msgs = ends(&out);
+    assert_eq!(msgs.len(), 1, "{out:?}");
+    assert_eq!(target(msgs[0]), "GET /a");
+    assert_eq!(msgs[0].ending, Ending::Complete);
+}
+
 #[test]
 fn a_bare_lf_between_header_lines_is_accepted_and_said() {
     // A strict parser sees one field `Host: a\nContent-Length: 23` (invalid) and answers 400;

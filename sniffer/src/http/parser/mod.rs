@@ -173,9 +173,13 @@ impl DirParser {
         if self.then == Then::Await {
             self.then = Then::Http;
         }
-        let State::Await { held, .. } = std::mem::replace(&mut self.state, State::Idle) else {
-            return;
+        // Only a direction that waits has bytes held: a request still in its body (an Upgrade
+        // with content) or a head in progress is left as it is.
+        let held = match &mut self.state {
+            State::Await { held, .. } => std::mem::take(held),
+            _ => return,
         };
+        self.state = State::Idle;
         if let Some(first) = held.first() {
             self.pos = first.off();
         }
@@ -236,6 +240,8 @@ impl DirParser {
     }
 
     fn begin(&mut self, off: u64, ts: u64, out: &mut Vec<Parsed>) {
+        // A head is read from its first byte: nothing before it is part of it.
+        self.buf.clear();
         self.buf_off = off;
         self.buf_ts = ts;
         out.push(Parsed::Begin { off, ts });
@@ -680,6 +686,7 @@ impl DirParser {
             }
             _ => {}
         }
+        self.buf.clear();
         self.state = State::Idle;
         self.then = Then::Http;
     }
