@@ -154,7 +154,8 @@ fn a_refused_connect_leaves_http_and_what_waited_is_read() {
 /// direction to "between messages" and its content was read as heads).
 #[test]
 fn an_answer_before_the_end_of_an_upgrade_request_body_leaves_that_body_alone() {
-    const UP: &[u8] = b"POST /up HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: h2c\r\nContent-Length: 6\r\n\r\n";
+    const UP: &[u8] =
+        b"POST /up HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: h2c\r\nContent-Length: 6\r\n\r\n";
     let mut rule = |h: &Head, _: u64| request_body(h);
     let mut p = DirParser::new(true, 64);
     let mut out = Vec::new();
