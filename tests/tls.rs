@@ -4,9 +4,21 @@
 //! than a TLS record, chunked, and a library loaded after sniffer started.
 use std::{fs, path::Path, process::Command, time::Duration};
 
-use sniffer_tests::{Capture, Server, fixture, kernel_tests, pattern, sniff_command_with};
+use sniffer_tests::{
+    Capture, Interactive, Running, Server, fixture, kernel_tests, pattern, sniff_command_with,
+};
 
 const LIMIT: Duration = Duration::from_secs(180);
+
+/// One test at a time: a sniffer whose TLS probes sit on every process (a command traced)
+/// would put its breakpoints in the processes another test looks at.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// A self-signed certificate for 127.0.0.1 (clients take it as their CA): cert.pem, key.pem.
 fn certs() -> tempfile::TempDir {
@@ -68,6 +80,7 @@ fn python_https_both_ends_traced_every_framing_on_one_keep_alive_connection() {
     if !kernel_tests() {
         return;
     }
+    let _serial = serial();
     const BIG: usize = 3 << 20;
     let certs = certs();
     let server = https_server(certs.path());
@@ -155,15 +168,27 @@ fn python_https_both_ends_traced_every_framing_on_one_keep_alive_connection() {
 
 #[test]
 fn curl_client_only_traced_over_https() {
+    curl_over_https(&[]);
+}
+
+/// With probes on the traced command only, placed while it waits between fork and exec: curl
+/// is done with its TLS exchange within milliseconds of its exec.
+#[test]
+fn curl_over_https_with_probes_on_traced_processes_only() {
+    curl_over_https(&["--tls-probes", "traced"]);
+}
+
+fn curl_over_https(args: &[&str]) {
     if !kernel_tests() {
         return;
     }
+    let _serial = serial();
     let certs = certs();
     let server = https_server(certs.path());
     let url = format!("https://127.0.0.1:{}/big?n=200000", server.port);
     let ca = path(certs.path(), "cert.pem");
     let cap = run(
-        &[],
+        args,
         &["curl", "-s", "--cacert", &ca, "-o", "/dev/null", &url],
     );
     let t = titles(&cap.log);
@@ -182,6 +207,7 @@ fn a_tls_library_loaded_after_sniffer_started_is_found_and_read() {
     if !kernel_tests() {
         return;
     }
+    let _serial = serial();
     let certs = certs();
     let server = https_server(certs.path());
     let ca = path(certs.path(), "cert.pem");
@@ -201,4 +227,99 @@ fn a_tls_library_loaded_after_sniffer_started_is_found_and_read() {
         "{t:?}"
     );
     assert!(cap.log.contains("\n\nlength body\n"), "{}", cap.log);
+}
+
+/// A python process with OpenSSL loaded that reports whether a breakpoint sits on its
+/// SSL_write and makes HTTPS requests when asked (tests/fixtures/tls_probe_site.py).
+fn probe_site(ca: &str) -> Interactive {
+    let mut cmd = Command::new("python3");
+    cmd.arg(fixture("tls_probe_site.py")).arg(ca);
+    let p = Interactive::start(&mut cmd);
+    p.lines.expect("ready ", Duration::from_secs(20));
+    p
+}
+
+/// The probe attachments process `pid` holds (BPF links, or perf events before 5.15).
+fn probe_fds(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("sniffer's fds")
+        .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+        .filter(|l| {
+            let l = l.to_string_lossy();
+            l == "anon_inode:bpf_link" || l == "anon_inode:[perf_event]"
+        })
+        .count()
+}
+
+fn first_byte(p: &mut Interactive) -> String {
+    p.send_line("byte");
+    let l = p.lines.expect("byte ", Duration::from_secs(10));
+    l["byte ".len()..].to_owned()
+}
+
+/// The TLS probes sit on traced processes only: the kernel puts its breakpoint (int3, 0xcc)
+/// on SSL_write in a traced process's memory and in no other's, so an untraced process using
+/// OpenSSL pays nothing; a child the traced process forks gets its own probes and is read.
+#[test]
+fn tls_probes_sit_on_traced_processes_only() {
+    if !kernel_tests() {
+        return;
+    }
+    let _serial = serial();
+    let certs = certs();
+    let server = https_server(certs.path());
+    let ca = path(certs.path(), "cert.pem");
+    let url = |who: &str| format!("https://127.0.0.1:{}/len?who={who}", server.port);
+    let mut traced = probe_site(&ca);
+    let mut other = probe_site(&ca);
+    let before = first_byte(&mut traced);
+    assert_ne!(before, "cc", "a breakpoint before sniffer started");
+    assert_eq!(first_byte(&mut other), before);
+
+    let sniffer = Running::start(&["--pid", &traced.guard.pid().to_string()]);
+    assert_eq!(
+        first_byte(&mut traced),
+        "cc",
+        "the traced process is probed"
+    );
+    assert_eq!(first_byte(&mut other), before, "an untraced one is not");
+    for (p, who) in [(&mut traced, "traced"), (&mut other, "other")] {
+        p.send_line(&format!("get {}", url(who)));
+        assert_eq!(p.lines.expect("got ", LIMIT), "got 200");
+    }
+    assert_eq!(
+        first_byte(&mut other),
+        before,
+        "still not, after its TLS calls"
+    );
+    traced.send_line(&format!("fork {}", url("child")));
+    assert_eq!(
+        traced.lines.expect("child got ", LIMIT),
+        "child got 200 cc",
+        "a forked child has probes of its own"
+    );
+    // The traced process ends: its 14 probes (7 functions, entry and return) come off.
+    let probes_before = probe_fds(sniffer.pid());
+    traced.send_line("exit");
+    traced.guard.wait_timeout(Duration::from_secs(10));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while probe_fds(sniffer.pid()) + 14 > probes_before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "probes still on: {} of {probes_before}",
+            probe_fds(sniffer.pid())
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let cap = sniffer.stop();
+    let t = titles(&cap.log);
+    let gets: Vec<&String> = t.iter().filter(|l| l.contains(" : GET ")).collect();
+    assert_eq!(gets.len(), 2, "{}", cap.describe());
+    assert!(gets[0].ends_with(&url("traced")), "{gets:?}");
+    assert!(gets[1].ends_with(&url("child")), "{gets:?}");
+    assert!(
+        cap.log.contains("\n\nlength body\n"),
+        "plaintext read: {}",
+        cap.log
+    );
 }

@@ -7,7 +7,7 @@ use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
     helpers::{bpf_get_current_comm, bpf_ktime_get_ns},
 };
-use sniffer_common::{COMM_LEN, DataHeader, ProcEvent, counters};
+use sniffer_common::{COMM_LEN, DataHeader, ProcEvent, counters, kind};
 
 use crate::maps::{EVENTS, count};
 
@@ -68,5 +68,12 @@ pub fn emit_proc(ev_kind: u32, pid: u32, ppid: u32, exit_code: i32) {
         exit_code,
         comm,
     });
-    entry.submit(wakeup(size_of::<ProcEvent>() as u64));
+    // A process that joined (fork, exec) or mapped code gets its TLS probes from userspace:
+    // wake it at once, before the process's first TLS calls; an exit can wait for the poll.
+    let flags = if ev_kind == kind::PROC_EXIT {
+        wakeup(size_of::<ProcEvent>() as u64)
+    } else {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    };
+    entry.submit(flags);
 }

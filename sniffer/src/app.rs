@@ -1,6 +1,11 @@
 //! One sniffer run: attach, choose targets, start the command, pump events until the end,
 //! flush, report.
-use std::{path::Path, process::ExitStatus, time::Duration};
+use std::{
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    path::Path,
+    process::ExitStatus,
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use sniffer_common::{CHUNK_SIZE, counters};
@@ -14,7 +19,7 @@ use std::io::IsTerminal as _;
 
 use crate::{
     cgroups::{self, Spec, Watch},
-    cli::RunArgs,
+    cli::{RunArgs, TlsProbes},
     conns::ConnSink,
     events::{Event, Reader},
     exchange::Exchanges,
@@ -42,7 +47,7 @@ use crate::{
         safe_open::{self, OpenError, OutDir, Target},
     },
     stitch::Stitcher,
-    tls::TlsLibs,
+    tls::{TlsLibs, TlsScope},
 };
 
 /// A mistake in what the user asked for: reported in one sentence, exit code 2.
@@ -60,6 +65,8 @@ const POLL: Duration = Duration::from_millis(10);
 /// The poll's period grows (doubling) while it finds nothing, up to this: an idle sniffer wakes
 /// about 20 times a second, not 110.
 const POLL_IDLE: Duration = TICK;
+/// At the end, how long to wait for the TLS probes to come off (each waits for the kernel).
+const UNPROBE_WAIT: Duration = Duration::from_secs(5);
 /// Ticks between two looks at the cgroup tree for `--unit`/`--cgroup`/`--devstack` (1 s).
 const CGROUP_EVERY: u64 = 10;
 /// Ticks between two counts of the traced processes for the status line (1 s).
@@ -273,10 +280,10 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
     let start_ns = monotonic_ns();
 
     let mut table = ProcTable::new();
-    let mut tls = TlsLibs::default();
+    let mut tls = TlsLibs::new(tls_scope(&cli, watch.is_some()));
     tls.probe_system(&mut probe);
-    // Processes that mapped code since the last look: where TLS libraries may have appeared.
-    let mut mapped: Vec<u32> = Vec::new();
+    // Processes that joined, mapped code or ended since the last look: TLS probes to place.
+    let mut news = ProcNews::default();
     for comm in &cli.comms {
         let kept = probe.add_comm(comm)?;
         if kept != *comm {
@@ -293,11 +300,11 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
         // Target first, so that a child forked while we look for children is followed.
         probe.add_target(pid, how)?;
         table.observe(pid);
-        tls.scan(pid, &mut probe);
+        tls.follow(pid, &mut probe);
         for child in procs::descendants(pid) {
             probe.add_target(child, how)?;
             table.observe(child);
-            tls.scan(child, &mut probe);
+            tls.follow(child, &mut probe);
         }
     }
 
@@ -313,9 +320,10 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
 
     let raw = raw_out.map(|out| RawSink::new(out, start_ns));
     let mut pipeline = Pipeline::new(table, raw, conn_sinks, http);
+    pipeline.conns.tls_probes_per_process = tls.scope() == TlsScope::Traced;
 
     let mut child = match cli.command.split_first() {
-        Some((program, args)) => Some(spawn_traced(&probe, program, args)?),
+        Some((program, args)) => Some(spawn_traced(&mut probe, &mut tls, program, args)?),
         None => None,
     };
     if child.is_none() {
@@ -344,17 +352,17 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
         tokio::select! {
             r = reader.readable() => {
                 r.context("waiting on the BPF ring buffer")?;
-                pump(&mut reader, &mut pipeline, &mut mapped, &mut copy_control, &mut tls, &mut probe);
+                pump(&mut reader, &mut pipeline, &mut news, &mut copy_control, &mut tls, &mut probe);
                 poll_every = POLL;
                 poll.as_mut().reset(tokio::time::Instant::now() + poll_every);
             }
             _ = &mut poll => {
-                let n = pump(&mut reader, &mut pipeline, &mut mapped, &mut copy_control, &mut tls, &mut probe);
+                let n = pump(&mut reader, &mut pipeline, &mut news, &mut copy_control, &mut tls, &mut probe);
                 poll_every = next_poll(poll_every, n);
                 poll.as_mut().reset(tokio::time::Instant::now() + poll_every);
             }
             _ = tick.tick() => {
-                reader.drain(&mut |ev| handle(&mut pipeline, &mut mapped, ev));
+                reader.drain(&mut |ev| handle(&mut pipeline, &mut news, ev));
                 pipeline.tick(monotonic_ns());
                 ticks += 1;
                 if ticks.is_multiple_of(TRIM_EVERY) {
@@ -404,6 +412,7 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
     }
 
     reader.drain(&mut |ev| pipeline.handle(ev));
+    tls.finish(UNPROBE_WAIT);
     let finals = reader.live_offsets();
     status.clear();
     pipeline.finish(monotonic_ns(), &finals);
@@ -418,6 +427,26 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
     }
     let status = exit_status.map(exit_code);
     Ok(outputs_summary(&outputs.failures(), status))
+}
+
+/// Which processes carry the TLS probes (`--tls-probes`).
+fn tls_scope(cli: &RunArgs, cgroups: bool) -> TlsScope {
+    match cli.tls_probes {
+        // Processes that join a cgroup are added by the kernel at their first syscall, unheard
+        // of here: probes placed per process would miss them.
+        TlsProbes::Traced if cgroups => {
+            term::err_line(
+                "sniffer: --tls-probes traced: processes join the traced cgroups without sniffer \
+                 hearing of it, so the TLS probes sit on every process running OpenSSL",
+            );
+            TlsScope::All
+        }
+        TlsProbes::Traced => TlsScope::Traced,
+        TlsProbes::All => TlsScope::All,
+        // A command is often a script whose children start TLS right after their fork.
+        TlsProbes::Auto if cgroups || !cli.command.is_empty() => TlsScope::All,
+        TlsProbes::Auto => TlsScope::Traced,
+    }
 }
 
 /// What `--unit`, `--cgroup` and `--devstack` name.
@@ -485,53 +514,146 @@ fn outputs_summary(failures: &[Failure], status: Option<i32>) -> i32 {
     i32::from(exit::OUTPUT_INCOMPLETE)
 }
 
-/// Hands an event to the pipeline, noting the processes that mapped code (for TLS libraries).
-fn handle(pipeline: &mut Pipeline, mapped: &mut Vec<u32>, ev: Event) {
-    if let Event::MapExec { pid, .. } = ev
-        && !mapped.contains(&pid)
-    {
-        mapped.push(pid);
+/// What the ring said of processes since the last look, for the TLS probes.
+#[derive(Default)]
+struct ProcNews {
+    /// Joined the traced set (forked by a target, exec'd with a traced name).
+    joined: Vec<u32>,
+    /// Mapped code from a file (a library, dlopen).
+    mapped: Vec<u32>,
+    /// Ended.
+    ended: Vec<u32>,
+}
+
+/// Hands an event to the pipeline, noting what processes did (for TLS libraries).
+fn handle(pipeline: &mut Pipeline, news: &mut ProcNews, ev: Event) {
+    let (list, pid) = match &ev {
+        Event::Fork { pid, .. } | Event::Exec { pid, .. } => (&mut news.joined, *pid),
+        Event::MapExec { pid, .. } => (&mut news.mapped, *pid),
+        Event::Exit { pid, .. } => (&mut news.ended, *pid),
+        _ => return pipeline.handle(ev),
+    };
+    if !list.contains(&pid) {
+        list.push(pid);
     }
     pipeline.handle(ev);
 }
 
 /// Reads every record the ring holds into the pipeline, tells the kernel what to copy from now
-/// on, and probes the TLS libraries of processes that mapped code. Returns the records read.
+/// on, and places the TLS probes of processes that joined or mapped code (taking those of the
+/// ended off). Returns the records read.
 fn pump(
     reader: &mut Reader,
     pipeline: &mut Pipeline,
-    mapped: &mut Vec<u32>,
+    news: &mut ProcNews,
     copy_control: &mut CopyControl,
     tls: &mut TlsLibs,
     probe: &mut Probe,
 ) -> usize {
-    let n = reader.drain(&mut |ev| handle(pipeline, mapped, ev));
+    let n = reader.drain(&mut |ev| handle(pipeline, news, ev));
     for h in pipeline.take_hints() {
         copy_control.apply(&h);
     }
-    scan_mapped(tls, probe, mapped);
+    place_tls_probes(tls, probe, news);
     n
 }
 
-/// Looks for TLS libraries in the processes that mapped code.
-fn scan_mapped(tls: &mut TlsLibs, probe: &mut Probe, mapped: &mut Vec<u32>) {
-    for pid in mapped.drain(..) {
+/// Probes the TLS libraries of processes that joined or mapped code; unprobes those that ended.
+fn place_tls_probes(tls: &mut TlsLibs, probe: &mut Probe, news: &mut ProcNews) {
+    for pid in news.joined.drain(..) {
+        // Gone already: a probe placed on an ended process costs a wait for the kernel.
+        if !news.ended.contains(&pid) {
+            tls.follow(pid, probe);
+        }
+    }
+    for pid in news.mapped.drain(..) {
         tls.scan(pid, probe);
+    }
+    for pid in news.ended.drain(..) {
+        tls.forget(pid);
     }
 }
 
-/// Starts the traced command. It adds itself to the targets between fork and exec, so even its
-/// first syscalls are seen.
-fn spawn_traced(probe: &Probe, program: &str, args: &[String]) -> anyhow::Result<Child> {
+/// Starts the traced command. Between fork and exec it adds itself to the targets, then waits
+/// while its TLS probes are placed: even its first syscalls and TLS calls are seen (a program
+/// such as curl is done with a TLS exchange on loopback before probes placed after its exec
+/// could be on).
+fn spawn_traced(
+    probe: &mut Probe,
+    tls: &mut TlsLibs,
+    program: &str,
+    args: &[String],
+) -> anyhow::Result<Child> {
     let fd = probe.targets_fd();
+    // The command gets the file limit sniffer was given, not the one it raised for itself.
+    let limit = probe::inherited_file_limit();
+    // The child tells its pid on one pipe, then waits on the other for the word to exec.
+    let (pid_r, pid_w) = pipe_cloexec().context("creating a pipe for the command")?;
+    let (go_r, go_w) = pipe_cloexec().context("creating a pipe for the command")?;
+    let (pid_wr, go_rd, go_wr) = (pid_w.as_raw_fd(), go_r.as_raw_fd(), go_w.as_raw_fd());
     let mut cmd = Command::new(program);
     cmd.args(args);
-    // SAFETY: the closure only makes the bpf(2) syscall, which is async-signal-safe.
+    // SAFETY: the closure only makes the setrlimit, bpf, close, getpid, write and read
+    // syscalls, which are async-signal-safe, on descriptors this function keeps open until
+    // the child has exec'd.
     unsafe {
-        cmd.pre_exec(move || probe::add_self_to_targets(fd));
+        cmd.pre_exec(move || {
+            if let Some((cur, max)) = limit {
+                let rlim = libc::rlimit {
+                    rlim_cur: cur,
+                    rlim_max: max,
+                };
+                libc::setrlimit(libc::RLIMIT_NOFILE, &rlim);
+            }
+            probe::add_self_to_targets(fd)?;
+            // Its own copy of the write end would keep the read below from ever ending.
+            libc::close(go_wr);
+            let pid = libc::getpid();
+            libc::write(
+                pid_wr,
+                std::ptr::from_ref(&pid).cast(),
+                size_of::<libc::pid_t>(),
+            );
+            // A byte: the probes are on; end of file: sniffer gave up waiting. Exec either way.
+            let mut b = 0u8;
+            libc::read(go_rd, std::ptr::from_mut(&mut b).cast(), 1);
+            Ok(())
+        });
     }
-    cmd.spawn()
+    // spawn() returns once the child has exec'd, so it runs on a thread of its own while this
+    // one places the probes. The pipe ends the child uses stay open until then.
+    let rt = tokio::runtime::Handle::current();
+    let spawner = std::thread::spawn(move || {
+        let _rt = rt.enter();
+        let r = cmd.spawn();
+        drop((pid_w, go_r));
+        r
+    });
+    let mut pid_file = std::fs::File::from(pid_r);
+    let mut buf = [0u8; size_of::<libc::pid_t>()];
+    // Nothing (end of file) when the child failed before it could say.
+    if std::io::Read::read_exact(&mut pid_file, &mut buf).is_ok() {
+        let pid = libc::pid_t::from_ne_bytes(buf);
+        if let Ok(pid) = u32::try_from(pid) {
+            tls.follow(pid, probe);
+        }
+    }
+    drop(go_w);
+    spawner
+        .join()
+        .map_err(|_| anyhow::anyhow!("starting {program}: the thread panicked"))?
         .map_err(|e| UsageError(format!("cannot start {program}: {e}")).into())
+}
+
+/// A pipe whose ends close on exec.
+fn pipe_cloexec() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into the array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 async fn wait_child(child: &mut Option<Child>) -> std::io::Result<ExitStatus> {

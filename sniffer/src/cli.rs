@@ -267,6 +267,14 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_unix: bool,
 
+    /// Which processes carry the TLS probes (breakpoints in OpenSSL): `traced` ones only (a
+    /// process not traced pays nothing; one that makes TLS calls within a millisecond or so of
+    /// being forked by a traced process is missed), or `all` that run the library (nothing
+    /// missed; every TLS call of every process traps into the kernel). `auto`: `all` with a
+    /// COMMAND (scripts fork TLS clients) or --cgroup/--unit/--devstack, `traced` otherwise.
+    #[arg(long, value_enum, value_name = "WHICH", default_value_t = TlsProbes::Auto)]
+    pub tls_probes: TlsProbes,
+
     /// After COMMAND exits, keep reading this long for the servers' last bytes (milliseconds).
     #[arg(long, value_name = "MS", default_value_t = 300)]
     pub grace_ms: u64,
@@ -404,6 +412,14 @@ mod tests {
             64
         );
     }
+}
+
+/// `--tls-probes`: which processes carry the TLS probes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TlsProbes {
+    Auto,
+    Traced,
+    All,
 }
 
 /// `--bpf-variant`: the data programs' variants (see `sniffer_common::Variant`).

@@ -185,6 +185,9 @@ pub struct ConnTable {
     pub tls_unread: u64,
     /// Processes already warned about for a TLS connection that could not be read.
     tls_warned: std::collections::HashSet<u32>,
+    /// The TLS probes sit on traced processes only (`--tls-probes traced`): a process that
+    /// made TLS calls right after its fork may have been missed.
+    pub tls_probes_per_process: bool,
     /// Connections set aside as not HTTP, by protocol.
     pub set_aside: std::collections::BTreeMap<Protocol, u64>,
     /// What the kernel should stop sending (connections set aside), for the probe to apply.
@@ -472,10 +475,17 @@ impl ConnTable {
             Some(_) => {
                 self.tls_unread += 1;
                 if self.tls_warned.insert(conn.tgid) {
+                    let or_early = if self.tls_probes_per_process {
+                        ", or it made TLS calls before its probes were placed (within a \
+                         millisecond or so of its fork: --tls-probes all probes every process)"
+                    } else {
+                        ""
+                    };
                     eprintln!(
                         "sniffer: {} (pid {}) speaks TLS with {} through no OpenSSL library \
                          sniffer could probe (OpenSSL linked statically, or Go crypto/tls, \
-                         GnuTLS, NSS, rustls): its TLS connections are counted, not read",
+                         GnuTLS, NSS, rustls{or_early}): its TLS connections are counted, not \
+                         read",
                         procs.name(conn.tgid),
                         conn.tgid,
                         conn.peer

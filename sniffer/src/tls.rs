@@ -1,24 +1,30 @@
-//! TLS libraries in traced processes: found where the processes map them, probed once each.
+//! TLS libraries in traced processes: found where the processes map them, and probed.
 //!
 //! Every traced process is looked at when tracing starts, and again whenever the kernel says
 //! it mapped executable code from a file (a library loaded at start, or by dlopen later:
 //! Python loads `_ssl` and libssl on first use). Each distinct OpenSSL library (the system's,
-//! or a copy in a venv or wheel) is probed once, by its device and inode, through
-//! `/proc/PID/root` so that a process in another mount namespace is probed in its own file.
+//! or a copy in a venv or wheel) is known by its device and inode and probed through
+//! `/proc/PID/root`, so that a process in another mount namespace is probed in its own file.
 //! A library that cannot be probed (stripped, or not OpenSSL) is reported once.
 //!
-//! The system's own OpenSSL is probed when tracing starts, before any traced process maps it:
-//! a process started later (`--comm`, `-- COMMAND`) makes its first TLS calls within
-//! milliseconds of loading the library, sooner than its mapping could be noticed. Probes sit
-//! on the library file, for every process that runs it; the programs stop at once for a
-//! process not traced (a trap into the kernel, about a microsecond per call).
+//! Probes sit on a traced process only ([`TlsScope::Traced`]): the kernel puts its breakpoints
+//! in that process's memory and no other's, so a process not traced pays nothing for them
+//! (probed for every process, an untraced nginx serving small HTTPS requests ran at 0.30 of
+//! its speed: a trap into the kernel on every call). The system's OpenSSL is probed for a
+//! process as soon as sniffer knows it (at start, at its fork or exec), before it maps the
+//! library: a program makes its first TLS calls within milliseconds of loading it, sooner than
+//! its mapping could be noticed. A child forked by a traced process is probed when its fork
+//! is read from the ring buffer, a millisecond or so later: TLS calls it makes before that are
+//! not seen. When processes join the traced set without sniffer hearing of it (`--cgroup`:
+//! the kernel adds them at their first syscall), the probes sit on the library for every
+//! process ([`TlsScope::All`]) and the programs stop at once for a process not traced.
 use std::{
     collections::{HashMap, HashSet},
     fs,
     path::PathBuf,
 };
 
-use crate::probe::Probe;
+use crate::probe::{Detacher, Probe, ProbeError, TlsLinks, TlsOffsets};
 
 /// A file mapped by a process, as /proc/PID/maps names it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,12 +71,47 @@ pub fn libssl_mappings(maps: &str) -> Vec<Mapped> {
     out
 }
 
-/// The TLS libraries probed so far, and those that could not be.
-#[derive(Debug, Default)]
+/// Which processes the TLS probes sit on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsScope {
+    /// Each traced process, attached when sniffer learns of it.
+    Traced,
+    /// Every process running the library.
+    All,
+}
+
+type Key = (String, u64);
+
+/// Threads taking probes off: their waits for the kernel overlap.
+const DETACH_WORKERS: usize = 8;
+
+/// An OpenSSL library file found.
+#[derive(Debug)]
+struct Lib {
+    /// Its path in its own mount namespace (as /proc/PID/maps names it).
+    path: String,
+    /// A path sniffer can open it at: the system's, or through /proc/PID/root.
+    open_at: PathBuf,
+    /// In the system's library directories: probed for every process traced.
+    system: bool,
+    /// Probed once at least (so a later failure is a process gone, not a bad library).
+    ok: bool,
+    /// Where its functions are, read at the first attach.
+    offsets: Option<TlsOffsets>,
+}
+
+/// The TLS libraries found, the probes on them, and those that could not be probed.
+#[derive(Debug)]
 pub struct TlsLibs {
-    /// (device, inode) -> the path it was first seen at.
-    probed: HashMap<(String, u64), String>,
-    refused: HashSet<(String, u64)>,
+    scope: TlsScope,
+    libs: HashMap<Key, Lib>,
+    refused: HashSet<Key>,
+    /// [`TlsScope::All`]: the libraries probed (for every process).
+    everywhere: HashMap<Key, TlsLinks>,
+    /// [`TlsScope::Traced`]: per process, the libraries probed for it.
+    per_pid: HashMap<u32, Vec<(Key, TlsLinks)>>,
+    /// Takes the probes of ended processes off, away from the event loop.
+    detacher: Detacher,
 }
 
 /// Where distributions keep shared libraries (Debian/Ubuntu multiarch, Rocky's lib64).
@@ -89,7 +130,19 @@ fn dev_name(dev: u64) -> String {
 }
 
 impl TlsLibs {
-    /// Probes the OpenSSL libraries in the system's library directories.
+    pub fn new(scope: TlsScope) -> Self {
+        Self {
+            scope,
+            libs: HashMap::new(),
+            refused: HashSet::new(),
+            everywhere: HashMap::new(),
+            per_pid: HashMap::new(),
+            detacher: Detacher::new(DETACH_WORKERS),
+        }
+    }
+
+    /// Finds the OpenSSL libraries in the system's library directories; with
+    /// [`TlsScope::All`] probes them now.
     pub fn probe_system(&mut self, probe: &mut Probe) {
         use std::os::unix::fs::MetadataExt as _;
         for dir in SYSTEM_LIB_DIRS {
@@ -110,57 +163,191 @@ impl TlsLibs {
                 if !meta.is_file() {
                     continue;
                 }
+                let key = (dev_name(meta.dev()), meta.ino());
+                if self.libs.contains_key(&key) {
+                    continue;
+                }
                 // Named by the file itself, not a link to it.
                 let real = fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
-                let m = Mapped {
-                    dev: dev_name(meta.dev()),
-                    inode: meta.ino(),
-                    path: real.display().to_string(),
-                };
-                self.attach(m, path, "the system's", probe);
+                self.libs.insert(
+                    key.clone(),
+                    Lib {
+                        path: real.display().to_string(),
+                        open_at: path,
+                        system: true,
+                        ok: false,
+                        offsets: None,
+                    },
+                );
+                if self.scope == TlsScope::All {
+                    self.attach(&key, None, "the system's", probe);
+                }
             }
         }
     }
 
-    fn attach(&mut self, m: Mapped, path: PathBuf, whose: &str, probe: &mut Probe) {
-        let key = (m.dev.clone(), m.inode);
-        if self.probed.contains_key(&key) || self.refused.contains(&key) {
-            return;
+    /// Probes `key` for process `pid` (`None`: every process). False when it cannot be.
+    fn attach(&mut self, key: &Key, pid: Option<u32>, whose: &str, probe: &mut Probe) -> bool {
+        if self.refused.contains(key) {
+            return false;
         }
-        match probe.attach_tls(&path) {
-            Ok(n) => {
-                tracing::info!(
-                    "reading TLS plaintext through {} ({whose}, {n} functions probed)",
-                    m.path
-                );
-                self.probed.insert(key, m.path);
+        let Some(lib) = self.libs.get_mut(key) else {
+            return false;
+        };
+        let offsets = match &lib.offsets {
+            Some(o) => Ok(o.clone()),
+            None => TlsOffsets::read(&lib.open_at),
+        };
+        let t = std::time::Instant::now();
+        let attached = offsets.and_then(|o| {
+            let r = probe.attach_tls(&lib.open_at, &o, pid);
+            lib.offsets = Some(o);
+            r
+        });
+        tracing::debug!("{} ({whose}): probes placed in {:?}", lib.path, t.elapsed());
+        let attached = match attached {
+            Err(ProbeError::ProcessGone(placed)) => {
+                self.detacher.release(placed);
+                tracing::debug!("{} ({whose}): the process ended", lib.path);
+                return false;
+            }
+            r => r,
+        };
+        match attached {
+            Ok(links) => {
+                if !lib.ok {
+                    tracing::info!(
+                        "reading TLS plaintext through {} ({whose}, {} functions probed)",
+                        lib.path,
+                        links.functions
+                    );
+                    lib.ok = true;
+                }
+                match pid {
+                    Some(pid) => self
+                        .per_pid
+                        .entry(pid)
+                        .or_default()
+                        .push((key.clone(), links)),
+                    None => {
+                        self.everywhere.insert(key.clone(), links);
+                    }
+                }
+                true
+            }
+            // The process ended before its probes went on, or its namespace's file is gone.
+            Err(e) if lib.ok || pid.is_some_and(|p| !alive(p)) => {
+                tracing::debug!("{} ({whose}): {}", lib.path, chain(&e));
+                false
             }
             Err(e) => {
                 eprintln!(
-                    "sniffer: {} ({whose}): its TLS functions cannot be probed ({e}); TLS \
+                    "sniffer: {} ({whose}): its TLS functions cannot be probed ({}); TLS \
                      connections through it are counted, not read",
-                    m.path
+                    lib.path,
+                    chain(&e)
                 );
-                self.refused.insert(key);
+                self.refused.insert(key.clone());
+                false
             }
         }
     }
 
-    /// Looks at what process `pid` maps and probes the OpenSSL libraries not probed yet.
+    fn probed_for(&self, key: &Key, pid: u32) -> bool {
+        match self.scope {
+            TlsScope::All => self.everywhere.contains_key(key),
+            TlsScope::Traced => self
+                .per_pid
+                .get(&pid)
+                .is_some_and(|v| v.iter().any(|(k, _)| k == key)),
+        }
+    }
+
+    /// A process joined the traced set (at start, forked by a target, exec'd with a traced
+    /// name, started by sniffer): the system's libraries are probed for it before it maps
+    /// them, then those it maps already.
+    pub fn follow(&mut self, pid: u32, probe: &mut Probe) {
+        if self.scope == TlsScope::Traced {
+            let system: Vec<Key> = self
+                .libs
+                .iter()
+                .filter(|(k, l)| l.system && !self.refused.contains(*k))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in system {
+                if !self.probed_for(&key, pid) {
+                    self.attach(&key, Some(pid), &format!("pid {pid}"), probe);
+                }
+            }
+        }
+        self.scan(pid, probe);
+    }
+
+    /// Looks at what process `pid` maps and probes the OpenSSL libraries not probed for it.
     pub fn scan(&mut self, pid: u32, probe: &mut Probe) {
         let Ok(maps) = fs::read_to_string(format!("/proc/{pid}/maps")) else {
             return;
         };
         for m in libssl_mappings(&maps) {
-            let path = PathBuf::from(format!("/proc/{pid}/root{}", m.path));
-            self.attach(m, path, &format!("pid {pid}"), probe);
+            let key = (m.dev.clone(), m.inode);
+            if self.probed_for(&key, pid) || self.refused.contains(&key) {
+                continue;
+            }
+            let open_at = PathBuf::from(format!("/proc/{pid}/root{}", m.path));
+            let lib = self.libs.entry(key.clone()).or_insert(Lib {
+                path: m.path,
+                open_at: open_at.clone(),
+                system: false,
+                ok: false,
+                offsets: None,
+            });
+            // This process's view of the file: another's may be gone.
+            if !lib.system {
+                lib.open_at = open_at;
+            }
+            let target = (self.scope == TlsScope::Traced).then_some(pid);
+            self.attach(&key, target, &format!("pid {pid}"), probe);
         }
     }
 
-    /// The libraries probed, by path.
-    pub fn probed(&self) -> impl Iterator<Item = &str> {
-        self.probed.values().map(String::as_str)
+    /// A traced process ended: its probes come off.
+    pub fn forget(&mut self, pid: u32) {
+        for (_, links) in self.per_pid.remove(&pid).unwrap_or_default() {
+            self.detacher.release(links);
+        }
     }
+
+    /// sniffer stops: every probe comes off, side by side, within `limit`.
+    pub fn finish(mut self, limit: std::time::Duration) {
+        for (_, links) in self.per_pid.drain().flat_map(|(_, v)| v) {
+            self.detacher.release(links);
+        }
+        for (_, links) in self.everywhere.drain() {
+            self.detacher.release(links);
+        }
+        self.detacher.finish(limit);
+    }
+
+    pub fn scope(&self) -> TlsScope {
+        self.scope
+    }
+}
+
+/// An error and its causes, one after the other.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}
+
+/// Whether process `pid` still runs (then an error attaching is the file's, not its end).
+fn alive(pid: u32) -> bool {
+    fs::metadata(format!("/proc/{pid}")).is_ok()
 }
 
 #[cfg(test)]

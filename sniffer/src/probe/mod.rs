@@ -4,6 +4,7 @@
 //! to [`crate::events`] and never read here.
 pub mod features;
 pub mod offsets;
+pub mod symbols;
 pub mod tracefs;
 
 use std::{
@@ -15,7 +16,10 @@ use std::{
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Array, HashMap, IterableMap as _, MapData, PerCpuArray, ProgramArray, RingBuf},
-    programs::{BtfTracePoint, TracePoint, UProbe},
+    programs::{
+        BtfTracePoint, TracePoint, UProbe,
+        uprobe::{UProbeAttachLocation, UProbeLink, UProbeScope},
+    },
 };
 use sniffer_common::{
     CHUNK_SIZE, COMM_LEN, Config, CopyCtl, SockKey, SockState, StreamKey, Variant, config_flags,
@@ -77,6 +81,13 @@ pub enum ProbeError {
     Btf(#[source] aya::BtfError),
     #[error("the TLS probes could not be loaded")]
     TlsNotLoaded,
+    #[error("none of OpenSSL's functions is in it")]
+    NoTlsFunctions,
+    /// The process ended; the probes placed before it was seen gone, to release.
+    #[error("the process ended")]
+    ProcessGone(TlsLinks),
+    #[error(transparent)]
+    Symbols(#[from] symbols::SymbolError),
 }
 
 fn map_err(name: &str) -> impl FnOnce(aya::maps::MapError) -> ProbeError + '_ {
@@ -134,6 +145,99 @@ pub struct Probe {
     tls_loaded: bool,
 }
 
+/// Where each of [`programs::SSL_FUNCTIONS`] is in a library file (`None`: not in it).
+#[derive(Clone, Debug)]
+pub struct TlsOffsets(Vec<Option<u64>>);
+
+impl TlsOffsets {
+    /// Reads the library's symbols. An error when it is not ELF or has none of the functions.
+    pub fn read(path: &Path) -> Result<Self, ProbeError> {
+        let names: Vec<&str> = programs::SSL_FUNCTIONS.iter().map(|f| f.0).collect();
+        let offsets = symbols::file_offsets(path, &names)?;
+        if offsets.iter().all(Option::is_none) {
+            return Err(ProbeError::NoTlsFunctions);
+        }
+        Ok(Self(offsets))
+    }
+}
+
+/// The TLS probes attached to one library for one process (or for all). Dropping it takes
+/// them off, slowly: hand it to a [`Detacher`].
+#[derive(Debug)]
+pub struct TlsLinks {
+    links: Vec<UProbeLink>,
+    /// OpenSSL functions probed.
+    pub functions: usize,
+}
+
+/// Takes probes off away from the event loop. Closing a uprobe waits for the kernel's RCU
+/// grace periods (0.07-0.18 s each here, 14 probes per process and library): on the loop that
+/// would stall reading the ring for seconds. Workers close them side by side, so the waits
+/// overlap.
+#[derive(Debug)]
+pub struct Detacher {
+    tx: Option<std::sync::mpsc::Sender<UProbeLink>>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Detacher {
+    pub fn new(workers: usize) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<UProbeLink>();
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        let workers = (0..workers)
+            .filter_map(|i| {
+                let rx = rx.clone();
+                std::thread::Builder::new()
+                    .name(format!("unprobe-{i}"))
+                    .spawn(move || {
+                        loop {
+                            let next = rx
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .recv();
+                            // Dropping the link closes its perf event: the slow part.
+                            let Ok(link) = next else { break };
+                            drop(link);
+                        }
+                    })
+                    .ok()
+            })
+            .collect();
+        Self {
+            tx: Some(tx),
+            workers,
+        }
+    }
+
+    pub fn release(&self, links: TlsLinks) {
+        for link in links.links {
+            match &self.tx {
+                Some(tx) if !self.workers.is_empty() => {
+                    // A worker gone (it cannot be): the link is closed here instead.
+                    if let Err(std::sync::mpsc::SendError(link)) = tx.send(link) {
+                        drop(link);
+                    }
+                }
+                _ => drop(link),
+            }
+        }
+    }
+
+    /// Waits, up to `limit`, for every probe released to be off. What is left is closed by
+    /// the kernel when sniffer exits.
+    pub fn finish(mut self, limit: std::time::Duration) {
+        self.tx = None;
+        let deadline = std::time::Instant::now() + limit;
+        while self.workers.iter().any(|w| !w.is_finished()) {
+            if std::time::Instant::now() >= deadline {
+                tracing::debug!("TLS probes still being taken off after {limit:?}");
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}
+
 impl Probe {
     /// Loads the programs, configures them from this kernel's BTF and tracefs, and attaches them.
     pub fn load(opts: &ProbeOptions) -> Result<Self, ProbeError> {
@@ -145,6 +249,7 @@ impl Probe {
             return Err(ProbeError::NoObject);
         }
         raise_memlock_limit();
+        raise_file_limit();
         let tracefs_root = tracefs::ensure_mounted()?;
         let tp = tracefs::tracepoint_offsets(&tracefs_root)?;
         let kernel = offsets::Layouts::open(Path::new(offsets::VMLINUX_BTF))?.kernel_offsets()?;
@@ -258,33 +363,57 @@ impl Probe {
     }
 
     /// Attaches the TLS probes to OpenSSL's functions in the library at `path` (a path
-    /// through /proc/PID/root, so any mount namespace's file). Returns the functions probed;
-    /// an error when the library has none of them (stripped, or not OpenSSL).
-    pub fn attach_tls(&mut self, path: &Path) -> Result<usize, ProbeError> {
+    /// through /proc/PID/root, so any mount namespace's file), for process `pid` only (its
+    /// threads, and what it execs; the kernel puts no breakpoint in other processes' memory) or
+    /// for every process that runs the file (`None`). Returns the attachments, to detach when
+    /// the process is gone; an error when the library has none of the functions (stripped, or
+    /// not OpenSSL) or the process is gone.
+    pub fn attach_tls(
+        &mut self,
+        path: &Path,
+        offsets: &TlsOffsets,
+        pid: Option<u32>,
+    ) -> Result<TlsLinks, ProbeError> {
         if !self.tls_loaded {
             return Err(ProbeError::TlsNotLoaded);
         }
+        let scope = match pid.and_then(std::num::NonZeroU32::new) {
+            Some(pid) => UProbeScope::OneProcess(pid),
+            None => UProbeScope::AllProcesses,
+        };
         let ret = format!("{}{}", programs::SSL_RETURN, self.variant.suffix());
-        let mut attached = 0;
+        let mut links = TlsLinks {
+            links: Vec::new(),
+            functions: 0,
+        };
         let mut first_err = None;
-        for &(symbol, entry, ret_prog) in programs::SSL_FUNCTIONS {
+        for (&(symbol, entry, ret_prog), offset) in programs::SSL_FUNCTIONS.iter().zip(&offsets.0) {
+            let Some(offset) = *offset else { continue };
             let ret_prog = ret_prog.unwrap_or(&ret);
             // The return probe first: an entry without its return would keep a stale call.
-            let r = attach_uprobe(&mut self.ebpf, ret_prog, symbol, path)
-                .and_then(|()| attach_uprobe(&mut self.ebpf, entry, symbol, path));
+            let r = attach_uprobe(&mut self.ebpf, ret_prog, offset, path, scope).and_then(|r| {
+                attach_uprobe(&mut self.ebpf, entry, offset, path, scope).map(|e| [r, e])
+            });
             match r {
-                Ok(()) => attached += 1,
+                Ok(pair) => {
+                    links.links.extend(pair);
+                    links.functions += 1;
+                }
+                // The process ended: no other function will do better.
+                Err(e) if pid.is_some() && is_no_such_process(&e) => {
+                    return Err(ProbeError::ProcessGone(links));
+                }
                 Err(e) => {
-                    tracing::debug!("{}: {symbol}: {e}", path.display());
+                    tracing::debug!("{}: {symbol}: {e:?}", path.display());
                     first_err.get_or_insert(e);
                 }
             }
         }
-        if attached == 0 {
-            return Err(first_err.unwrap_or(ProbeError::TlsNotLoaded));
+        if links.functions == 0 {
+            return Err(first_err.unwrap_or(ProbeError::NoTlsFunctions));
         }
         self.set_flag(config_flags::TLS)?;
-        Ok(attached)
+        Ok(links)
     }
 
     /// Kernel time spent in sniffer's programs and how many times they ran, when counted.
@@ -528,21 +657,39 @@ fn load_tls(ebpf: &mut Ebpf, variant: Variant) -> Result<(), ProbeError> {
     Ok(())
 }
 
-/// Attaches the loaded uprobe or uretprobe `name` to `symbol` in the file at `path`, for every
-/// process (the programs check the traced processes themselves).
-fn attach_uprobe(ebpf: &mut Ebpf, name: &str, symbol: &str, path: &Path) -> Result<(), ProbeError> {
+/// Attaches the loaded uprobe or uretprobe `name` at `offset` in the file at `path`, for the
+/// processes of `scope` (the programs check the traced processes themselves). The link is
+/// sniffer's to drop (see [`Detacher`]), not the program's.
+fn attach_uprobe(
+    ebpf: &mut Ebpf,
+    name: &str,
+    offset: u64,
+    path: &Path,
+    scope: UProbeScope,
+) -> Result<UProbeLink, ProbeError> {
     let prog: &mut UProbe = ebpf
         .program_mut(name)
         .ok_or_else(|| ProbeError::MissingProgram(name.to_owned()))?
         .try_into()
         .map_err(prog_err(name))?;
-    prog.attach(
-        symbol,
-        path,
-        aya::programs::uprobe::UProbeScope::AllProcesses,
-    )
-    .map(drop)
-    .map_err(prog_err(name))
+    let id = prog
+        .attach(UProbeAttachLocation::AbsoluteOffset(offset), path, scope)
+        .map_err(prog_err(name))?;
+    prog.take_link(id).map_err(prog_err(name))
+}
+
+/// perf_event_open(2) said ESRCH: the process to probe is gone.
+fn is_no_such_process(e: &ProbeError) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<io::Error>()
+            && io.raw_os_error() == Some(libc::ESRCH)
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// Loads the tail-called copy loop and puts it in slot 0 of its program array.
@@ -583,6 +730,37 @@ impl log::Log for KernelLog {
     }
 
     fn flush(&self) {}
+}
+
+/// The file limit sniffer started with, for the command it starts.
+static INHERITED_FILE_LIMIT: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
+
+/// The soft and hard file limits sniffer started with (before [`Probe::load`] raised them).
+pub fn inherited_file_limit() -> Option<(u64, u64)> {
+    INHERITED_FILE_LIMIT.get().copied()
+}
+
+/// Every TLS probe on a traced process is a file descriptor (14 per library and process): a
+/// service with dozens of workers passes the usual soft limit of 1024. Up to the hard limit.
+fn raise_file_limit() {
+    let mut rlim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write a valid rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rlim) != 0 || rlim.rlim_cur >= rlim.rlim_max {
+            return;
+        }
+        let _ = INHERITED_FILE_LIMIT.set((rlim.rlim_cur, rlim.rlim_max));
+        rlim.rlim_cur = rlim.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &rlim) != 0 {
+            tracing::debug!(
+                "raising RLIMIT_NOFILE failed: {}",
+                io::Error::last_os_error()
+            );
+        }
+    }
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; newer ones ignore it.
