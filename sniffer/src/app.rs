@@ -517,9 +517,11 @@ fn outputs_summary(failures: &[Failure], status: Option<i32>) -> i32 {
 /// What the ring said of processes since the last look, for the TLS probes.
 #[derive(Default)]
 struct ProcNews {
-    /// Joined the traced set (forked by a target, exec'd with a traced name).
+    /// Exec'd (a target, or a process with a traced name): a new program, which may load
+    /// OpenSSL at any moment.
     joined: Vec<u32>,
-    /// Mapped code from a file (a library, dlopen).
+    /// Mapped code from a file (a library, dlopen), or forked by a target (a copy of its
+    /// parent's mappings: OpenSSL only if the parent had it).
     mapped: Vec<u32>,
     /// Ended.
     ended: Vec<u32>,
@@ -528,8 +530,8 @@ struct ProcNews {
 /// Hands an event to the pipeline, noting what processes did (for TLS libraries).
 fn handle(pipeline: &mut Pipeline, news: &mut ProcNews, ev: Event) {
     let (list, pid) = match &ev {
-        Event::Fork { pid, .. } | Event::Exec { pid, .. } => (&mut news.joined, *pid),
-        Event::MapExec { pid, .. } => (&mut news.mapped, *pid),
+        Event::Exec { pid, .. } => (&mut news.joined, *pid),
+        Event::Fork { pid, .. } | Event::MapExec { pid, .. } => (&mut news.mapped, *pid),
         Event::Exit { pid, .. } => (&mut news.ended, *pid),
         _ => return pipeline.handle(ev),
     };
@@ -567,7 +569,9 @@ fn place_tls_probes(tls: &mut TlsLibs, probe: &mut Probe, news: &mut ProcNews) {
         }
     }
     for pid in news.mapped.drain(..) {
-        tls.scan(pid, probe);
+        if !news.ended.contains(&pid) {
+            tls.scan(pid, probe);
+        }
     }
     for pid in news.ended.drain(..) {
         tls.forget(pid);

@@ -11,13 +11,15 @@
 //! in that process's memory and no other's, so a process not traced pays nothing for them
 //! (probed for every process, an untraced nginx serving small HTTPS requests ran at 0.30 of
 //! its speed: a trap into the kernel on every call). The system's OpenSSL is probed for a
-//! process as soon as sniffer knows it (at start, at its fork or exec), before it maps the
+//! process as soon as sniffer knows its program (at start, at its exec), before it maps the
 //! library: a program makes its first TLS calls within milliseconds of loading it, sooner than
-//! its mapping could be noticed. A child forked by a traced process is probed when its fork
-//! is read from the ring buffer, a millisecond or so later: TLS calls it makes before that are
-//! not seen. When processes join the traced set without sniffer hearing of it (`--cgroup`:
-//! the kernel adds them at their first syscall), the probes sit on the library for every
-//! process ([`TlsScope::All`]) and the programs stop at once for a process not traced.
+//! its mapping could be noticed. A child forked by a traced process that has OpenSSL mapped is
+//! probed when its fork is read from the ring buffer, a millisecond or so later: TLS calls it
+//! makes before that are not seen. The probes of an ended process come off on worker threads
+//! (the kernel takes about 0.1 s per probe). With [`TlsScope::All`] (a traced command, whose
+//! children may start TLS at once; cgroups, which processes join without sniffer hearing of
+//! it) the probes sit on the library for every process, and the programs stop at once for a
+//! process not traced.
 use std::{
     collections::{HashMap, HashSet},
     fs,
@@ -263,9 +265,9 @@ impl TlsLibs {
         }
     }
 
-    /// A process joined the traced set (at start, forked by a target, exec'd with a traced
-    /// name, started by sniffer): the system's libraries are probed for it before it maps
-    /// them, then those it maps already.
+    /// A process joined the traced set with a program of its own (at start, exec'd, started by
+    /// sniffer): the system's libraries are probed for it before it maps them, then those it
+    /// maps already. A forked child only needs [`Self::scan`]: it has its parent's mappings.
     pub fn follow(&mut self, pid: u32, probe: &mut Probe) {
         if self.scope == TlsScope::Traced {
             let system: Vec<Key> = self

@@ -606,7 +606,13 @@ pub fn bench(bin: &Path, s: &Settings) -> anyhow::Result<()> {
         ("untraced (sniffer idle)", &small, 10, false, &idle_args),
         // The TLS probes sit on traced processes only: an untraced nginx's OpenSSL calls
         // do not trap.
-        ("untraced TLS (sniffer idle)", &tls_small, 10, false, &idle_args),
+        (
+            "untraced TLS (sniffer idle)",
+            &tls_small,
+            10,
+            false,
+            &idle_args,
+        ),
         ("keep-alive", &small, 10, false, &nginx_args),
         ("connection-close", &small, 10, true, &nginx_args),
         ("200-connections", &small, 200, false, &nginx_args),
