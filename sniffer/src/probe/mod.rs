@@ -2,9 +2,12 @@
 //!
 //! Everything that talks to the kernel's BPF side lives here; the ring buffer itself is handed
 //! to [`crate::events`] and never read here.
+mod detach;
 pub mod features;
 pub mod offsets;
 pub mod symbols;
+
+pub use detach::Detacher;
 pub mod tracefs;
 
 use std::{
@@ -168,74 +171,6 @@ pub struct TlsLinks {
     links: Vec<UProbeLink>,
     /// OpenSSL functions probed.
     pub functions: usize,
-}
-
-/// Takes probes off away from the event loop. Closing a uprobe waits for the kernel's RCU
-/// grace periods (0.07-0.18 s each here, 14 probes per process and library): on the loop that
-/// would stall reading the ring for seconds. Workers close them side by side, so the waits
-/// overlap.
-#[derive(Debug)]
-pub struct Detacher {
-    tx: Option<std::sync::mpsc::Sender<UProbeLink>>,
-    workers: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Detacher {
-    pub fn new(workers: usize) -> Self {
-        let (tx, rx) = std::sync::mpsc::channel::<UProbeLink>();
-        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
-        let workers = (0..workers)
-            .filter_map(|i| {
-                let rx = rx.clone();
-                std::thread::Builder::new()
-                    .name(format!("unprobe-{i}"))
-                    .spawn(move || {
-                        loop {
-                            let next = rx
-                                .lock()
-                                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                                .recv();
-                            // Dropping the link closes its perf event: the slow part.
-                            let Ok(link) = next else { break };
-                            drop(link);
-                        }
-                    })
-                    .ok()
-            })
-            .collect();
-        Self {
-            tx: Some(tx),
-            workers,
-        }
-    }
-
-    pub fn release(&self, links: TlsLinks) {
-        for link in links.links {
-            match &self.tx {
-                Some(tx) if !self.workers.is_empty() => {
-                    // A worker gone (it cannot be): the link is closed here instead.
-                    if let Err(std::sync::mpsc::SendError(link)) = tx.send(link) {
-                        drop(link);
-                    }
-                }
-                _ => drop(link),
-            }
-        }
-    }
-
-    /// Waits, up to `limit`, for every probe released to be off. What is left is closed by
-    /// the kernel when sniffer exits.
-    pub fn finish(mut self, limit: std::time::Duration) {
-        self.tx = None;
-        let deadline = std::time::Instant::now() + limit;
-        while self.workers.iter().any(|w| !w.is_finished()) {
-            if std::time::Instant::now() >= deadline {
-                tracing::debug!("TLS probes still being taken off after {limit:?}");
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-    }
 }
 
 impl Probe {
