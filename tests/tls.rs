@@ -68,6 +68,31 @@ fn run(args: &[&str], command: &[&str]) -> Capture {
     cap
 }
 
+/// What each test here starts from: its turn (see [`SERIAL`]), a certificate, an HTTPS server
+/// with it, and the CA file clients check it with. `None` without kernel tests.
+struct HttpsBed {
+    _serial: std::sync::MutexGuard<'static, ()>,
+    server: Server,
+    ca: String,
+    _certs: tempfile::TempDir,
+}
+
+fn https_bed() -> Option<HttpsBed> {
+    if !kernel_tests() {
+        return None;
+    }
+    let serial = serial();
+    let certs = certs();
+    let server = https_server(certs.path());
+    let ca = path(certs.path(), "cert.pem");
+    Some(HttpsBed {
+        _serial: serial,
+        server,
+        ca,
+        _certs: certs,
+    })
+}
+
 fn https_server(certs: &Path) -> Server {
     Server::script(
         "http_variety.py",
@@ -77,16 +102,11 @@ fn https_server(certs: &Path) -> Server {
 
 #[test]
 fn python_https_both_ends_traced_every_framing_on_one_keep_alive_connection() {
-    if !kernel_tests() {
-        return;
-    }
-    let _serial = serial();
+    let Some(bed) = https_bed() else { return };
+    let (server, ca) = (&bed.server, bed.ca.clone());
     const BIG: usize = 3 << 20;
-    let certs = certs();
-    let server = https_server(certs.path());
     let port = server.port.to_string();
     let client = fixture("http_variety_client.py").display().to_string();
-    let ca = path(certs.path(), "cert.pem");
     let out = tempfile::tempdir().expect("tempdir");
     let conns_file = path(out.path(), "connections.txt");
     let cap = run(
@@ -179,14 +199,9 @@ fn curl_over_https_with_probes_on_traced_processes_only() {
 }
 
 fn curl_over_https(args: &[&str]) {
-    if !kernel_tests() {
-        return;
-    }
-    let _serial = serial();
-    let certs = certs();
-    let server = https_server(certs.path());
+    let Some(bed) = https_bed() else { return };
+    let (server, ca) = (&bed.server, bed.ca.clone());
     let url = format!("https://127.0.0.1:{}/big?n=200000", server.port);
-    let ca = path(certs.path(), "cert.pem");
     let cap = run(
         args,
         &["curl", "-s", "--cacert", &ca, "-o", "/dev/null", &url],
@@ -204,13 +219,8 @@ fn curl_over_https(args: &[&str]) {
 
 #[test]
 fn a_tls_library_loaded_after_sniffer_started_is_found_and_read() {
-    if !kernel_tests() {
-        return;
-    }
-    let _serial = serial();
-    let certs = certs();
-    let server = https_server(certs.path());
-    let ca = path(certs.path(), "cert.pem");
+    let Some(bed) = https_bed() else { return };
+    let (server, ca) = (&bed.server, bed.ca.clone());
     // Python maps libssl only when `ssl` is imported: well after exec, by dlopen.
     let script = format!(
         "import time; time.sleep(0.3)\n\
@@ -262,13 +272,8 @@ fn first_byte(p: &mut Interactive) -> String {
 /// OpenSSL pays nothing; a child the traced process forks gets its own probes and is read.
 #[test]
 fn tls_probes_sit_on_traced_processes_only() {
-    if !kernel_tests() {
-        return;
-    }
-    let _serial = serial();
-    let certs = certs();
-    let server = https_server(certs.path());
-    let ca = path(certs.path(), "cert.pem");
+    let Some(bed) = https_bed() else { return };
+    let (server, ca) = (&bed.server, bed.ca.clone());
     let url = |who: &str| format!("https://127.0.0.1:{}/len?who={who}", server.port);
     let mut traced = probe_site(&ca);
     let mut other = probe_site(&ca);

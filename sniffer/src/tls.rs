@@ -207,14 +207,6 @@ impl TlsLibs {
             r
         });
         tracing::debug!("{} ({whose}): probes placed in {:?}", lib.path, t.elapsed());
-        let attached = match attached {
-            Err(ProbeError::ProcessGone(placed)) => {
-                self.detacher.release(placed);
-                tracing::debug!("{} ({whose}): the process ended", lib.path);
-                return false;
-            }
-            r => r,
-        };
         match attached {
             Ok(links) => {
                 if !lib.ok {
@@ -236,6 +228,11 @@ impl TlsLibs {
                     }
                 }
                 true
+            }
+            Err(ProbeError::ProcessGone(placed)) => {
+                self.detacher.release(placed);
+                tracing::debug!("{} ({whose}): the process ended", lib.path);
+                false
             }
             // The process ended before its probes went on, or its namespace's file is gone.
             Err(e) if lib.ok || pid.is_some_and(|p| !alive(p)) => {
@@ -273,7 +270,7 @@ impl TlsLibs {
             let system: Vec<Key> = self
                 .libs
                 .iter()
-                .filter(|(k, l)| l.system && !self.refused.contains(*k))
+                .filter(|(_, l)| l.system)
                 .map(|(k, _)| k.clone())
                 .collect();
             for key in system {

@@ -6,9 +6,9 @@ mod detach;
 pub mod features;
 pub mod offsets;
 pub mod symbols;
+pub mod tracefs;
 
 pub use detach::Detacher;
-pub mod tracefs;
 
 use std::{
     io,
