@@ -34,9 +34,12 @@ pub const LIVE_STATES: u32 = (1 << 1)
 /// One socket: local address, TCP state, inode.
 pub type DiagSocket = (SocketAddr, u8, u64);
 
+/// TCP_LISTEN alone: the smallest dump that still needs the TCP handler.
+const LISTEN_ONLY: u32 = 1 << 10;
+
 /// The request: nlmsghdr + struct inet_diag_req_v2 (family, protocol, ext, pad, states, a zero
 /// sockid), in native byte order as netlink wants.
-fn request(family: u8, seq: u32) -> Vec<u8> {
+fn request(family: u8, states: u32, seq: u32) -> Vec<u8> {
     let len = NLMSG_HDRLEN + 56;
     let mut b = Vec::with_capacity(len);
     b.extend_from_slice(&(len as u32).to_ne_bytes());
@@ -45,7 +48,7 @@ fn request(family: u8, seq: u32) -> Vec<u8> {
     b.extend_from_slice(&seq.to_ne_bytes());
     b.extend_from_slice(&0u32.to_ne_bytes());
     b.extend_from_slice(&[family, libc::IPPROTO_TCP as u8, 0, 0]);
-    b.extend_from_slice(&LIVE_STATES.to_ne_bytes());
+    b.extend_from_slice(&states.to_ne_bytes());
     b.resize(len, 0);
     b
 }
@@ -107,8 +110,39 @@ pub fn parse_replies(buf: &[u8], out: &mut Vec<DiagSocket>) -> io::Result<bool> 
     Ok(false)
 }
 
-/// Every live TCP socket of this network namespace, IPv4 and IPv6.
-pub fn tcp_sockets() -> io::Result<Vec<DiagSocket>> {
+/// A request for the one socket with this local and remote address (no dump: the kernel looks
+/// it up in its hash instead of walking every socket, TIME_WAIT ones included).
+fn exact_request(local: SocketAddr, remote: SocketAddr) -> Option<Vec<u8>> {
+    let (family, src, dst) = match (local.ip().to_canonical(), remote.ip().to_canonical()) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => {
+            let (mut x, mut y) = ([0u8; 16], [0u8; 16]);
+            x[..4].copy_from_slice(&a.octets());
+            y[..4].copy_from_slice(&b.octets());
+            (libc::AF_INET, x, y)
+        }
+        (IpAddr::V6(a), IpAddr::V6(b)) => (libc::AF_INET6, a.octets(), b.octets()),
+        _ => return None,
+    };
+    let len = NLMSG_HDRLEN + 56;
+    let mut b = Vec::with_capacity(len);
+    b.extend_from_slice(&(len as u32).to_ne_bytes());
+    b.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    b.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+    b.extend_from_slice(&1u32.to_ne_bytes());
+    b.extend_from_slice(&0u32.to_ne_bytes());
+    b.extend_from_slice(&[family as u8, libc::IPPROTO_TCP as u8, 0, 0]);
+    b.extend_from_slice(&u32::MAX.to_ne_bytes());
+    // inet_diag_sockid: sport, dport (big-endian), src, dst, if, cookie (none: 2 x ~0).
+    b.extend_from_slice(&local.port().to_be_bytes());
+    b.extend_from_slice(&remote.port().to_be_bytes());
+    b.extend_from_slice(&src);
+    b.extend_from_slice(&dst);
+    b.extend_from_slice(&0u32.to_ne_bytes());
+    b.extend_from_slice(&[0xff; 8]);
+    Some(b)
+}
+
+fn diag_socket() -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2); the result is checked and owned right away.
     let fd = unsafe {
         libc::socket(
@@ -121,45 +155,121 @@ pub fn tcp_sockets() -> io::Result<Vec<DiagSocket>> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: fd is a fresh descriptor nobody else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn send(fd: &OwnedFd, req: &[u8]) -> io::Result<()> {
+    // SAFETY: a zeroed sockaddr_nl addresses the kernel.
+    let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    kernel.nl_family = libc::AF_NETLINK as u16;
+    // SAFETY: req and kernel outlive the call; lengths are theirs.
+    let sent = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            req.as_ptr().cast(),
+            req.len(),
+            0,
+            (&raw const kernel).cast(),
+            size_of::<libc::sockaddr_nl>() as u32,
+        )
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A sock_diag socket kept for lookups of one socket at a time.
+#[derive(Debug)]
+pub struct Diag(OwnedFd);
+
+impl Diag {
+    /// Opens the socket and checks that the kernel has a TCP handler behind it: where inet_diag
+    /// and tcp_diag are modules that cannot load (modules_disabled, a container, a VM booted on
+    /// another root: Debian's cloud kernels build them as modules), every request answers
+    /// ENOENT, which an exact lookup would take for "no such socket". A dump of the listening
+    /// sockets alone tells the two apart; the caller then reads the socket tables instead.
+    pub fn open() -> io::Result<Self> {
+        let fd = diag_socket()?;
+        let mut buf = vec![0u8; 16 << 10];
+        dump(
+            &fd,
+            libc::AF_INET as u8,
+            LISTEN_ONLY,
+            1,
+            &mut buf,
+            &mut Vec::new(),
+        )?;
+        Ok(Self(fd))
+    }
+
+    /// The inode of the TCP socket with this local and remote address: `None` when there is
+    /// none (gone) or it has no inode any more (TIME_WAIT). One lookup, whatever the number of
+    /// sockets.
+    pub fn tcp_inode(&self, local: SocketAddr, remote: SocketAddr) -> io::Result<Option<u64>> {
+        tcp_inode(&self.0, local, remote)
+    }
+}
+
+fn tcp_inode(fd: &OwnedFd, local: SocketAddr, remote: SocketAddr) -> io::Result<Option<u64>> {
+    let Some(req) = exact_request(local, remote) else {
+        return Ok(None);
+    };
+    send(fd, &req)?;
+    let mut buf = [0u8; 1024];
+    let n = recv(fd, &mut buf)?;
+    let mut out = Vec::new();
+    match parse_replies(&buf[..n], &mut out) {
+        Ok(_) => Ok(out.first().map(|s| s.2).filter(|&i| i != 0)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// One datagram into `buf` (retried when a signal interrupts); its length.
+fn recv(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: buf is writable for its length.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Every live TCP socket of this network namespace, IPv4 and IPv6.
+pub fn tcp_sockets() -> io::Result<Vec<DiagSocket>> {
+    let fd = diag_socket()?;
     let mut out = Vec::new();
     let mut buf = vec![0u8; 64 << 10];
     for (seq, family) in [(1u32, libc::AF_INET), (2, libc::AF_INET6)] {
-        let req = request(family as u8, seq);
-        // SAFETY: a zeroed sockaddr_nl addresses the kernel.
-        let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        kernel.nl_family = libc::AF_NETLINK as u16;
-        // SAFETY: req and kernel outlive the call; lengths are theirs.
-        let sent = unsafe {
-            libc::sendto(
-                fd.as_raw_fd(),
-                req.as_ptr().cast(),
-                req.len(),
-                0,
-                (&raw const kernel).cast(),
-                size_of::<libc::sockaddr_nl>() as u32,
-            )
-        };
-        if sent < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // Bounded: a dump ends with NLMSG_DONE; a stuck reply gives up after many datagrams.
-        for _ in 0..100_000 {
-            // SAFETY: buf is writable for its length.
-            let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            if parse_replies(&buf[..n as usize], &mut out)? {
-                break;
-            }
-        }
+        dump(&fd, family as u8, LIVE_STATES, seq, &mut buf, &mut out)?;
     }
     Ok(out)
+}
+
+/// One dump of a family's TCP sockets in `states`, appended to `out`.
+fn dump(
+    fd: &OwnedFd,
+    family: u8,
+    states: u32,
+    seq: u32,
+    buf: &mut [u8],
+    out: &mut Vec<DiagSocket>,
+) -> io::Result<()> {
+    send(fd, &request(family, states, seq))?;
+    // Bounded: a dump ends with NLMSG_DONE; a stuck reply gives up after many datagrams.
+    for _ in 0..100_000 {
+        let n = recv(fd, buf)?;
+        if parse_replies(&buf[..n], out)? {
+            break;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -193,6 +303,32 @@ mod tests {
         // Cut inside a message: an error, not a panic.
         let r = reply(1, 80, 1);
         assert!(parse_replies(&r[..40], &mut out).is_err());
+    }
+
+    #[test]
+    fn one_connected_socket_is_found_by_its_two_addresses() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        let (local, remote) = (c.local_addr().unwrap(), c.peer_addr().unwrap());
+        let d = Diag::open().expect("sock_diag");
+        let client = d
+            .tcp_inode(local, remote)
+            .expect("sock_diag")
+            .expect("found");
+        let server = d
+            .tcp_inode(remote, local)
+            .expect("sock_diag")
+            .expect("found");
+        assert_ne!(client, server);
+        let all = tcp_sockets().expect("sock_diag");
+        assert!(all.contains(&(local, 1, client)), "the dump agrees");
+        // No such connection: none, not an error.
+        let nowhere: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        assert_eq!(d.tcp_inode(local, nowhere).expect("sock_diag"), None);
+        // The socket answers again after a miss.
+        assert_eq!(d.tcp_inode(local, remote).expect("sock_diag"), Some(client));
+        drop(s);
     }
 
     #[test]

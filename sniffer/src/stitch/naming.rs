@@ -33,7 +33,10 @@ impl<L: LogSink> Stitcher<L> {
         let pid = match c.peer {
             _ if c.transport == Transport::Unix && c.peer_tgid != 0 => Some(c.peer_tgid),
             Endpoint::Inet(peer) if c.client => owners.listener(peer),
-            Endpoint::Inet(peer) => owners.owner(peer),
+            Endpoint::Inet(peer) => match c.local {
+                Endpoint::Inet(local) => owners.owner_of(peer, local),
+                _ => owners.owner(peer),
+            },
             _ => return None,
         };
         tracing::debug!(client = c.client, peer = %c.peer, ?pid, "owner of the untraced end");
