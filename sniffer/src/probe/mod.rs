@@ -2,6 +2,7 @@
 //!
 //! Everything that talks to the kernel's BPF side lives here; the ring buffer itself is handed
 //! to [`crate::events`] and never read here.
+pub mod btf;
 mod detach;
 pub mod features;
 pub mod offsets;

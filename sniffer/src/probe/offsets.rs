@@ -5,8 +5,9 @@
 //! work without it, and turns a feature off otherwise (IPv6 addresses, unix socket paths).
 use std::path::Path;
 
-use btf_rs::{Btf, BtfType as _, Struct, Type};
 use sniffer_common::{KernelOffsets, OFFSET_ABSENT};
+
+use super::btf::{Btf, BtfError};
 
 /// Where the kernel publishes its own BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -16,13 +17,18 @@ pub enum OffsetError {
     #[error(
         "cannot read kernel BTF at {path}: {source} (a kernel built with CONFIG_DEBUG_INFO_BTF is needed)"
     )]
-    Open { path: String, source: btf_rs::Error },
+    Open {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("kernel BTF at {path}: {source}")]
+    Parse { path: String, source: BtfError },
     #[error("kernel BTF has no {0}")]
     Missing(String),
     #[error("kernel BTF: {0} is a bitfield, which sniffer cannot read")]
     Bitfield(String),
     #[error("kernel BTF: {what}: {source}")]
-    Btf { what: String, source: btf_rs::Error },
+    Btf { what: String, source: BtfError },
 }
 
 /// Looks up member offsets in a BTF blob.
@@ -32,15 +38,19 @@ pub struct Layouts {
 
 impl Layouts {
     pub fn open(path: &Path) -> Result<Self, OffsetError> {
-        Btf::from_file(path)
+        let data = std::fs::read(path).map_err(|source| OffsetError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Btf::parse(data)
             .map(|btf| Self { btf })
-            .map_err(|source| OffsetError::Open {
+            .map_err(|source| OffsetError::Parse {
                 path: path.display().to_string(),
                 source,
             })
     }
 
-    fn err(what: &str) -> impl FnOnce(btf_rs::Error) -> OffsetError + '_ {
+    fn err(what: &str) -> impl FnOnce(BtfError) -> OffsetError + '_ {
         move |source| OffsetError::Btf {
             what: what.to_owned(),
             source,
@@ -49,66 +59,23 @@ impl Layouts {
 
     /// Whether BTF has a type named `name` (a BTF tracepoint's `btf_trace_*` typedef, say).
     pub fn has_type(&self, name: &str) -> bool {
-        self.btf
-            .resolve_types_by_name(name)
-            .is_ok_and(|t| !t.is_empty())
+        self.btf.ids_by_name(name).next().is_some()
     }
 
-    /// The struct (or union) named `name`.
-    fn named_struct(&self, name: &str) -> Result<Struct, OffsetError> {
-        let types = self
-            .btf
-            .resolve_types_by_name(name)
-            .map_err(|_| OffsetError::Missing(format!("struct {name}")))?;
-        types
-            .into_iter()
-            .find_map(|t| match t {
-                Type::Struct(s) | Type::Union(s) => Some(s),
-                _ => None,
-            })
-            .ok_or_else(|| OffsetError::Missing(format!("struct {name}")))
-    }
-
-    /// The struct or union behind `type_id`, through typedefs and qualifiers.
-    fn struct_of(&self, mut type_id: u32, what: &str) -> Result<Option<Struct>, OffsetError> {
-        loop {
-            let t = self
-                .btf
-                .resolve_type_by_id(type_id)
-                .map_err(Self::err(what))?;
-            match t {
-                Type::Struct(s) | Type::Union(s) => return Ok(Some(s)),
-                Type::Typedef(_)
-                | Type::Volatile(_)
-                | Type::Const(_)
-                | Type::Restrict(_)
-                | Type::TypeTag(_) => match t.as_btf_type().and_then(|b| b.get_type_id()) {
-                    Some(id) => type_id = id,
-                    None => return Ok(None),
-                },
-                _ => return Ok(None),
-            }
-        }
-    }
-
-    /// (bit offset, type id) of member `name` in `s`, looking through anonymous members.
-    fn find(&self, s: &Struct, name: &str, what: &str) -> Result<Option<(u32, u32)>, OffsetError> {
-        for m in &s.members {
-            let mname = self.btf.resolve_name(m).map_err(Self::err(what))?;
-            let Some(type_id) = m.get_type_id() else {
-                continue;
-            };
-            if mname == name {
-                if m.bitfield_size().is_some_and(|b| b != 0) {
+    /// (bit offset, type id) of member `name` in struct `s`, looking through anonymous members.
+    fn find(&self, s: u32, name: &str, what: &str) -> Result<Option<(u32, u32)>, OffsetError> {
+        for m in self.btf.members(s).map_err(Self::err(what))? {
+            if m.name == name {
+                if m.bitfield_size != 0 {
                     return Err(OffsetError::Bitfield(what.to_owned()));
                 }
-                return Ok(Some((m.bit_offset(), type_id)));
+                return Ok(Some((m.bit_offset, m.type_id)));
             }
-            if mname.is_empty()
-                && let Some(inner) = self.struct_of(type_id, what)?
-                && let Some((off, id)) = self.find(&inner, name, what)?
+            if m.name.is_empty()
+                && let Some(inner) = self.btf.struct_behind(m.type_id).map_err(Self::err(what))?
+                && let Some((off, id)) = self.find(inner, name, what)?
             {
-                return Ok(Some((m.bit_offset() + off, id)));
+                return Ok(Some((m.bit_offset + off, id)));
             }
         }
         Ok(None)
@@ -117,16 +84,21 @@ impl Layouts {
     /// Byte offset of `path` (members, nested through embedded structs) in `struct strukt`.
     pub fn offset(&self, strukt: &str, path: &[&str]) -> Result<u32, OffsetError> {
         let what = format!("{strukt}.{}", path.join("."));
-        let mut s = self.named_struct(strukt)?;
+        let mut s = self
+            .btf
+            .struct_named(strukt)
+            .ok_or_else(|| OffsetError::Missing(format!("struct {strukt}")))?;
         let mut bits = 0;
         for (i, name) in path.iter().enumerate() {
             let (off, type_id) = self
-                .find(&s, name, &what)?
+                .find(s, name, &what)?
                 .ok_or_else(|| OffsetError::Missing(what.clone()))?;
             bits += off;
             if i + 1 < path.len() {
                 s = self
-                    .struct_of(type_id, &what)?
+                    .btf
+                    .struct_behind(type_id)
+                    .map_err(Self::err(&what))?
                     .ok_or_else(|| OffsetError::Missing(what.clone()))?;
             }
         }
@@ -182,5 +154,104 @@ impl Layouts {
             skc_net: self.optional("sock", &["__sk_common", "skc_net", "net"])?,
             net_ns_inum: self.optional("net", &["ns", "inum"])?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Byte offset of `path` in `strukt` by btf-rs, an independent reader that decodes every
+    /// type (through anonymous members and typedefs as [`Layouts::offset`] does).
+    fn by_btf_rs(btf: &btf_rs::Btf, strukt: &str, path: &[&str]) -> Option<u32> {
+        use btf_rs::Type;
+        fn behind(btf: &btf_rs::Btf, mut t: Type) -> Option<btf_rs::Struct> {
+            loop {
+                match t {
+                    Type::Struct(s) | Type::Union(s) => return Some(s),
+                    Type::Typedef(_) | Type::Volatile(_) | Type::Const(_) | Type::Restrict(_) => {
+                        t = btf.resolve_chained_type(t.as_btf_type()?).ok()?;
+                    }
+                    _ => return None,
+                }
+            }
+        }
+        fn find(btf: &btf_rs::Btf, s: &btf_rs::Struct, name: &str) -> Option<(u32, Type)> {
+            for m in &s.members {
+                let t = btf.resolve_chained_type(m).ok()?;
+                let n = btf.resolve_name(m).ok()?;
+                if n == name {
+                    return Some((m.bit_offset(), t));
+                }
+                if n.is_empty()
+                    && let Some(inner) = behind(btf, t)
+                    && let Some((off, t)) = find(btf, &inner, name)
+                {
+                    return Some((m.bit_offset() + off, t));
+                }
+            }
+            None
+        }
+        let mut s = btf
+            .resolve_types_by_name(strukt)
+            .ok()?
+            .into_iter()
+            .find_map(|t| match t {
+                Type::Struct(s) | Type::Union(s) => Some(s),
+                _ => None,
+            })?;
+        let mut bits = 0;
+        for (i, name) in path.iter().enumerate() {
+            let (off, t) = find(btf, &s, name)?;
+            bits += off;
+            if i + 1 < path.len() {
+                s = behind(btf, t)?;
+            }
+        }
+        Some(bits / 8)
+    }
+
+    #[test]
+    fn offsets_agree_with_an_independent_btf_reader_on_this_kernel() {
+        let path = Path::new(VMLINUX_BTF);
+        if !path.exists() {
+            eprintln!("no {VMLINUX_BTF}: skipped");
+            return;
+        }
+        let ours = Layouts::open(path).unwrap();
+        let theirs = btf_rs::Btf::from_file(path).unwrap();
+        let paths: &[(&str, &[&str])] = &[
+            ("task_struct", &["files"]),
+            ("task_struct", &["tgid"]),
+            ("task_struct", &["exit_code"]),
+            ("files_struct", &["fdt"]),
+            ("fdtable", &["fd"]),
+            ("file", &["f_inode"]),
+            ("file", &["private_data"]),
+            ("inode", &["i_mode"]),
+            ("inode", &["i_ino"]),
+            ("socket", &["sk"]),
+            ("sock", &["__sk_common", "skc_dport"]),
+            ("sock", &["__sk_common", "skc_num"]),
+            ("sock", &["__sk_common", "skc_v6_daddr"]),
+            ("sock", &["__sk_common", "skc_net", "net"]),
+            ("sock", &["sk_peer_pid"]),
+            ("unix_sock", &["peer"]),
+            ("unix_address", &["name"]),
+            ("net", &["ns", "inum"]),
+            ("pid", &["numbers"]),
+        ];
+        for (strukt, p) in paths {
+            let want = by_btf_rs(&theirs, strukt, p);
+            assert!(want.is_some(), "{strukt}.{p:?} not in this kernel's BTF");
+            assert_eq!(ours.offset(strukt, p).ok(), want, "{strukt}.{p:?}");
+        }
+        assert!(matches!(
+            ours.offset("sock", &["no_such_member"]),
+            Err(OffsetError::Missing(_))
+        ));
+        assert!(ours.has_type("btf_trace_sys_enter"));
+        assert!(!ours.has_type("no_such_type_anywhere"));
+        ours.kernel_offsets().unwrap();
     }
 }

@@ -73,7 +73,9 @@ struct ConnInfo {
 }
 
 pub struct Stitcher<L: LogSink> {
-    exchanges: HashMap<u64, Exchange>,
+    /// Boxed: an exchange is ~1 KiB, and a map of them inline doubles (and copies) ~1 KiB
+    /// per slot as it grows under load; boxed, a slot is 16 bytes.
+    exchanges: HashMap<u64, Box<Exchange>>,
     by_key: HashMap<MsgKey, u64>,
     queue: BTreeMap<(u64, u64), Item>,
     position: HashMap<Item, (u64, u64)>,
@@ -215,7 +217,7 @@ impl<L: LogSink> Stitcher<L> {
         };
         self.exchanges.insert(
             id,
-            Exchange {
+            Box::new(Exchange {
                 id,
                 client: c,
                 server: s,
@@ -247,7 +249,7 @@ impl<L: LogSink> Stitcher<L> {
                 resolved: false,
                 done_at: None,
                 answered_by: Vec::new(),
-            },
+            }),
         );
         id
     }
