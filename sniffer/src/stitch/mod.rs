@@ -79,7 +79,9 @@ pub struct Stitcher<L: LogSink> {
     by_key: HashMap<MsgKey, u64>,
     queue: BTreeMap<(u64, u64), Item>,
     position: HashMap<Item, (u64, u64)>,
-    conns: HashMap<u64, ConnInfo>,
+    /// Boxed, as exchanges are: under connection churn thousands of ended connections wait
+    /// here for late views, and an inline map doubled and copied them as it grew.
+    conns: HashMap<u64, Box<ConnInfo>>,
     by_addr: HashMap<(Endpoint, Endpoint), Vec<u64>>,
     next_id: u64,
     next_seq: u64,
@@ -174,7 +176,7 @@ impl<L: LogSink> Stitcher<L> {
             .entry((conn.local.clone(), conn.peer.clone()))
             .or_default()
             .push(conn.id);
-        self.conns.insert(conn.id, info);
+        self.conns.insert(conn.id, Box::new(info));
     }
 
     /// Traced connections that are the other end of `c`.
