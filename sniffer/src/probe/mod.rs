@@ -356,8 +356,14 @@ impl Probe {
     pub fn run_time(&self) -> Option<(std::time::Duration, u64)> {
         self.stats.as_ref()?;
         let mut total = (std::time::Duration::ZERO, 0);
-        for (_, prog) in self.ebpf.programs() {
+        for (name, prog) in self.ebpf.programs() {
             if let Ok(info) = prog.info() {
+                tracing::debug!(
+                    program = name,
+                    runs = info.run_count(),
+                    ns_per_run = info.run_time().as_nanos() / u128::from(info.run_count().max(1)),
+                    "BPF run time"
+                );
                 total.0 += info.run_time();
                 total.1 += info.run_count();
             }
