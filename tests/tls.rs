@@ -111,6 +111,7 @@ fn python_https_both_ends_traced_every_framing_on_one_keep_alive_connection() {
     let conns_file = path(out.path(), "connections.txt");
     let cap = run(
         &[
+            "-v",
             "--pid",
             &server.pid().to_string(),
             "--connections",
@@ -184,6 +185,20 @@ fn python_https_both_ends_traced_every_framing_on_one_keep_alive_connection() {
         "every TLS connection read:\n{}",
         cap.stderr
     );
+    // Each library file is probed as one library, whatever path or file system it is reached
+    // through (on overlayfs, as in vm-test's guests, stat() and the maps named it apart). The
+    // line saying so is an -v one.
+    let mut probed: Vec<&str> = cap
+        .stderr
+        .lines()
+        .filter_map(|l| l.split("reading TLS plaintext through ").nth(1))
+        .filter_map(|l| l.split(" (").next())
+        .collect();
+    assert!(!probed.is_empty(), "{}", cap.stderr);
+    let n = probed.len();
+    probed.sort_unstable();
+    probed.dedup();
+    assert_eq!(probed.len(), n, "a library probed twice:\n{}", cap.stderr);
 }
 
 #[test]

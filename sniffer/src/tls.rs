@@ -131,6 +131,45 @@ fn dev_name(dev: u64) -> String {
     format!("{:02x}:{:02x}", libc::major(dev), libc::minor(dev))
 }
 
+/// The key /proc/PID/maps gives the file at `path` once mapped: on overlayfs (a container's
+/// root, a VM booted on a shared one) stat() reports the overlay's device and inode while
+/// the maps name the file underneath, which is also the file the kernel probes; keyed by
+/// stat(), one library was probed twice for each process. The file is mapped for a moment and
+/// found in this process's own maps.
+fn mapped_key(path: &std::path::Path) -> Option<Key> {
+    use std::os::fd::AsRawFd as _;
+    let file = fs::File::open(path).ok()?;
+    // SAFETY: a fresh private read-only mapping of one page of a file we hold open; unmapped
+    // below, and nothing reads through it.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            1,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        return None;
+    }
+    let maps = fs::read_to_string("/proc/self/maps");
+    // SAFETY: the mapping made above, one page.
+    unsafe { libc::munmap(addr, 1) };
+    key_at(&maps.ok()?, addr as usize)
+}
+
+/// The (device, inode) of the mapping that starts at `addr` in a /proc/PID/maps text.
+fn key_at(maps: &str, addr: usize) -> Option<Key> {
+    let start = format!("{addr:x}-");
+    let line = maps.lines().find(|l| l.starts_with(&start))?;
+    let mut f = line.split_whitespace().skip(3);
+    let dev = f.next()?.to_owned();
+    let inode = f.next()?.parse().ok()?;
+    Some((dev, inode))
+}
+
 impl TlsLibs {
     pub fn new(scope: TlsScope) -> Self {
         Self {
@@ -165,7 +204,7 @@ impl TlsLibs {
                 if !meta.is_file() {
                     continue;
                 }
-                let key = (dev_name(meta.dev()), meta.ino());
+                let key = mapped_key(&path).unwrap_or_else(|| (dev_name(meta.dev()), meta.ino()));
                 if self.libs.contains_key(&key) {
                     continue;
                 }
@@ -376,6 +415,80 @@ mod tests {
             ]
         );
         assert_eq!((m[0].dev.as_str(), m[0].inode), ("fe:01", 1049163));
+    }
+
+    #[test]
+    fn a_mapping_is_found_by_its_start_address() {
+        assert_eq!(
+            key_at(MAPS, 0x7f3a1e2f3000),
+            Some(("fe:01".to_owned(), 1049163))
+        );
+        assert_eq!(key_at(MAPS, 0x7f3a1e2f3001), None);
+    }
+
+    /// A library on overlayfs (a container's root, a VM's): its key is the one a process that
+    /// loads it shows in its maps. (On this host's kernel the two agree; on the VMs' kernels
+    /// of vm-test, whose root is an overlay, stat() named the overlay's device and the maps
+    /// the file underneath.)
+    #[test]
+    fn a_library_on_overlayfs_is_keyed_as_processes_map_it() {
+        use std::os::unix::fs::MetadataExt as _;
+        let Some(lib) = SYSTEM_LIB_DIRS
+            .iter()
+            .filter_map(|d| fs::read_dir(d).ok())
+            .flatten()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.to_str().is_some_and(is_libssl) && p.is_file())
+        else {
+            eprintln!("no libssl: skipped");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let [lower, upper, work, merged] =
+            ["lower", "upper", "work", "merged"].map(|d| dir.path().join(d));
+        for d in [&lower, &upper, &work, &merged] {
+            fs::create_dir(d).unwrap();
+        }
+        fs::copy(&lib, lower.join("libssl.so.3")).unwrap();
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.display(),
+            upper.display(),
+            work.display()
+        );
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &opts])
+            .arg(&merged)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("cannot mount overlayfs here: skipped");
+            return;
+        }
+        let on_overlay = merged.join("libssl.so.3");
+        let key = mapped_key(&on_overlay);
+        // A process that loads the library, and what its maps say.
+        let shown = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import ctypes, sys; ctypes.CDLL(sys.argv[1]); print(open('/proc/self/maps').read())",
+            ])
+            .arg(&on_overlay)
+            .output();
+        let _ = std::process::Command::new("umount").arg(&merged).status();
+        let Ok(shown) = shown else {
+            eprintln!("no python3: skipped");
+            return;
+        };
+        let maps = String::from_utf8_lossy(&shown.stdout);
+        let m = libssl_mappings(&maps);
+        assert_eq!(m.len(), 1, "{maps}");
+        assert_eq!(key, Some((m[0].dev.clone(), m[0].inode)));
+        // A plain file: the same key as stat() gives.
+        let plain = mapped_key(&lib).unwrap();
+        let meta = fs::metadata(&lib).unwrap();
+        assert_eq!(plain, (dev_name(meta.dev()), meta.ino()));
     }
 
     #[test]

@@ -9,7 +9,8 @@ use crate::{
 
 impl<L: LogSink> Stitcher<L> {
     pub(super) fn info_of(&self, v: &Option<View>) -> Option<&ConnInfo> {
-        v.as_ref().and_then(|v| self.conns.get(&v.conn).map(|c| &**c))
+        v.as_ref()
+            .and_then(|v| self.conns.get(&v.conn).map(|c| &**c))
     }
 
     /// The exchange's server end is a reverse proxy (its own view, else what the client's
