@@ -160,6 +160,21 @@ fn mapped_key(path: &std::path::Path) -> Option<Key> {
     key_at(&maps.ok()?, addr as usize)
 }
 
+/// Whether `path` lies on overlayfs (statfs's magic, linux/magic.h OVERLAYFS_SUPER_MAGIC):
+/// only there do stat() and the maps disagree.
+fn on_overlayfs(path: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt as _;
+    const OVERLAYFS_SUPER_MAGIC: libc::c_long = 0x794c_7630;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: a zeroed statfs for the kernel to fill; c is a valid C string.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; both outlive the call.
+    let r = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    r == 0 && st.f_type == OVERLAYFS_SUPER_MAGIC
+}
+
 /// The (device, inode) of the mapping that starts at `addr` in a /proc/PID/maps text.
 fn key_at(maps: &str, addr: usize) -> Option<Key> {
     let start = format!("{addr:x}-");
@@ -204,7 +219,10 @@ impl TlsLibs {
                 if !meta.is_file() {
                     continue;
                 }
-                let key = mapped_key(&path).unwrap_or_else(|| (dev_name(meta.dev()), meta.ino()));
+                let key = on_overlayfs(&path)
+                    .then(|| mapped_key(&path))
+                    .flatten()
+                    .unwrap_or_else(|| (dev_name(meta.dev()), meta.ino()));
                 if self.libs.contains_key(&key) {
                     continue;
                 }
@@ -467,6 +485,7 @@ mod tests {
             return;
         }
         let on_overlay = merged.join("libssl.so.3");
+        assert!(on_overlayfs(&on_overlay));
         let key = mapped_key(&on_overlay);
         // A process that loads the library, and what its maps say.
         let shown = std::process::Command::new("python3")
