@@ -164,7 +164,7 @@ fn mapped_key(path: &std::path::Path) -> Option<Key> {
 /// only there do stat() and the maps disagree.
 fn on_overlayfs(path: &std::path::Path) -> bool {
     use std::os::unix::ffi::OsStrExt as _;
-    const OVERLAYFS_SUPER_MAGIC: libc::c_long = 0x794c_7630;
+    const OVERLAYFS_SUPER_MAGIC: u64 = 0x794c_7630;
     let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
         return false;
     };
@@ -172,7 +172,10 @@ fn on_overlayfs(path: &std::path::Path) -> bool {
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: as above; both outlive the call.
     let r = unsafe { libc::statfs(c.as_ptr(), &mut st) };
-    r == 0 && st.f_type == OVERLAYFS_SUPER_MAGIC
+    // f_type is signed in glibc, unsigned in musl (the static build).
+    #[allow(clippy::unnecessary_cast)]
+    let f_type = st.f_type as u64;
+    r == 0 && f_type == OVERLAYFS_SUPER_MAGIC
 }
 
 /// The (device, inode) of the mapping that starts at `addr` in a /proc/PID/maps text.
