@@ -99,13 +99,7 @@ impl Owners {
             return;
         }
         self.scanned = Some(Instant::now());
-        let mut snap = Snapshot::default();
-        if tables {
-            read_tables(&mut snap);
-        } else {
-            snap.listening = std::mem::take(&mut self.snap.listening);
-            snap.connected = std::mem::take(&mut self.snap.connected);
-        }
+        let mut snap = self.fresh_snapshot(tables);
         if let Ok(dir) = fs::read_dir("/proc") {
             for pid in dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
                 read_fds(pid, &mut snap);
@@ -118,6 +112,19 @@ impl Owners {
             "scanned /proc for socket owners"
         );
         self.snap = snap;
+    }
+
+    /// A snapshot to fill with processes' fds: the socket tables read again, or (`tables`
+    /// false) carried over from the last one.
+    fn fresh_snapshot(&mut self, tables: bool) -> Snapshot {
+        let mut snap = Snapshot::default();
+        if tables {
+            read_tables(&mut snap);
+        } else {
+            snap.listening = std::mem::take(&mut self.snap.listening);
+            snap.connected = std::mem::take(&mut self.snap.connected);
+        }
+        snap
     }
 
     /// Between full scans: the socket tables again, and the fds of the processes known to
@@ -133,13 +140,7 @@ impl Owners {
         let mut pids: Vec<u32> = self.snap.owner.values().copied().collect();
         pids.sort_unstable();
         pids.dedup();
-        let mut snap = Snapshot::default();
-        if tables {
-            read_tables(&mut snap);
-        } else {
-            snap.listening = std::mem::take(&mut self.snap.listening);
-            snap.connected = std::mem::take(&mut self.snap.connected);
-        }
+        let mut snap = self.fresh_snapshot(tables);
         for pid in pids {
             read_fds(pid, &mut snap);
         }

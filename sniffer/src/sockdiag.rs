@@ -40,15 +40,21 @@ const LISTEN_ONLY: u32 = 1 << 10;
 /// The request: nlmsghdr + struct inet_diag_req_v2 (family, protocol, ext, pad, states, a zero
 /// sockid), in native byte order as netlink wants.
 fn request(family: u8, states: u32, seq: u32) -> Vec<u8> {
+    request_v2(NLM_F_REQUEST | NLM_F_DUMP, seq, family, states, &[])
+}
+
+/// nlmsghdr + struct inet_diag_req_v2 with `sockid` (48 bytes; zeros when shorter).
+fn request_v2(flags: u16, seq: u32, family: u8, states: u32, sockid: &[u8]) -> Vec<u8> {
     let len = NLMSG_HDRLEN + 56;
     let mut b = Vec::with_capacity(len);
     b.extend_from_slice(&(len as u32).to_ne_bytes());
     b.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    b.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    b.extend_from_slice(&flags.to_ne_bytes());
     b.extend_from_slice(&seq.to_ne_bytes());
     b.extend_from_slice(&0u32.to_ne_bytes());
     b.extend_from_slice(&[family, libc::IPPROTO_TCP as u8, 0, 0]);
     b.extend_from_slice(&states.to_ne_bytes());
+    b.extend_from_slice(sockid);
     b.resize(len, 0);
     b
 }
@@ -123,23 +129,15 @@ fn exact_request(local: SocketAddr, remote: SocketAddr) -> Option<Vec<u8>> {
         (IpAddr::V6(a), IpAddr::V6(b)) => (libc::AF_INET6, a.octets(), b.octets()),
         _ => return None,
     };
-    let len = NLMSG_HDRLEN + 56;
-    let mut b = Vec::with_capacity(len);
-    b.extend_from_slice(&(len as u32).to_ne_bytes());
-    b.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    b.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
-    b.extend_from_slice(&1u32.to_ne_bytes());
-    b.extend_from_slice(&0u32.to_ne_bytes());
-    b.extend_from_slice(&[family as u8, libc::IPPROTO_TCP as u8, 0, 0]);
-    b.extend_from_slice(&u32::MAX.to_ne_bytes());
     // inet_diag_sockid: sport, dport (big-endian), src, dst, if, cookie (none: 2 x ~0).
-    b.extend_from_slice(&local.port().to_be_bytes());
-    b.extend_from_slice(&remote.port().to_be_bytes());
-    b.extend_from_slice(&src);
-    b.extend_from_slice(&dst);
-    b.extend_from_slice(&0u32.to_ne_bytes());
-    b.extend_from_slice(&[0xff; 8]);
-    Some(b)
+    let mut id = Vec::with_capacity(48);
+    id.extend_from_slice(&local.port().to_be_bytes());
+    id.extend_from_slice(&remote.port().to_be_bytes());
+    id.extend_from_slice(&src);
+    id.extend_from_slice(&dst);
+    id.extend_from_slice(&0u32.to_ne_bytes());
+    id.extend_from_slice(&[0xff; 8]);
+    Some(request_v2(NLM_F_REQUEST, 1, family as u8, u32::MAX, &id))
 }
 
 fn diag_socket() -> io::Result<OwnedFd> {
@@ -207,22 +205,19 @@ impl Diag {
     /// none (gone) or it has no inode any more (TIME_WAIT). One lookup, whatever the number of
     /// sockets.
     pub fn tcp_inode(&self, local: SocketAddr, remote: SocketAddr) -> io::Result<Option<u64>> {
-        tcp_inode(&self.0, local, remote)
-    }
-}
-
-fn tcp_inode(fd: &OwnedFd, local: SocketAddr, remote: SocketAddr) -> io::Result<Option<u64>> {
-    let Some(req) = exact_request(local, remote) else {
-        return Ok(None);
-    };
-    send(fd, &req)?;
-    let mut buf = [0u8; 1024];
-    let n = recv(fd, &mut buf)?;
-    let mut out = Vec::new();
-    match parse_replies(&buf[..n], &mut out) {
-        Ok(_) => Ok(out.first().map(|s| s.2).filter(|&i| i != 0)),
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-        Err(e) => Err(e),
+        let fd = &self.0;
+        let Some(req) = exact_request(local, remote) else {
+            return Ok(None);
+        };
+        send(fd, &req)?;
+        let mut buf = [0u8; 1024];
+        let n = recv(fd, &mut buf)?;
+        let mut out = Vec::new();
+        match parse_replies(&buf[..n], &mut out) {
+            Ok(_) => Ok(out.first().map(|s| s.2).filter(|&i| i != 0)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
 

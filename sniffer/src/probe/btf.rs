@@ -84,7 +84,7 @@ impl Btf {
         while at < types.end {
             let id = starts.len() as u32 + 1;
             let info = u32_at(&data, at + 4)?;
-            let (kind, vlen) = ((info >> 24) & 0x1f, (info & 0xffff) as usize);
+            let (kind, vlen) = (kind(info), vlen(info));
             let extra = match kind {
                 KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
                 KIND_ARRAY => 12,
@@ -123,14 +123,12 @@ impl Btf {
         std::str::from_utf8(&tail[..end]).unwrap_or("")
     }
 
-    /// (name, kind, size-or-type) of type `id`.
-    fn header(&self, id: u32) -> Result<(&str, u32, u32, u32), BtfError> {
+    /// (name, info, size-or-type) of type `id`.
+    fn header(&self, id: u32) -> Result<(&str, u32, u32), BtfError> {
         let at = self.start(id)?;
-        let info = u32_at(&self.data, at + 4)?;
         Ok((
             self.string(u32_at(&self.data, at)?),
-            (info >> 24) & 0x1f,
-            info,
+            u32_at(&self.data, at + 4)?,
             u32_at(&self.data, at + 8)?,
         ))
     }
@@ -148,7 +146,7 @@ impl Btf {
     pub fn struct_named(&self, name: &str) -> Option<u32> {
         self.ids_by_name(name).find(|&id| {
             self.header(id)
-                .is_ok_and(|(_, k, _, _)| k == KIND_STRUCT || k == KIND_UNION)
+                .is_ok_and(|(_, info, _)| matches!(kind(info), KIND_STRUCT | KIND_UNION))
         })
     }
 
@@ -156,8 +154,8 @@ impl Btf {
     /// only if malformed).
     pub fn struct_behind(&self, mut id: u32) -> Result<Option<u32>, BtfError> {
         for _ in 0..64 {
-            let (_, kind, _, next) = self.header(id)?;
-            match kind {
+            let (_, info, next) = self.header(id)?;
+            match kind(info) {
                 KIND_STRUCT | KIND_UNION => return Ok(Some(id)),
                 KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
                     id = next;
@@ -170,13 +168,13 @@ impl Btf {
 
     /// The members of struct or union `id`.
     pub fn members(&self, id: u32) -> Result<Vec<Member<'_>>, BtfError> {
-        let (_, kind, info, _) = self.header(id)?;
-        if kind != KIND_STRUCT && kind != KIND_UNION {
+        let (_, info, _) = self.header(id)?;
+        if !matches!(kind(info), KIND_STRUCT | KIND_UNION) {
             return Ok(Vec::new());
         }
         let kind_flag = info >> 31 == 1;
         let at = self.start(id)? + TYPE_LEN;
-        (0..(info & 0xffff) as usize)
+        (0..vlen(info))
             .map(|i| {
                 let m = at + 12 * i;
                 let offset = u32_at(&self.data, m + 8)?;
@@ -195,6 +193,15 @@ impl Btf {
             })
             .collect()
     }
+}
+
+/// A type's kind and member count, from its info word.
+fn kind(info: u32) -> u32 {
+    (info >> 24) & 0x1f
+}
+
+fn vlen(info: u32) -> usize {
+    (info & 0xffff) as usize
 }
 
 fn u32_at(data: &[u8], at: usize) -> Result<u32, BtfError> {
