@@ -18,7 +18,7 @@ pub fn trim() {
 /// mimalloc's options, before the run allocates much: commit memory as it is used, not a whole
 /// segment at a time (the start parses 5 MiB of kernel BTF), and give freed pages back at once.
 pub fn configure() {
-    // mimalloc 2's option numbers (mimalloc.h): eager_commit 3, arena_eager_commit 4,
+    // mimalloc's option numbers (mimalloc.h; v3, which the crate builds, keeps v2's): eager_commit 3, arena_eager_commit 4,
     // purge_delay 15.
     const EAGER_COMMIT: libmimalloc_sys::mi_option_t = 3;
     const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;

@@ -43,7 +43,16 @@ pub fn header_value<'a>(name: &str, value: &'a [u8], redact: bool) -> Cow<'a, st
     if redact && is_secret_header(name) && !value.is_empty() {
         Cow::Owned(fingerprint(value))
     } else {
-        String::from_utf8_lossy(value)
+        text_of(value)
+    }
+}
+
+/// Bytes as text: borrowed when valid UTF-8 (the usual case, checked without
+/// `from_utf8_lossy`'s chunking), else with U+FFFD for each invalid sequence.
+pub fn text_of(value: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(value) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(value),
     }
 }
 
@@ -68,10 +77,11 @@ fn redact_json(v: &mut serde_json::Value) {
 
 /// The body bytes to show: the preview, inflated when gzip/deflate encoded (RFC 9110 §8.4).
 /// Returns the bytes and whether they were decoded.
-fn decoded(head: &Head, preview: &[u8]) -> (Vec<u8>, bool) {
-    let enc = head
-        .header("content-encoding")
-        .map(|e| String::from_utf8_lossy(e).trim().to_ascii_lowercase());
+fn decoded<'a>(head: &Head, preview: &'a [u8]) -> (Cow<'a, [u8]>, bool) {
+    let Some(enc) = head.header("content-encoding") else {
+        return (Cow::Borrowed(preview), false);
+    };
+    let enc = Some(String::from_utf8_lossy(enc).trim().to_ascii_lowercase());
     let inflate = |r: &mut dyn std::io::Read| -> Option<Vec<u8>> {
         let mut out = Vec::new();
         // A truncated preview ends mid-stream: keep what inflated before the error.
@@ -85,30 +95,39 @@ fn decoded(head: &Head, preview: &[u8]) -> (Vec<u8>, bool) {
         _ => None,
     };
     match out {
-        Some(o) => (o, true),
-        None => (preview.to_vec(), false),
+        Some(o) => (Cow::Owned(o), true),
+        None => (Cow::Borrowed(preview), false),
     }
 }
 
 fn is_json_type(head: &Head) -> bool {
     head.header("content-type").is_some_and(|ct| {
-        let ct = String::from_utf8_lossy(ct).to_ascii_lowercase();
-        ct.contains("/json") || ct.contains("+json")
+        ct.windows(5)
+            .any(|w| w[1..].eq_ignore_ascii_case(b"json") && (w[0] == b'/' || w[0] == b'+'))
     })
 }
 
 fn is_binary_type(head: &Head) -> bool {
     head.header("content-type").is_some_and(|ct| {
-        let ct = String::from_utf8_lossy(ct).to_ascii_lowercase();
-        ct.starts_with("application/octet-stream")
-            || ct.starts_with("image/")
-            || ct.starts_with("audio/")
-            || ct.starts_with("video/")
+        let starts = |p: &[u8]| ct.len() >= p.len() && ct[..p.len()].eq_ignore_ascii_case(p);
+        starts(b"application/octet-stream")
+            || starts(b"image/")
+            || starts(b"audio/")
+            || starts(b"video/")
     })
 }
 
 /// Text that reads as text: UTF-8 without control characters other than whitespace.
 fn looks_like_text(b: &[u8]) -> bool {
+    // ASCII first, a byte at a time: printable, or whitespace.
+    let ascii = b.iter().position(|&c| !c.is_ascii()).unwrap_or(b.len());
+    if !b[..ascii]
+        .iter()
+        .all(|&c| (0x20..0x7f).contains(&c) || matches!(c, b'\n' | b'\r' | b'\t'))
+    {
+        return false;
+    }
+    let b = &b[ascii..];
     match std::str::from_utf8(b) {
         Ok(s) => s
             .chars()
@@ -148,7 +167,7 @@ pub fn body(head: &Head, body: &Body, redact: bool, text_limit: usize) -> String
             }
             None => {
                 let n = bytes.len().min(text_limit);
-                let mut t = String::from_utf8_lossy(&bytes[..n]).into_owned();
+                let mut t = text_of(&bytes[..n]).into_owned();
                 if redact && is_json_type(head) {
                     t = redact_json_text(&t);
                 }
@@ -226,6 +245,30 @@ mod tests {
             missing: 0,
             lost: 0,
         }
+    }
+
+    #[test]
+    fn content_types_and_text_are_told_apart_without_case() {
+        let h = |ct: &str| head(&format!("HTTP/1.1 200 OK\r\nContent-Type: {ct}\r\n\r\n"));
+        assert!(is_json_type(&h("application/json")));
+        assert!(is_json_type(&h("Application/JSON; charset=utf-8")));
+        assert!(is_json_type(&h("application/vnd.openstack.image+Json")));
+        assert!(!is_json_type(&h("text/plain; note=json")));
+        assert!(!is_json_type(&h("json")));
+        assert!(is_binary_type(&h("Application/Octet-Stream")));
+        assert!(is_binary_type(&h("IMAGE/png")));
+        assert!(!is_binary_type(&h("text/html")));
+        assert!(!is_binary_type(&h("imag")));
+        assert!(looks_like_text(b"plain\ttext\r\n"));
+        assert!(looks_like_text("caf\u{e9} \u{2603}".as_bytes()));
+        // A preview cut inside a multi-byte character still reads as text.
+        assert!(looks_like_text(&"caf\u{e9}".as_bytes()[..4]));
+        assert!(!looks_like_text(b"nul\0byte"));
+        assert!(!looks_like_text(b"del\x7f"));
+        assert!(!looks_like_text("\u{e9}\u{7}".as_bytes()));
+        assert!(!looks_like_text(b"\xff\xfe"));
+        assert_eq!(text_of(b"ascii"), "ascii");
+        assert_eq!(text_of(b"bad \xff"), "bad \u{fffd}");
     }
 
     #[test]

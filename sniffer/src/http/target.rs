@@ -8,8 +8,12 @@
 pub fn url(target: &str, authority: &str, tls: bool) -> String {
     if target.starts_with('/') {
         // §3.2.1 origin-form.
-        let scheme = if tls { "https" } else { "http" };
-        format!("{scheme}://{authority}{target}")
+        let scheme = if tls { "https://" } else { "http://" };
+        let mut url = String::with_capacity(scheme.len() + authority.len() + target.len());
+        url.push_str(scheme);
+        url.push_str(authority);
+        url.push_str(target);
+        url
     } else {
         // §3.2.2 absolute-form, §3.2.3 authority-form, §3.2.4 asterisk-form, or something
         // else the server will refuse: as sent.

@@ -24,38 +24,85 @@ pub struct NumberedLog {
     text_limit: usize,
 }
 
-/// The `### [N] ...` line of an entry; `response`: its status and reason.
+/// Appends the `### [N] ...` line of an entry to `b`; `response`: its status and reason.
+/// Written piece by piece (no `format!`): one runs per message logged.
+fn write_title(
+    b: &mut Vec<u8>,
+    number: u64,
+    response: Option<(u16, &str)>,
+    x: (&str, &str, &str, &str),
+    orphan: bool,
+) {
+    let (from, to, method, url) = x;
+    b.extend_from_slice(b"### [");
+    push_decimal(b, number);
+    b.extend_from_slice(b"] (");
+    b.extend_from_slice(from.as_bytes());
+    match response {
+        Some((status, reason)) => {
+            b.extend_from_slice(b") RESP <<< (");
+            b.extend_from_slice(to.as_bytes());
+            b.extend_from_slice(b") : ");
+            push_decimal(b, u64::from(status));
+            b.push(b' ');
+            b.extend_from_slice(reason.as_bytes());
+            b.push(b' ');
+            if orphan {
+                b.extend_from_slice(b"? (request not seen)");
+                return;
+            }
+        }
+        None => {
+            b.extend_from_slice(b") REQ >>> (");
+            b.extend_from_slice(to.as_bytes());
+            b.extend_from_slice(b") : ");
+        }
+    }
+    b.extend_from_slice(method.as_bytes());
+    b.push(b' ');
+    b.extend_from_slice(url.as_bytes());
+}
+
+/// Appends `n` in decimal.
+fn push_decimal(b: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    b.extend_from_slice(&digits[at..]);
+}
+
 fn title_text(
     number: u64,
     response: Option<(u16, &str)>,
     x: (&str, &str, &str, &str),
     orphan: bool,
 ) -> String {
-    let (from, to, method, url) = x;
-    match response {
-        Some((status, reason)) => {
-            let what = if orphan {
-                "? (request not seen)".to_owned()
-            } else {
-                format!("{method} {url}")
-            };
-            format!("### [{number}] ({from}) RESP <<< ({to}) : {status} {reason} {what}")
+    let mut b = Vec::with_capacity(64);
+    write_title(&mut b, number, response, x, orphan);
+    String::from_utf8(b).expect("written from str pieces")
+}
+
+fn response_of(which: Which, msg: &Message) -> Option<(u16, &str)> {
+    match (which, &msg.head.start) {
+        (Which::Response, StartLine::Response { status, reason, .. }) => {
+            Some((*status, reason.as_str()))
         }
-        None => format!("### [{number}] ({from}) REQ >>> ({to}) : {method} {url}"),
+        _ => None,
     }
 }
 
 /// The `### [N] ...` line of an entry.
 pub fn title(number: u64, which: Which, x: &Exchange, msg: &Message) -> String {
-    let response = match (which, &msg.head.start) {
-        (Which::Response, StartLine::Response { status, reason, .. }) => {
-            Some((*status, reason.as_str()))
-        }
-        _ => None,
-    };
     title_text(
         number,
-        response,
+        response_of(which, msg),
         (&x.from, &x.to, x.method(), &x.url),
         x.orphan,
     )
@@ -117,14 +164,14 @@ pub fn notes(x: &Exchange, which: Which, msg: &Message) -> Vec<String> {
 /// line, the notes, the body, the trailer fields, framed by blank lines.
 pub fn write_entry<'a, V: AsRef<str>>(
     b: &mut Vec<u8>,
-    title: &str,
+    title: impl FnOnce(&mut Vec<u8>),
     headers: impl IntoIterator<Item = (&'a str, V)>,
     notes: &[String],
     body: &str,
     trailers: impl IntoIterator<Item = &'a str>,
 ) {
     b.push(b'\n');
-    b.extend_from_slice(title.as_bytes());
+    title(b);
     b.push(b'\n');
     for (name, value) in headers {
         b.extend_from_slice(name.as_bytes());
@@ -157,12 +204,15 @@ pub fn record_entry(r: &ExchangeRecord, request: bool) -> Option<String> {
     } else {
         Some((r.status.unwrap_or(0), r.reason.as_deref().unwrap_or("")))
     };
-    let title = title_text(
-        number,
-        response,
-        (&r.from, &r.to, &r.method, &r.url),
-        r.orphan,
-    );
+    let title = |b: &mut Vec<u8>| {
+        write_title(
+            b,
+            number,
+            response,
+            (&r.from, &r.to, &r.method, &r.url),
+            r.orphan,
+        )
+    };
     let notes = notes_text(
         m.complete,
         m.broken.as_deref(),
@@ -177,7 +227,7 @@ pub fn record_entry(r: &ExchangeRecord, request: bool) -> Option<String> {
     let mut b = Vec::new();
     write_entry(
         &mut b,
-        &title,
+        title,
         m.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
         &notes,
         &m.body,
@@ -204,9 +254,18 @@ impl NumberedLog {
             .iter()
             .map(|t| String::from_utf8_lossy(t).into_owned())
             .collect();
+        let x = e.exchange;
         write_entry(
             b,
-            &title(e.number, e.which, e.exchange, msg),
+            |b: &mut Vec<u8>| {
+                write_title(
+                    b,
+                    e.number,
+                    response_of(e.which, msg),
+                    (&x.from, &x.to, x.method(), &x.url),
+                    x.orphan,
+                )
+            },
             msg.head.headers.iter().map(|h| {
                 (
                     h.name.as_str(),
@@ -235,5 +294,33 @@ impl LogSink for NumberedLog {
 
     fn close(&mut self) {
         self.out.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn titles_are_written_as_the_log_shows_them() {
+        let x = ("openstack", "keystone", "GET", "http://127.0.0.1:5000/v3");
+        assert_eq!(
+            title_text(1, None, x, false),
+            "### [1] (openstack) REQ >>> (keystone) : GET http://127.0.0.1:5000/v3"
+        );
+        assert_eq!(
+            title_text(20, Some((300, "Multiple Choices")), x, false),
+            "### [20] (openstack) RESP <<< (keystone) : 300 Multiple Choices GET http://127.0.0.1:5000/v3"
+        );
+        assert_eq!(
+            title_text(u64::MAX, Some((0, "")), x, true),
+            "### [18446744073709551615] (openstack) RESP <<< (keystone) : 0  ? (request not seen)"
+        );
+        let mut b = Vec::new();
+        for n in [0, 9, 10, 99, 100, 1_000_007] {
+            push_decimal(&mut b, n);
+            b.push(b',');
+        }
+        assert_eq!(b, b"0,9,10,99,100,1000007,");
     }
 }
