@@ -29,7 +29,8 @@ use crate::{
     atomic::opaque,
     diag,
     maps::{COPY_CTL, COPY_STATE, COPY_TAIL, COPY_TAIL_TLS, EVENTS, SCRATCH, count},
-    ring::{emit_uncopied, room_for_data, wakeup},
+    mem,
+    ring::{emit_uncopied, room_for_data},
 };
 
 /// What userspace said of the stream `hdr` belongs to (bounded copy, or set aside), when it
@@ -60,20 +61,26 @@ pub fn prepare(cfg: &Config, hdr: DataHeader, ctl: Option<CopyCtl>) -> Option<*m
         None => (u64::MAX, u64::MAX, u64::from(cfg.initial_credit_kib) << 10),
     };
     let state = COPY_STATE.get_ptr_mut(0)?;
-    // SAFETY: per-CPU map value, used by this program run only.
+    // SAFETY: per-CPU map value, used by this program run only. Field by field: a struct
+    // assignment would zero its zero fields with the byte-loop memset.
     unsafe {
-        *state = Copy {
-            hdr,
-            base: 0,
-            seg_left: 0,
-            iov: 0,
-            iov_left: 0,
-            remaining: hdr.syscall_len,
-            chunks_left: u64::from(cfg.max_chunks_per_syscall),
-            skip_at,
-            skip_to,
-            stop_at,
-        };
+        mem::copy(&raw mut (*state).hdr, &hdr);
+        for f in [
+            &raw mut (*state).base,
+            &raw mut (*state).seg_left,
+            &raw mut (*state).iov,
+            &raw mut (*state).iov_left,
+        ] {
+            ptr::write_volatile(f, 0);
+        }
+        ptr::write_volatile(&raw mut (*state).remaining, hdr.syscall_len);
+        ptr::write_volatile(
+            &raw mut (*state).chunks_left,
+            u64::from(cfg.max_chunks_per_syscall),
+        );
+        ptr::write_volatile(&raw mut (*state).skip_at, skip_at);
+        ptr::write_volatile(&raw mut (*state).skip_to, skip_to);
+        ptr::write_volatile(&raw mut (*state).stop_at, stop_at);
     }
     Some(state)
 }
@@ -164,7 +171,7 @@ fn step(c: &mut Copy) -> bool {
     }
     // SAFETY: per-CPU scratch value, exclusively ours during this run; n <= CHUNK_SIZE.
     unsafe {
-        (*ev).hdr = c.hdr;
+        mem::copy(&raw mut (*ev).hdr, &c.hdr);
         (*ev).hdr.len = n;
         let r = raw_read_user(
             (*ev).data.as_mut_ptr().cast(),
@@ -180,14 +187,18 @@ fn step(c: &mut Copy) -> bool {
         };
         (*ev).hdr.cap = cap as u32;
         let size = size_of::<DataHeader>() as u64 + cap;
-        if !room_for_data(size)
-            || bpf_ringbuf_output(
-                ptr::addr_of!(EVENTS).cast_mut().cast(),
-                ev.cast(),
-                size,
-                wakeup(size),
-            ) < 0
-        {
+        let sent = match room_for_data(size) {
+            Some(flags) => {
+                bpf_ringbuf_output(
+                    ptr::addr_of!(EVENTS).cast_mut().cast(),
+                    ev.cast(),
+                    size,
+                    flags,
+                ) >= 0
+            }
+            None => false,
+        };
+        if !sent {
             count(counters::DATA_EVENTS_LOST, 1);
             count(counters::DATA_BYTES_LOST, n);
             diag::data_lost(c.hdr.tgid, c.hdr.fd, n);

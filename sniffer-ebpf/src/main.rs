@@ -12,6 +12,7 @@
 //! - `syscalls`: the enter/exit programs of the socket syscalls;
 //! - `copy`: the chunk loop (bpf_loop or bounded) that copies a syscall's bytes;
 //! - `atomic`: the stream offsets' atomic add, with and without fetch;
+//! - `mem`: copying and zeroing records a word at a time (not the byte-loop memcpy);
 //! - `ring`: ring buffer wakeups, room, small records;
 //! - `tls`: uprobes on OpenSSL, TLS plaintext joined to its socket;
 //! - `procs`: following forks, execs and exits;
@@ -25,6 +26,7 @@ mod atomic;
 mod copy;
 mod diag;
 mod maps;
+mod mem;
 mod procs;
 mod ring;
 mod sockets;

@@ -19,7 +19,12 @@ const WAKEUP_BYTES: u64 = 256 << 10;
 /// Wakeup flag for a record of `size` bytes.
 #[inline(always)]
 pub fn wakeup(size: u64) -> u64 {
-    let used = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
+    wakeup_at(EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)), size)
+}
+
+/// Wakeup flag for a record of `size` bytes when `used` bytes wait in the ring.
+#[inline(always)]
+fn wakeup_at(used: u64, size: u64) -> u64 {
     if used + size >= WAKEUP_BYTES {
         u64::from(BPF_RB_FORCE_WAKEUP)
     } else {
@@ -27,14 +32,15 @@ pub fn wakeup(size: u64) -> u64 {
     }
 }
 
-/// Whether a data event of `size` bytes may use the ring buffer: data leaves the last eighth
-/// free for socket and process events, which are few and small but carry what makes the data
-/// readable (addresses, final stream lengths, who is who).
+/// Whether a data event of `size` bytes may use the ring buffer, and if so with which wakeup
+/// flag (one query of what waits serves both): data leaves the last eighth free for socket
+/// and process events, which are few and small but carry what makes the data readable
+/// (addresses, final stream lengths, who is who).
 #[inline(always)]
-pub fn room_for_data(size: u64) -> bool {
+pub fn room_for_data(size: u64) -> Option<u64> {
     let used = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
     let total = EVENTS.query(u64::from(BPF_RB_RING_SIZE));
-    used + size + (total >> 3) <= total
+    (used + size + (total >> 3) <= total).then(|| wakeup_at(used, size))
 }
 
 /// A length-only event: `len` bytes at `hdr.off` that were counted but not copied.

@@ -2,7 +2,7 @@
 //! `task->files`), both ends' addresses, and the per-(process, fd) state with the stream
 //! offsets. Member offsets come from userspace (BTF), see `sniffer_common::KernelOffsets`.
 
-use core::{ffi::c_void, mem::size_of, ptr};
+use core::{ffi::c_void, mem::size_of};
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -19,6 +19,7 @@ use sniffer_common::{
 use crate::{
     diag,
     maps::{EVENTS, SK_ROLES, SOCKETS, count},
+    mem,
     ring::wakeup,
 };
 
@@ -71,6 +72,39 @@ fn fd_socket(k: &KernelOffsets, tgid: u32, fd: i32, flags: u32) -> Found {
     }
 }
 
+/// The `struct file` behind `fd` of the current task (task->files->fdt->fd[fd]), 0 when none.
+#[inline(always)]
+fn fd_file(k: &KernelOffsets, fd: i32) -> u64 {
+    if fd < 0 {
+        return 0;
+    }
+    // SAFETY: no preconditions.
+    let task = unsafe { bpf_get_current_task() };
+    let Some(fdt) = kread::<u64>(task, k.task_files).and_then(|f| kread::<u64>(f, k.files_fdt))
+    else {
+        return 0;
+    };
+    match kread::<u32>(fdt, k.fdt_max_fds) {
+        Some(max) if (fd as u32) < max => {}
+        _ => return 0,
+    }
+    kread::<u64>(fdt, k.fdt_fd)
+        .and_then(|a| kread::<u64>(a + 8 * fd as u64, 0))
+        .unwrap_or(0)
+}
+
+/// Whether `fd` still holds socket `sk`: the short walk, file->private_data->sk, without the
+/// inode, type and family reads that only a new socket needs (7 kernel reads, not 12). Only a
+/// match means anything: anything else goes to the full walk.
+#[inline(always)]
+fn fd_holds(k: &KernelOffsets, fd: i32, sk: u64) -> bool {
+    let file = fd_file(k, fd);
+    sk != 0
+        && kread::<u64>(file, k.file_private_data)
+            .and_then(|socket| kread::<u64>(socket, k.socket_sk))
+            == Some(sk)
+}
+
 /// Walks task->files->fdt->fd[fd]->f_inode->i_mode and file->private_data->sk.
 #[inline(always)]
 fn fd_socket_walk(
@@ -79,19 +113,7 @@ fn fd_socket_walk(
     fd: i32,
     flags: u32,
 ) -> Option<(u64, u16, u16, u32)> {
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: no preconditions.
-    let task = unsafe { bpf_get_current_task() };
-    let files: u64 = kread(task, k.task_files)?;
-    let fdt: u64 = kread(files, k.files_fdt)?;
-    let max_fds: u32 = kread(fdt, k.fdt_max_fds)?;
-    if fd as u32 >= max_fds {
-        return None;
-    }
-    let fd_array: u64 = kread(fdt, k.fdt_fd)?;
-    let file: u64 = kread(fd_array + 8 * fd as u64, 0)?;
+    let file = fd_file(k, fd);
     let inode: u64 = kread(file, k.file_inode)?;
     let mode: u16 = kread(inode, k.inode_mode)?;
     if mode & S_IFMT != S_IFSOCK {
@@ -216,7 +238,7 @@ pub fn emit_sock(
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` points at a reserved, exclusively owned SockEvent-sized record.
     unsafe {
-        ptr::write_bytes(ev, 0, 1);
+        mem::zero(ev);
         let ev = &mut *ev;
         ev.kind = ev_kind;
         ev.role = st.role;
@@ -269,16 +291,24 @@ pub fn track_socket(
     new_role: Option<u32>,
 ) -> Option<u64> {
     let key = SockKey { tgid, fd };
-    // A socket set aside: nothing to do, not even the fd walk. (Its close still ends it; an fd
-    // replaced without a close we see, by dup2, stays ignored until then.)
+    let known = SOCKETS.get_ptr_mut(key);
     if new_role.is_none()
-        // SAFETY: plain value read.
-        && unsafe { SOCKETS.get(key) }.is_some_and(|st| st.flags & sock_flags::IGNORED != 0)
+        && let Some(st) = known
     {
-        return None;
+        // SAFETY: map value pointer, valid during this program run.
+        let (flags, sk) = unsafe { ((*st).flags, (*st).sk) };
+        // A socket set aside: nothing to do, not even the fd walk. (Its close still ends it;
+        // an fd replaced without a close we see, by dup2, stays ignored until then.)
+        if flags & sock_flags::IGNORED != 0 {
+            return None;
+        }
+        // The steady state: the fd still holds the socket recorded for it.
+        if fd_holds(&cfg.kernel, fd, sk) {
+            return Some(sk);
+        }
     }
     let found = fd_socket(&cfg.kernel, tgid, fd, cfg.flags);
-    if let Some(st) = SOCKETS.get_ptr_mut(key) {
+    if let Some(st) = known {
         // SAFETY: map value pointer, valid during this program run.
         let st = unsafe { &mut *st };
         if found.sk != 0 && found.sk == st.sk {
@@ -310,18 +340,12 @@ pub fn track_socket(
         }
         None => sk_role(sk, ino),
     };
-    let st = SockState {
-        sk,
-        send_off: 0,
-        recv_off: 0,
-        tls_send_off: 0,
-        tls_recv_off: 0,
-        role,
-        family: fam,
-        sock_type,
-        flags: 0,
-        _pad: 0,
-    };
+    // SAFETY: SockState is plain integers.
+    let mut st: SockState = unsafe { mem::zeroed() };
+    st.sk = sk;
+    st.role = role;
+    st.family = fam;
+    st.sock_type = sock_type;
     if SOCKETS.insert(key, st, BPF_NOEXIST as u64).is_err() {
         count(counters::SOCKETS_FULL, 1);
         diag::map_full(maps::SOCKETS);

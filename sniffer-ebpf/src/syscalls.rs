@@ -27,6 +27,7 @@ use crate::{
     maps::{
         COPY_TAIL, SOCKETS, SSL_FDS, TLS_CALLS, config, current_target, save_pending, take_pending,
     },
+    mem,
     ring::{emit_proc, emit_uncopied},
     sockets::{emit_sock, track_socket},
 };
@@ -210,33 +211,25 @@ fn enter_mmap(regs: *const pt_regs, tid: u32) -> i32 {
     if arg(regs, 2) & PROT_EXEC == 0 || fd < 0 {
         return 0;
     }
-    save_pending(
-        tid,
-        &Pending {
-            sk: 0,
-            buf: 0,
-            count: 0,
-            fd,
-            syscall: Syscall::Mmap as u32,
-        },
-    );
+    save_pending(tid, &fd_only(fd, Syscall::Mmap));
     0
 }
 
 /// Enter of connect/accept: only the fd (the listening fd for accept) matters.
 #[inline(always)]
 fn enter_sock(regs: *const pt_regs, tid: u32, sc: Syscall) -> i32 {
-    save_pending(
-        tid,
-        &Pending {
-            sk: 0,
-            buf: 0,
-            count: 0,
-            fd: arg(regs, 0) as i32,
-            syscall: sc as u32,
-        },
-    );
+    save_pending(tid, &fd_only(arg(regs, 0) as i32, sc));
     0
+}
+
+/// The pending call of a syscall that needs only its fd at the exit.
+#[inline(always)]
+fn fd_only(fd: i32, sc: Syscall) -> Pending {
+    // SAFETY: Pending is plain integers.
+    let mut p: Pending = unsafe { mem::zeroed() };
+    p.fd = fd;
+    p.syscall = sc as u32;
+    p
 }
 
 #[inline(always)]
@@ -377,6 +370,11 @@ fn exit_data<const BPF_LOOP: bool, const FETCH: bool>(
         );
         return;
     }
+    if sc == Syscall::Sendfile {
+        // Bytes from a file, not user memory: length only, without setting up a copy.
+        emit_uncopied(hdr, ret);
+        return;
+    }
     let Some(state) = copy::prepare(cfg, hdr, ctl) else {
         return;
     };
@@ -402,7 +400,7 @@ fn exit_data<const BPF_LOOP: bool, const FETCH: bool>(
             c.iov = iov;
             c.iov_left = if n < MAX_IOVECS { n } else { MAX_IOVECS };
         }
-        // sendfile: bytes come from a file, not user memory; length only.
+        // sendfile went out above.
         _ => c.chunks_left = 0,
     }
     copy::run::<BPF_LOOP, _>(ctx, &COPY_TAIL, state);
