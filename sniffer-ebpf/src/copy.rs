@@ -33,20 +33,37 @@ use crate::{
     ring::{emit_uncopied, room_for_data},
 };
 
+/// No word from userspace about a stream: `sk` 0 is no socket's.
+const NO_CTL: CopyCtl = CopyCtl {
+    sk: 0,
+    credit_until: 0,
+    skip_from: 0,
+    skip_until: 0,
+    flags: 0,
+    _pad: 0,
+};
+
 /// What userspace said of the stream `hdr` belongs to (bounded copy, or set aside), when it
-/// said something about this very socket.
+/// said something about this very socket; else [`NO_CTL`]. A plain struct, not an `Option`:
+/// LLVM may read an `Option`'s payload on the `None` path (see `sockets::Found`).
 #[inline(always)]
-pub fn control(hdr: &DataHeader) -> Option<CopyCtl> {
+pub fn control(hdr: &DataHeader) -> CopyCtl {
     let skey = StreamKey {
         tgid: hdr.tgid,
         fd: hdr.fd,
         dir: hdr.dir,
         _pad: 0,
     };
-    // SAFETY: copied out of the map value.
-    unsafe { COPY_CTL.get(skey) }
-        .copied()
-        .filter(|ctl| ctl.sk == hdr.sk)
+    let mut ctl = NO_CTL;
+    // SAFETY: a map value's reference, valid during this program run.
+    if let Some(found) = unsafe { COPY_CTL.get(skey) } {
+        // SAFETY: both a CopyCtl, 8-aligned; read a word at a time into the local.
+        unsafe { mem::copy(&mut ctl, found) };
+        if ctl.sk != hdr.sk {
+            ctl = NO_CTL;
+        }
+    }
+    ctl
 }
 
 /// Sets up the copy of `hdr.syscall_len` bytes of a stream starting at `hdr.off`, with what
@@ -54,11 +71,13 @@ pub fn control(hdr: &DataHeader) -> Option<CopyCtl> {
 /// first window. The caller then says where the bytes are (`base`/`seg_left` or
 /// `iov`/`iov_left`).
 #[inline(always)]
-pub fn prepare(cfg: &Config, hdr: DataHeader, ctl: Option<CopyCtl>) -> Option<*mut Copy> {
-    let (skip_at, skip_to, stop_at) = match ctl {
-        Some(ctl) => (ctl.skip_from, ctl.skip_until, ctl.credit_until),
-        None if cfg.initial_credit_kib == 0 => (u64::MAX, u64::MAX, u64::MAX),
-        None => (u64::MAX, u64::MAX, u64::from(cfg.initial_credit_kib) << 10),
+pub fn prepare(cfg: &Config, hdr: DataHeader, ctl: CopyCtl) -> Option<*mut Copy> {
+    let (skip_at, skip_to, stop_at) = if ctl.sk != 0 {
+        (ctl.skip_from, ctl.skip_until, ctl.credit_until)
+    } else if cfg.initial_credit_kib == 0 {
+        (u64::MAX, u64::MAX, u64::MAX)
+    } else {
+        (u64::MAX, u64::MAX, u64::from(cfg.initial_credit_kib) << 10)
     };
     let state = COPY_STATE.get_ptr_mut(0)?;
     // SAFETY: per-CPU map value, used by this program run only. Field by field: a struct

@@ -323,7 +323,7 @@ fn exit_data<const BPF_LOOP: bool, const FETCH: bool>(
         sk: p.sk,
         ..DataHeader::EMPTY
     });
-    if ctl.is_some_and(|c| c.flags & copy_flags::IGNORE != 0) {
+    if ctl.flags & copy_flags::IGNORE != 0 {
         // Set aside (not HTTP): nothing more of it, and its enters stop at the lookup.
         // SAFETY: as above.
         unsafe { (*st).flags |= sock_flags::IGNORED };
