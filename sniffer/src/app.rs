@@ -553,6 +553,9 @@ fn pump(
     probe: &mut Probe,
 ) -> usize {
     let n = reader.drain(&mut |ev| handle(pipeline, news, ev));
+    if n > 0 {
+        pipeline.tick_if_due(monotonic_ns());
+    }
     for h in pipeline.take_hints() {
         copy_control.apply(&h);
     }

@@ -60,7 +60,13 @@ pub struct Pipeline {
     raw: Option<RawSink>,
     sinks: Downstream,
     pub totals: Totals,
+    /// Kernel time of the last [`Pipeline::tick`].
+    last_tick_ns: u64,
 }
+
+/// How often events read between the app's ticks also release what waited long enough (see
+/// [`Pipeline::tick_if_due`]).
+const RELEASE_EVERY_NS: u64 = 10_000_000;
 
 impl Pipeline {
     pub fn new(
@@ -78,6 +84,7 @@ impl Pipeline {
                 http,
             },
             totals: Totals::default(),
+            last_tick_ns: 0,
         }
     }
 
@@ -139,7 +146,18 @@ impl Pipeline {
 
     /// Periodic work: report stream holes that waited too long as lost, write the messages
     /// whose place in the order is final.
+    /// [`Pipeline::tick`] when the last one is [`RELEASE_EVERY_NS`] old: for reads between the
+    /// app's ticks (every 100 ms), so that messages are written, and their memory freed, soon
+    /// after their place in the order is final rather than up to a tick later. Under load
+    /// that halves what is held at once (the order's 100 ms instead of up to 200).
+    pub fn tick_if_due(&mut self, now_ns: u64) {
+        if now_ns.saturating_sub(self.last_tick_ns) >= RELEASE_EVERY_NS {
+            self.tick(now_ns);
+        }
+    }
+
     pub fn tick(&mut self, now_ns: u64) {
+        self.last_tick_ns = now_ns;
         self.conns.expire(
             now_ns.saturating_sub(HOLE_WAIT_NS),
             &mut self.sinks,
@@ -165,5 +183,82 @@ impl Pipeline {
         self.sinks.http.sink.finish(now_ns, &self.procs);
         self.flush_raw();
         self.sinks.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        events::{Chunk, Dir, Endpoint, Event, Role, SockInfo, Tls, Transport},
+        names::Names,
+        sinks::jsonl::LogFanout,
+        stitch::Stitcher,
+    };
+    use sniffer_common::Syscall;
+
+    const MS: u64 = 1_000_000;
+
+    fn exchange(p: &mut Pipeline, ts: u64, off: &mut [u64; 2]) {
+        let request: &[u8] = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+        let response: &[u8] = b"HTTP/1.1 204 No Content\r\n\r\n";
+        for (dir, bytes) in [(Dir::Recv, request), (Dir::Send, response)] {
+            let o = &mut off[dir.index()];
+            p.handle(Event::Data(Chunk {
+                ts_ns: ts,
+                tgid: 100,
+                tid: 100,
+                fd: 10,
+                sk: 0x1000,
+                dir,
+                syscall: Syscall::Read,
+                off: *o,
+                len: bytes.len() as u64,
+                syscall_len: bytes.len() as u64,
+                data: bytes.to_vec(),
+                tls: Tls::No,
+            }));
+            *o += bytes.len() as u64;
+        }
+    }
+
+    #[test]
+    fn reads_between_ticks_release_what_waited_once_ten_ms_passed() {
+        let http = Exchanges::new(
+            Stitcher::new(LogFanout::default(), Names::default(), None).offline(),
+            64 << 10,
+        );
+        let mut p = Pipeline::new(ProcTable::new(), None, Vec::new(), http);
+        let t0 = 1_000 * MS;
+        p.handle(Event::SockOpen(SockInfo {
+            ts_ns: t0,
+            tgid: 100,
+            tid: 100,
+            fd: 10,
+            sk: 0x1000,
+            peer_sk: 0,
+            peer_tgid: 0,
+            role: Role::Server,
+            transport: Transport::Tcp,
+            local: Endpoint::Inet("127.0.0.1:8080".parse().unwrap()),
+            peer: Endpoint::Inet("127.0.0.1:40000".parse().unwrap()),
+            sent: 0,
+            received: 0,
+            tls_sent: 0,
+            tls_received: 0,
+            netns: 0,
+        }));
+        p.tick(t0);
+        let mut off = [0; 2];
+        exchange(&mut p, t0 + 1, &mut off);
+        exchange(&mut p, t0 + 5 * MS, &mut off);
+        // The first exchange's place is final (100 ms of order slack), the second's not yet.
+        p.tick_if_due(t0 + 101 * MS);
+        assert_eq!(p.http_stats().messages, 2);
+        // The second one's is now, but the last release was less than 10 ms ago.
+        p.tick_if_due(t0 + 106 * MS);
+        assert_eq!(p.http_stats().messages, 2);
+        p.tick_if_due(t0 + 111 * MS);
+        assert_eq!(p.http_stats().messages, 4);
     }
 }
