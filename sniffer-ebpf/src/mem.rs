@@ -41,18 +41,3 @@ pub unsafe fn zero<T>(dst: *mut T) {
         i += 1;
     }
 }
-
-/// A `T` of zero bytes, for records whose fields are mostly 0 (a struct literal's zero fields
-/// would be set by the byte-loop memset).
-///
-/// # Safety
-/// All-zero bytes must be a valid `T` (plain `#[repr(C)]` integers).
-#[inline(always)]
-pub unsafe fn zeroed<T>() -> T {
-    let mut v = core::mem::MaybeUninit::<T>::uninit();
-    // SAFETY: a local, aligned and sized for T; every byte is written before it is read.
-    unsafe {
-        zero(v.as_mut_ptr());
-        v.assume_init()
-    }
-}

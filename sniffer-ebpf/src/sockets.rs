@@ -340,12 +340,18 @@ pub fn track_socket(
         }
         None => sk_role(sk, ino),
     };
-    // SAFETY: SockState is plain integers.
-    let mut st: SockState = unsafe { mem::zeroed() };
-    st.sk = sk;
-    st.role = role;
-    st.family = fam;
-    st.sock_type = sock_type;
+    let st = SockState {
+        sk,
+        send_off: 0,
+        recv_off: 0,
+        tls_send_off: 0,
+        tls_recv_off: 0,
+        role,
+        family: fam,
+        sock_type,
+        flags: 0,
+        _pad: 0,
+    };
     if SOCKETS.insert(key, st, BPF_NOEXIST as u64).is_err() {
         count(counters::SOCKETS_FULL, 1);
         diag::map_full(maps::SOCKETS);

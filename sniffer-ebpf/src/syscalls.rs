@@ -27,7 +27,6 @@ use crate::{
     maps::{
         COPY_TAIL, SOCKETS, SSL_FDS, TLS_CALLS, config, current_target, save_pending, take_pending,
     },
-    mem,
     ring::{emit_proc, emit_uncopied},
     sockets::{emit_sock, track_socket},
 };
@@ -225,11 +224,13 @@ fn enter_sock(regs: *const pt_regs, tid: u32, sc: Syscall) -> i32 {
 /// The pending call of a syscall that needs only its fd at the exit.
 #[inline(always)]
 fn fd_only(fd: i32, sc: Syscall) -> Pending {
-    // SAFETY: Pending is plain integers.
-    let mut p: Pending = unsafe { mem::zeroed() };
-    p.fd = fd;
-    p.syscall = sc as u32;
-    p
+    Pending {
+        sk: 0,
+        buf: 0,
+        count: 0,
+        fd,
+        syscall: sc as u32,
+    }
 }
 
 #[inline(always)]

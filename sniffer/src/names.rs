@@ -78,8 +78,9 @@ impl Names {
 
     pub fn of(&self, pid: u32, procs: &ProcTable) -> String {
         let mut at = pid;
-        // Bounded walk up the parents we know.
-        for _ in 0..if self.overrides.is_empty() { 0 } else { 64 } {
+        // Bounded walk up the parents we know, when there are labels to find.
+        let walk = if self.overrides.is_empty() { 0 } else { 64 };
+        for _ in 0..walk {
             if let Some(label) = self.overrides.get(&at) {
                 return label.clone();
             }

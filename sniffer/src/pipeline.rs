@@ -144,8 +144,6 @@ impl Pipeline {
         }
     }
 
-    /// Periodic work: report stream holes that waited too long as lost, write the messages
-    /// whose place in the order is final.
     /// [`Pipeline::tick`] when the last one is [`RELEASE_EVERY_NS`] old: for reads between the
     /// app's ticks (every 100 ms), so that messages are written, and their memory freed, soon
     /// after their place in the order is final rather than up to a tick later. Under load
@@ -156,6 +154,8 @@ impl Pipeline {
         }
     }
 
+    /// Periodic work: report stream holes that waited too long as lost, write the messages
+    /// whose place in the order is final.
     pub fn tick(&mut self, now_ns: u64) {
         self.last_tick_ns = now_ns;
         self.conns.expire(
@@ -190,33 +190,24 @@ impl Pipeline {
 mod tests {
     use super::*;
     use crate::{
-        events::{Chunk, Dir, Endpoint, Event, Role, SockInfo, Tls, Transport},
+        conns::tests::{chunk, sock},
+        events::{Chunk, Dir, Event},
         names::Names,
         sinks::jsonl::LogFanout,
         stitch::Stitcher,
     };
-    use sniffer_common::Syscall;
 
     const MS: u64 = 1_000_000;
 
+    /// One exchange on the client socket `sock(3, 0xa, ..)`, both messages at `ts`.
     fn exchange(p: &mut Pipeline, ts: u64, off: &mut [u64; 2]) {
         let request: &[u8] = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
         let response: &[u8] = b"HTTP/1.1 204 No Content\r\n\r\n";
-        for (dir, bytes) in [(Dir::Recv, request), (Dir::Send, response)] {
+        for (dir, bytes) in [(Dir::Send, request), (Dir::Recv, response)] {
             let o = &mut off[dir.index()];
             p.handle(Event::Data(Chunk {
                 ts_ns: ts,
-                tgid: 100,
-                tid: 100,
-                fd: 10,
-                sk: 0x1000,
-                dir,
-                syscall: Syscall::Read,
-                off: *o,
-                len: bytes.len() as u64,
-                syscall_len: bytes.len() as u64,
-                data: bytes.to_vec(),
-                tls: Tls::No,
+                ..chunk(3, 0xa, dir, *o, bytes)
             }));
             *o += bytes.len() as u64;
         }
@@ -230,24 +221,7 @@ mod tests {
         );
         let mut p = Pipeline::new(ProcTable::new(), None, Vec::new(), http);
         let t0 = 1_000 * MS;
-        p.handle(Event::SockOpen(SockInfo {
-            ts_ns: t0,
-            tgid: 100,
-            tid: 100,
-            fd: 10,
-            sk: 0x1000,
-            peer_sk: 0,
-            peer_tgid: 0,
-            role: Role::Server,
-            transport: Transport::Tcp,
-            local: Endpoint::Inet("127.0.0.1:8080".parse().unwrap()),
-            peer: Endpoint::Inet("127.0.0.1:40000".parse().unwrap()),
-            sent: 0,
-            received: 0,
-            tls_sent: 0,
-            tls_received: 0,
-            netns: 0,
-        }));
+        p.handle(Event::SockOpen(sock(3, 0xa, 0, 0)));
         p.tick(t0);
         let mut off = [0; 2];
         exchange(&mut p, t0 + 1, &mut off);

@@ -81,16 +81,16 @@ fn decoded<'a>(head: &Head, preview: &'a [u8]) -> (Cow<'a, [u8]>, bool) {
     let Some(enc) = head.header("content-encoding") else {
         return (Cow::Borrowed(preview), false);
     };
-    let enc = Some(String::from_utf8_lossy(enc).trim().to_ascii_lowercase());
+    let enc = String::from_utf8_lossy(enc).trim().to_ascii_lowercase();
     let inflate = |r: &mut dyn std::io::Read| -> Option<Vec<u8>> {
         let mut out = Vec::new();
         // A truncated preview ends mid-stream: keep what inflated before the error.
         let _ = r.take(MAX_INFLATED).read_to_end(&mut out);
         (!out.is_empty()).then_some(out)
     };
-    let out = match enc.as_deref() {
-        Some("gzip" | "x-gzip") => inflate(&mut flate2::read::GzDecoder::new(preview)),
-        Some("deflate") => inflate(&mut flate2::read::ZlibDecoder::new(preview))
+    let out = match enc.as_str() {
+        "gzip" | "x-gzip" => inflate(&mut flate2::read::GzDecoder::new(preview)),
+        "deflate" => inflate(&mut flate2::read::ZlibDecoder::new(preview))
             .or_else(|| inflate(&mut flate2::read::DeflateDecoder::new(preview))),
         _ => None,
     };

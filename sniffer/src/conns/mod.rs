@@ -531,4 +531,4 @@ impl ConnTable {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

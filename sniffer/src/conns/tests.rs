@@ -37,7 +37,7 @@ impl ConnSink for Record {
     }
 }
 
-fn sock(fd: i32, sk: u64, sent: u64, received: u64) -> SockInfo {
+pub(crate) fn sock(fd: i32, sk: u64, sent: u64, received: u64) -> SockInfo {
     SockInfo {
         ts_ns: 1,
         tgid: 7,
@@ -58,7 +58,7 @@ fn sock(fd: i32, sk: u64, sent: u64, received: u64) -> SockInfo {
     }
 }
 
-fn chunk(fd: i32, sk: u64, dir: Dir, off: u64, data: &[u8]) -> Chunk {
+pub(crate) fn chunk(fd: i32, sk: u64, dir: Dir, off: u64, data: &[u8]) -> Chunk {
     Chunk {
         ts_ns: 2,
         tgid: 7,
