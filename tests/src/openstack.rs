@@ -25,6 +25,42 @@ pub struct Bed {
     pub venv: PathBuf,
 }
 
+impl Bed {
+    /// What the services wrote since keystone's and glance's logs were `k0` and `g0` bytes long,
+    /// and the ends of the bed's other logs: the why of a failed command (a 500's traceback).
+    pub fn logs_since(&self, k0: u64, g0: u64) -> String {
+        let mut out = String::new();
+        let state = self.glance.log.parent().unwrap_or(Path::new("."));
+        let logs = [
+            ("keystone", self.keystone.log.clone(), k0),
+            ("glance", self.glance.log.clone(), g0),
+            ("servers.err", state.join("servers.err"), 0),
+            ("apache error.log", state.join("apache/error.log"), 0),
+        ];
+        for (name, path, from) in logs {
+            let Ok(text) = fs::read(&path) else { continue };
+            let text = String::from_utf8_lossy(text.get(from as usize..).unwrap_or_default());
+            // keystonemiddleware's warnings about the options it shares with the bed fill
+            // servers.err; they say nothing of a failure.
+            let lines: Vec<&str> = text
+                .lines()
+                .filter(|l| !l.ends_with("is not known to keystonemiddleware"))
+                .collect();
+            let tail = &lines[lines.len().saturating_sub(40)..];
+            out.push_str(&format!(
+                "\n--- {name} ({}), its last {} lines:\n",
+                path.display(),
+                tail.len()
+            ));
+            for l in tail {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
 /// A running bed.py.
 pub struct BedProcess {
     guard: Guard,
@@ -245,7 +281,8 @@ pub fn sniff_with(bed: &Bed, name: &str, args: &[&str], t: &Trace<'_>) -> Run {
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(
             out.status.success(),
-            "openstack {args:?} under sniffer failed:\n{stderr}"
+            "openstack {args:?} under sniffer failed:\n{stderr}{}",
+            bed.logs_since(k0, g0)
         );
         (out.stdout, stderr)
     } else {
@@ -256,8 +293,9 @@ pub fn sniff_with(bed: &Bed, name: &str, args: &[&str], t: &Trace<'_>) -> Run {
         let out = openstack.output().expect("run openstack");
         assert!(
             out.status.success(),
-            "openstack {args:?} failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
+            "openstack {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stderr),
+            bed.logs_since(k0, g0)
         );
         // Let the last events come in, then stop it as a user does.
         std::thread::sleep(Duration::from_millis(500));
