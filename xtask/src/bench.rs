@@ -554,6 +554,10 @@ fn soak(
     }
     thread::sleep(Duration::from_millis(500));
     let sum = sniffer.stop()?;
+    // Several GB of log for the memory figures alone: gone once measured, its size kept.
+    let log = dir.join("soak.log");
+    let log_bytes = fs::metadata(&log).map_or(0, |m| m.len());
+    fs::remove_file(&log).ok();
     let rss: Vec<u64> = samples
         .iter()
         .filter_map(|s| s["rss_kib"].as_u64())
@@ -565,6 +569,7 @@ fn soak(
         "rss_end_kib": rss.last(),
         "samples": samples,
         "completed": completed,
+        "log_bytes": log_bytes,
         "summary": sum,
     }))
 }
