@@ -1,5 +1,6 @@
 //! TLS plaintext from the library: uprobes on OpenSSL's SSL_read/SSL_write (and their `_ex`
-//! forms, OpenSSL 1.1.1 and 3), and on the handshake functions.
+//! forms, OpenSSL 1.1.1 and 3; or on the inner function both forms call, which userspace
+//! chooses when the kernel can emulate its first instruction), and on the handshake functions.
 //!
 //! An entry probe keeps the call's arguments per thread (`TLS_CALLS`). While the call runs,
 //! the socket syscalls it makes tell which socket its `SSL *` uses (`syscalls::tls_socket`
@@ -110,11 +111,12 @@ fn ret<const BPF_LOOP: bool, const FETCH: bool>(ctx: &RetProbeContext) -> u32 {
         return 0;
     }
     let _ = TLS_CALLS.remove(tid);
-    // All four return an int: the low 32 bits of the register, sign and all.
+    // All return an int: the low 32 bits of the register, sign and all.
     let rc = i64::from(ctx.ret::<u64>() as u32 as i32);
     let n = if call.out != 0 {
-        // SSL_read_ex/SSL_write_ex: 1 on success, the count in *out.
-        if rc != 1 {
+        // SSL_read_ex/SSL_write_ex (1 on success) and the inner function they share with
+        // SSL_read/SSL_write (> 0 on success, probe::sites): the count in *out.
+        if rc <= 0 {
             return 0;
         }
         // SAFETY: helper-checked user read.

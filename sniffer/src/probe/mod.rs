@@ -6,6 +6,7 @@ pub mod btf;
 mod detach;
 pub mod features;
 pub mod offsets;
+pub mod sites;
 pub mod symbols;
 pub mod tracefs;
 
@@ -149,19 +150,28 @@ pub struct Probe {
     tls_loaded: bool,
 }
 
-/// Where each of [`programs::SSL_FUNCTIONS`] is in a library file (`None`: not in it).
+/// Where the TLS probes go in a library file ([`sites`]).
 #[derive(Clone, Debug)]
-pub struct TlsOffsets(Vec<Option<u64>>);
+pub struct TlsOffsets(Vec<sites::Site>);
 
 impl TlsOffsets {
-    /// Reads the library's symbols. An error when it is not ELF or has none of the functions.
+    /// Reads the library's symbols and code. An error when it is not ELF or has none of the
+    /// functions.
     pub fn read(path: &Path) -> Result<Self, ProbeError> {
-        let names: Vec<&str> = programs::SSL_FUNCTIONS.iter().map(|f| f.0).collect();
-        let offsets = symbols::file_offsets(path, &names)?;
-        if offsets.iter().all(Option::is_none) {
+        let f = symbols::functions(path, &sites::names())?;
+        let sites = sites::plan(&f);
+        if sites.is_empty() {
             return Err(ProbeError::NoTlsFunctions);
         }
-        Ok(Self(offsets))
+        for s in &sites {
+            let how = if s.emulated {
+                "emulated"
+            } else {
+                "single-stepped"
+            };
+            tracing::debug!("{}: {} at {:#x} ({how})", path.display(), s.what, s.offset);
+        }
+        Ok(Self(sites))
     }
 }
 
@@ -170,7 +180,7 @@ impl TlsOffsets {
 #[derive(Debug)]
 pub struct TlsLinks {
     links: Vec<UProbeLink>,
-    /// OpenSSL functions probed.
+    /// Places probed (a function, or the inner function of two).
     pub functions: usize,
 }
 
@@ -323,12 +333,11 @@ impl Probe {
             functions: 0,
         };
         let mut first_err = None;
-        for (&(symbol, entry, ret_prog), offset) in programs::SSL_FUNCTIONS.iter().zip(&offsets.0) {
-            let Some(offset) = *offset else { continue };
-            let ret_prog = ret_prog.unwrap_or(&ret);
+        for site in &offsets.0 {
+            let (offset, ret_prog) = (site.offset, site.ret.unwrap_or(&ret));
             // The return probe first: an entry without its return would keep a stale call.
             let r = attach_uprobe(&mut self.ebpf, ret_prog, offset, path, scope).and_then(|r| {
-                attach_uprobe(&mut self.ebpf, entry, offset, path, scope).map(|e| [r, e])
+                attach_uprobe(&mut self.ebpf, site.entry, offset, path, scope).map(|e| [r, e])
             });
             match r {
                 Ok(pair) => {
@@ -340,7 +349,7 @@ impl Probe {
                     return Err(ProbeError::ProcessGone(links));
                 }
                 Err(e) => {
-                    tracing::debug!("{}: {symbol}: {e:?}", path.display());
+                    tracing::debug!("{}: {}: {e:?}", path.display(), site.what);
                     first_err.get_or_insert(e);
                 }
             }

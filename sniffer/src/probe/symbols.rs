@@ -13,10 +13,27 @@ pub enum SymbolError {
     Parse(String, #[source] object::Error),
 }
 
+/// A library file's bytes and where some of its functions are in them.
+pub struct Functions {
+    pub data: Vec<u8>,
+    /// Per name asked for: the function's file offset and the file range of its section
+    /// (`None`: not defined there).
+    pub at: Vec<Option<(u64, std::ops::Range<u64>)>>,
+}
+
 /// The file offset of each of `names` defined in the ELF file at `path` (`None`: not there).
-/// A symbol's address is virtual; the uprobe wants the byte in the file, so the address is
-/// moved by its section's place in memory and in the file (ELF, "Sections").
 pub fn file_offsets(path: &Path, names: &[&str]) -> Result<Vec<Option<u64>>, SymbolError> {
+    Ok(functions(path, names)?
+        .at
+        .into_iter()
+        .map(|f| f.map(|(off, _)| off))
+        .collect())
+}
+
+/// Reads the ELF file at `path` and finds `names` in it. A symbol's address is virtual; the
+/// uprobe wants the byte in the file, so the address is moved by its section's place in
+/// memory and in the file (ELF, "Sections").
+pub fn functions(path: &Path, names: &[&str]) -> Result<Functions, SymbolError> {
     let shown = || path.display().to_string();
     let data = std::fs::read(path).map_err(|e| SymbolError::Read(shown(), e))?;
     let file = object::File::parse(&*data).map_err(|e| SymbolError::Parse(shown(), e))?;
@@ -24,7 +41,7 @@ pub fn file_offsets(path: &Path, names: &[&str]) -> Result<Vec<Option<u64>>, Sym
         file.kind(),
         object::ObjectKind::Dynamic | object::ObjectKind::Executable
     );
-    let mut out = vec![None; names.len()];
+    let mut at = vec![None; names.len()];
     // A shared library exports its API in .dynsym; .symtab, when not stripped, has the same.
     for sym in file.dynamic_symbols().chain(file.symbols()) {
         if !sym.is_definition() {
@@ -34,21 +51,24 @@ pub fn file_offsets(path: &Path, names: &[&str]) -> Result<Vec<Option<u64>>, Sym
         let Some(i) = names.iter().position(|n| *n == name) else {
             continue;
         };
-        if out[i].is_some() {
+        if at[i].is_some() {
             continue;
         }
-        out[i] = if relocate {
-            sym.section_index()
-                .and_then(|ix| file.section_by_index(ix).ok())
-                .and_then(|s| {
-                    let (off, _) = s.file_range()?;
-                    Some(sym.address().checked_sub(s.address())? + off)
-                })
-        } else {
-            Some(sym.address())
+        let section = sym
+            .section_index()
+            .and_then(|ix| file.section_by_index(ix).ok())
+            .and_then(|s| Some((s.address(), s.file_range()?)));
+        at[i] = match section {
+            Some((addr, (off, size))) if relocate => sym
+                .address()
+                .checked_sub(addr)
+                .map(|d| (d + off, off..off + size)),
+            Some((_, (off, size))) => Some((sym.address(), off..off + size)),
+            None if !relocate => Some((sym.address(), 0..data.len() as u64)),
+            None => None,
         };
     }
-    Ok(out)
+    Ok(Functions { data, at })
 }
 
 #[cfg(test)]
