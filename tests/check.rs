@@ -52,6 +52,15 @@ fn check_passes_names_every_requirement_and_probes_this_kernels_features() {
     ] {
         assert_ne!(status(&stdout, what), "missing", "{what}:\n{stdout}");
     }
+    // The system's OpenSSL, where there is one (Debian 12's 3.0 on the host): its reads and
+    // writes are probed where the kernel emulates the instruction.
+    if std::path::Path::new("/usr/lib/x86_64-linux-gnu/libssl.so.3").exists() {
+        assert_eq!(status(&stdout, "TLS probes"), "ok", "{stdout}");
+        assert!(
+            stdout.contains("libssl.so.3: reads and writes on emulated instructions"),
+            "{stdout}"
+        );
+    }
     // tracefs is either mounted (its tracepoints listed) or will be.
     assert!(
         stdout.contains("sched_process_exec, sched_process_exit present")

@@ -6,7 +6,7 @@ use std::{fmt, fs, path::Path};
 use sniffer_common::{CHUNK_SIZE, KernelOffsets, OFFSET_ABSENT, Variant, programs};
 
 use crate::probe::{
-    Features, Probe, ProbeOptions,
+    Features, Probe, ProbeOptions, TlsOffsets,
     offsets::{Layouts, VMLINUX_BTF},
 };
 
@@ -97,10 +97,60 @@ fn checks() -> Vec<Line> {
     let features = Features::probe();
     lines.extend(feature_lines(&features));
     lines.push(memlock());
+    lines.push(tls_places());
     if lines.iter().all(|l| l.status != Status::Missing) {
         lines.push(load());
     }
     lines
+}
+
+/// Where the TLS probes would sit in the system's OpenSSL: on instructions the kernel emulates
+/// after a breakpoint, or on ones it single-steps, a second trap per call (probe::sites).
+fn tls_places() -> Line {
+    let libs = crate::tls::system_libraries();
+    if libs.is_empty() {
+        return Line::new(
+            Status::Ok,
+            "TLS probes",
+            "no OpenSSL in the system's library directories (a traced process's own is probed)",
+        );
+    }
+    let mut stepped = false;
+    let mut details = Vec::new();
+    for lib in &libs {
+        match TlsOffsets::read(lib) {
+            Ok(o) => {
+                // The handshake functions run once per connection; reads and writes per call.
+                let slow: Vec<&str> = o
+                    .sites()
+                    .iter()
+                    .filter(|s| !s.emulated && s.ret.is_none())
+                    .map(|s| s.what.as_str())
+                    .collect();
+                let n = o.sites().len();
+                details.push(if slow.is_empty() {
+                    format!(
+                        "{}: reads and writes on emulated instructions ({n} places)",
+                        lib.display()
+                    )
+                } else {
+                    stepped = true;
+                    format!(
+                        "{}: {} single-stepped (a second trap per call)",
+                        lib.display(),
+                        slow.join(", ")
+                    )
+                });
+            }
+            Err(e) => details.push(format!("{}: not probed: {e}", lib.display())),
+        }
+    }
+    let status = if stepped {
+        Status::Degraded
+    } else {
+        Status::Ok
+    };
+    Line::new(status, "TLS probes", details.join("; "))
 }
 
 fn kernel() -> Line {

@@ -126,6 +126,22 @@ const SYSTEM_LIB_DIRS: &[&str] = &[
     "/usr/lib",
 ];
 
+/// The OpenSSL library files in the system's library directories, each once (links resolved).
+pub fn system_libraries() -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = SYSTEM_LIB_DIRS
+        .iter()
+        .filter_map(|dir| fs::read_dir(dir).ok())
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.to_str().is_some_and(is_libssl))
+        .filter_map(|p| fs::canonicalize(p).ok())
+        .filter(|p| p.is_file())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// `major:minor` of a device number, as /proc/PID/maps writes it.
 fn dev_name(dev: u64) -> String {
     format!("{:02x}:{:02x}", libc::major(dev), libc::minor(dev))

@@ -173,6 +173,11 @@ impl TlsOffsets {
         }
         Ok(Self(sites))
     }
+
+    /// The places probed.
+    pub fn sites(&self) -> &[sites::Site] {
+        &self.0
+    }
 }
 
 /// The TLS probes attached to one library for one process (or for all). Dropping it takes
