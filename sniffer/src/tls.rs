@@ -287,9 +287,9 @@ impl TlsLibs {
             Ok(links) => {
                 if !lib.ok {
                     tracing::info!(
-                        "reading TLS plaintext through {} ({whose}, {} functions probed)",
+                        "reading TLS plaintext through {} ({whose}, {} places probed)",
                         lib.path,
-                        links.functions
+                        links.places
                     );
                     lib.ok = true;
                 }

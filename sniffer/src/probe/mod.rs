@@ -186,7 +186,7 @@ impl TlsOffsets {
 pub struct TlsLinks {
     links: Vec<UProbeLink>,
     /// Places probed (a function, or the inner function of two).
-    pub functions: usize,
+    pub places: usize,
 }
 
 impl Probe {
@@ -335,7 +335,7 @@ impl Probe {
         let ret = format!("{}{}", programs::SSL_RETURN, self.variant.suffix());
         let mut links = TlsLinks {
             links: Vec::new(),
-            functions: 0,
+            places: 0,
         };
         let mut first_err = None;
         for site in &offsets.0 {
@@ -347,7 +347,7 @@ impl Probe {
             match r {
                 Ok(pair) => {
                     links.links.extend(pair);
-                    links.functions += 1;
+                    links.places += 1;
                 }
                 // The process ended: no other function will do better.
                 Err(e) if pid.is_some() && is_no_such_process(&e) => {
@@ -359,7 +359,7 @@ impl Probe {
                 }
             }
         }
-        if links.functions == 0 {
+        if links.places == 0 {
             return Err(first_err.unwrap_or(ProbeError::NoTlsFunctions));
         }
         self.set_flag(config_flags::TLS)?;
