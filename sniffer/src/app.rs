@@ -799,6 +799,18 @@ fn summary(probe: &Probe, reader: &Reader, pipeline: &Pipeline) {
             pipeline.conns.evicted, h.forced
         );
     }
+    if h.out_of_order > 0 {
+        eprintln!(
+            "sniffer: {} messages written out of order: their events came more than {} ms after \
+             their kernel time, once messages that began later were written",
+            h.out_of_order,
+            crate::stitch::ORDER_SLACK_NS / 1_000_000
+        );
+    }
+    tracing::info!(
+        "order: first bytes came at most {} µs behind the latest one placed",
+        h.reorder_ns / 1000
+    );
     if pipeline.conns.opens_lost > 0 {
         eprintln!(
             "sniffer: {} connections had their open event lost (addresses unknown)",

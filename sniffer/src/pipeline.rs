@@ -66,7 +66,7 @@ pub struct Pipeline {
 
 /// How often events read between the app's ticks also release what waited long enough (see
 /// [`Pipeline::tick_if_due`]).
-const RELEASE_EVERY_NS: u64 = 10_000_000;
+const RELEASE_EVERY_NS: u64 = 2_000_000;
 
 impl Pipeline {
     pub fn new(
@@ -194,7 +194,7 @@ mod tests {
         events::{Chunk, Dir, Event},
         names::Names,
         sinks::jsonl::LogFanout,
-        stitch::Stitcher,
+        stitch::{ORDER_SLACK_NS, Stitcher},
     };
 
     const MS: u64 = 1_000_000;
@@ -214,25 +214,27 @@ mod tests {
     }
 
     #[test]
-    fn reads_between_ticks_release_what_waited_once_ten_ms_passed() {
+    fn reads_between_ticks_release_what_waited_once_the_release_interval_passed() {
         let http = Exchanges::new(
             Stitcher::new(LogFanout::default(), Names::default(), None).offline(),
             64 << 10,
         );
         let mut p = Pipeline::new(ProcTable::new(), None, Vec::new(), http);
         let t0 = 1_000 * MS;
+        let half = RELEASE_EVERY_NS / 2;
         p.handle(Event::SockOpen(sock(3, 0xa, 0, 0)));
         p.tick(t0);
         let mut off = [0; 2];
         exchange(&mut p, t0 + 1, &mut off);
-        exchange(&mut p, t0 + 5 * MS, &mut off);
-        // The first exchange's place is final (100 ms of order slack), the second's not yet.
-        p.tick_if_due(t0 + 101 * MS);
+        exchange(&mut p, t0 + 1 + half, &mut off);
+        // The first exchange's place is final (the order's slack passed), the second's not yet.
+        let first = t0 + 1 + ORDER_SLACK_NS;
+        p.tick_if_due(first);
         assert_eq!(p.http_stats().messages, 2);
-        // The second one's is now, but the last release was less than 10 ms ago.
-        p.tick_if_due(t0 + 106 * MS);
+        // The second one's is now, but the last release was less than the interval ago.
+        p.tick_if_due(first + half + 1);
         assert_eq!(p.http_stats().messages, 2);
-        p.tick_if_due(t0 + 111 * MS);
+        p.tick_if_due(first + RELEASE_EVERY_NS);
         assert_eq!(p.http_stats().messages, 4);
     }
 }

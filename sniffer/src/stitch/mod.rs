@@ -38,7 +38,7 @@ use crate::{
 };
 
 /// How long after a message's first byte its place in the order is taken as final.
-pub const ORDER_SLACK_NS: u64 = 100_000_000;
+pub const ORDER_SLACK_NS: u64 = 10_000_000;
 /// Messages waiting for their place at most; past it the oldest are written as they are.
 pub const MAX_QUEUED: usize = 100_000;
 /// How long a written exchange with one end's view only stays matchable for the other end's
@@ -100,6 +100,10 @@ pub struct Stitcher<L: LogSink> {
     outbound: VecDeque<u64>,
     slack_ns: u64,
     now: u64,
+    /// The place (kernel time) of the last message the order wrote.
+    written_to: u64,
+    /// The latest first byte placed so far.
+    newest: u64,
     pub stats: Stats,
     pub sink: L,
 }
@@ -126,6 +130,8 @@ impl<L: LogSink> Stitcher<L> {
             outbound: VecDeque::new(),
             slack_ns: ORDER_SLACK_NS,
             now: 0,
+            written_to: 0,
+            newest: 0,
             stats: Stats::default(),
             sink,
         }
@@ -279,6 +285,7 @@ impl<L: LogSink> Stitcher<L> {
             if let Some(info) = self.conns.get_mut(&conn.id) {
                 info.exchanges.push_back(x);
             }
+            self.placed(ts);
             self.enqueue(ts, Item::Msg(x, Which::Request));
         } else {
             let written = answers
@@ -286,6 +293,7 @@ impl<L: LogSink> Stitcher<L> {
                 .and_then(|x| self.exchanges.get(x))
                 .is_some_and(|e| e.written[1]);
             if !written {
+                self.placed(ts);
                 self.enqueue(ts, Item::Pending(key));
             }
         }

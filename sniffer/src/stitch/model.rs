@@ -134,6 +134,11 @@ pub struct Stats {
     pub filtered: u64,
     /// Messages written before their time because too many waited ([`MAX_QUEUED`]).
     pub forced: u64,
+    /// Messages placed before the last one written: their events came later than the order's
+    /// slack ([`super::ORDER_SLACK_NS`]), so they are written after messages that began later.
+    pub out_of_order: u64,
+    /// The furthest a message's first byte came behind the latest one placed before it.
+    pub reorder_ns: u64,
     /// Proxies' upstream hops folded into their client's exchange.
     pub folded: u64,
 }

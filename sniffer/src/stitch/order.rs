@@ -13,6 +13,10 @@ pub(super) enum Item {
 
 impl<L: LogSink> Stitcher<L> {
     pub(super) fn enqueue(&mut self, ts: u64, item: Item) {
+        if ts < self.written_to {
+            // Its events came after messages that began later were written.
+            self.stats.out_of_order += 1;
+        }
         self.next_seq += 1;
         let pos = (ts, self.next_seq);
         self.queue.insert(pos, item);
@@ -23,6 +27,13 @@ impl<L: LogSink> Stitcher<L> {
         let pos = self.position.remove(&item)?;
         self.queue.remove(&pos);
         Some(pos)
+    }
+
+    /// A message's first byte came: how far behind the latest one placed (the ring holds
+    /// records in the order they were reserved, not of their kernel times).
+    pub(super) fn placed(&mut self, ts: u64) {
+        self.stats.reorder_ns = self.stats.reorder_ns.max(self.newest.saturating_sub(ts));
+        self.newest = self.newest.max(ts);
     }
 
     /// Writes what is ready: messages at the front of the order that are complete and older
@@ -53,6 +64,7 @@ impl<L: LogSink> Stitcher<L> {
                         break;
                     }
                     self.dequeue(item);
+                    self.written_to = ts;
                     if ready {
                         self.write(x, which, procs);
                     }

@@ -270,6 +270,30 @@ fn messages_are_written_as_soon_as_their_place_is_final() {
     );
 }
 
+#[test]
+fn a_message_placed_after_later_ones_were_written_is_counted_out_of_order() {
+    let mut w = World::new(None);
+    w.bytes(3, Dir::Send, 20, TOKENS);
+    w.bytes(4, Dir::Recv, 21, TOKENS);
+    w.tick(150);
+    assert_eq!(
+        w.http.sink.sink.lines,
+        ["### [1] (glance-api) REQ >>> (keystone) : GET http://127.0.0.1:5000/v3/auth/tokens"]
+    );
+    assert_eq!(w.http.sink.stats.out_of_order, 0);
+    // The client's request to glance began at 10 but its events came after 150: later than
+    // the slack, behind a message already written.
+    w.bytes(1, Dir::Send, 10, IMAGES);
+    assert_eq!(w.http.sink.stats.out_of_order, 1);
+    assert_eq!(w.http.sink.stats.reorder_ns, 11);
+    w.tick(300);
+    assert_eq!(
+        w.http.sink.sink.lines.len(),
+        2,
+        "still written, after the later one"
+    );
+}
+
 fn unix(id: u64, pid: u32, role: Role, sk: u64, peer_sk: u64) -> Conn {
     let mut c = conn(id, pid, role, "127.0.0.1:1", "127.0.0.1:1");
     c.transport = Transport::Unix;
