@@ -2,10 +2,91 @@
 //! as small pure functions over bytes. How long a body is: [`super::framing`].
 
 /// A header field as it was sent (name case kept, value raw).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Header {
-    pub name: String,
-    pub value: Vec<u8>,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header<'a> {
+    pub name: &'a str,
+    pub value: &'a [u8],
+}
+
+/// A head's header fields, in order: names and values in one buffer (a message has a dozen
+/// fields; two allocations instead of two per field).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Fields {
+    /// Each field's name then its value.
+    text: Vec<u8>,
+    /// Where each field's name starts, its value starts (the name's end) and its value ends.
+    spans: Vec<[u32; 3]>,
+}
+
+impl Fields {
+    pub fn with_capacity(fields: usize, bytes: usize) -> Self {
+        Self {
+            text: Vec::with_capacity(bytes),
+            spans: Vec::with_capacity(fields),
+        }
+    }
+
+    pub fn push(&mut self, name: &str, value: &[u8]) {
+        let at = self.text.len() as u32;
+        self.text.extend_from_slice(name.as_bytes());
+        self.text.extend_from_slice(value);
+        let value_at = at + name.len() as u32;
+        self.spans
+            .push([at, value_at, value_at + value.len() as u32]);
+    }
+
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = Header<'_>> + '_ {
+        self.spans.iter().map(|&[n, v, end]| Header {
+            name: self.name(n, v),
+            value: &self.text[v as usize..end as usize],
+        })
+    }
+
+    /// The values of the fields named `name` (case-insensitive), in order.
+    pub fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.spans
+            .iter()
+            .filter(move |&&[n, v, _]| {
+                self.text[n as usize..v as usize].eq_ignore_ascii_case(name.as_bytes())
+            })
+            .map(|&[_, v, end]| &self.text[v as usize..end as usize])
+    }
+
+    /// The first value of the field named `name` (case-insensitive).
+    pub fn value(&self, name: &str) -> Option<&[u8]> {
+        self.spans
+            .iter()
+            .find(|&&[n, v, _]| {
+                self.text[n as usize..v as usize].eq_ignore_ascii_case(name.as_bytes())
+            })
+            .map(|&[_, v, end]| &self.text[v as usize..end as usize])
+    }
+
+    fn name(&self, start: u32, end: u32) -> &str {
+        let bytes = &self.text[start as usize..end as usize];
+        // SAFETY: `push` copied these bytes whole from a `&str`, and spans fall on its ends.
+        unsafe { std::str::from_utf8_unchecked(bytes) }
+    }
+
+    /// RFC 9112 §5.2: a recipient of a folded response field replaces each obs-fold with SP
+    /// before interpreting it (only a folded value holds CR or LF; names cannot).
+    fn unfold(&mut self) {
+        if memchr::memchr2(b'\r', b'\n', &self.text).is_some() {
+            for b in &mut self.text {
+                if *b == b'\r' || *b == b'\n' {
+                    *b = b' ';
+                }
+            }
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,7 +107,7 @@ pub enum StartLine {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Head {
     pub start: StartLine,
-    pub headers: Vec<Header>,
+    pub headers: Fields,
     /// Bytes of the head, up to and including the empty line (a uwsgi packet: its size).
     pub len: usize,
     /// CGI vars of a uwsgi request packet that are not header fields (REMOTE_ADDR, REMOTE_PORT,
@@ -37,18 +118,12 @@ pub struct Head {
 impl Head {
     /// The first value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| h.value.as_slice())
+        self.headers.value(name)
     }
 
     /// Every value of header `name`, in order.
     pub fn headers_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.headers
-            .iter()
-            .filter(move |h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| h.value.as_slice())
+        self.headers.values(name)
     }
 
     /// A CGI var of a uwsgi packet.
@@ -98,23 +173,14 @@ fn response_config() -> httparse::ParserConfig {
     c
 }
 
-fn to_headers(hs: &[httparse::Header<'_>]) -> Vec<Header> {
-    hs.iter()
-        .map(|h| {
-            let mut value = h.value.to_vec();
-            // RFC 9112 §5.2: a recipient of a folded response field replaces each obs-fold
-            // with SP before interpreting it.
-            for b in &mut value {
-                if *b == b'\r' || *b == b'\n' {
-                    *b = b' ';
-                }
-            }
-            Header {
-                name: h.name.to_owned(),
-                value,
-            }
-        })
-        .collect()
+fn to_headers(hs: &[httparse::Header<'_>]) -> Fields {
+    let bytes = hs.iter().map(|h| h.name.len() + h.value.len()).sum();
+    let mut fields = Fields::with_capacity(hs.len(), bytes);
+    for h in hs {
+        fields.push(h.name, h.value);
+    }
+    fields.unfold();
+    fields
 }
 
 /// Parses a request or response head at the start of `buf`.
@@ -238,7 +304,7 @@ pub fn partial_head(buf: &[u8], requests: bool) -> Option<Head> {
         field.extend_from_slice(b"\r\n\r\n");
         let mut one = [httparse::EMPTY_HEADER; 1];
         match httparse::parse_headers(&field, &mut one) {
-            Ok(httparse::Status::Complete((_, [h]))) => head.headers.extend(to_headers(&[*h])),
+            Ok(httparse::Status::Complete((_, [h]))) => head.headers.push(h.name, h.value),
             _ => break,
         }
     }
@@ -333,7 +399,20 @@ pub(crate) mod tests {
             }
         );
         assert_eq!(h.header("host"), Some(&b"127.0.0.1:5000"[..]));
-        assert_eq!(h.headers[1].name, "X-Auth-Token");
+        assert_eq!(
+            h.headers.iter().collect::<Vec<_>>(),
+            [
+                Header {
+                    name: "Host",
+                    value: b"127.0.0.1:5000"
+                },
+                Header {
+                    name: "X-Auth-Token",
+                    value: b"abc"
+                }
+            ]
+        );
+        assert_eq!(h.headers.len(), 2);
         assert_eq!(h.len, raw.len() - 4);
     }
 

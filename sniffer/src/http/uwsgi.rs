@@ -5,7 +5,7 @@
 //! Packet (uWSGI docs, "The uwsgi protocol"): `modifier1: u8`, `datasize: u16 le`,
 //! `modifier2: u8`, then `datasize` bytes of vars, each `keysize: u16 le, key, valsize: u16 le,
 //! val`. modifier1 0 carries WSGI/CGI vars; the request body (CONTENT_LENGTH bytes) follows.
-use super::head::{Head, HeadParse, Header, StartLine};
+use super::head::{Fields, Head, HeadParse, StartLine};
 
 /// Bytes of the packet header.
 const HEADER: usize = 4;
@@ -125,7 +125,7 @@ pub fn parse_packet(buf: &[u8]) -> HeadParse {
         target,
         version,
     };
-    let mut headers = Vec::new();
+    let mut headers = Fields::default();
     let mut cgi = Vec::new();
     for (k, v) in vars {
         let name = match k.as_str() {
@@ -133,10 +133,9 @@ pub fn parse_packet(buf: &[u8]) -> HeadParse {
             _ => k.strip_prefix("HTTP_").map(header_name),
         };
         match name {
-            Some(name) if !(name == "Content-Length" && v.is_empty()) => headers.push(Header {
-                name,
-                value: v.into_bytes(),
-            }),
+            Some(name) if !(name == "Content-Length" && v.is_empty()) => {
+                headers.push(&name, v.as_bytes())
+            }
             Some(_) => {}
             None => cgi.push((k, v)),
         }
@@ -211,7 +210,7 @@ pub mod tests {
                 version: 1
             }
         );
-        let names: Vec<&str> = h.headers.iter().map(|h| h.name.as_str()).collect();
+        let names: Vec<&str> = h.headers.iter().map(|h| h.name).collect();
         assert_eq!(
             names,
             [

@@ -69,8 +69,8 @@ impl Recorder {
                 .iter()
                 .map(|h| {
                     (
-                        h.name.clone(),
-                        render::header_value(&h.name, &h.value, self.redact).into_owned(),
+                        h.name.to_owned(),
+                        render::header_value(h.name, h.value, self.redact).into_owned(),
                     )
                 })
                 .collect(),

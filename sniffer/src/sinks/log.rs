@@ -266,12 +266,10 @@ impl NumberedLog {
                     x.orphan,
                 )
             },
-            msg.head.headers.iter().map(|h| {
-                (
-                    h.name.as_str(),
-                    render::header_value(&h.name, &h.value, redact),
-                )
-            }),
+            msg.head
+                .headers
+                .iter()
+                .map(|h| (h.name, render::header_value(h.name, h.value, redact))),
             &notes(e.exchange, e.which, msg),
             &render::body(&msg.head, &msg.body, redact, text_limit),
             trailers.iter().map(String::as_str),

@@ -62,7 +62,7 @@ impl<L: LogSink> Stitcher<L> {
         {
             *h = std::sync::Arc::new(crate::http::head::Head {
                 start: h.start.clone(),
-                headers: Vec::new(),
+                headers: Default::default(),
                 len: h.len,
                 cgi: Vec::new(),
             });
