@@ -2,7 +2,10 @@
 //! reference logs), text as is, binary as its size and first bytes in hex; gzip/deflate bodies
 //! decoded first (bounded); secrets replaced by a short fingerprint so the same token can
 //! still be followed from the response that issued it to the requests that use it.
-use std::{borrow::Cow, io::Read as _};
+use std::{
+    borrow::Cow,
+    io::{Read as _, Write as _},
+};
 
 use sha2::{Digest as _, Sha256};
 
@@ -140,19 +143,25 @@ fn looks_like_text(b: &[u8]) -> bool {
 /// The body as the log shows it: `none`, pretty JSON, text, or `<octet-stream N bytes> 0x...`,
 /// followed by notes on what is missing. `text_limit` bounds text shown.
 pub fn body(head: &Head, body: &Body, redact: bool, text_limit: usize) -> String {
+    let mut out = Vec::new();
+    write_body(&mut out, head, body, redact, text_limit);
+    // Only `str`s were written.
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// [`body`], appended to `out`.
+pub fn write_body(out: &mut Vec<u8>, head: &Head, body: &Body, redact: bool, text_limit: usize) {
     if body.len == 0 {
-        return "none".to_owned();
+        out.extend_from_slice(b"none");
+        return;
     }
     let (bytes, was_decoded) = decoded(head, &body.preview);
     let whole = body.preview_is_whole();
-    let mut out = if is_binary_type(head) || !looks_like_text(&bytes) {
-        let hex: String = body
-            .preview
-            .iter()
-            .take(BINARY_PREVIEW)
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        format!("<octet-stream {} bytes> 0x{hex}", body.len)
+    if is_binary_type(head) || !looks_like_text(&bytes) {
+        let _ = write!(out, "<octet-stream {} bytes> 0x", body.len);
+        for b in body.preview.iter().take(BINARY_PREVIEW) {
+            let _ = write!(out, "{b:02x}");
+        }
     } else {
         let json = (whole
             && (is_json_type(head) || bytes.first().is_some_and(|b| *b == b'{' || *b == b'[')))
@@ -163,42 +172,41 @@ pub fn body(head: &Head, body: &Body, redact: bool, text_limit: usize) -> String
                 if redact {
                     redact_json(&mut v);
                 }
-                serde_json::to_string_pretty(&v).unwrap_or_default()
+                let _ = serde_json::to_writer_pretty(&mut *out, &v);
             }
             None => {
                 let n = bytes.len().min(text_limit);
-                let mut t = text_of(&bytes[..n]).into_owned();
-                if redact && is_json_type(head) {
-                    t = redact_json_text(&t);
-                }
+                let t = text_of(&bytes[..n]);
+                let t = if redact && is_json_type(head) {
+                    Cow::Owned(redact_json_text(&t))
+                } else {
+                    t
+                };
                 // The entry's own blank lines follow: a final newline would add one.
-                while t.ends_with('\n') || t.ends_with('\r') {
-                    t.pop();
-                }
-                t
+                out.extend_from_slice(t.trim_end_matches(['\n', '\r']).as_bytes());
             }
         }
-    };
+    }
     if !whole {
         let shown = body.preview.len() as u64;
         let uncopied = body.missing - body.lost;
-        let mut why = String::new();
-        if uncopied > 0 {
-            why.push_str(&format!("; {uncopied} bytes counted, not copied"));
-        }
-        if body.lost > 0 {
-            why.push_str(&format!("; {} bytes lost (ring buffer full)", body.lost));
-        }
-        out.push_str(&format!(
-            "\n[{} of {} body bytes shown{why}]",
+        let _ = write!(
+            out,
+            "\n[{} of {} body bytes shown",
             shown.min(body.len),
             body.len
-        ));
+        );
+        if uncopied > 0 {
+            let _ = write!(out, "; {uncopied} bytes counted, not copied");
+        }
+        if body.lost > 0 {
+            let _ = write!(out, "; {} bytes lost (ring buffer full)", body.lost);
+        }
+        out.push(b']');
     }
     if was_decoded {
-        out.push_str("\n[decoded from its Content-Encoding]");
+        out.extend_from_slice(b"\n[decoded from its Content-Encoding]");
     }
-    out
 }
 
 /// `"password": "..."`-style members of each secret field, compiled once.

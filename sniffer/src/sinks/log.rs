@@ -167,7 +167,7 @@ pub fn write_entry<'a, V: AsRef<str>>(
     title: impl FnOnce(&mut Vec<u8>),
     headers: impl IntoIterator<Item = (&'a str, V)>,
     notes: &[String],
-    body: &str,
+    body: impl FnOnce(&mut Vec<u8>),
     trailers: impl IntoIterator<Item = &'a str>,
 ) {
     b.push(b'\n');
@@ -184,7 +184,7 @@ pub fn write_entry<'a, V: AsRef<str>>(
         b.extend_from_slice(n.as_bytes());
         b.push(b'\n');
     }
-    b.extend_from_slice(body.as_bytes());
+    body(b);
     b.push(b'\n');
     for t in trailers {
         b.extend_from_slice(b"[trailer] ");
@@ -230,7 +230,7 @@ pub fn record_entry(r: &ExchangeRecord, request: bool) -> Option<String> {
         title,
         m.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
         &notes,
-        &m.body,
+        |b| b.extend_from_slice(m.body.as_bytes()),
         m.trailers.iter().map(String::as_str),
     );
     String::from_utf8(b).ok()
@@ -271,7 +271,7 @@ impl NumberedLog {
                 .iter()
                 .map(|h| (h.name, render::header_value(h.name, h.value, redact))),
             &notes(e.exchange, e.which, msg),
-            &render::body(&msg.head, &msg.body, redact, text_limit),
+            |b| render::write_body(b, &msg.head, &msg.body, redact, text_limit),
             trailers.iter().map(String::as_str),
         );
     }
