@@ -60,8 +60,8 @@ pub struct Pipeline {
     raw: Option<RawSink>,
     sinks: Downstream,
     pub totals: Totals,
-    /// Kernel time of the last [`Pipeline::tick`].
-    last_tick_ns: u64,
+    /// Kernel time of the last release of what waited (a tick or [`Pipeline::tick_if_due`]).
+    last_release_ns: u64,
 }
 
 /// How often events read between the app's ticks also release what waited long enough (see
@@ -84,7 +84,7 @@ impl Pipeline {
                 http,
             },
             totals: Totals::default(),
-            last_tick_ns: 0,
+            last_release_ns: 0,
         }
     }
 
@@ -144,20 +144,22 @@ impl Pipeline {
         }
     }
 
-    /// [`Pipeline::tick`] when the last one is [`RELEASE_EVERY_NS`] old: for reads between the
-    /// app's ticks (every 100 ms), so that messages are written, and their memory freed, soon
-    /// after their place in the order is final rather than up to a tick later. Under load
-    /// that halves what is held at once (the order's 100 ms instead of up to 200).
+    /// For reads between the app's ticks (every 100 ms): writes the messages whose place in the
+    /// order is final when the last release is [`RELEASE_EVERY_NS`] old, so that they are
+    /// written, and their memory freed, soon after (under load that keeps what is held at once
+    /// near the order's slack). The rest of a tick (expiry, which walks every connection and
+    /// exchange, and flushing the outputs) waits for the tick.
     pub fn tick_if_due(&mut self, now_ns: u64) {
-        if now_ns.saturating_sub(self.last_tick_ns) >= RELEASE_EVERY_NS {
-            self.tick(now_ns);
+        if now_ns.saturating_sub(self.last_release_ns) >= RELEASE_EVERY_NS {
+            self.last_release_ns = now_ns;
+            self.sinks.http.sink.release_due(now_ns, &self.procs);
         }
     }
 
     /// Periodic work: report stream holes that waited too long as lost, write the messages
     /// whose place in the order is final.
     pub fn tick(&mut self, now_ns: u64) {
-        self.last_tick_ns = now_ns;
+        self.last_release_ns = now_ns;
         self.conns.expire(
             now_ns.saturating_sub(HOLE_WAIT_NS),
             &mut self.sinks,

@@ -509,6 +509,12 @@ impl<L: LogSink> Stitcher<L> {
         }
     }
 
+    /// Writes the messages whose place in the order is final at kernel time `now_ns`.
+    pub fn release_due(&mut self, now_ns: u64, procs: &ProcTable) {
+        self.now = now_ns;
+        self.release(false, procs);
+    }
+
     /// Periodic work at kernel time `now_ns`.
     pub fn tick(&mut self, now_ns: u64, procs: &ProcTable) {
         self.now = now_ns;
