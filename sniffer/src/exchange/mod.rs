@@ -105,12 +105,20 @@ struct HttpConn {
     seq: [u64; 2],
     /// The message in progress per direction (after its Begin).
     current: [Option<(MsgKey, u64)>; 2],
-    /// What the kernel was last told to copy, per direction.
+    /// What the kernel copies, per direction: at first its first window (bounded copy's
+    /// initial credit, without word from userspace), then what it was last told.
     told: [Option<CopyWant>; 2],
+    /// Whether the kernel was told anything of each direction (its word is taken back at the
+    /// end).
+    said: [bool; 2],
 }
 
 impl HttpConn {
-    fn new() -> Self {
+    fn new(window: Option<u64>) -> Self {
+        let first = window.map(|w| CopyWant {
+            credit_until: w,
+            skip: None,
+        });
         Self {
             req_dir: None,
             parsers: [None, None],
@@ -119,7 +127,8 @@ impl HttpConn {
             held_bytes: 0,
             seq: [0, 0],
             current: [None, None],
-            told: [None, None],
+            told: [first, first],
+            said: [false, false],
         }
     }
 }
@@ -180,6 +189,7 @@ impl<S: HttpSink> Exchanges<S> {
             return;
         }
         *told = Some(want);
+        st.said[dir.index()] = true;
         let (skip_from, skip_until) = want.skip.unwrap_or((u64::MAX, u64::MAX));
         self.hints.push(CopyHint {
             tgid: conn.tgid,
@@ -200,7 +210,11 @@ impl<S: HttpSink> Exchanges<S> {
     /// is known (false when the connection ends or too much waited).
     fn feed(&mut self, conn: &Conn, dir: Dir, piece: &Piece, procs: &ProcTable, wait: bool) {
         let preview_limit = self.preview_limit;
-        let st = self.conns.entry(conn.id).or_insert_with(HttpConn::new);
+        let window = self.copy_window;
+        let st = self
+            .conns
+            .entry(conn.id)
+            .or_insert_with(|| HttpConn::new(window));
         if st.req_dir.is_none() {
             let decided = match conn.role {
                 Role::Client => Some(Dir::Send),
@@ -482,7 +496,7 @@ impl<S: HttpSink> ConnSink for Exchanges<S> {
             && self.copy_window.is_some()
         {
             for d in [Dir::Recv, Dir::Send] {
-                if st.told[d.index()].is_some() {
+                if st.said[d.index()] {
                     self.hints.push(CopyHint {
                         tgid: conn.tgid,
                         fd: conn.fd,

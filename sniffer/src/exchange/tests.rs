@@ -345,3 +345,48 @@ fn a_101_answer_makes_both_directions_a_tunnel() {
     assert_eq!(lines(&log, "resp"), vec!["resp r0 101 for q0"]);
     assert!(lines(&log, "broken").is_empty(), "{log:?}");
 }
+
+/// The hints of a connection under bounded copy (window 1000, preview 4): what
+/// the kernel copies without a word (its first window) is not said again.
+#[test]
+fn bounded_copy_says_only_what_differs_from_the_first_window() {
+    let mut f = Feeder::new(Role::Client);
+    f.ex = Exchanges::new(Record::default(), 4).with_bounded_copy(1000);
+    f.data(Dir::Send, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n");
+    f.data(Dir::Recv, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
+    assert!(
+        f.ex.hints.is_empty(),
+        "small exchanges within the first window: nothing to say"
+    );
+    // A body past the 4-byte preview (from 81 + 10 bytes, to 81 + 1000): its rest is skipped,
+    // credit a window beyond it.
+    f.data(Dir::Send, b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n");
+    f.data(
+        Dir::Recv,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789",
+    );
+    let recv = kernel_dir(Dir::Recv);
+    let said: Vec<_> =
+        f.ex.hints
+            .iter()
+            .map(|h| {
+                (
+                    h.dir,
+                    h.ctl.map(|c| (c.skip_from, c.skip_until, c.credit_until)),
+                )
+            })
+            .collect();
+    assert_eq!(said, [(recv, Some((91, 1081, 2081)))]);
+    f.ex.hints.clear();
+    f.end();
+    let taken_back: Vec<_> =
+        f.ex.hints
+            .iter()
+            .map(|h| (h.dir, h.ctl.is_none()))
+            .collect();
+    assert_eq!(
+        taken_back,
+        [(recv, true)],
+        "only the direction told is taken back"
+    );
+}
