@@ -145,8 +145,8 @@ fn looks_like_text(b: &[u8]) -> bool {
 pub fn body(head: &Head, body: &Body, redact: bool, text_limit: usize) -> String {
     let mut out = Vec::new();
     write_body(&mut out, head, body, redact, text_limit);
-    // Only `str`s were written.
-    String::from_utf8_lossy(&out).into_owned()
+    // Only `str`s were written: the conversion checks and keeps the bytes.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// [`body`], appended to `out`.

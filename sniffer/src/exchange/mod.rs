@@ -107,18 +107,19 @@ struct HttpConn {
     current: [Option<(MsgKey, u64)>; 2],
     /// What the kernel copies, per direction: at first its first window (bounded copy's
     /// initial credit, without word from userspace), then what it was last told.
-    told: [Option<CopyWant>; 2],
+    told: [CopyWant; 2],
     /// Whether the kernel was told anything of each direction (its word is taken back at the
     /// end).
     said: [bool; 2],
 }
 
 impl HttpConn {
+    /// `window`: bounded copy's, None when the kernel copies everything.
     fn new(window: Option<u64>) -> Self {
-        let first = window.map(|w| CopyWant {
-            credit_until: w,
+        let first = CopyWant {
+            credit_until: window.unwrap_or(u64::MAX),
             skip: None,
-        });
+        };
         Self {
             req_dir: None,
             parsers: [None, None],
@@ -177,18 +178,13 @@ impl<S: HttpSink> Exchanges<S> {
         };
         let want = parser.copy_want(window);
         let told = &mut st.told[dir.index()];
-        let worth = match told {
-            None => true,
-            Some(t) => {
-                t.skip != want.skip
-                    || want.credit_until < t.credit_until
-                    || want.credit_until >= t.credit_until + window / 2
-            }
-        };
+        let worth = told.skip != want.skip
+            || want.credit_until < told.credit_until
+            || want.credit_until >= told.credit_until + window / 2;
         if !worth {
             return;
         }
-        *told = Some(want);
+        *told = want;
         st.said[dir.index()] = true;
         let (skip_from, skip_until) = want.skip.unwrap_or((u64::MAX, u64::MAX));
         self.hints.push(CopyHint {

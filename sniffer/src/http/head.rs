@@ -44,36 +44,32 @@ impl Fields {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = Header<'_>> + '_ {
-        self.spans.iter().map(|&[n, v, end]| Header {
-            name: self.name(n, v),
-            value: &self.text[v as usize..end as usize],
+        self.spans.iter().map(|&span| {
+            let (name, value) = self.field(span);
+            // SAFETY: `push` copied the name whole from a `&str`, and spans fall on its ends.
+            let name = unsafe { std::str::from_utf8_unchecked(name) };
+            Header { name, value }
         })
     }
 
     /// The values of the fields named `name` (case-insensitive), in order.
-    pub fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+    pub fn values<'a, 'n>(&'a self, name: &'n str) -> impl Iterator<Item = &'a [u8]> + use<'a, 'n> {
         self.spans
             .iter()
-            .filter(move |&&[n, v, _]| {
-                self.text[n as usize..v as usize].eq_ignore_ascii_case(name.as_bytes())
-            })
-            .map(|&[_, v, end]| &self.text[v as usize..end as usize])
+            .map(|&span| self.field(span))
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, value)| value)
     }
 
     /// The first value of the field named `name` (case-insensitive).
     pub fn value(&self, name: &str) -> Option<&[u8]> {
-        self.spans
-            .iter()
-            .find(|&&[n, v, _]| {
-                self.text[n as usize..v as usize].eq_ignore_ascii_case(name.as_bytes())
-            })
-            .map(|&[_, v, end]| &self.text[v as usize..end as usize])
+        self.values(name).next()
     }
 
-    fn name(&self, start: u32, end: u32) -> &str {
-        let bytes = &self.text[start as usize..end as usize];
-        // SAFETY: `push` copied these bytes whole from a `&str`, and spans fall on its ends.
-        unsafe { std::str::from_utf8_unchecked(bytes) }
+    /// A field's name and value bytes.
+    fn field(&self, [name, value, end]: [u32; 3]) -> (&[u8], &[u8]) {
+        let (n, v, e) = (name as usize, value as usize, end as usize);
+        (&self.text[n..v], &self.text[v..e])
     }
 
     /// RFC 9112 §5.2: a recipient of a folded response field replaces each obs-fold with SP

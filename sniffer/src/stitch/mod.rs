@@ -517,8 +517,7 @@ impl<L: LogSink> Stitcher<L> {
 
     /// Periodic work at kernel time `now_ns`.
     pub fn tick(&mut self, now_ns: u64, procs: &ProcTable) {
-        self.now = now_ns;
-        self.release(false, procs);
+        self.release_due(now_ns, procs);
         self.expire();
         self.sink.flush();
     }
