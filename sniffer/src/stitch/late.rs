@@ -35,6 +35,9 @@ impl<L: LogSink> Stitcher<L> {
         let Some(e) = self.exchanges.get(&x) else {
             return;
         };
+        let one_view_done = e
+            .done_at
+            .filter(|_| e.client.is_none() || e.server.is_none());
         let keep = match (&e.client, &e.server) {
             (Some(_), Some(_)) => {
                 let late = self.awaits_late_view(e);
@@ -51,6 +54,9 @@ impl<L: LogSink> Stitcher<L> {
         };
         if !keep {
             self.forget(x);
+        } else if let Some(t) = one_view_done {
+            // `expire` forgets it after a while.
+            self.done.push_back((t, x));
         }
     }
 

@@ -97,6 +97,12 @@ pub struct Stitcher<L: LogSink> {
     inbound: VecDeque<u64>,
     /// Written exchanges kept for one end's late view, oldest first (see [`late`]).
     late: VecDeque<u64>,
+    /// Exchanges kept with one end's view after they were written whole, by that time, oldest
+    /// first: what `expire` forgets (a walk of every exchange and connection each tick cost a
+    /// tenth of sniffer's time under connection churn).
+    pub(super) done: VecDeque<(u64, u64)>,
+    /// Connections by the time they ended, oldest first, for `expire` likewise.
+    ended: VecDeque<(u64, u64)>,
     outbound: VecDeque<u64>,
     slack_ns: u64,
     now: u64,
@@ -127,6 +133,8 @@ impl<L: LogSink> Stitcher<L> {
             proxies: Proxies::default(),
             inbound: VecDeque::new(),
             late: VecDeque::new(),
+            done: VecDeque::new(),
+            ended: VecDeque::new(),
             outbound: VecDeque::new(),
             slack_ns: ORDER_SLACK_NS,
             now: 0,
@@ -389,7 +397,7 @@ impl<L: LogSink> Stitcher<L> {
             // Nothing readable began: no entry.
             self.stats.broken += 1;
             self.dequeue(Item::Msg(x, Which::Request));
-            self.exchanges.remove(&x);
+            self.forget(x);
             self.by_key.remove(&key);
         }
     }
@@ -474,26 +482,30 @@ impl<L: LogSink> Stitcher<L> {
         }
     }
 
-    /// Forgets exchanges written long ago and connections ended long ago.
+    /// Forgets exchanges written long ago with one end's view only, and connections ended long
+    /// ago: the oldest of each, from the front of their queues.
     fn expire(&mut self) {
         let now = self.now;
-        let old: Vec<u64> = self
-            .exchanges
-            .values()
-            .filter(|e| e.client.is_none() || e.server.is_none())
-            .filter(|e| e.done_at.is_some_and(|t| t + KEEP_DONE_NS < now))
-            .map(|e| e.id)
-            .collect();
-        for x in old {
-            self.forget(x);
+        let old = |t: u64| t.saturating_add(KEEP_DONE_NS) < now;
+        while let Some(&(t, x)) = self.done.front()
+            && old(t)
+        {
+            self.done.pop_front();
+            if self
+                .exchanges
+                .get(&x)
+                .is_some_and(|e| e.done_at == Some(t) && (e.client.is_none() || e.server.is_none()))
+            {
+                self.forget(x);
+            }
         }
-        let gone: Vec<u64> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.ended.is_some_and(|t| t + KEEP_DONE_NS < now))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in gone {
+        while let Some(&(t, id)) = self.ended.front()
+            && old(t)
+        {
+            self.ended.pop_front();
+            if !self.conns.get(&id).is_some_and(|c| c.ended == Some(t)) {
+                continue;
+            }
             if let Some(c) = self.conns.remove(&id)
                 && let Some(v) = self.by_addr.get_mut(&(c.local.clone(), c.peer.clone()))
             {
@@ -502,10 +514,6 @@ impl<L: LogSink> Stitcher<L> {
                     self.by_addr.remove(&(c.local, c.peer));
                 }
             }
-        }
-        for c in self.conns.values_mut() {
-            let live = &self.exchanges;
-            c.exchanges.retain(|x| live.contains_key(x));
         }
     }
 
@@ -585,6 +593,7 @@ impl<L: LogSink> HttpSink for Stitcher<L> {
             return;
         };
         info.ended = Some(now);
+        self.ended.push_back((now, conn.id));
         let xs: Vec<u64> = info.exchanges.iter().copied().collect();
         for x in xs {
             if let Some(e) = self.exchanges.get_mut(&x)

@@ -674,3 +674,42 @@ fn records_give_back_the_log_entries_byte_for_byte() {
 
 mod late_views;
 mod marks;
+
+#[test]
+fn ended_connections_and_one_view_exchanges_are_forgotten_after_the_keep_time() {
+    let mut w = World::new(None);
+    // Both views of one exchange, then one the server's view of is missing (its events lost).
+    w.bytes(1, Dir::Send, 10, IMAGES);
+    w.bytes(2, Dir::Recv, 11, IMAGES);
+    w.bytes(2, Dir::Send, 40, IMAGES_OK);
+    w.bytes(1, Dir::Recv, 41, IMAGES_OK);
+    w.bytes(1, Dir::Send, 50, IMAGES);
+    w.bytes(1, Dir::Recv, 60, IMAGES_OK);
+    w.tick(1_000);
+    assert_eq!(w.http.sink.sink.lines.len(), 4);
+    let st = &w.http.sink;
+    assert_eq!(
+        st.exchanges.len(),
+        1,
+        "the one-view exchange waits for its other view"
+    );
+    for c in [1, 2] {
+        let conn = w.conns[c - 1].clone_for_test();
+        w.http.ended(&conn, &w.procs);
+    }
+    w.tick(1_000 + KEEP_DONE_NS);
+    let st = &w.http.sink;
+    assert_eq!(
+        (st.exchanges.len(), st.conns.len()),
+        (1, 2),
+        "kept for the keep time"
+    );
+    w.tick(1_001 + KEEP_DONE_NS);
+    let st = &w.http.sink;
+    assert_eq!(
+        (st.exchanges.len(), st.conns.len()),
+        (0, 0),
+        "forgotten after it"
+    );
+    assert!(st.by_addr.is_empty() && st.done.is_empty() && st.ended.is_empty());
+}
