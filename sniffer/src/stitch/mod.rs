@@ -503,7 +503,7 @@ impl<L: LogSink> Stitcher<L> {
             && old(t)
         {
             self.ended.pop_front();
-            if !self.conns.get(&id).is_some_and(|c| c.ended == Some(t)) {
+            if self.conns.get(&id).is_none_or(|c| c.ended != Some(t)) {
                 continue;
             }
             if let Some(c) = self.conns.remove(&id)
