@@ -361,3 +361,45 @@ fn a_client_reading_its_response_late_gets_one_exchange_not_an_orphan() {
         );
     }
 }
+
+#[test]
+fn an_untraced_client_opening_a_connection_per_request_is_named_on_every_one() {
+    if !kernel_tests() {
+        return;
+    }
+    const THREADS: usize = 4;
+    const EACH: usize = 100;
+    let server = Server::script("http_variety.py", &[]);
+    let port = server.port.to_string();
+    // Only the server is traced. A new socket every few hundred microseconds is in no
+    // snapshot of /proc: the kernel says who connected.
+    let running = sniffer_tests::Running::start(&["--pid", &server.pid().to_string()]);
+    let st = Command::new("python3")
+        .arg(fixture("churn_client.py"))
+        .args([&port, &THREADS.to_string(), &EACH.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let cap = running.stop();
+    let requests: Vec<String> = titles(&cap.log)
+        .into_iter()
+        .filter(|t| t.contains(" REQ >>> "))
+        .collect();
+    assert_eq!(requests.len(), THREADS * EACH, "{}", cap.describe());
+    let unnamed: Vec<&String> = requests
+        .iter()
+        .filter(|t| !t.contains("] (churn_client.py) REQ >>> (http_variety.py) : GET"))
+        .collect();
+    assert!(
+        unnamed.is_empty(),
+        "{} of {} not named:\n{}",
+        unnamed.len(),
+        requests.len(),
+        unnamed
+            .iter()
+            .take(5)
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

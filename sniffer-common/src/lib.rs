@@ -36,6 +36,13 @@ pub mod maps {
     pub const COPY_CTL: &str = "COPY_CTL";
     pub const COPY_CTL_CAPACITY: u32 = 2 * SOCKETS_CAPACITY;
 
+    /// A TCP client's socket in SYN_SENT -> the process that connected; then the connection's
+    /// addresses -> that process, read when a traced server accepts it.
+    pub const CONNECTING: &str = "CONNECTING";
+    pub const CONNECTING_CAPACITY: u32 = 4096;
+    pub const CONNECTED: &str = "CONNECTED";
+    pub const CONNECTED_CAPACITY: u32 = 16384;
+
     /// tid -> syscall arguments saved at enter, consumed at exit.
     pub const PENDING: &str = "PENDING";
     pub const PENDING_CAPACITY: u32 = 16384;
@@ -80,6 +87,9 @@ pub mod programs {
     pub const SCHED_PROCESS_FORK: &str = "sched_process_fork";
     /// The BTF tracepoints, whose `btf_trace_<name>` types the kernel's BTF must have.
     pub const BTF_TRACEPOINTS: &[&str] = &[SYS_ENTER, SYS_EXIT, SCHED_PROCESS_FORK];
+    /// BTF tracepoint on every TCP state change: the process of an untraced client is known
+    /// from its connect (optional: without it, /proc is read instead).
+    pub const INET_SOCK_SET_STATE: &str = "inet_sock_set_state";
     /// The tail-called copy loop of the variants without bpf_loop (loaded for [`SYS_EXIT`],
     /// not attached).
     pub const COPY_MORE: &str = "copy_more";
@@ -419,7 +429,8 @@ pub struct SockEvent {
     /// For unix sockets: the peer's `struct sock` address (0 when unknown).
     pub peer_sk: u64,
     /// For unix sockets: the process at the other end when it connected, or the one that
-    /// listened (the kernel's SO_PEERCRED pid; 0 when unknown).
+    /// listened (the kernel's SO_PEERCRED pid). For a TCP socket a traced server accepted: the
+    /// process that connected from this host while sniffer was attached. 0 when unknown.
     pub peer_tgid: u32,
     /// Inode number of the socket's network namespace (`sock->sk_net->ns.inum`, what
     /// `/proc/PID/ns/net` links to; 0 when unknown): two namespaces can reuse one address.

@@ -15,6 +15,7 @@
 //! - `mem`: copying and zeroing records a word at a time (not the byte-loop memcpy);
 //! - `ring`: ring buffer wakeups, room, small records;
 //! - `tls`: uprobes on OpenSSL, TLS plaintext joined to its socket;
+//! - `callers`: the process behind an untraced client's TCP connect;
 //! - `procs`: following forks, execs and exits;
 //! - `diag`: diagnostics for `sniffer -vv` (aya-log), free when off.
 #![no_std]
@@ -23,6 +24,7 @@
 #![feature(asm_experimental_arch)]
 
 mod atomic;
+mod callers;
 mod copy;
 mod diag;
 mod maps;

@@ -11,7 +11,7 @@ use sniffer_common::{
     config_flags, counters, maps,
 };
 
-use crate::copy::Copy;
+use crate::{callers::TcpKey, copy::Copy};
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(maps::EVENTS_DEFAULT_BYTES, 0);
@@ -61,6 +61,17 @@ pub static TLS_CALLS: LruHashMap<u32, TlsArgs> =
 #[map]
 pub static SSL_FDS: LruHashMap<SslKey, i32> =
     LruHashMap::with_max_entries(maps::SSL_FDS_CAPACITY, 0);
+/// `struct sock *` of a TCP client in SYN_SENT -> the tgid that called connect (see
+/// [`crate::callers`]). LRU: a connect that never ends ages out.
+#[map]
+pub static CONNECTING: LruHashMap<u64, u32> =
+    LruHashMap::with_max_entries(maps::CONNECTING_CAPACITY, 0);
+/// An established TCP connection, as its client sees it -> the tgid that connected. LRU: the
+/// entries are read within moments of their insert (when the server accepts), and a reused
+/// address pair is written again by its own connect.
+#[map]
+pub static CONNECTED: LruHashMap<TcpKey, u32> =
+    LruHashMap::with_max_entries(maps::CONNECTED_CAPACITY, 0);
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::COUNT, 0);
 #[map]

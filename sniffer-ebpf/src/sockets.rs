@@ -218,6 +218,9 @@ fn fill_addresses(k: &KernelOffsets, sk: u64, fam: u16, ev: &mut SockEvent) {
     }
     ev.local.port = kread::<u16>(sk, k.skc_num).unwrap_or(0);
     ev.peer.port = u16::from_be(kread::<u16>(sk, k.skc_dport).unwrap_or(0));
+    if ev.role == role::SERVER {
+        ev.peer_tgid = crate::callers::connector(ev.netns, &ev.local, &ev.peer);
+    }
 }
 
 /// Emits a socket open/close event; `addresses` reads both ends from the kernel socket.

@@ -89,6 +89,9 @@ pub struct Stitcher<L: LogSink> {
     names: Names,
     /// Looks up untraced processes in /proc; None keeps the stitcher off the live system.
     owners: Option<Owners>,
+    /// Untraced processes' names by pid, with the kernel time they were read (see
+    /// `pid_name`).
+    untraced_names: HashMap<u32, (u64, String)>,
     /// sniffer's own network namespace: the only one its socket lookups see (0: unknown).
     own_netns: u32,
     filter: Option<Filter>,
@@ -128,6 +131,7 @@ impl<L: LogSink> Stitcher<L> {
             next_number: 0,
             names,
             owners: Some(Owners::new()),
+            untraced_names: HashMap::default(),
             own_netns: own_netns(),
             filter,
             proxies: Proxies::default(),
@@ -527,6 +531,7 @@ impl<L: LogSink> Stitcher<L> {
     pub fn tick(&mut self, now_ns: u64, procs: &ProcTable) {
         self.release_due(now_ns, procs);
         self.expire();
+        self.expire_names();
         self.sink.flush();
     }
 

@@ -1,8 +1,11 @@
 //! Who called whom, and the URL: the ends of an exchange named (traced processes, owners of
 //! untraced sockets, devstack's URL rules, through proxies), the filters applied.
 use super::{ConnInfo, Exchange, LogSink, Stitcher};
+
+/// How long an untraced process's name read from /proc is used without reading it again.
+pub(super) const UNTRACED_NAME_NS: u64 = 100_000_000;
 use crate::{
-    events::{Endpoint, Transport},
+    events::Endpoint,
     filter::Subject,
     http::head::StartLine,
     names::{devstack_service, participant},
@@ -11,13 +14,29 @@ use crate::{
 };
 
 impl<L: LogSink> Stitcher<L> {
-    /// The name of a process we may not trace.
-    pub(super) fn pid_name(&self, pid: u32, procs: &ProcTable) -> String {
+    /// The name of a process we may not trace. An untraced one's is read from /proc at most
+    /// once per [`UNTRACED_NAME_NS`] (a client opening a connection per request would
+    /// otherwise have it read per connection).
+    pub(super) fn pid_name(&mut self, pid: u32, procs: &ProcTable) -> String {
         if procs.get(pid).is_some() {
-            self.names.of(pid, procs)
-        } else {
-            read_proc(pid).map_or_else(|| format!("pid {pid}"), |p| participant(&p))
+            return self.names.of(pid, procs);
         }
+        let now = self.now;
+        if let Some((at, name)) = self.untraced_names.get(&pid)
+            && now.saturating_sub(*at) < UNTRACED_NAME_NS
+        {
+            return name.clone();
+        }
+        let name = read_proc(pid).map_or_else(|| format!("pid {pid}"), |p| participant(&p));
+        self.untraced_names.insert(pid, (now, name.clone()));
+        name
+    }
+
+    /// Forgets the untraced processes' names read long ago.
+    pub(super) fn expire_names(&mut self) {
+        let now = self.now;
+        self.untraced_names
+            .retain(|_, (at, _)| now.saturating_sub(*at) < UNTRACED_NAME_NS);
     }
 
     /// The untraced other end of a connection: the local process owning it, if any (a unix
@@ -25,13 +44,15 @@ impl<L: LogSink> Stitcher<L> {
     pub(super) fn far_name(&mut self, c: &ConnInfo, procs: &ProcTable) -> Option<String> {
         // Socket tables (sock_diag, /proc/net) are sniffer's own namespace's: an address in
         // another namespace could name a stranger there.
+        // The kernel's word (a unix peer's credentials, a TCP client's connect) is any
+        // namespace's.
         let elsewhere = c.netns != 0 && self.own_netns != 0 && c.netns != self.own_netns;
-        if elsewhere && !(c.transport == Transport::Unix && c.peer_tgid != 0) {
+        if elsewhere && c.peer_tgid == 0 {
             return None;
         }
         let owners = self.owners.as_mut()?;
         let pid = match c.peer {
-            _ if c.transport == Transport::Unix && c.peer_tgid != 0 => Some(c.peer_tgid),
+            _ if c.peer_tgid != 0 => Some(c.peer_tgid),
             Endpoint::Inet(peer) if c.client => owners.listener(peer),
             Endpoint::Inet(peer) => match c.local {
                 Endpoint::Inet(local) => owners.owner_of(peer, local),
