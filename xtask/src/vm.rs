@@ -738,8 +738,12 @@ fn boot_and_test(
             .arg("-initrd")
             .arg(initrd)
             .arg("-append")
+            // tsc=reliable: with two emulated CPUs the kernel finds the TSCs unsynchronised and
+            // falls back to the HPET, whose every read is an emulated MMIO access; on a loaded
+            // host the guest then spent its time in timer interrupts (soft lockups on both
+            // CPUs, read_hpet in every backtrace). The TSC of one qemu process is consistent.
             .arg(format!(
-                "console=ttyS0 panic=-1 quiet loglevel=4 vmtest={}",
+                "console=ttyS0 panic=-1 quiet loglevel=4 tsc=reliable vmtest={}",
                 script.display()
             ))
             .args([
