@@ -36,12 +36,10 @@ pub mod maps {
     pub const COPY_CTL: &str = "COPY_CTL";
     pub const COPY_CTL_CAPACITY: u32 = 2 * SOCKETS_CAPACITY;
 
-    /// A TCP client's socket in SYN_SENT -> the process that connected; then the connection's
-    /// addresses -> that process, read when a traced server accepts it.
-    pub const CONNECTING: &str = "CONNECTING";
-    pub const CONNECTING_CAPACITY: u32 = 4096;
-    pub const CONNECTED: &str = "CONNECTED";
-    pub const CONNECTED_CAPACITY: u32 = 16384;
+    /// Who connected (an untraced process), by a hash of the TCP connection: written at its
+    /// connect's exit, read when a traced server accepts it. A power of two.
+    pub const CONNECTORS: &str = "CONNECTORS";
+    pub const CONNECTORS_CAPACITY: u32 = 16384;
 
     /// tid -> syscall arguments saved at enter, consumed at exit.
     pub const PENDING: &str = "PENDING";
@@ -87,9 +85,6 @@ pub mod programs {
     pub const SCHED_PROCESS_FORK: &str = "sched_process_fork";
     /// The BTF tracepoints, whose `btf_trace_<name>` types the kernel's BTF must have.
     pub const BTF_TRACEPOINTS: &[&str] = &[SYS_ENTER, SYS_EXIT, SCHED_PROCESS_FORK];
-    /// BTF tracepoint on every TCP state change: the process of an untraced client is known
-    /// from its connect (optional: without it, /proc is read instead).
-    pub const INET_SOCK_SET_STATE: &str = "inet_sock_set_state";
     /// The tail-called copy loop of the variants without bpf_loop (loaded for [`SYS_EXIT`],
     /// not attached).
     pub const COPY_MORE: &str = "copy_more";
@@ -159,7 +154,8 @@ pub mod counters {
     pub const DATA_BYTES_LOST: u32 = 1;
     /// Socket and process events the ring buffer had no room for.
     pub const CONTROL_EVENTS_LOST: u32 = 2;
-    /// Syscalls not followed because the pending-arguments map was full.
+    /// Syscalls (or TLS calls) not followed because the pending-arguments map (or the TLS
+    /// calls map) was full.
     pub const PENDING_FULL: u32 = 3;
     /// Sockets not tracked because the sockets map was full.
     pub const SOCKETS_FULL: u32 = 4;
@@ -177,7 +173,7 @@ pub mod counters {
         "data events lost",
         "data bytes lost",
         "control events lost",
-        "syscalls missed (pending map full)",
+        "syscalls or TLS calls missed (pending map full)",
         "sockets missed (socket map full)",
         "processes missed (target map full)",
         "user memory read faults",

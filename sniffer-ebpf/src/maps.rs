@@ -11,7 +11,7 @@ use sniffer_common::{
     config_flags, counters, maps,
 };
 
-use crate::{callers::TcpKey, copy::Copy};
+use crate::{callers::Connector, copy::Copy};
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(maps::EVENTS_DEFAULT_BYTES, 0);
@@ -53,25 +53,18 @@ pub static COPY_TAIL: ProgramArray = ProgramArray::with_max_entries(1, 0);
 /// Slot 0: `copy_more_tls`, the same for the TLS return probe.
 #[map]
 pub static COPY_TAIL_TLS: ProgramArray = ProgramArray::with_max_entries(1, 0);
-/// tid -> the TLS library call in progress. LRU: a call that never returns ages out.
+/// tid -> the TLS library call in progress. A plain hash, as `PENDING` (an LRU's bookkeeping
+/// costs every call): a call whose return never comes goes when its thread exits.
 #[map]
-pub static TLS_CALLS: LruHashMap<u32, TlsArgs> =
-    LruHashMap::with_max_entries(maps::TLS_CALLS_CAPACITY, 0);
+pub static TLS_CALLS: HashMap<u32, TlsArgs> =
+    HashMap::with_max_entries(maps::TLS_CALLS_CAPACITY, 0);
 /// (`SSL *`, tgid) -> fd of its socket. LRU: SSL objects are freed without a call we see.
 #[map]
 pub static SSL_FDS: LruHashMap<SslKey, i32> =
     LruHashMap::with_max_entries(maps::SSL_FDS_CAPACITY, 0);
-/// `struct sock *` of a TCP client in SYN_SENT -> the tgid that called connect (see
-/// [`crate::callers`]). LRU: a connect that never ends ages out.
+/// Who connected, by a hash of the connection (see [`crate::callers`]).
 #[map]
-pub static CONNECTING: LruHashMap<u64, u32> =
-    LruHashMap::with_max_entries(maps::CONNECTING_CAPACITY, 0);
-/// An established TCP connection, as its client sees it -> the tgid that connected. LRU: the
-/// entries are read within moments of their insert (when the server accepts), and a reused
-/// address pair is written again by its own connect.
-#[map]
-pub static CONNECTED: LruHashMap<TcpKey, u32> =
-    LruHashMap::with_max_entries(maps::CONNECTED_CAPACITY, 0);
+pub static CONNECTORS: Array<Connector> = Array::with_max_entries(maps::CONNECTORS_CAPACITY, 0);
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::COUNT, 0);
 #[map]

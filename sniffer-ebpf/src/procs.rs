@@ -12,7 +12,7 @@ use sniffer_common::{COMM_LEN, OFFSET_ABSENT, counters, kind, maps};
 
 use crate::{
     diag,
-    maps::{COMMS, PENDING, TARGETS, config, count, current_target},
+    maps::{COMMS, PENDING, TARGETS, TLS_CALLS, config, count, current_target},
     ring::emit_proc,
     sockets::kread,
 };
@@ -85,6 +85,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         unsafe { ctx.read_at::<u8>(cfg.tp.exit_group_dead as usize) }.unwrap_or(0) != 0
     };
     let _ = PENDING.remove(tid);
+    let _ = TLS_CALLS.remove(tid);
     if !group_dead {
         return 0;
     }

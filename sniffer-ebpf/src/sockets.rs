@@ -72,6 +72,13 @@ fn fd_socket(k: &KernelOffsets, tgid: u32, fd: i32, flags: u32) -> Found {
     }
 }
 
+/// The TCP socket (IPv4 or IPv6) behind `fd` of the current task, 0 when none.
+#[inline(always)]
+pub fn inet_stream_sk(k: &KernelOffsets, tgid: u32, fd: i32) -> u64 {
+    // Without config_flags::UNIX: only IPv4 and IPv6 stream sockets are found.
+    fd_socket(k, tgid, fd, 0).sk
+}
+
 /// The `struct file` behind `fd` of the current task (task->files->fdt->fd[fd]), 0 when none.
 #[inline(always)]
 fn fd_file(k: &KernelOffsets, fd: i32) -> u64 {

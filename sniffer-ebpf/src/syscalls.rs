@@ -23,7 +23,7 @@ use sniffer_common::{
 
 use crate::{
     atomic::{fetch_add, read_then_add},
-    copy,
+    callers, copy,
     maps::{
         COPY_TAIL, SOCKETS, SSL_FDS, TLS_CALLS, config, current_target, save_pending, take_pending,
     },
@@ -195,7 +195,12 @@ fn tls_socket(tgid: u32, tid: u32, fd: i32) {
         tgid,
         _pad: 0,
     };
-    let _ = SSL_FDS.insert(key, fd, 0);
+    // Written only when new or changed: an LRU insert takes a fresh node and frees the old one,
+    // and every read and write a TLS call makes lands here.
+    // SAFETY: plain value read.
+    if unsafe { SSL_FDS.get(key) }.copied() != Some(fd) {
+        let _ = SSL_FDS.insert(key, fd, 0);
+    }
     if let Some(st) = SOCKETS.get_ptr_mut(SockKey { tgid, fd }) {
         // SAFETY: map value pointer, valid during this program run.
         unsafe { (*st).flags |= sock_flags::TLS };
@@ -263,10 +268,16 @@ fn exit<const BPF_LOOP: bool, const FETCH: bool>(ctx: &BtfTracePointContext) -> 
     if !wanted(id) {
         return 0;
     }
-    let id = bpf_get_current_pid_tgid();
-    let (tgid, tid) = ((id >> 32) as u32, id as u32);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
     // Only a traced process's enter saved anything.
     let Some(p) = take_pending(tid) else {
+        // An untraced process connected: who it was, for a traced server's accept.
+        if id == nr::CONNECT
+            && let Some(cfg) = config()
+        {
+            callers::connected(cfg, tgid, arg(regs, 0) as i32, ctx.arg(1));
+        }
         return 0;
     };
     let Some(cfg) = config() else { return 0 };

@@ -20,7 +20,7 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use sniffer_common::{
-    DataHeader, SockKey, SslKey, Syscall, TlsArgs, counters, dir, kind, sock_flags, tls_call,
+    DataHeader, SockKey, SslKey, Syscall, TlsArgs, counters, dir, kind, maps, sock_flags, tls_call,
 };
 
 use crate::{
@@ -55,7 +55,11 @@ fn entry(ctx: &ProbeContext, call: u32, ex: bool) -> u32 {
     } else {
         0
     };
-    let _ = TLS_CALLS.insert(tid, args, flags);
+    // A handshake inside a read or write finds the key there: that is no loss.
+    if TLS_CALLS.insert(tid, args, flags).is_err() && call != tls_call::HANDSHAKE {
+        count(counters::PENDING_FULL, 1);
+        crate::diag::map_full(maps::TLS_CALLS);
+    }
     0
 }
 

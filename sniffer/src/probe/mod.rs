@@ -266,15 +266,6 @@ impl Probe {
         ] {
             attach_btf_tracepoint(&mut ebpf, &btf, prog, hook)?;
         }
-        // Optional: without it an untraced client is looked up in /proc, as on kernels before it.
-        if let Err(e) = attach_btf_tracepoint(
-            &mut ebpf,
-            &btf,
-            programs::INET_SOCK_SET_STATE,
-            programs::INET_SOCK_SET_STATE,
-        ) {
-            tracing::warn!("untraced clients will be looked up in /proc: {e}");
-        }
         tracing::debug!("BPF programs attached");
         let kernel_log = if opts.kernel_log {
             match aya_log::EbpfLogger::init_with_logger(&mut ebpf, KernelLog) {
