@@ -639,6 +639,110 @@ pub struct Config {
     pub _pad: u32,
 }
 
+/// Who connected: the kernel's table of the untraced processes that connected, by a hash of
+/// the connection (written at a `connect`'s exit, read at a traced server's accept and by
+/// userspace when that accept came first). Shared so both sides hash and check alike.
+pub mod connectors {
+    use core::mem::size_of;
+
+    /// A TCP connection as its client sees it, in its network namespace. Addresses in
+    /// `SockAddr`'s layout: IPv4 (or IPv4-mapped IPv6) in the first 4 bytes, the rest 0.
+    #[repr(C, align(8))]
+    #[derive(Clone, Copy)]
+    pub struct TcpKey {
+        pub netns: u32,
+        /// The client's port, then the server's (host order).
+        pub sport: u16,
+        pub dport: u16,
+        pub saddr: [u8; 16],
+        pub daddr: [u8; 16],
+    }
+
+    pub const KEY_WORDS: usize = size_of::<TcpKey>() / 8;
+
+    /// One slot of [`crate::maps::CONNECTORS`]: who connected, the connection, and a check over both.
+    ///
+    /// The table is direct-mapped (the slot is a hash of the connection): a write is a few stores,
+    /// where an LRU hash took a node, evicted others under churn and cost about 1 µs a connect.
+    /// A connect whose slot another one took before the accept read it is not found (the name is
+    /// then looked up in /proc). A slot read while another CPU writes it may mix two entries:
+    /// `check` then does not match and the slot counts as empty, never as a wrong process.
+    #[repr(C, align(8))]
+    #[derive(Clone, Copy)]
+    pub struct Connector {
+        pub key: TcpKey,
+        pub tgid: u32,
+        pub check: u32,
+    }
+
+    /// Word `i` (< KEY_WORDS) of the key, for hashing and comparing (a derived comparison or an
+    /// array copy would be a byte loop).
+    #[inline(always)]
+    pub fn word(key: &TcpKey, i: usize) -> u64 {
+        // SAFETY: TcpKey is plain data of KEY_WORDS 8-byte words, 8-byte aligned; i < KEY_WORDS.
+        unsafe { (key as *const TcpKey).cast::<u64>().add(i).read() }
+    }
+
+    /// Whether two keys are the same connection.
+    #[inline(always)]
+    pub fn same(a: &TcpKey, b: &TcpKey) -> bool {
+        let mut diff = 0;
+        for i in 0..KEY_WORDS {
+            diff |= word(a, i) ^ word(b, i);
+        }
+        diff == 0
+    }
+
+    /// (slot, check base) of a connection.
+    #[inline(always)]
+    pub fn slot_of(key: &TcpKey) -> (u32, u32) {
+        let mut h: u64 = 0;
+        for i in 0..KEY_WORDS {
+            h = (h ^ word(key, i)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            h ^= h >> 29;
+        }
+        (
+            ((h >> 32) as u32) & (crate::maps::CONNECTORS_CAPACITY - 1),
+            h as u32,
+        )
+    }
+
+    /// An IPv4-mapped IPv6 address (::ffff:a.b.c.d) as the IPv4 one: a dual-stack server's
+    /// socket sees an IPv4 client that way.
+    #[inline(always)]
+    pub fn plain(a: [u8; 16]) -> [u8; 16] {
+        let mapped = a[..10].iter().all(|b| *b == 0) && a[10] == 0xff && a[11] == 0xff;
+        if !mapped {
+            return a;
+        }
+        let mut out = [0u8; 16];
+        out[..4].copy_from_slice(&a[12..]);
+        out
+    }
+
+    impl Connector {
+        pub const EMPTY: Connector = Connector {
+            key: TcpKey {
+                netns: 0,
+                sport: 0,
+                dport: 0,
+                saddr: [0; 16],
+                daddr: [0; 16],
+            },
+            tgid: 0,
+            check: 0,
+        };
+
+        /// The process in this slot if it holds connection `key` whose hash gave `check`
+        /// (see [`slot_of`]), whole (not mixed with another write).
+        #[inline(always)]
+        pub fn tgid_for(&self, key: &TcpKey, check: u32) -> Option<u32> {
+            (same(&self.key, key) && self.check == check ^ self.tgid && self.tgid != 0)
+                .then_some(self.tgid)
+        }
+    }
+}
+
 /// Bits of [`Config::flags`].
 pub mod config_flags {
     /// The config was written (a zeroed map means userspace did not configure the programs).
@@ -671,6 +775,8 @@ const _: () = {
     assert!(size_of::<CopyCtl>() == 40);
     assert!(align_of::<DataEvent>() == 8);
     assert!(align_of::<SockEvent>() == 8);
+    assert!(size_of::<connectors::TcpKey>() == 40);
+    assert!(size_of::<connectors::Connector>() == 48);
 };
 
 #[cfg(feature = "user")]
@@ -685,6 +791,7 @@ mod pod {
     unsafe impl aya::Pod for SockState {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for StreamKey {}
+    unsafe impl aya::Pod for connectors::Connector {}
     unsafe impl aya::Pod for CopyCtl {}
     unsafe impl aya::Pod for TlsArgs {}
     unsafe impl aya::Pod for SslKey {}

@@ -14,11 +14,14 @@
 //! LRU map 1.2 µs.)
 //!
 //! A server can accept before its client's `connect` returns (loopback completes the
-//! handshake inside it): that connection is not found here, and userspace looks it up in /proc.
+//! handshake inside it): that connection is not found here, and userspace reads the table
+//! itself when it names the connection, by then long after.
 
-use core::mem::size_of;
-
-use sniffer_common::{Config, KernelOffsets, SockAddr, family, maps};
+use sniffer_common::{
+    Config, KernelOffsets, SockAddr,
+    connectors::{Connector, TcpKey, plain, slot_of},
+    family,
+};
 
 use crate::{
     maps::CONNECTORS,
@@ -27,81 +30,6 @@ use crate::{
 };
 
 const EINPROGRESS: i64 = 115;
-
-/// A TCP connection as its client sees it, in its network namespace. Addresses in
-/// `SockAddr`'s layout: IPv4 (or IPv4-mapped IPv6) in the first 4 bytes, the rest 0.
-#[repr(C, align(8))]
-#[derive(Clone, Copy)]
-pub struct TcpKey {
-    pub netns: u32,
-    /// The client's port, then the server's (host order).
-    pub sport: u16,
-    pub dport: u16,
-    pub saddr: [u8; 16],
-    pub daddr: [u8; 16],
-}
-
-const KEY_WORDS: usize = size_of::<TcpKey>() / 8;
-
-/// One slot of [`CONNECTORS`]: who connected, the connection, and a check over both.
-///
-/// The table is direct-mapped (the slot is a hash of the connection): a write is a few stores,
-/// where an LRU hash took a node, evicted others under churn and cost about 1 µs a connect.
-/// A connect whose slot another one took before the accept read it is not found (the name is
-/// then looked up in /proc). A slot read while another CPU writes it may mix two entries:
-/// `check` then does not match and the slot counts as empty, never as a wrong process.
-#[repr(C, align(8))]
-#[derive(Clone, Copy)]
-pub struct Connector {
-    key: TcpKey,
-    tgid: u32,
-    check: u32,
-}
-
-/// Word `i` (< KEY_WORDS) of the key, for hashing and comparing (a derived comparison or an
-/// array copy would be a byte loop).
-#[inline(always)]
-fn word(key: &TcpKey, i: usize) -> u64 {
-    // SAFETY: TcpKey is plain data of KEY_WORDS 8-byte words, 8-byte aligned; i < KEY_WORDS.
-    unsafe { (key as *const TcpKey).cast::<u64>().add(i).read() }
-}
-
-/// Whether two keys are the same connection.
-#[inline(always)]
-fn same(a: &TcpKey, b: &TcpKey) -> bool {
-    let mut diff = 0;
-    for i in 0..KEY_WORDS {
-        diff |= word(a, i) ^ word(b, i);
-    }
-    diff == 0
-}
-
-/// (slot, check base) of a connection.
-#[inline(always)]
-fn slot_of(key: &TcpKey) -> (u32, u32) {
-    let mut h: u64 = 0;
-    for i in 0..KEY_WORDS {
-        h = (h ^ word(key, i)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        h ^= h >> 29;
-    }
-    (
-        ((h >> 32) as u32) & (maps::CONNECTORS_CAPACITY - 1),
-        h as u32,
-    )
-}
-
-/// An IPv4-mapped IPv6 address (::ffff:a.b.c.d) as the IPv4 one: a dual-stack server's
-/// socket sees an IPv4 client that way.
-#[inline(always)]
-fn plain(a: [u8; 16]) -> [u8; 16] {
-    let mapped = a[..10].iter().all(|b| *b == 0) && a[10] == 0xff && a[11] == 0xff;
-    if !mapped {
-        return a;
-    }
-    let mut out = [0u8; 16];
-    out[..4].copy_from_slice(&a[12..]);
-    out
-}
 
 /// The key of the connection `sk` is the client end of.
 #[inline(always)]
@@ -148,23 +76,10 @@ pub fn connector(netns: u32, local: &SockAddr, peer: &SockAddr) -> u32 {
     let Some(slot) = CONNECTORS.get_ptr(idx) else {
         return 0;
     };
-    let mut c = Connector {
-        key: TcpKey {
-            netns: 0,
-            sport: 0,
-            dport: 0,
-            saddr: [0; 16],
-            daddr: [0; 16],
-        },
-        tgid: 0,
-        check: 0,
-    };
+    let mut c = Connector::EMPTY;
     // SAFETY: a map value and a stack value, both Connectors (8-byte aligned).
     unsafe { mem::copy(&mut c, slot) };
-    if !same(&c.key, &key) || c.check != check ^ c.tgid {
-        return 0;
-    }
-    c.tgid
+    c.tgid_for(&key, check).unwrap_or(0)
 }
 
 /// The exit of an untraced process's `connect` on `fd` that returned `ret`: remember who

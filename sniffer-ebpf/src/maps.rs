@@ -8,10 +8,10 @@ use aya_ebpf::{
 };
 use sniffer_common::{
     COMM_LEN, Config, CopyCtl, DataEvent, Pending, SockKey, SockState, SslKey, StreamKey, TlsArgs,
-    config_flags, counters, maps,
+    config_flags, connectors::Connector, counters, maps,
 };
 
-use crate::{callers::Connector, copy::Copy};
+use crate::copy::Copy;
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(maps::EVENTS_DEFAULT_BYTES, 0);

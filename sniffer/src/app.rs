@@ -275,6 +275,7 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
         variant: cli.bpf_variant.map(Into::into),
     })?;
     let mut copy_control = probe.take_copy_control()?;
+    http.sink.set_connectors(Box::new(probe.take_connectors()?));
     let mut reader = Reader::new(probe.take_events()?, probe.take_sockets()?)
         .context("watching the BPF ring buffer")?;
     let start_ns = monotonic_ns();

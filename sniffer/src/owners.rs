@@ -12,7 +12,15 @@ use std::{
     time::{Duration, Instant},
 };
 
+use sniffer_common::connectors::{Connector, TcpKey, plain, slot_of};
+
 use crate::procs::{Proc, parse_cmdline, parse_stat};
+
+/// The kernel's table of the untraced processes that connected
+/// (`sniffer_common::connectors`): one slot by its index.
+pub trait ConnectorTable {
+    fn slot(&self, index: u32) -> Option<Connector>;
+}
 
 /// Fewest time between two scans of /proc.
 pub const MIN_REFRESH: Duration = Duration::from_millis(500);
@@ -84,11 +92,52 @@ pub struct Owners {
     /// For lookups of one socket by its addresses, opened at the first; `Some(None)` once the
     /// kernel showed it cannot answer them (no TCP handler), so the tables are read instead.
     diag: Option<Option<crate::sockdiag::Diag>>,
+    /// The kernel's table of who connected, when the programs are loaded.
+    connectors: Option<Box<dyn ConnectorTable>>,
+}
+
+impl std::fmt::Debug for dyn ConnectorTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConnectorTable")
+    }
+}
+
+/// An address as the table keeps it: IPv4 in the first 4 bytes, IPv6 whole.
+fn key_addr(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut a = [0; 16];
+            a[..4].copy_from_slice(&v4.octets());
+            a
+        }
+        IpAddr::V6(v6) => plain(v6.octets()),
+    }
 }
 
 impl Owners {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Reads who connected from the kernel's table from now on.
+    pub fn set_connectors(&mut self, table: Box<dyn ConnectorTable>) {
+        self.connectors = Some(table);
+    }
+
+    /// The untraced process the kernel saw connect from `client` to `server` in network
+    /// namespace `netns` (a server can accept before its client's connect returns, and then
+    /// its accept found nothing; by the time a connection is named, the connect has returned).
+    pub fn connector(&self, netns: u32, client: SocketAddr, server: SocketAddr) -> Option<u32> {
+        let table = self.connectors.as_ref()?;
+        let key = TcpKey {
+            netns,
+            sport: client.port(),
+            dport: server.port(),
+            saddr: key_addr(client.ip()),
+            daddr: key_addr(server.ip()),
+        };
+        let (index, check) = slot_of(&key);
+        table.slot(index)?.tgid_for(&key, check)
     }
 
     /// Rereads who holds which socket, and the socket tables too unless `tables` is false (the
@@ -308,6 +357,52 @@ mod tests {
             parse_proc_net_line("  sl  local_address rem_address   st"),
             None
         );
+    }
+
+    /// A table of one written slot.
+    struct OneSlot(u32, Connector);
+
+    impl ConnectorTable for OneSlot {
+        fn slot(&self, index: u32) -> Option<Connector> {
+            Some(if index == self.0 {
+                self.1
+            } else {
+                Connector::EMPTY
+            })
+        }
+    }
+
+    #[test]
+    fn the_kernels_table_names_who_connected_and_a_mixed_slot_names_no_one() {
+        let (client, server): (SocketAddr, SocketAddr) = (
+            "127.0.0.1:40000".parse().unwrap(),
+            "127.0.0.1:9292".parse().unwrap(),
+        );
+        // As the kernel writes it for a dual-stack client: the IPv4-mapped form made plain.
+        let key = TcpKey {
+            netns: 7,
+            sport: 40000,
+            dport: 9292,
+            saddr: plain(key_addr("::ffff:127.0.0.1".parse().unwrap())),
+            daddr: key_addr(server.ip()),
+        };
+        let (index, check) = slot_of(&key);
+        let slot = Connector {
+            key,
+            tgid: 4242,
+            check: check ^ 4242,
+        };
+        let mut o = Owners::new();
+        assert_eq!(o.connector(7, client, server), None, "no table yet");
+        o.set_connectors(Box::new(OneSlot(index, slot)));
+        assert_eq!(o.connector(7, client, server), Some(4242));
+        assert_eq!(o.connector(8, client, server), None, "another namespace");
+        let other: SocketAddr = "127.0.0.1:40001".parse().unwrap();
+        assert_eq!(o.connector(7, other, server), None, "another connection");
+        // Another write's process with this connection: the check does not hold.
+        let mixed = Connector { tgid: 99, ..slot };
+        o.set_connectors(Box::new(OneSlot(index, mixed)));
+        assert_eq!(o.connector(7, client, server), None);
     }
 
     #[test]

@@ -404,6 +404,14 @@ impl Probe {
         HashMap::try_from(map).map_err(map_err(maps::SOCKETS))
     }
 
+    /// The kernel's table of who connected, for the connections whose accept came first.
+    pub fn take_connectors(&mut self) -> Result<Connectors, ProbeError> {
+        let map = take_map(&mut self.ebpf, maps::CONNECTORS)?;
+        Ok(Connectors(
+            Array::try_from(map).map_err(map_err(maps::CONNECTORS))?,
+        ))
+    }
+
     /// The copy-control map, for the bounded copy.
     pub fn take_copy_control(&mut self) -> Result<CopyControl, ProbeError> {
         let map = take_map(&mut self.ebpf, maps::COPY_CTL)?;
@@ -772,5 +780,14 @@ pub fn add_self_to_targets(fd: RawFd) -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+/// The kernel's table of who connected (`sniffer_common::connectors`).
+pub struct Connectors(Array<MapData, sniffer_common::connectors::Connector>);
+
+impl crate::owners::ConnectorTable for Connectors {
+    fn slot(&self, index: u32) -> Option<sniffer_common::connectors::Connector> {
+        self.0.get(&index, 0).ok()
     }
 }

@@ -149,6 +149,13 @@ impl<L: LogSink> Stitcher<L> {
         }
     }
 
+    /// Reads who connected from the kernel's table (see `Owners::connector`).
+    pub fn set_connectors(&mut self, table: Box<dyn crate::owners::ConnectorTable>) {
+        if let Some(o) = self.owners.as_mut() {
+            o.set_connectors(table);
+        }
+    }
+
     /// Which processes are reverse proxies, and whether their hops fold.
     pub fn with_proxies(mut self, proxies: Proxies) -> Self {
         self.proxies = proxies;

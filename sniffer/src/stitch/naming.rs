@@ -46,13 +46,19 @@ impl<L: LogSink> Stitcher<L> {
         // another namespace could name a stranger there.
         // The kernel's word (a unix peer's credentials, a TCP client's connect) is any
         // namespace's.
+        let owners = self.owners.as_mut()?;
+        let peer_tgid = match (&c.peer, &c.local) {
+            (Endpoint::Inet(peer), Endpoint::Inet(local)) if c.peer_tgid == 0 && !c.client => {
+                owners.connector(c.netns, *peer, *local).unwrap_or(0)
+            }
+            _ => c.peer_tgid,
+        };
         let elsewhere = c.netns != 0 && self.own_netns != 0 && c.netns != self.own_netns;
-        if elsewhere && c.peer_tgid == 0 {
+        if elsewhere && peer_tgid == 0 {
             return None;
         }
-        let owners = self.owners.as_mut()?;
         let pid = match c.peer {
-            _ if c.peer_tgid != 0 => Some(c.peer_tgid),
+            _ if peer_tgid != 0 => Some(peer_tgid),
             Endpoint::Inet(peer) if c.client => owners.listener(peer),
             Endpoint::Inet(peer) => match c.local {
                 Endpoint::Inet(local) => owners.owner_of(peer, local),
