@@ -383,7 +383,7 @@ mod tests {
             netns: 7,
             sport: 40000,
             dport: 9292,
-            saddr: plain(key_addr("::ffff:127.0.0.1".parse().unwrap())),
+            saddr: key_addr("::ffff:127.0.0.1".parse().unwrap()),
             daddr: key_addr(server.ip()),
         };
         let (index, check) = slot_of(&key);
