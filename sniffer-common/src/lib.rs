@@ -658,6 +658,8 @@ pub mod connectors {
         pub daddr: [u8; 16],
     }
 
+    /// The key's size in 8-byte words; a [`Connector`] is these and one word of `tgid` (low
+    /// half, little-endian) and `check` (high half).
     pub const KEY_WORDS: usize = size_of::<TcpKey>() / 8;
 
     /// One slot of [`crate::maps::CONNECTORS`]: who connected, the connection, and a check over both.
@@ -678,14 +680,14 @@ pub mod connectors {
     /// Word `i` (< KEY_WORDS) of the key, for hashing and comparing (a derived comparison or an
     /// array copy would be a byte loop).
     #[inline(always)]
-    pub fn word(key: &TcpKey, i: usize) -> u64 {
+    fn word(key: &TcpKey, i: usize) -> u64 {
         // SAFETY: TcpKey is plain data of KEY_WORDS 8-byte words, 8-byte aligned; i < KEY_WORDS.
         unsafe { (key as *const TcpKey).cast::<u64>().add(i).read() }
     }
 
     /// Whether two keys are the same connection.
     #[inline(always)]
-    pub fn same(a: &TcpKey, b: &TcpKey) -> bool {
+    fn same(a: &TcpKey, b: &TcpKey) -> bool {
         let mut diff = 0;
         for i in 0..KEY_WORDS {
             diff |= word(a, i) ^ word(b, i);

@@ -17,15 +17,16 @@
 //! handshake inside it): that connection is not found here, and userspace reads the table
 //! itself when it names the connection, by then long after.
 
+use core::ptr::{read_volatile, write_volatile};
+
 use sniffer_common::{
     Config, KernelOffsets, SockAddr,
-    connectors::{Connector, TcpKey, plain, slot_of},
+    connectors::{KEY_WORDS, TcpKey, plain, slot_of},
     family,
 };
 
 use crate::{
     maps::CONNECTORS,
-    mem,
     sockets::{inet_stream_sk, kread},
 };
 
@@ -63,7 +64,10 @@ fn client_key(k: &KernelOffsets, sk: u64) -> Option<TcpKey> {
 
 /// The process that connected to the server socket whose ends are `local` and `peer`, in
 /// namespace `netns`, while sniffer was attached (0: not known).
-#[inline(always)]
+///
+/// Not inlined, as `connected`: a function of its own has a stack frame of its own, and the
+/// exit program's frame, stacked with the copy loop's, is at 6.1's 512-byte limit.
+#[inline(never)]
 pub fn connector(netns: u32, local: &SockAddr, peer: &SockAddr) -> u32 {
     let key = TcpKey {
         netns,
@@ -76,16 +80,28 @@ pub fn connector(netns: u32, local: &SockAddr, peer: &SockAddr) -> u32 {
     let Some(slot) = CONNECTORS.get_ptr(idx) else {
         return 0;
     };
-    let mut c = Connector::EMPTY;
-    // SAFETY: a map value and a stack value, both Connectors (8-byte aligned).
-    unsafe { mem::copy(&mut c, slot) };
-    c.tgid_for(&key, check).unwrap_or(0)
+    // Read in place, each word once (volatile: another CPU may be writing the slot; a copy
+    // on the stack would cost the exit program stack it does not have on 6.1's verifier).
+    let slot = slot.cast::<u64>();
+    let mine = (&key as *const TcpKey).cast::<u64>();
+    let mut diff = 0;
+    for i in 0..KEY_WORDS {
+        // SAFETY: within the map value and the key, both 8-byte aligned.
+        diff |= unsafe { read_volatile(slot.add(i)) ^ *mine.add(i) };
+    }
+    // SAFETY: the last word of the map value: tgid in its low half, check in its high one.
+    let last = unsafe { read_volatile(slot.add(KEY_WORDS)) };
+    let (tgid, got) = (last as u32, (last >> 32) as u32);
+    if diff != 0 || tgid == 0 || got != check ^ tgid {
+        return 0;
+    }
+    tgid
 }
 
 /// The exit of an untraced process's `connect` on `fd` that returned `ret`: remember who
 /// connected, by the connection's addresses (its local port is chosen by now, also when a
 /// non-blocking connect is still in progress).
-#[inline(always)]
+#[inline(never)]
 pub fn connected(cfg: &Config, tgid: u32, fd: i32, ret: i64) {
     if ret != 0 && ret != -EINPROGRESS {
         return;
@@ -99,12 +115,15 @@ pub fn connected(cfg: &Config, tgid: u32, fd: i32, ret: i64) {
     };
     let (idx, check) = slot_of(&key);
     if let Some(slot) = CONNECTORS.get_ptr_mut(idx) {
-        let c = Connector {
-            key,
-            tgid,
-            check: check ^ tgid,
-        };
-        // SAFETY: a map value and a stack value, both Connectors (8-byte aligned).
-        unsafe { mem::copy(slot, &c) };
+        // Written in place, word by word (see `connector`).
+        let slot = slot.cast::<u64>();
+        let mine = (&key as *const TcpKey).cast::<u64>();
+        for i in 0..KEY_WORDS {
+            // SAFETY: within the map value and the key, both 8-byte aligned.
+            unsafe { write_volatile(slot.add(i), *mine.add(i)) };
+        }
+        let last = u64::from(tgid) | u64::from(check ^ tgid) << 32;
+        // SAFETY: the last word of the map value.
+        unsafe { write_volatile(slot.add(KEY_WORDS), last) };
     }
 }
