@@ -100,6 +100,10 @@ enum Task {
         /// Guest memory in MiB.
         #[arg(long, default_value_t = 3072)]
         memory_mib: u64,
+        /// An extra guest kernel argument, repeatable (`loglevel=8`,
+        /// `softlockup_all_cpu_backtrace=1` to read a stuck guest's stacks).
+        #[arg(long = "kernel-arg", value_name = "ARG")]
+        kernel_args: Vec<String>,
         /// Extra arguments for every test binary (after --), e.g. a test name filter.
         #[arg(last = true)]
         args: Vec<String>,
@@ -142,6 +146,7 @@ fn main() -> std::process::ExitCode {
             kernels,
             timeout_minutes,
             memory_mib,
+            kernel_args,
             args,
         } => dist::dist().and_then(|bin| {
             // The one file users copy to a host is the one the guests run.
@@ -152,6 +157,7 @@ fn main() -> std::process::ExitCode {
                     test_args: args,
                     timeout_minutes,
                     memory_mib,
+                    kernel_args,
                 },
             )
         }),

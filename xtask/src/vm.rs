@@ -80,6 +80,8 @@ pub struct Settings {
     pub timeout_minutes: u64,
     /// Guest memory in MiB.
     pub memory_mib: u64,
+    /// Extra guest kernel arguments, after the defaults (a later `loglevel=` wins).
+    pub kernel_args: Vec<String>,
 }
 
 /// What one guest run gave.
@@ -743,8 +745,9 @@ fn boot_and_test(
             // host the guest then spent its time in timer interrupts (soft lockups on both
             // CPUs, read_hpet in every backtrace). The TSC of one qemu process is consistent.
             .arg(format!(
-                "console=ttyS0 panic=-1 quiet loglevel=4 tsc=reliable vmtest={}",
-                script.display()
+                "console=ttyS0 panic=-1 quiet loglevel=4 tsc=reliable vmtest={} {}",
+                script.display(),
+                settings.kernel_args.join(" ")
             ))
             .args([
                 "-object",
