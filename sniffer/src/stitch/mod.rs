@@ -45,6 +45,12 @@ pub const MAX_QUEUED: usize = 100_000;
 /// view (it comes within the order slack unless events were lost). Exchanges seen from both
 /// ends wait for a late view differently: see [`late`].
 const KEEP_DONE_NS: u64 = 2_000_000_000;
+/// How long an ended connection stays for the other end's views of its exchanges to be
+/// stitched to: they come within the order slack of its end unless the other end reads a
+/// request that long after this end hung up (or events were lost); such a view is then
+/// written on its own. Under connection churn ended connections are most of the heap (tens of
+/// thousands a second, ~350 bytes each with their addresses).
+const KEEP_ENDED_NS: u64 = 500_000_000;
 /// Exchanges into or out of a reverse proxy waiting for their other hop, at most.
 const MAX_HOP_CANDIDATES: usize = 4096;
 
@@ -83,6 +89,13 @@ pub struct Stitcher<L: LogSink> {
     /// here for late views, and an inline map doubled and copied them as it grew.
     conns: HashMap<u64, Box<ConnInfo>>,
     by_addr: HashMap<(Endpoint, Endpoint), Vec<u64>>,
+    /// Unix connections by their kernel socket, and by their peer's: the newest under each.
+    /// A unix path names the listening socket, shared by every connection to it, so unix
+    /// connections are found by these (the kernel's own links), never by `by_addr`. The
+    /// kernel reuses a freed socket's address at once, so only the newest is kept: a live
+    /// socket's peer is held by it and cannot be reused under it.
+    unix_by_sk: HashMap<u64, u64>,
+    unix_by_peer: HashMap<u64, u64>,
     next_id: u64,
     next_seq: u64,
     next_number: u64,
@@ -126,6 +139,8 @@ impl<L: LogSink> Stitcher<L> {
             position: HashMap::default(),
             conns: HashMap::default(),
             by_addr: HashMap::default(),
+            unix_by_sk: HashMap::default(),
+            unix_by_peer: HashMap::default(),
             next_id: 0,
             next_seq: 0,
             next_number: 0,
@@ -197,40 +212,68 @@ impl<L: LogSink> Stitcher<L> {
                 .as_deref()
                 .is_some_and(|n| self.proxies.is_proxy(n));
         }
-        self.by_addr
-            .entry((conn.local.clone(), conn.peer.clone()))
-            .or_default()
-            .push(conn.id);
+        if info.transport == Transport::Unix {
+            for (index, sk) in [
+                (&mut self.unix_by_sk, info.sk),
+                (&mut self.unix_by_peer, info.peer_sk),
+            ] {
+                if sk != 0 {
+                    index.insert(sk, conn.id);
+                }
+            }
+        } else {
+            self.by_addr
+                .entry((conn.local.clone(), conn.peer.clone()))
+                .or_default()
+                .push(conn.id);
+        }
         self.conns.insert(conn.id, Box::new(info));
     }
 
     /// Traced connections that are the other end of `c`.
     fn peer_conns(&self, c: &ConnInfo) -> Vec<u64> {
+        if c.transport == Transport::Unix {
+            return self.unix_peer_conns(c);
+        }
         let mut out: Vec<u64> = self
             .by_addr
             .get(&(c.peer.clone(), c.local.clone()))
             .cloned()
             .unwrap_or_default();
-        out.retain(|id| self.conns.get(id).is_some_and(|o| !other_namespace(c, o)));
+        out.retain(|id| {
+            self.conns
+                .get(id)
+                .is_some_and(|o| !other_namespace(c, o) && o.client != c.client)
+        });
         // Where both namespaces are known, the end in the same one first: two namespaces
         // joined by a veth pair are peers across namespaces, and the same addresses can be
         // reused by another pair of namespaces.
         let netns = |id: &u64| self.conns.get(id).map_or(0, |o| o.netns);
         out.sort_by_key(|id| c.netns == 0 || netns(id) != c.netns);
-        // Unix ends know each other's kernel socket, whatever their names.
-        if c.transport == Transport::Unix && (c.sk != 0 || c.peer_sk != 0) {
-            out.extend(
-                self.conns
-                    .iter()
-                    .filter(|(_, o)| {
-                        o.transport == Transport::Unix
-                            && ((c.peer_sk != 0 && o.sk == c.peer_sk)
-                                || (o.peer_sk != 0 && o.peer_sk == c.sk))
-                    })
-                    .map(|(id, _)| *id),
-            );
+        out
+    }
+
+    /// The other end of unix connection `c`: the connection on its peer socket, or the one
+    /// whose peer is its socket, where every link both ends know agrees (a socket address
+    /// reused since is another connection).
+    fn unix_peer_conns(&self, c: &ConnInfo) -> Vec<u64> {
+        let agree = |a: u64, b: u64| a == 0 || b == 0 || a == b;
+        let mut out = Vec::new();
+        for (index, sk) in [(&self.unix_by_sk, c.peer_sk), (&self.unix_by_peer, c.sk)] {
+            let Some(&id) = index.get(&sk).filter(|_| sk != 0) else {
+                continue;
+            };
+            if !out.contains(&id)
+                && self.conns.get(&id).is_some_and(|o| {
+                    o.transport == Transport::Unix
+                        && o.client != c.client
+                        && agree(c.peer_sk, o.sk)
+                        && agree(o.peer_sk, c.sk)
+                })
+            {
+                out.push(id);
+            }
         }
-        out.retain(|id| self.conns.get(id).is_some_and(|o| o.client != c.client));
         out
     }
 
@@ -497,9 +540,9 @@ impl<L: LogSink> Stitcher<L> {
     /// ago: the oldest of each, from the front of their queues.
     fn expire(&mut self) {
         let now = self.now;
-        let old = |t: u64| t.saturating_add(KEEP_DONE_NS) < now;
+        let old = |t: u64, keep: u64| t.saturating_add(keep) < now;
         while let Some(&(t, x)) = self.done.front()
-            && old(t)
+            && old(t, KEEP_DONE_NS)
         {
             self.done.pop_front();
             if self
@@ -511,15 +554,25 @@ impl<L: LogSink> Stitcher<L> {
             }
         }
         while let Some(&(t, id)) = self.ended.front()
-            && old(t)
+            && old(t, KEEP_ENDED_NS)
         {
             self.ended.pop_front();
             if self.conns.get(&id).is_none_or(|c| c.ended != Some(t)) {
                 continue;
             }
-            if let Some(c) = self.conns.remove(&id)
-                && let Some(v) = self.by_addr.get_mut(&(c.local.clone(), c.peer.clone()))
-            {
+            let Some(c) = self.conns.remove(&id) else {
+                continue;
+            };
+            if c.transport == Transport::Unix {
+                for (index, sk) in [
+                    (&mut self.unix_by_sk, c.sk),
+                    (&mut self.unix_by_peer, c.peer_sk),
+                ] {
+                    if index.get(&sk) == Some(&id) {
+                        index.remove(&sk);
+                    }
+                }
+            } else if let Some(v) = self.by_addr.get_mut(&(c.local.clone(), c.peer.clone())) {
                 v.retain(|i| *i != id);
                 if v.is_empty() {
                     self.by_addr.remove(&(c.local, c.peer));

@@ -697,19 +697,74 @@ fn ended_connections_and_one_view_exchanges_are_forgotten_after_the_keep_time() 
         let conn = w.conns[c - 1].clone_for_test();
         w.http.ended(&conn, &w.procs);
     }
-    w.tick(1_000 + KEEP_DONE_NS);
+    w.tick(1_000 + KEEP_ENDED_NS);
     let st = &w.http.sink;
     assert_eq!(
         (st.exchanges.len(), st.conns.len()),
         (1, 2),
-        "kept for the keep time"
+        "both kept for the shorter keep time"
     );
-    w.tick(1_001 + KEEP_DONE_NS);
+    w.tick(1_001 + KEEP_ENDED_NS);
     let st = &w.http.sink;
     assert_eq!(
         (st.exchanges.len(), st.conns.len()),
-        (0, 0),
-        "forgotten after it"
+        (1, 0),
+        "the ended connections forgotten after it"
     );
-    assert!(st.by_addr.is_empty() && st.done.is_empty() && st.ended.is_empty());
+    assert!(st.by_addr.is_empty() && st.ended.is_empty());
+    w.tick(1_000 + KEEP_DONE_NS);
+    assert_eq!(w.http.sink.exchanges.len(), 1, "kept for the keep time");
+    w.tick(1_001 + KEEP_DONE_NS);
+    let st = &w.http.sink;
+    assert_eq!(st.exchanges.len(), 0, "forgotten after it");
+    assert!(st.done.is_empty());
+}
+
+#[test]
+fn unix_ends_are_found_by_their_sockets_and_forgotten_with_their_connections() {
+    let mut w = through_apache(Proxies::default());
+    hop(&mut w, 10, AUTH, &keystone_upstream(), CREATED, 3);
+    w.tick(1_000);
+    let st = &w.http.sink;
+    // apache2's unix client (socket 30, peer 40) and keystone's server end (40, peer 30).
+    assert_eq!(st.peer_conns(&st.conns[&3]), [4]);
+    assert_eq!(st.peer_conns(&st.conns[&4]), [3]);
+    assert_eq!((st.unix_by_sk.len(), st.unix_by_peer.len()), (2, 2));
+    assert!(
+        st.by_addr
+            .keys()
+            .all(|(l, _)| matches!(l, Endpoint::Inet(_)))
+    );
+    for c in &w.conns {
+        w.http.ended(c, &w.procs);
+    }
+    w.tick(1_001 + KEEP_ENDED_NS);
+    let st = &w.http.sink;
+    assert!(st.conns.is_empty() && st.by_addr.is_empty());
+    assert!(st.unix_by_sk.is_empty() && st.unix_by_peer.is_empty());
+}
+
+#[test]
+fn a_unix_socket_address_reused_names_the_new_connection_only() {
+    let mut w = through_apache(Proxies::default());
+    hop(&mut w, 10, AUTH, &keystone_upstream(), CREATED, 3);
+    w.tick(1_000);
+    for c in [2, 3] {
+        w.http.ended(&w.conns[c], &w.procs);
+    }
+    // apache2's next unix client socket got the freed address of the first one (30), while
+    // that connection is still kept for late views.
+    w.conns.push(unix(7, 400, Role::Client, 30, 50));
+    w.conns.push(unix(8, 300, Role::Server, 50, 30));
+    let up = keystone_upstream();
+    w.bytes(7, Dir::Send, 1_100, &up);
+    w.bytes(8, Dir::Recv, 1_101, &up);
+    let st = &w.http.sink;
+    assert_eq!(st.peer_conns(&st.conns[&8]), [7]);
+    assert_eq!(st.peer_conns(&st.conns[&7]), [8]);
+    assert_eq!(
+        st.peer_conns(&st.conns[&4]),
+        [3],
+        "the ended pair still pairs"
+    );
 }
