@@ -111,9 +111,12 @@ fn make_cert(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     Ok((cert, key))
 }
 
-/// nginx serving `www` on a port of its own (HTTP) and another (HTTPS, the system's OpenSSL),
-/// one worker, no access log. Returns (nginx, port, TLS port, master pid).
+/// nginx serving `www` on a port of its own (HTTP), another (HTTPS, the system's OpenSSL) and
+/// the unix socket [`unix_socket`] (HTTP), one worker, no access log. Returns (nginx, port, TLS
+/// port, master pid).
 fn start_nginx(dir: &Path, www: &Path) -> anyhow::Result<(Proc, u16, u16, u32)> {
+    let unix = unix_socket();
+    let _ = fs::remove_file(&unix);
     let port = free_port()?;
     let tls_port = free_port()?;
     let (cert, key) = make_cert(dir)?;
@@ -128,12 +131,13 @@ fn start_nginx(dir: &Path, www: &Path) -> anyhow::Result<(Proc, u16, u16, u32)> 
              http {{\n  access_log off;\n  sendfile on;\n  keepalive_requests 100000000;\n  \
              keepalive_timeout 120;\n  client_body_temp_path {t};\n  proxy_temp_path {t};\n  \
              fastcgi_temp_path {t};\n  uwsgi_temp_path {t};\n  scgi_temp_path {t};\n  \
-             server {{\n    listen 127.0.0.1:{port};\n    root {w};\n  }}\n  \
+             server {{\n    listen 127.0.0.1:{port};\n    listen unix:{u};\n    root {w};\n  }}\n  \
              server {{\n    listen 127.0.0.1:{tls_port} ssl;\n    ssl_certificate {c};\n    \
              ssl_certificate_key {k};\n    root {w};\n  }}\n}}\n",
             d = dir.display(),
             t = tmp.display(),
             w = www.display(),
+            u = unix.display(),
             c = cert.display(),
             k = key.display(),
         ),
@@ -156,6 +160,12 @@ fn start_nginx(dir: &Path, www: &Path) -> anyhow::Result<(Proc, u16, u16, u32)> 
         thread::sleep(Duration::from_millis(50));
     }
     Ok((Proc(child), port, tls_port, pid))
+}
+
+/// nginx's unix socket: in the temporary directory, as a path in the workspace can pass the
+/// 107 bytes a unix socket's path may have.
+fn unix_socket() -> PathBuf {
+    std::env::temp_dir().join(format!("sniffer-bench-{}.sock", std::process::id()))
 }
 
 /// A python server that reads and discards uploads (for the upload case).
@@ -364,9 +374,35 @@ fn median(v: &[f64]) -> f64 {
 
 /// A wrk load: URL, connections, and whether each request has a connection of its own.
 struct Load<'a> {
+    /// An http:// or https:// URL for wrk, or `unix:PATH`: a connection per request over that
+    /// unix socket from `tests/fixtures/unix_churn.py` (wrk has no unix sockets).
     url: &'a str,
     conns: u32,
     close: bool,
+}
+
+impl Load<'_> {
+    /// Runs the load for `seconds`: (requests completed, requests per second).
+    fn run(&self, seconds: u64) -> anyhow::Result<(u64, f64)> {
+        let Some(path) = self.url.strip_prefix("unix:") else {
+            return wrk(self.url, self.conns, self.conns.min(2), seconds, self.close);
+        };
+        let out = Command::new("python3")
+            .arg(workspace().join("tests/fixtures/unix_churn.py"))
+            .arg(path)
+            .arg(self.conns.to_string())
+            .arg(seconds.to_string())
+            .output()
+            .context("running the unix socket client")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let done: u64 = text.trim().parse().map_err(|_| {
+            anyhow!(
+                "the unix socket client said {text:?} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+        Ok((done, done as f64 / seconds as f64))
+    }
 }
 
 /// One load case: `pairs` of (untraced, sniffer running with `args`) wrk runs, then one more
@@ -380,16 +416,14 @@ fn load_case(
     load: &Load<'_>,
     s: &Settings,
 ) -> anyhow::Result<CaseResult> {
-    let Load { url, conns, close } = *load;
     let mut r = CaseResult {
         name: name.to_owned(),
         ..CaseResult::default()
     };
-    let threads = conns.min(2);
     for pair in 0..s.pairs {
-        let (_, base) = wrk(url, conns, threads, s.seconds, close)?;
+        let (_, base) = load.run(s.seconds)?;
         let sniffer = Sniffer::start(bin, &dir.join(format!("{name}-{pair}.log")), args)?;
-        let (done, rate) = wrk(url, conns, threads, s.seconds, close)?;
+        let (done, rate) = load.run(s.seconds)?;
         thread::sleep(Duration::from_millis(500));
         let sum = sniffer.stop()?;
         eprintln!(
@@ -406,7 +440,7 @@ fn load_case(
     let mut with_stats = args.to_vec();
     with_stats.push("--bpf-stats".into());
     let sniffer = Sniffer::start(bin, &dir.join(format!("{name}-stats.log")), &with_stats)?;
-    let (done, _) = wrk(url, conns, threads, s.seconds, close)?;
+    let (done, _) = load.run(s.seconds)?;
     thread::sleep(Duration::from_millis(500));
     let sum = sniffer.stop()?;
     r.cpu = Some(CpuFigures::new(&sum, done));
@@ -596,6 +630,7 @@ pub fn bench(bin: &Path, s: &Settings) -> anyhow::Result<()> {
     let (_nginx, port, tls_port, nginx_pid) = start_nginx(&dir, &www)?;
     let small = format!("http://127.0.0.1:{port}/small.txt");
     let tls_small = format!("https://127.0.0.1:{tls_port}/small.txt");
+    let unix_small = format!("unix:{}", unix_socket().display());
     let mut cases = Vec::new();
     // Nothing busy traced: sniffer follows an idle process while nginx and wrk run untraced.
     // Every syscall of every process still passes the programs' first test.
@@ -620,6 +655,10 @@ pub fn bench(bin: &Path, s: &Settings) -> anyhow::Result<()> {
         ),
         ("keep-alive", &small, 10, false, &nginx_args),
         ("connection-close", &small, 10, true, &nginx_args),
+        // devstack's Apache reaches uwsgi services so: a unix connection per request. Four
+        // Python threads are the load, so its throughput is the client's; the logged count,
+        // the CPU and the RSS are the figures.
+        ("unix connection-close", &unix_small, 4, true, &nginx_args),
         ("200-connections", &small, 200, false, &nginx_args),
         // nginx reads and writes through the system's OpenSSL, which sniffer probes.
         ("TLS keep-alive", &tls_small, 10, false, &nginx_args),
