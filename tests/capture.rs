@@ -343,6 +343,59 @@ fn connection_opened_before_attaching_is_captured_with_its_addresses() {
     assert_no_gaps(c);
 }
 
+/// A thread blocked in recv(2) since before the attach, on a socket another thread then
+/// writes to: the recv's enter was never seen, so its bytes may not be read from its
+/// arguments, but they are the stream's, and the stream keeps them as a gap of their exact
+/// length (and the kernel counts the call), never a stream silently shorter.
+#[test]
+fn a_read_begun_before_the_attach_is_a_gap_of_its_length() {
+    if !kernel_tests() {
+        return;
+    }
+    let www = www();
+    let server = Server::start(www.path(), &[]);
+    let mut client = Interactive::start(Command::new("python3").args([
+        fixture("split_reader_client.py").to_str().unwrap(),
+        "127.0.0.1",
+        &server.port.to_string(),
+        "/hi.txt",
+    ]));
+    client.lines.expect("LOCAL ", Duration::from_secs(20));
+    let running = Running::start(&["--pid", &client.guard.pid().to_string()]);
+    client.send_line("go");
+    let first: u64 = client
+        .lines
+        .expect("FIRST ", Duration::from_secs(20))
+        .trim_start_matches("FIRST ")
+        .parse()
+        .unwrap();
+    let total: u64 = client
+        .lines
+        .expect("GOT ", Duration::from_secs(20))
+        .trim_start_matches("GOT ")
+        .parse()
+        .unwrap();
+    client.guard.wait_timeout(Duration::from_secs(20));
+    let cap = running.stop();
+
+    let c = one(cap.conns_of(client.guard.pid()), "client", &cap);
+    assert!(
+        cap.stream(c, "send")
+            .starts_with(b"GET /hi.txt HTTP/1.1\r\n")
+    );
+    assert!(first > 0 && total >= first, "{first} {total}");
+    // The first recv's bytes: counted at their place, not read.
+    assert_eq!(c.recv.bytes, total, "{c:#?}");
+    assert_eq!(c.recv.uncaptured, first, "{c:#?}");
+    assert_eq!(c.recv.captured, total - first, "{c:#?}");
+    assert!(
+        cap.stderr
+            .contains("data syscalls whose enter was not seen (bytes counted, not read): 1"),
+        "{}",
+        cap.stderr
+    );
+}
+
 /// A server thread blocked in accept(2) since before the attach gets a socket the sniffer
 /// first sees at its read; the kernel may have put it where a traced client's socket just was.
 /// It must not keep that client's role: the exchange would be paired backwards.

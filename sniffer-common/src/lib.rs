@@ -41,9 +41,15 @@ pub mod maps {
     pub const CONNECTORS: &str = "CONNECTORS";
     pub const CONNECTORS_CAPACITY: u32 = 16384;
 
-    /// tid -> syscall arguments saved at enter, consumed at exit.
+    /// tid -> the socket a data syscall's enter saw, for its exit, when the thread's slot in
+    /// [`ENTERED`] belongs to another thread (see [`crate::entered`]).
     pub const PENDING: &str = "PENDING";
     pub const PENDING_CAPACITY: u32 = 16384;
+
+    /// The data syscalls in progress, one u64 slot per thread by its tid's low bits (see
+    /// [`crate::entered`]). A power of two.
+    pub const ENTERED: &str = "ENTERED";
+    pub const ENTERED_CAPACITY: u32 = 65536;
 
     /// Per-CPU staging buffer for one data event.
     pub const SCRATCH: &str = "SCRATCH";
@@ -165,8 +171,11 @@ pub mod counters {
     pub const USER_READ_FAULTS: u32 = 6;
     /// TLS library calls whose socket was not known (no syscall of theirs was seen yet).
     pub const TLS_NO_SOCKET: u32 = 7;
+    /// Data syscalls on a traced socket whose enter was not seen (begun before the attach, or
+    /// their thread's slot taken at the same instant): their bytes are a gap of known length.
+    pub const ENTER_MISSED: u32 = 8;
     /// Number of counters.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 9;
 
     /// Human names, indexed like the counters.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -178,6 +187,7 @@ pub mod counters {
         "processes missed (target map full)",
         "user memory read faults",
         "TLS calls on an unknown socket (plaintext not read)",
+        "data syscalls whose enter was not seen (bytes counted, not read)",
     ];
 }
 
@@ -522,21 +532,6 @@ pub mod copy_flags {
     pub const IGNORE: u32 = 1;
 }
 
-/// Value of the pending map: what a syscall's enter saw, for its exit.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct Pending {
-    /// The socket seen at enter (0 for connect/accept, whose socket is known at exit).
-    pub sk: u64,
-    /// The user buffer, iovec array or msghdr, by syscall.
-    pub buf: u64,
-    /// Buffer length or iovec count.
-    pub count: u64,
-    pub fd: i32,
-    /// A [`Syscall`] value.
-    pub syscall: u32,
-}
-
 /// Which TLS library call a [`TlsArgs`] belongs to.
 pub mod tls_call {
     pub const READ: u32 = 1;
@@ -745,6 +740,95 @@ pub mod connectors {
     }
 }
 
+/// The data syscalls in progress: at a traced thread's enter of a read or write on a socket,
+/// one u64 in a direct-mapped table, (tid + 1) in the high bits and a fold of the socket's
+/// address in the low ones; its exit takes it back and reads the arguments from the syscall's
+/// registers (x86_64 leaves them as they were). One store and one load, where a hash map took
+/// an insert, a lookup and a delete, each under a lock, on every read and write.
+///
+/// A slot holding another live thread's call is left to it, and the thread takes the
+/// [`crate::maps::PENDING`] hash instead. Two threads of the same low bits entering at the same
+/// instant may both write the slot: the one whose value was overwritten finds neither at its
+/// exit, and its bytes go out by length only as a gap (counted), never under another socket
+/// (the fold is checked against the socket the fd holds at the exit).
+pub mod entered {
+    /// Bits of the socket fold; the tid + 1 (at most 2^22, Linux's PID_MAX_LIMIT) sits above.
+    const FOLD_BITS: u32 = 40;
+    const FOLD_MASK: u64 = (1 << FOLD_BITS) - 1;
+
+    /// The slot of thread `tid`.
+    #[inline(always)]
+    pub const fn slot(tid: u32) -> u32 {
+        tid & (crate::maps::ENTERED_CAPACITY - 1)
+    }
+
+    /// A socket address folded to [`FOLD_BITS`] bits (kernel objects are 8-byte aligned, and
+    /// the bits above the fold's width are xor-ed in).
+    #[inline(always)]
+    pub const fn fold(sk: u64) -> u64 {
+        ((sk >> 3) ^ (sk >> (3 + FOLD_BITS))) & FOLD_MASK
+    }
+
+    /// The slot value of a call of thread `tid` on socket `sk`; never 0 (an empty slot).
+    #[inline(always)]
+    pub const fn pack(tid: u32, sk: u64) -> u64 {
+        ((tid as u64 + 1) << FOLD_BITS) | fold(sk)
+    }
+
+    /// Whether slot value `v` is free for thread `tid`: empty, or its own (an earlier call
+    /// whose exit was not seen).
+    #[inline(always)]
+    pub const fn free_for(v: u64, tid: u32) -> bool {
+        v == 0 || v >> FOLD_BITS == tid as u64 + 1
+    }
+
+    /// The fold of the socket thread `tid` entered its call on, if `v` is that thread's.
+    #[inline(always)]
+    pub const fn fold_of(v: u64, tid: u32) -> Option<u64> {
+        if v != 0 && v >> FOLD_BITS == tid as u64 + 1 {
+            Some(v & FOLD_MASK)
+        } else {
+            None
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn a_slot_names_its_thread_and_socket() {
+            let sk = 0xffff_8881_0a2b_3c40;
+            let v = pack(4_194_303, sk);
+            // (4194303 + 1) << 40, and (sk >> 3) ^ (sk >> 43) in the low 40 bits.
+            assert_eq!(v, 0x4000_0010_215a_9879);
+            assert_eq!(fold_of(v, 4_194_303), Some(fold(sk)));
+            assert_eq!(fold_of(v, 4_194_302), None);
+            // Thread 0 (the idle task never traced, but tid + 1 keeps it apart from empty).
+            assert_ne!(pack(0, 0), 0);
+            assert_eq!(fold_of(0, 0), None);
+        }
+
+        #[test]
+        fn a_slot_is_free_when_empty_or_the_threads_own() {
+            let v = pack(70_000, 0xffff_8881_0000_0040);
+            assert!(free_for(0, 70_000));
+            assert!(free_for(v, 70_000));
+            // 70000 and 4464 share slot 4464 (70000 - 65536).
+            assert_eq!(slot(70_000), slot(4464));
+            assert!(!free_for(v, 4464));
+        }
+
+        #[test]
+        fn sockets_apart_fold_apart() {
+            let a = 0xffff_8881_0a2b_3c40;
+            assert_ne!(fold(a), fold(a + 64));
+            // 8 TiB apart: the high bits are xor-ed in.
+            assert_ne!(fold(a), fold(a + (1 << 43)));
+        }
+    }
+}
+
 /// Bits of [`Config::flags`].
 pub mod config_flags {
     /// The config was written (a zeroed map means userspace did not configure the programs).
@@ -769,7 +853,6 @@ const _: () = {
     assert!(size_of::<SockState>() == 56);
     assert!(size_of::<TlsArgs>() == 40);
     assert!(size_of::<SslKey>() == 16);
-    assert!(size_of::<Pending>() == 32);
     assert!(size_of::<KernelOffsets>() == 116);
     assert!(size_of::<TracepointOffsets>() == 8);
     assert!(size_of::<Config>() == 140);

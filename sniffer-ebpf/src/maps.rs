@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use sniffer_common::{
-    COMM_LEN, Config, CopyCtl, DataEvent, Pending, SockKey, SockState, SslKey, StreamKey, TlsArgs,
-    config_flags, connectors::Connector, counters, maps,
+    COMM_LEN, Config, CopyCtl, DataEvent, SockKey, SockState, SslKey, StreamKey, TlsArgs,
+    config_flags, connectors::Connector, counters, entered, maps,
 };
 
 use crate::copy::Copy;
@@ -36,10 +36,14 @@ pub static SK_ROLES: LruHashMap<u64, u64> = LruHashMap::with_max_entries(maps::S
 #[map]
 pub static COPY_CTL: HashMap<StreamKey, CopyCtl> =
     HashMap::with_max_entries(maps::COPY_CTL_CAPACITY, 0);
-/// A plain hash (an LRU's bookkeeping costs every lookup): an entry whose exit never comes
-/// goes when its thread exits (`sched_process_exit`).
+/// The data syscalls in progress, a slot per thread (see `sniffer_common::entered`).
 #[map]
-pub static PENDING: HashMap<u32, Pending> = HashMap::with_max_entries(maps::PENDING_CAPACITY, 0);
+pub static ENTERED: Array<u64> = Array::with_max_entries(maps::ENTERED_CAPACITY, 0);
+/// tid -> socket, for a thread whose `ENTERED` slot another thread holds. A plain hash (an
+/// LRU's bookkeeping costs every lookup): an entry whose exit never comes goes when its thread
+/// exits (`sched_process_exit`).
+#[map]
+pub static PENDING: HashMap<u32, u64> = HashMap::with_max_entries(maps::PENDING_CAPACITY, 0);
 #[map]
 pub static SCRATCH: PerCpuArray<DataEvent> = PerCpuArray::with_max_entries(1, 0);
 /// The chunk loop's state lives in a map, not on the stack: the verifier tracks stack values
@@ -111,20 +115,60 @@ pub fn current_target() -> Option<(u32, u32)> {
     Some((tgid, id as u32))
 }
 
-/// Saves a syscall's arguments for its exit.
+/// Whether the process of `pid_tgid` (as `bpf_get_current_pid_tgid` gives it) is a target;
+/// unlike [`current_target`], never makes it one.
 #[inline(always)]
-pub fn save_pending(tid: u32, p: &Pending) {
-    if PENDING.insert(tid, *p, 0).is_err() {
+pub fn is_target(pid_tgid: u64) -> bool {
+    // SAFETY: presence test only.
+    unsafe { TARGETS.get((pid_tgid >> 32) as u32) }.is_some()
+}
+
+/// Records the enter of thread `tid`'s data syscall on socket `sk` (0: not a socket sniffer
+/// reads), for its exit: the thread's slot when free, else the hash.
+#[inline(always)]
+pub fn enter_call(tid: u32, sk: u64) {
+    let Some(slot) = ENTERED.get_ptr_mut(entered::slot(tid)) else {
+        return;
+    };
+    // SAFETY: array value pointer, valid during this program run; an aligned u64, so a load or
+    // store of it is whole.
+    unsafe {
+        if entered::free_for(slot.read_volatile(), tid) {
+            slot.write_volatile(entered::pack(tid, sk));
+            return;
+        }
+    }
+    if PENDING.insert(tid, sk, 0).is_err() {
         count(counters::PENDING_FULL, 1);
         crate::diag::map_full(maps::PENDING);
     }
 }
 
-/// Takes what the enter of this thread's syscall saved.
+/// Takes back what the enter of thread `tid`'s data syscall recorded from its slot: the fold
+/// of its socket (0: not one sniffer reads). `None`: the slot is not this thread's.
 #[inline(always)]
-pub fn take_pending(tid: u32) -> Option<Pending> {
+pub fn take_call(tid: u32) -> Option<u64> {
+    let slot = ENTERED.get_ptr_mut(entered::slot(tid))?;
+    // SAFETY: as in `enter_call`.
+    unsafe {
+        let fold = entered::fold_of(slot.read_volatile(), tid)?;
+        slot.write_volatile(0);
+        Some(fold)
+    }
+}
+
+/// Takes what the enter of this thread's data syscall recorded in the hash, as a fold.
+#[inline(always)]
+pub fn take_pending(tid: u32) -> Option<u64> {
     // SAFETY: copied out before removal.
-    let p = unsafe { PENDING.get(tid) }.copied()?;
+    let sk = unsafe { PENDING.get(tid) }.copied()?;
     let _ = PENDING.remove(tid);
-    Some(p)
+    Some(entered::fold(sk))
+}
+
+/// Forgets thread `tid`'s call in progress (the thread exited).
+#[inline(always)]
+pub fn forget_call(tid: u32) {
+    let _ = take_call(tid);
+    let _ = PENDING.remove(tid);
 }

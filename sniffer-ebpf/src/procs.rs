@@ -12,7 +12,7 @@ use sniffer_common::{COMM_LEN, OFFSET_ABSENT, counters, kind, maps};
 
 use crate::{
     diag,
-    maps::{COMMS, PENDING, TARGETS, TLS_CALLS, config, count, current_target},
+    maps::{COMMS, TARGETS, TLS_CALLS, config, count, current_target, forget_call},
     ring::emit_proc,
     sockets::kread,
 };
@@ -84,7 +84,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         // SAFETY: read of the tracepoint record at an offset from its tracefs format.
         unsafe { ctx.read_at::<u8>(cfg.tp.exit_group_dead as usize) }.unwrap_or(0) != 0
     };
-    let _ = PENDING.remove(tid);
+    forget_call(tid);
     let _ = TLS_CALLS.remove(tid);
     if !group_dead {
         return 0;

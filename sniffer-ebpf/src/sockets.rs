@@ -104,7 +104,7 @@ fn fd_file(k: &KernelOffsets, fd: i32) -> u64 {
 /// inode, type and family reads that only a new socket needs (7 kernel reads, not 12). Only a
 /// match means anything: anything else goes to the full walk.
 #[inline(always)]
-fn fd_holds(k: &KernelOffsets, fd: i32, sk: u64) -> bool {
+pub fn fd_holds(k: &KernelOffsets, fd: i32, sk: u64) -> bool {
     let file = fd_file(k, fd);
     sk != 0
         && kread::<u64>(file, k.file_private_data)

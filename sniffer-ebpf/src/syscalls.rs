@@ -3,9 +3,10 @@
 //!
 //! Their first instructions are the filter every syscall pays: the syscall number against the
 //! dozen sniffer reads (a bit mask, no map), then whether the process is traced (one hash
-//! lookup). Past that, the enter saves the arguments of a traced process's call on a socket;
-//! the exit advances the stream offset and copies what moved, or gives a socket its role and
-//! addresses (connect, accept); close ends a socket at its enter.
+//! lookup). Past that, the enter of a traced thread's read or write notes which socket it is
+//! on, in the thread's slot (`sniffer_common::entered`); the exit takes it back, reads the
+//! arguments from the registers, advances the stream offset and copies what moved. connect and
+//! accept give a socket its role and addresses at their exit; close ends a socket at its enter.
 //!
 //! The exit program comes in three variants, for the kernel features they need (see
 //! `sniffer_common::Variant`); userspace probes the kernel and loads one of them.
@@ -17,18 +18,19 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use sniffer_common::{
-    Config, DataHeader, MAX_IOVECS, Pending, SockKey, SslKey, Syscall, config_flags, copy_flags,
-    data_flags, dir, kind, role, sock_flags,
+    Config, DataHeader, MAX_IOVECS, SockKey, SslKey, Syscall, config_flags, copy_flags, counters,
+    data_flags, dir, entered, kind, role, sock_flags,
 };
 
 use crate::{
     atomic::{fetch_add, read_then_add},
     callers, copy,
     maps::{
-        COPY_TAIL, SOCKETS, SSL_FDS, TLS_CALLS, config, current_target, save_pending, take_pending,
+        COPY_TAIL, SOCKETS, SSL_FDS, TLS_CALLS, config, count, current_target, enter_call,
+        is_target, take_call, take_pending,
     },
     ring::{emit_proc, emit_uncopied},
-    sockets::{emit_sock, track_socket},
+    sockets::{emit_sock, fd_holds, track_socket},
 };
 
 const MSG_PEEK: u64 = 2;
@@ -108,7 +110,7 @@ fn arg(regs: *const pt_regs, n: u32) -> u64 {
     }
 }
 
-// ---- enter: remember the arguments ---------------------------------------------------------
+// ---- enter: remember the socket ----------------------------------------------------------
 
 #[btf_tracepoint(function = "sys_enter")]
 pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
@@ -116,70 +118,65 @@ pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
     if !wanted(id) {
         return 0;
     }
+    // Here a process of a traced cgroup becomes a target, at its first syscall sniffer reads;
+    // the exit only asks.
     let Some((tgid, tid)) = current_target() else {
         return 0;
     };
     let Some(cfg) = config() else { return 0 };
     let regs = regs(&ctx);
-    let (sc, flags_arg) = match id {
-        nr::READ => (Syscall::Read, None),
-        nr::READV => (Syscall::Readv, None),
-        nr::RECVFROM => (Syscall::Recvfrom, Some(3)),
-        nr::RECVMSG => (Syscall::Recvmsg, Some(2)),
-        nr::WRITE => (Syscall::Write, None),
-        nr::WRITEV => (Syscall::Writev, None),
-        nr::SENDTO => (Syscall::Sendto, None),
-        nr::SENDMSG => (Syscall::Sendmsg, None),
-        nr::SENDFILE => (Syscall::Sendfile, None),
-        nr::CONNECT => return enter_sock(regs, tid, Syscall::Connect),
-        nr::ACCEPT | nr::ACCEPT4 => return enter_sock(regs, tid, Syscall::Accept),
-        nr::CLOSE => return enter_close(cfg, regs, tgid, tid),
-        nr::MMAP => return enter_mmap(regs, tid),
-        _ => return 0,
-    };
-    enter_data(cfg, regs, tgid, tid, sc, flags_arg)
+    match data_syscall(id) {
+        Some(sc) => enter_data(cfg, regs, tgid, tid, sc),
+        None if id == nr::CLOSE => enter_close(cfg, regs, tgid, tid),
+        // connect, accept and mmap are read at their exit.
+        None => 0,
+    }
 }
 
-/// Enter of a data syscall: the socket is argument 0, `buf` argument 1, `count` argument 2
-/// (sendfile has no user buffer); `flags_arg` is the index of a recv flags argument to check
-/// for MSG_PEEK (peeked bytes are read again later).
+/// The data syscall of number `id`.
 #[inline(always)]
-fn enter_data(
-    cfg: &Config,
-    regs: *const pt_regs,
-    tgid: u32,
-    tid: u32,
-    sc: Syscall,
-    flags_arg: Option<u32>,
-) -> i32 {
-    if let Some(i) = flags_arg
-        && arg(regs, i) & MSG_PEEK != 0
-    {
-        return 0;
-    }
+fn data_syscall(id: u64) -> Option<Syscall> {
+    Some(match id {
+        nr::READ => Syscall::Read,
+        nr::READV => Syscall::Readv,
+        nr::RECVFROM => Syscall::Recvfrom,
+        nr::RECVMSG => Syscall::Recvmsg,
+        nr::WRITE => Syscall::Write,
+        nr::WRITEV => Syscall::Writev,
+        nr::SENDTO => Syscall::Sendto,
+        nr::SENDMSG => Syscall::Sendmsg,
+        nr::SENDFILE => Syscall::Sendfile,
+        _ => return None,
+    })
+}
+
+/// Enter of a data syscall (the socket is argument 0): which socket it is on, for the exit,
+/// which reads the other arguments from the registers. Recorded for every data syscall of a
+/// traced thread, 0 when not on a socket sniffer reads, so that the exit knows it.
+#[inline(always)]
+fn enter_data(cfg: &Config, regs: *const pt_regs, tgid: u32, tid: u32, sc: Syscall) -> i32 {
     let fd = arg(regs, 0) as i32;
-    let Some(sk) = track_socket(cfg, tgid, tid, fd, None) else {
-        return 0;
+    let sk = if peeks(regs, sc) {
+        0
+    } else {
+        track_socket(cfg, tgid, tid, fd, None).unwrap_or(0)
     };
-    if cfg.flags & config_flags::TLS != 0 {
+    if sk != 0 && cfg.flags & config_flags::TLS != 0 {
         tls_socket(tgid, tid, fd);
     }
-    let (buf, count) = if sc == Syscall::Sendfile {
-        (0, 0)
-    } else {
-        (arg(regs, 1), arg(regs, 2))
-    };
-    save_pending(
-        tid,
-        &Pending {
-            sk,
-            buf,
-            count,
-            fd,
-            syscall: sc as u32,
-        },
-    );
+    enter_call(tid, sk);
     0
+}
+
+/// A recv with MSG_PEEK: its bytes are read again later.
+#[inline(always)]
+fn peeks(regs: *const pt_regs, sc: Syscall) -> bool {
+    let flags = match sc {
+        Syscall::Recvfrom => arg(regs, 3),
+        Syscall::Recvmsg => arg(regs, 2),
+        _ => 0,
+    };
+    flags & MSG_PEEK != 0
 }
 
 /// A socket syscall inside a TLS library call: that call's `SSL *` uses this socket, whose
@@ -207,37 +204,6 @@ fn tls_socket(tgid: u32, tid: u32, fd: i32) {
     }
 }
 
-/// Enter of mmap: executable code from a file (a library loaded, dlopen) is reported at the
-/// exit, so that userspace can look for a TLS library in it.
-#[inline(always)]
-fn enter_mmap(regs: *const pt_regs, tid: u32) -> i32 {
-    let fd = arg(regs, 4) as i32;
-    if arg(regs, 2) & PROT_EXEC == 0 || fd < 0 {
-        return 0;
-    }
-    save_pending(tid, &fd_only(fd, Syscall::Mmap));
-    0
-}
-
-/// Enter of connect/accept: only the fd (the listening fd for accept) matters.
-#[inline(always)]
-fn enter_sock(regs: *const pt_regs, tid: u32, sc: Syscall) -> i32 {
-    save_pending(tid, &fd_only(arg(regs, 0) as i32, sc));
-    0
-}
-
-/// The pending call of a syscall that needs only its fd at the exit.
-#[inline(always)]
-fn fd_only(fd: i32, sc: Syscall) -> Pending {
-    Pending {
-        sk: 0,
-        buf: 0,
-        count: 0,
-        fd,
-        syscall: sc as u32,
-    }
-}
-
 #[inline(always)]
 fn enter_close(cfg: &Config, regs: *const pt_regs, tgid: u32, tid: u32) -> i32 {
     let key = SockKey {
@@ -258,7 +224,8 @@ fn enter_close(cfg: &Config, regs: *const pt_regs, tgid: u32, tid: u32) -> i32 {
 
 // ---- exit: copy what moved ----------------------------------------------------------------
 
-/// Exit of any syscall: those whose enter saved arguments go on.
+/// Exit of any syscall: a data syscall of a traced thread goes on with what its enter
+/// recorded, connect, accept and mmap are read here.
 /// `BPF_LOOP`: copy with bpf_loop (5.17); `FETCH`: atomic fetch-and-add (5.12).
 #[inline(always)]
 fn exit<const BPF_LOOP: bool, const FETCH: bool>(ctx: &BtfTracePointContext) -> i32 {
@@ -268,71 +235,117 @@ fn exit<const BPF_LOOP: bool, const FETCH: bool>(ctx: &BtfTracePointContext) -> 
     if !wanted(id) {
         return 0;
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
-    // Only a traced process's enter saved anything.
-    let Some(p) = take_pending(tid) else {
-        // An untraced process connected: who it was, for a traced server's accept.
-        if id == nr::CONNECT
-            && let Some(cfg) = config()
-        {
-            callers::connected(cfg, tgid, arg(regs, 0) as i32, ctx.arg(1));
-        }
+    let ret: i64 = ctx.arg(1);
+    let Some(sc) = data_syscall(id) else {
+        exit_other(regs, id, ret);
         return 0;
     };
-    let Some(cfg) = config() else { return 0 };
-    let ret: i64 = ctx.arg(1);
-    match Syscall::from_u32(p.syscall) {
-        Some(Syscall::Connect) => {
-            // 0 or -EINPROGRESS: the socket's addresses are set.
-            if ret == 0 || ret == -EINPROGRESS {
-                track_socket(cfg, tgid, tid, p.fd, Some(role::CLIENT));
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    // What the enter recorded: the thread's slot, else (a traced thread only) the hash.
+    let entered = match take_call(tid) {
+        Some(fold) => Some(fold),
+        None => {
+            if !is_target(pid_tgid) {
+                return 0;
             }
+            take_pending(tid)
         }
-        Some(Syscall::Accept) => {
-            if ret >= 0 {
-                track_socket(cfg, tgid, tid, ret as i32, Some(role::SERVER));
-            }
-        }
-        Some(Syscall::Mmap) => {
-            // An address, or -errno.
-            if !(-4095..0).contains(&ret) {
-                emit_proc(kind::PROC_MAP_EXEC, tgid, 0, 0);
-            }
-        }
-        Some(sc) if ret > 0 => exit_data::<BPF_LOOP, FETCH>(ctx, cfg, tgid, tid, &p, sc, ret),
-        _ => {}
+    };
+    // Not on a socket sniffer reads, or nothing moved.
+    if entered == Some(0) || ret <= 0 {
+        return 0;
     }
+    let Some(cfg) = config() else { return 0 };
+    let tgid = (pid_tgid >> 32) as u32;
+    exit_data::<BPF_LOOP, FETCH>(ctx, cfg, regs, tgid, tid, sc, ret as u64, entered);
     0
 }
 
-/// Exit of a data syscall that moved `ret` bytes: advance the socket's stream offset and send
-/// the bytes as chunk events, then what was not copied as one length-only event.
+/// Exit of connect, accept and mmap: a traced process's socket gets its role and addresses,
+/// an untraced process's connect is noted for a traced server's accept, executable code
+/// mapped from a file is reported.
 #[inline(always)]
+fn exit_other(regs: *const pt_regs, id: u64, ret: i64) {
+    let Some(cfg) = config() else { return };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    let target = is_target(pid_tgid).then_some((tgid, tid));
+    match id {
+        nr::CONNECT => match target {
+            // 0 or -EINPROGRESS: the socket's addresses are set.
+            Some((tgid, tid)) => {
+                if ret == 0 || ret == -EINPROGRESS {
+                    track_socket(cfg, tgid, tid, arg(regs, 0) as i32, Some(role::CLIENT));
+                }
+            }
+            // An untraced process connected: who it was, for a traced server's accept.
+            None => callers::connected(cfg, tgid, arg(regs, 0) as i32, ret),
+        },
+        nr::ACCEPT | nr::ACCEPT4 => {
+            if let Some((tgid, tid)) = target
+                && ret >= 0
+            {
+                track_socket(cfg, tgid, tid, ret as i32, Some(role::SERVER));
+            }
+        }
+        nr::MMAP => {
+            // Executable code from a file (a library loaded, dlopen), mapped: an address, not
+            // -errno. Userspace looks for a TLS library in it.
+            if let Some((tgid, _)) = target
+                && !(-4095..0).contains(&ret)
+                && arg(regs, 2) & PROT_EXEC != 0
+                && arg(regs, 4) as i32 >= 0
+            {
+                emit_proc(kind::PROC_MAP_EXEC, tgid, 0, 0);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Exit of a data syscall on fd argument 0 that moved `ret` bytes: advance the socket's stream
+/// offset and send the bytes as chunk events, then what was not copied as one length-only
+/// event. `entered`: the fold of the socket its enter saw; `None` when no enter was seen (begun
+/// before the attach, or its slot lost), and then the bytes of a socket the fd still holds go
+/// out by length only, a gap of known length.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn exit_data<const BPF_LOOP: bool, const FETCH: bool>(
     ctx: &BtfTracePointContext,
     cfg: &Config,
+    regs: *const pt_regs,
     tgid: u32,
     tid: u32,
-    p: &Pending,
     sc: Syscall,
-    ret: i64,
+    ret: u64,
+    entered: Option<u64>,
 ) {
-    let ret = ret as u64;
-    let key = SockKey { tgid, fd: p.fd };
+    let fd = arg(regs, 0) as i32;
+    let key = SockKey { tgid, fd };
     let Some(st) = SOCKETS.get_ptr_mut(key) else {
         return;
     };
     let d = sc.dir();
     // SAFETY: map value pointer, valid during this program run.
-    if unsafe { (*st).sk } != p.sk {
-        return;
+    let (sk, flags) = unsafe { ((*st).sk, (*st).flags) };
+    match entered {
+        // The fd holds another socket than at the enter (closed and reused meanwhile).
+        Some(fold) if entered::fold(sk) != fold => return,
+        Some(_) => {}
+        None => {
+            if flags & sock_flags::IGNORED != 0 || peeks(regs, sc) || !fd_holds(&cfg.kernel, fd, sk)
+            {
+                return;
+            }
+            count(counters::ENTER_MISSED, 1);
+        }
     }
     let ctl = copy::control(&DataHeader {
         tgid,
-        fd: p.fd,
+        fd,
         dir: d,
-        sk: p.sk,
+        sk,
         ..DataHeader::EMPTY
     });
     if ctl.flags & copy_flags::IGNORE != 0 {
@@ -362,9 +375,9 @@ fn exit_data<const BPF_LOOP: bool, const FETCH: bool>(
         ts_ns: unsafe { bpf_ktime_get_ns() },
         tgid,
         tid,
-        fd: p.fd,
-        syscall: p.syscall,
-        sk: p.sk,
+        fd,
+        syscall: sc as u32,
+        sk,
         off,
         len: 0,
         syscall_len: ret,
@@ -382,8 +395,9 @@ fn exit_data<const BPF_LOOP: bool, const FETCH: bool>(
         );
         return;
     }
-    if sc == Syscall::Sendfile {
-        // Bytes from a file, not user memory: length only, without setting up a copy.
+    if sc == Syscall::Sendfile || entered.is_none() {
+        // Bytes from a file, not user memory, or a call whose arguments may not be this
+        // socket's: length only, without setting up a copy.
         emit_uncopied(hdr, ret);
         return;
     }
@@ -392,23 +406,24 @@ fn exit_data<const BPF_LOOP: bool, const FETCH: bool>(
     };
     // SAFETY: per-CPU map value, used by this program run only.
     let c = unsafe { &mut *state };
+    let (buf, count) = (arg(regs, 1), arg(regs, 2));
     match sc {
         Syscall::Read | Syscall::Write | Syscall::Recvfrom | Syscall::Sendto => {
-            c.base = p.buf;
+            c.base = buf;
             c.seg_left = ret;
         }
         Syscall::Readv | Syscall::Writev => {
-            c.iov = p.buf;
-            c.iov_left = if p.count < MAX_IOVECS {
-                p.count
+            c.iov = buf;
+            c.iov_left = if count < MAX_IOVECS {
+                count
             } else {
                 MAX_IOVECS
             };
         }
         Syscall::Recvmsg | Syscall::Sendmsg => {
             // struct msghdr { name; namelen; iov @16; iovlen @24; ... } (user ABI, 64-bit)
-            let iov = user_u64(p.buf + 16);
-            let n = user_u64(p.buf + 24);
+            let iov = user_u64(buf + 16);
+            let n = user_u64(buf + 24);
             c.iov = iov;
             c.iov_left = if n < MAX_IOVECS { n } else { MAX_IOVECS };
         }
