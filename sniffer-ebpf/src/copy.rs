@@ -48,22 +48,32 @@ const NO_CTL: CopyCtl = CopyCtl {
 /// LLVM may read an `Option`'s payload on the `None` path (see `sockets::Found`).
 #[inline(always)]
 pub fn control(hdr: &DataHeader) -> CopyCtl {
+    control_of(hdr.tgid, hdr.fd, hdr.dir, hdr.sk)
+}
+
+/// [`control`] of the stream of socket `sk`, fd `fd` of `tgid`, direction `dir`.
+#[inline(always)]
+pub fn control_of(tgid: u32, fd: i32, dir: u32, sk: u64) -> CopyCtl {
     let skey = StreamKey {
-        tgid: hdr.tgid,
-        fd: hdr.fd,
-        dir: hdr.dir,
+        tgid,
+        fd,
+        dir,
         _pad: 0,
     };
-    let mut ctl = NO_CTL;
     // SAFETY: a map value's reference, valid during this program run.
-    if let Some(found) = unsafe { COPY_CTL.get(skey) } {
-        // SAFETY: both a CopyCtl, 8-aligned; read a word at a time into the local.
-        unsafe { mem::copy(&mut ctl, found) };
-        if ctl.sk != hdr.sk {
-            ctl = NO_CTL;
-        }
+    match unsafe { COPY_CTL.get(skey) } {
+        // Field by field into registers: a copy of the struct would take a stack slot, and the
+        // exit program's frame is near the verifier's limit with the copy loop's on top.
+        Some(found) if found.sk == sk => CopyCtl {
+            sk,
+            credit_until: found.credit_until,
+            skip_from: found.skip_from,
+            skip_until: found.skip_until,
+            flags: found.flags,
+            _pad: 0,
+        },
+        _ => NO_CTL,
     }
-    ctl
 }
 
 /// Sets up the copy of `hdr.syscall_len` bytes of a stream starting at `hdr.off`, with what

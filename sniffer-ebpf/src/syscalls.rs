@@ -341,13 +341,7 @@ fn exit_data<const BPF_LOOP: bool, const FETCH: bool>(
             count(counters::ENTER_MISSED, 1);
         }
     }
-    let ctl = copy::control(&DataHeader {
-        tgid,
-        fd,
-        dir: d,
-        sk,
-        ..DataHeader::EMPTY
-    });
+    let ctl = copy::control_of(tgid, fd, d, sk);
     if ctl.flags & copy_flags::IGNORE != 0 {
         // Set aside (not HTTP): nothing more of it, and its enters stop at the lookup.
         // SAFETY: as above.
@@ -368,7 +362,7 @@ fn exit_data<const BPF_LOOP: bool, const FETCH: bool>(
         };
         (off, (*st).flags & sock_flags::TLS != 0)
     };
-    let hdr = DataHeader {
+    let mut hdr = DataHeader {
         kind: kind::DATA,
         dir: d,
         // SAFETY: no preconditions.
@@ -386,16 +380,9 @@ fn exit_data<const BPF_LOOP: bool, const FETCH: bool>(
     };
     if tls {
         // Ciphertext: its plaintext comes from the TLS library's probes. Counted only.
-        emit_uncopied(
-            DataHeader {
-                flags: data_flags::CIPHERTEXT,
-                ..hdr
-            },
-            ret,
-        );
-        return;
+        hdr.flags = data_flags::CIPHERTEXT;
     }
-    if sc == Syscall::Sendfile || entered.is_none() {
+    if tls || sc == Syscall::Sendfile || entered.is_none() {
         // Bytes from a file, not user memory, or a call whose arguments may not be this
         // socket's: length only, without setting up a copy.
         emit_uncopied(hdr, ret);
