@@ -313,18 +313,10 @@ fn connection_opened_before_attaching_is_captured_with_its_addresses() {
     }
     let www = www();
     let server = Server::start(www.path(), &[]);
-    let mut client = Interactive::start(Command::new("python3").args([
-        fixture("preconnected_client.py").to_str().unwrap(),
-        "127.0.0.1",
-        &server.port.to_string(),
-        "/hi.txt",
-    ]));
-    let local_port: u16 = client
-        .lines
-        .expect("LOCAL ", Duration::from_secs(20))
-        .trim_start_matches("LOCAL ")
-        .parse()
-        .unwrap();
+    let port = server.port.to_string();
+    let mut client =
+        Interactive::python("preconnected_client.py", &["127.0.0.1", &port, "/hi.txt"]);
+    let local_port: u16 = client.lines.expect_value("LOCAL ", Duration::from_secs(20));
     let running = Running::start(&["--pid", &client.guard.pid().to_string()]);
     client.send_line("go");
     client.lines.expect("GOT ", Duration::from_secs(20));
@@ -354,27 +346,14 @@ fn a_read_begun_before_the_attach_is_a_gap_of_its_length() {
     }
     let www = www();
     let server = Server::start(www.path(), &[]);
-    let mut client = Interactive::start(Command::new("python3").args([
-        fixture("split_reader_client.py").to_str().unwrap(),
-        "127.0.0.1",
-        &server.port.to_string(),
-        "/hi.txt",
-    ]));
+    let port = server.port.to_string();
+    let mut client =
+        Interactive::python("split_reader_client.py", &["127.0.0.1", &port, "/hi.txt"]);
     client.lines.expect("LOCAL ", Duration::from_secs(20));
     let running = Running::start(&["--pid", &client.guard.pid().to_string()]);
     client.send_line("go");
-    let first: u64 = client
-        .lines
-        .expect("FIRST ", Duration::from_secs(20))
-        .trim_start_matches("FIRST ")
-        .parse()
-        .unwrap();
-    let total: u64 = client
-        .lines
-        .expect("GOT ", Duration::from_secs(20))
-        .trim_start_matches("GOT ")
-        .parse()
-        .unwrap();
+    let first: u64 = client.lines.expect_value("FIRST ", Duration::from_secs(20));
+    let total: u64 = client.lines.expect_value("GOT ", Duration::from_secs(20));
     client.guard.wait_timeout(Duration::from_secs(20));
     let cap = running.stop();
 

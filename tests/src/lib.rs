@@ -172,6 +172,15 @@ impl Lines {
             }
         }
     }
+
+    /// The value after `prefix` on the next line starting with it (`LOCAL 40112` -> 40112).
+    pub fn expect_value<T: std::str::FromStr>(&self, prefix: &str, limit: Duration) -> T {
+        let line = self.expect(prefix, limit);
+        let value = line[prefix.len()..].trim();
+        value
+            .parse()
+            .unwrap_or_else(|_| panic!("{line:?}: {value:?} is not a value of the kind expected"))
+    }
 }
 
 /// A test HTTP server (tests/fixtures/http_server.py) on loopback.
@@ -474,6 +483,11 @@ impl Interactive {
             lines,
             stdin,
         }
+    }
+
+    /// A Python fixture (tests/fixtures/NAME) with `args`, driven over stdin and stdout.
+    pub fn python(name: &str, args: &[&str]) -> Self {
+        Self::start(Command::new("python3").arg(fixture(name)).args(args))
     }
 
     pub fn send_line(&mut self, line: &str) {
