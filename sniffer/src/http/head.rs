@@ -8,45 +8,51 @@ pub struct Header<'a> {
     pub value: &'a [u8],
 }
 
-/// A head's header fields, in order: names and values in one buffer (a message has a dozen
-/// fields; two allocations instead of two per field).
+/// A head's header fields, in order, in one buffer: each field is its name's length and its
+/// value's length (`u32`s) then its name and its value. A message has a dozen fields and they
+/// are read in order (a lookup is a walk): one allocation for them all.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Fields {
-    /// Each field's name then its value.
-    text: Vec<u8>,
-    /// Where each field's name starts, its value starts (the name's end) and its value ends.
-    spans: Vec<[u32; 3]>,
+    buf: Vec<u8>,
+    count: usize,
 }
 
+/// Bytes before each field's name: the two lengths.
+const FIELD_LENGTHS: usize = 8;
+
 impl Fields {
+    /// Room for `fields` fields of `bytes` bytes of names and values in all.
     pub fn with_capacity(fields: usize, bytes: usize) -> Self {
         Self {
-            text: Vec::with_capacity(bytes),
-            spans: Vec::with_capacity(fields),
+            buf: Vec::with_capacity(bytes + fields * FIELD_LENGTHS),
+            count: 0,
         }
     }
 
+    #[inline]
     pub fn push(&mut self, name: &str, value: &[u8]) {
-        let at = self.text.len() as u32;
-        self.text.extend_from_slice(name.as_bytes());
-        self.text.extend_from_slice(value);
-        let value_at = at + name.len() as u32;
-        self.spans
-            .push([at, value_at, value_at + value.len() as u32]);
+        // A head is at most 64 KiB (MAX_HEAD), a uwsgi packet too: lengths fit a u32.
+        let mut lengths = [0; FIELD_LENGTHS];
+        lengths[..4].copy_from_slice(&(name.len() as u32).to_ne_bytes());
+        lengths[4..].copy_from_slice(&(value.len() as u32).to_ne_bytes());
+        self.buf.extend_from_slice(&lengths);
+        self.buf.extend_from_slice(name.as_bytes());
+        self.buf.extend_from_slice(value);
+        self.count += 1;
     }
 
     pub fn len(&self) -> usize {
-        self.spans.len()
+        self.count
     }
 
     pub fn is_empty(&self) -> bool {
-        self.spans.is_empty()
+        self.count == 0
     }
 
     pub fn iter(&self) -> impl Iterator<Item = Header<'_>> + '_ {
-        self.spans.iter().map(|&span| {
-            let (name, value) = self.field(span);
-            // SAFETY: `push` copied the name whole from a `&str`, and spans fall on its ends.
+        self.raw().map(|(name, value)| {
+            // SAFETY: `push` copied the name whole from a `&str`, and each field's lengths
+            // fall on its name's and its value's ends.
             let name = unsafe { std::str::from_utf8_unchecked(name) };
             Header { name, value }
         })
@@ -54,34 +60,83 @@ impl Fields {
 
     /// The values of the fields named `name` (case-insensitive), in order.
     pub fn values<'a, 'n>(&'a self, name: &'n str) -> impl Iterator<Item = &'a [u8]> + use<'a, 'n> {
-        self.spans
-            .iter()
-            .map(|&span| self.field(span))
+        self.raw()
             .filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
             .map(|(_, value)| value)
     }
 
     /// The first value of the field named `name` (case-insensitive).
     pub fn value(&self, name: &str) -> Option<&[u8]> {
-        self.values(name).next()
+        let name = name.as_bytes();
+        let mut rest = self.buf.as_slice();
+        while let Some((n, value, after)) = split_field(rest) {
+            if n.eq_ignore_ascii_case(name) {
+                return Some(value);
+            }
+            rest = after;
+        }
+        None
     }
 
-    /// A field's name and value bytes.
-    fn field(&self, [name, value, end]: [u32; 3]) -> (&[u8], &[u8]) {
-        let (n, v, e) = (name as usize, value as usize, end as usize);
-        (&self.text[n..v], &self.text[v..e])
+    /// Each field's name and value bytes, in order.
+    fn raw(&self) -> RawFields<'_> {
+        RawFields { rest: &self.buf }
     }
 
     /// RFC 9112 §5.2: a recipient of a folded response field replaces each obs-fold with SP
     /// before interpreting it (only a folded value holds CR or LF; names cannot).
     fn unfold(&mut self) {
-        if memchr::memchr2(b'\r', b'\n', &self.text).is_some() {
-            for b in &mut self.text {
+        // A length's bytes can be CR or LF too: the first check only rules the walk out.
+        if memchr::memchr2(b'\r', b'\n', &self.buf).is_none() {
+            return;
+        }
+        let mut at = 0;
+        while let Some((lengths, _)) = self.buf[at..].split_first_chunk::<FIELD_LENGTHS>() {
+            let (name, value) = field_lengths(lengths);
+            let end = (at + FIELD_LENGTHS + name + value).min(self.buf.len());
+            let value_at = (at + FIELD_LENGTHS + name).min(end);
+            for b in &mut self.buf[value_at..end] {
                 if *b == b'\r' || *b == b'\n' {
                     *b = b' ';
                 }
             }
+            at = end;
         }
+    }
+}
+
+/// A field's name and value lengths.
+#[inline]
+fn field_lengths(lengths: &[u8; FIELD_LENGTHS]) -> (usize, usize) {
+    let [n0, n1, n2, n3, v0, v1, v2, v3] = *lengths;
+    (
+        u32::from_ne_bytes([n0, n1, n2, n3]) as usize,
+        u32::from_ne_bytes([v0, v1, v2, v3]) as usize,
+    )
+}
+
+/// The first field of `buf` (its name and its value) and the fields after it; None at the end.
+#[inline]
+fn split_field(buf: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
+    let (lengths, rest) = buf.split_first_chunk::<FIELD_LENGTHS>()?;
+    let (name, value) = field_lengths(lengths);
+    let (name, rest) = rest.split_at_checked(name)?;
+    let (value, rest) = rest.split_at_checked(value)?;
+    Some((name, value, rest))
+}
+
+struct RawFields<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for RawFields<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        let (name, value, rest) = split_field(self.rest)?;
+        self.rest = rest;
+        Some((name, value))
     }
 }
 
@@ -423,6 +478,25 @@ pub(crate) mod tests {
         for cut in 1..raw.len() {
             assert_eq!(parse_head(&raw[..cut]), HeadParse::Partial, "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn unfolding_leaves_lengths_that_read_as_cr_or_lf_alone() {
+        // Field lengths of 10 and 13 are an LF and a CR byte in the fields' buffer: only the
+        // folded value's line break becomes SP.
+        let raw = b"HTTP/1.1 200 OK\r\nX-Ten: 0123456789\r\nX-Thirteen-Ab: 0123456789abc\r\nX-Fold: a\r\n b\r\n\r\n";
+        let h = head(raw);
+        let fields: Vec<(&str, &[u8])> = h.headers.iter().map(|f| (f.name, f.value)).collect();
+        assert_eq!(
+            fields,
+            [
+                ("X-Ten", &b"0123456789"[..]),
+                ("X-Thirteen-Ab", &b"0123456789abc"[..]),
+                ("X-Fold", &b"a   b"[..]),
+            ]
+        );
+        assert_eq!(h.header("x-fold"), Some(&b"a   b"[..]));
+        assert_eq!(h.headers_named("X-TEN").count(), 1);
     }
 
     #[test]
