@@ -85,7 +85,8 @@ pub trait HttpSink {
 #[derive(Debug)]
 struct PendingRequest {
     key: MsgKey,
-    method: String,
+    /// Its head (shared with the stitcher's exchange): the method frames the response.
+    head: std::sync::Arc<Head>,
     first_ts: u64,
     /// Its answer may end HTTP on the connection (CONNECT, Upgrade).
     switches: bool,
@@ -270,7 +271,7 @@ impl<S: HttpSink> Exchanges<S> {
                     let method = pending
                         .front()
                         .filter(|r| r.first_ts <= first_ts)
-                        .map(|r| r.method.as_str());
+                        .map(|r| r.head.method().unwrap_or(""));
                     response_body(h, method)
                 }
             };
@@ -324,7 +325,7 @@ impl<S: HttpSink> Exchanges<S> {
                     if is_request && let Some((key, ts)) = st.current[dir.index()] {
                         st.pending.push_back(PendingRequest {
                             key,
-                            method: head.method().unwrap_or("").to_owned(),
+                            head: head.clone(),
                             first_ts: ts,
                             switches: may_switch(&head),
                         });
@@ -354,7 +355,8 @@ impl<S: HttpSink> Exchanges<S> {
                             if !interim {
                                 // RFC 9110 §9.3.6: a 2xx to CONNECT makes the connection a
                                 // tunnel both ways; any other final answer leaves it HTTP.
-                                let tunnel = r.method == "CONNECT" && (200..300).contains(&status);
+                                let tunnel = r.head.method() == Some("CONNECT")
+                                    && (200..300).contains(&status);
                                 if tunnel || r.switches {
                                     answer = Some(answer.unwrap_or(false) || tunnel);
                                 }

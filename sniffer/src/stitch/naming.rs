@@ -109,12 +109,12 @@ impl<L: LogSink> Stitcher<L> {
         };
         let head = e.head.as_ref().or(e.request.as_ref().map(|m| &m.head));
         let target = match head.map(|h| &h.start) {
-            Some(StartLine::Request { target, .. }) => target.clone(),
-            _ => String::new(),
+            Some(StartLine::Request { target, .. }) => target.as_str(),
+            _ => "",
         };
         let host = head
             .and_then(|h| h.header("host"))
-            .map(|h| String::from_utf8_lossy(h).into_owned());
+            .map(String::from_utf8_lossy);
         let server_addr = match (&e.client, &e.server) {
             (Some(c), _) => c.peer.clone(),
             (None, Some(s)) => s.local.clone(),
@@ -127,16 +127,20 @@ impl<L: LogSink> Stitcher<L> {
         let url = if e.orphan {
             String::new()
         } else {
-            let authority = host.clone().unwrap_or_else(|| server_addr.to_string());
-            crate::http::target::url(&target, &authority, tls)
+            let authority = match &host {
+                Some(h) => std::borrow::Cow::Borrowed(h.as_ref()),
+                None => std::borrow::Cow::Owned(server_addr.to_string()),
+            };
+            crate::http::target::url(target, &authority, tls)
         };
         let port = match &server_addr {
             Endpoint::Inet(a) => Some(a.port()),
             _ => None,
         };
-        let path = target.split("://").nth(1).map_or(target.as_str(), |rest| {
-            rest.find('/').map_or("/", |i| &rest[i..])
-        });
+        let path = target
+            .split("://")
+            .nth(1)
+            .map_or(target, |rest| rest.find('/').map_or("/", |i| &rest[i..]));
         let rule = devstack_service(port, path).map(str::to_owned);
         let near = self.server_name(e, procs);
         let behind_proxy = fold && self.goes_into_proxy(e);
@@ -157,7 +161,7 @@ impl<L: LogSink> Stitcher<L> {
                 (Some(_), _) => near.unwrap_or_default(),
                 (None, Some(_)) => near
                     .or(rule)
-                    .or(host)
+                    .or(host.map(|h| h.into_owned()))
                     .unwrap_or_else(|| server_addr.to_string()),
                 (None, None) => "?".into(),
             };
