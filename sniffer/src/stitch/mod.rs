@@ -17,7 +17,7 @@ mod order;
 mod tests;
 mod views;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 use foldhash::HashMap;
 
@@ -83,8 +83,7 @@ pub struct Stitcher<L: LogSink> {
     /// per slot as it grows under load; boxed, a slot is 16 bytes.
     exchanges: HashMap<u64, Box<Exchange>>,
     by_key: HashMap<MsgKey, u64>,
-    queue: BTreeMap<(u64, u64), Item>,
-    position: HashMap<Item, (u64, u64)>,
+    order: order::Order,
     /// Boxed, as exchanges are: under connection churn thousands of ended connections wait
     /// here for late views, and an inline map doubled and copied them as it grew.
     conns: HashMap<u64, Box<ConnInfo>>,
@@ -97,7 +96,6 @@ pub struct Stitcher<L: LogSink> {
     unix_by_sk: HashMap<u64, u64>,
     unix_by_peer: HashMap<u64, u64>,
     next_id: u64,
-    next_seq: u64,
     next_number: u64,
     names: Names,
     /// Looks up untraced processes in /proc; None keeps the stitcher off the live system.
@@ -135,14 +133,12 @@ impl<L: LogSink> Stitcher<L> {
         Self {
             exchanges: HashMap::default(),
             by_key: HashMap::default(),
-            queue: BTreeMap::new(),
-            position: HashMap::default(),
+            order: order::Order::default(),
             conns: HashMap::default(),
             by_addr: HashMap::default(),
             unix_by_sk: HashMap::default(),
             unix_by_peer: HashMap::default(),
             next_id: 0,
-            next_seq: 0,
             next_number: 0,
             names,
             owners: Some(Owners::new()),
@@ -424,7 +420,7 @@ impl<L: LogSink> Stitcher<L> {
             }
         } else if !written {
             // The other end's view of a response already placed: keep the earlier place.
-            if let Some(pos) = self.position.get(&Item::Msg(x, Which::Response)).copied()
+            if let Some(pos) = self.order.place_of(Item::Msg(x, Which::Response))
                 && ts < pos.0
             {
                 self.dequeue(Item::Msg(x, Which::Response));

@@ -1,5 +1,9 @@
 //! Causal order: every message waits in a queue at the kernel time of its first byte and is
 //! written once it is complete and nothing that began before it can still arrive.
+use std::collections::VecDeque;
+
+use foldhash::HashMap;
+
 use super::{LogSink, MAX_QUEUED, Stitcher, Which};
 use crate::exchange::MsgKey;
 use crate::procs::ProcTable;
@@ -11,22 +15,92 @@ pub(super) enum Item {
     Pending(MsgKey),
 }
 
+/// A place in the order: the kernel time of the first byte, then the order of arrival.
+type Place = (u64, u64);
+
+/// The messages waiting for their place, sorted. First bytes come nearly in order (a ring
+/// record is at most tens of microseconds behind the newest), so a place is found from the
+/// back and the queue is a sorted deque, not a tree (a tree allocated and rebalanced for every
+/// message). A message taken out before its turn leaves a hole, skipped once it is at the
+/// front; the front is never a hole.
+#[derive(Debug, Default)]
+pub(super) struct Order {
+    slots: VecDeque<(Place, Option<Item>)>,
+    places: HashMap<Item, Place>,
+    next_seq: u64,
+}
+
+/// Slots kept allocated when the queue empties (a burst's are given back).
+const KEEP_SLOTS: usize = 1 << 14;
+
+impl Order {
+    /// Messages waiting (holes not counted).
+    pub(super) fn len(&self) -> usize {
+        self.places.len()
+    }
+
+    pub(super) fn place_of(&self, item: Item) -> Option<Place> {
+        self.places.get(&item).copied()
+    }
+
+    pub(super) fn first(&self) -> Option<(Place, Item)> {
+        self.slots
+            .front()
+            .and_then(|&(place, item)| Some((place, item?)))
+    }
+
+    pub(super) fn insert(&mut self, ts: u64, item: Item) {
+        self.next_seq += 1;
+        let place = (ts, self.next_seq);
+        if let Some(old) = self.places.insert(item, place) {
+            self.hole(old);
+        }
+        let at = match self.slots.back() {
+            Some((last, _)) if *last > place => self.slots.partition_point(|(p, _)| *p < place),
+            _ => self.slots.len(),
+        };
+        self.slots.insert(at, (place, Some(item)));
+    }
+
+    pub(super) fn remove(&mut self, item: Item) -> Option<Place> {
+        let place = self.places.remove(&item)?;
+        self.hole(place);
+        Some(place)
+    }
+
+    /// Empties the slot at `place`, and the holes that reach the front.
+    fn hole(&mut self, place: Place) {
+        // Mostly the front's own turn: no search.
+        let at = if self.slots.front().is_some_and(|(p, _)| *p == place) {
+            0
+        } else {
+            self.slots.partition_point(|(p, _)| *p < place)
+        };
+        if let Some(slot) = self.slots.get_mut(at)
+            && slot.0 == place
+        {
+            slot.1 = None;
+        }
+        while self.slots.front().is_some_and(|(_, item)| item.is_none()) {
+            self.slots.pop_front();
+        }
+        if self.slots.is_empty() && self.slots.capacity() > KEEP_SLOTS {
+            self.slots.shrink_to(KEEP_SLOTS);
+        }
+    }
+}
+
 impl<L: LogSink> Stitcher<L> {
     pub(super) fn enqueue(&mut self, ts: u64, item: Item) {
         if ts < self.written_to {
             // Its events came after messages that began later were written.
             self.stats.out_of_order += 1;
         }
-        self.next_seq += 1;
-        let pos = (ts, self.next_seq);
-        self.queue.insert(pos, item);
-        self.position.insert(item, pos);
+        self.order.insert(ts, item);
     }
 
-    pub(super) fn dequeue(&mut self, item: Item) -> Option<(u64, u64)> {
-        let pos = self.position.remove(&item)?;
-        self.queue.remove(&pos);
-        Some(pos)
+    pub(super) fn dequeue(&mut self, item: Item) -> Option<Place> {
+        self.order.remove(item)
     }
 
     /// A message's first byte came: how far behind the latest one placed (the ring holds
@@ -39,8 +113,8 @@ impl<L: LogSink> Stitcher<L> {
     /// Writes what is ready: messages at the front of the order that are complete and older
     /// than the slack (all of them when `force`).
     pub(super) fn release(&mut self, force_all: bool, procs: &ProcTable) {
-        while let Some((&(ts, _), &item)) = self.queue.first_key_value() {
-            let crowded = self.queue.len() > MAX_QUEUED;
+        while let Some(((ts, _), item)) = self.order.first() {
+            let crowded = self.order.len() > MAX_QUEUED;
             let force = force_all || crowded;
             if !force && ts.saturating_add(self.slack_ns) > self.now {
                 break;
@@ -71,5 +145,87 @@ impl<L: LogSink> Stitcher<L> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(x: u64) -> Item {
+        Item::Msg(x, Which::Request)
+    }
+
+    /// Takes the queue out in order, as `release` does.
+    fn drain(o: &mut Order) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        while let Some(((ts, _), Item::Msg(x, _))) = o.first() {
+            o.remove(msg(x));
+            out.push((ts, x));
+        }
+        out
+    }
+
+    #[test]
+    fn late_first_bytes_take_their_place_and_ties_keep_arrival() {
+        let mut o = Order::default();
+        for (ts, x) in [(10, 1), (30, 2), (20, 3), (5, 4), (30, 5), (40, 6), (35, 7)] {
+            o.insert(ts, msg(x));
+        }
+        assert_eq!(o.len(), 7);
+        assert_eq!(
+            drain(&mut o),
+            [(5, 4), (10, 1), (20, 3), (30, 2), (30, 5), (35, 7), (40, 6)]
+        );
+        assert_eq!(o.len(), 0);
+        assert!(o.slots.is_empty());
+    }
+
+    #[test]
+    fn a_message_taken_out_early_leaves_a_hole_the_front_skips() {
+        let mut o = Order::default();
+        for x in 1..=5 {
+            o.insert(x * 10, msg(x));
+        }
+        assert_eq!(o.remove(msg(3)), Some((30, 3)));
+        assert_eq!(o.remove(msg(3)), None);
+        assert_eq!(o.remove(msg(1)), Some((10, 1)));
+        // The hole at 30 stays inside; the front moved past 10 to 20.
+        assert_eq!(o.first(), Some(((20, 2), msg(2))));
+        assert_eq!(o.len(), 3);
+        o.remove(msg(2));
+        // 20 gone, the hole at 30 reaches the front and goes with it.
+        assert_eq!(o.first(), Some(((40, 4), msg(4))));
+        assert_eq!(o.slots.len(), 2);
+    }
+
+    #[test]
+    fn placing_a_waiting_message_again_moves_it() {
+        let mut o = Order::default();
+        o.insert(10, msg(1));
+        o.insert(20, msg(2));
+        o.insert(5, msg(2));
+        assert_eq!(o.place_of(msg(2)), Some((5, 3)));
+        assert_eq!(o.len(), 2);
+        assert_eq!(drain(&mut o), [(5, 2), (10, 1)]);
+        assert!(o.slots.is_empty());
+    }
+
+    #[test]
+    fn pending_and_messages_share_the_order() {
+        let mut o = Order::default();
+        let key = MsgKey {
+            conn: 7,
+            request: false,
+            seq: 1,
+            client_view: false,
+        };
+        o.insert(10, msg(1));
+        o.insert(12, Item::Pending(key));
+        o.insert(15, msg(2));
+        assert_eq!(o.remove(Item::Pending(key)), Some((12, 2)));
+        o.insert(12, Item::Msg(1, Which::Response));
+        let order: Vec<Item> = o.slots.iter().filter_map(|(_, i)| *i).collect();
+        assert_eq!(order, [msg(1), Item::Msg(1, Which::Response), msg(2)]);
     }
 }
