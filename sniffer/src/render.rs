@@ -103,15 +103,16 @@ fn decoded<'a>(head: &Head, preview: &'a [u8]) -> (Cow<'a, [u8]>, bool) {
     }
 }
 
-fn is_json_type(head: &Head) -> bool {
-    head.header("content-type").is_some_and(|ct| {
+/// `ct`: the Content-Type field's value.
+fn is_json_type(ct: Option<&[u8]>) -> bool {
+    ct.is_some_and(|ct| {
         ct.windows(5)
             .any(|w| w[1..].eq_ignore_ascii_case(b"json") && (w[0] == b'/' || w[0] == b'+'))
     })
 }
 
-fn is_binary_type(head: &Head) -> bool {
-    head.header("content-type").is_some_and(|ct| {
+fn is_binary_type(ct: Option<&[u8]>) -> bool {
+    ct.is_some_and(|ct| {
         let starts = |p: &[u8]| ct.len() >= p.len() && ct[..p.len()].eq_ignore_ascii_case(p);
         starts(b"application/octet-stream")
             || starts(b"image/")
@@ -157,14 +158,15 @@ pub fn write_body(out: &mut Vec<u8>, head: &Head, body: &Body, redact: bool, tex
     }
     let (bytes, was_decoded) = decoded(head, &body.preview);
     let whole = body.preview_is_whole();
-    if is_binary_type(head) || !looks_like_text(&bytes) {
+    let ct = head.header("content-type");
+    if is_binary_type(ct) || !looks_like_text(&bytes) {
         let _ = write!(out, "<octet-stream {} bytes> 0x", body.len);
         for b in body.preview.iter().take(BINARY_PREVIEW) {
             let _ = write!(out, "{b:02x}");
         }
     } else {
         let json = (whole
-            && (is_json_type(head) || bytes.first().is_some_and(|b| *b == b'{' || *b == b'[')))
+            && (is_json_type(ct) || bytes.first().is_some_and(|b| *b == b'{' || *b == b'[')))
         .then(|| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
         .flatten();
         match json {
@@ -177,7 +179,7 @@ pub fn write_body(out: &mut Vec<u8>, head: &Head, body: &Body, redact: bool, tex
             None => {
                 let n = bytes.len().min(text_limit);
                 let t = text_of(&bytes[..n]);
-                let t = if redact && is_json_type(head) {
+                let t = if redact && is_json_type(ct) {
                     Cow::Owned(redact_json_text(&t))
                 } else {
                     t
@@ -258,15 +260,23 @@ mod tests {
     #[test]
     fn content_types_and_text_are_told_apart_without_case() {
         let h = |ct: &str| head(&format!("HTTP/1.1 200 OK\r\nContent-Type: {ct}\r\n\r\n"));
-        assert!(is_json_type(&h("application/json")));
-        assert!(is_json_type(&h("Application/JSON; charset=utf-8")));
-        assert!(is_json_type(&h("application/vnd.openstack.image+Json")));
-        assert!(!is_json_type(&h("text/plain; note=json")));
-        assert!(!is_json_type(&h("json")));
-        assert!(is_binary_type(&h("Application/Octet-Stream")));
-        assert!(is_binary_type(&h("IMAGE/png")));
-        assert!(!is_binary_type(&h("text/html")));
-        assert!(!is_binary_type(&h("imag")));
+        assert!(is_json_type(h("application/json").header("content-type")));
+        assert!(is_json_type(
+            h("Application/JSON; charset=utf-8").header("content-type")
+        ));
+        assert!(is_json_type(
+            h("application/vnd.openstack.image+Json").header("content-type")
+        ));
+        assert!(!is_json_type(
+            h("text/plain; note=json").header("content-type")
+        ));
+        assert!(!is_json_type(h("json").header("content-type")));
+        assert!(is_binary_type(
+            h("Application/Octet-Stream").header("content-type")
+        ));
+        assert!(is_binary_type(h("IMAGE/png").header("content-type")));
+        assert!(!is_binary_type(h("text/html").header("content-type")));
+        assert!(!is_binary_type(h("imag").header("content-type")));
         assert!(looks_like_text(b"plain\ttext\r\n"));
         assert!(looks_like_text("caf\u{e9} \u{2603}".as_bytes()));
         // A preview cut inside a multi-byte character still reads as text.
