@@ -8,36 +8,110 @@ pub struct Header<'a> {
     pub value: &'a [u8],
 }
 
-/// A head's header fields, in order, in one buffer: each field is its name's length and its
-/// value's length (`u32`s) then its name and its value. A message has a dozen fields and they
-/// are read in order (a lookup is a walk): one allocation for them all.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// A head's header fields, in order, in one buffer: the bytes that hold their names and values
+/// (for a parsed head, its field lines as sent: one copy), then each field's span. A message
+/// has a dozen fields and they are read in order (a lookup is a walk): one allocation for all.
+#[derive(Clone, Default)]
 pub struct Fields {
+    /// `text` bytes, then `count` spans of [`SPAN`] bytes: where the field's name starts and
+    /// ends and where its value starts and ends in the text (`u32`s: a head is at most 64 KiB,
+    /// MAX_HEAD, and a uwsgi packet too).
     buf: Vec<u8>,
+    text: usize,
     count: usize,
 }
 
-/// Bytes before each field's name: the two lengths.
-const FIELD_LENGTHS: usize = 8;
+/// Bytes of a field's span.
+const SPAN: usize = 16;
+
+/// The same fields in the same order, however they are held.
+impl PartialEq for Fields {
+    fn eq(&self, other: &Self) -> bool {
+        self.count == other.count && self.raw().eq(other.raw())
+    }
+}
+
+impl Eq for Fields {}
+
+impl std::fmt::Debug for Fields {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(
+                self.iter()
+                    .map(|h| (h.name, String::from_utf8_lossy(h.value))),
+            )
+            .finish()
+    }
+}
 
 impl Fields {
     /// Room for `fields` fields of `bytes` bytes of names and values in all.
     pub fn with_capacity(fields: usize, bytes: usize) -> Self {
         Self {
-            buf: Vec::with_capacity(bytes + fields * FIELD_LENGTHS),
+            buf: Vec::with_capacity(bytes + fields * SPAN),
+            text: 0,
             count: 0,
         }
     }
 
-    #[inline]
+    /// The fields httparse found in `wire`: the bytes from the first name to the last value
+    /// are copied once, and each field is a span of them.
+    fn from_wire(wire: &[u8], hs: &[httparse::Header<'_>]) -> Self {
+        let base = wire.as_ptr() as usize;
+        // Where a slice of `wire` starts and ends in it (None: not in it).
+        let span = |s: &[u8]| {
+            let start = (s.as_ptr() as usize).checked_sub(base)?;
+            let end = start.checked_add(s.len())?;
+            (end <= wire.len()).then_some((start, end))
+        };
+        let (Some(first), Some(last)) = (hs.first(), hs.last()) else {
+            return Self::default();
+        };
+        if let (Some((from, _)), Some((_, to))) = (span(first.name.as_bytes()), span(last.value))
+            && from <= to
+        {
+            let text = to - from;
+            let mut buf = Vec::with_capacity(text + hs.len() * SPAN);
+            buf.extend_from_slice(&wire[from..to]);
+            let mut all = true;
+            for h in hs {
+                let (Some((ns, ne)), Some((vs, ve))) = (span(h.name.as_bytes()), span(h.value))
+                else {
+                    all = false;
+                    break;
+                };
+                if ns < from || ve > to {
+                    all = false;
+                    break;
+                }
+                buf.extend_from_slice(&span_bytes([ns - from, ne - from, vs - from, ve - from]));
+            }
+            if all {
+                return Self {
+                    buf,
+                    text,
+                    count: hs.len(),
+                };
+            }
+        }
+        // Not slices of `wire` in order (httparse's are): copied field by field instead.
+        let mut fields = Self::default();
+        for h in hs {
+            fields.push(h.name, h.value);
+        }
+        fields
+    }
+
     pub fn push(&mut self, name: &str, value: &[u8]) {
-        // A head is at most 64 KiB (MAX_HEAD), a uwsgi packet too: lengths fit a u32.
-        let mut lengths = [0; FIELD_LENGTHS];
-        lengths[..4].copy_from_slice(&(name.len() as u32).to_ne_bytes());
-        lengths[4..].copy_from_slice(&(value.len() as u32).to_ne_bytes());
-        self.buf.extend_from_slice(&lengths);
-        self.buf.extend_from_slice(name.as_bytes());
-        self.buf.extend_from_slice(value);
+        // The text grows in front of the spans (a field pushed is built, not parsed: uwsgi
+        // vars, a broken head's last good line).
+        let at = self.text;
+        let bytes = name.bytes().chain(value.iter().copied());
+        self.buf.splice(at..at, bytes);
+        self.text += name.len() + value.len();
+        let name_end = at + name.len();
+        self.buf
+            .extend_from_slice(&span_bytes([at, name_end, name_end, self.text]));
         self.count += 1;
     }
 
@@ -51,8 +125,8 @@ impl Fields {
 
     pub fn iter(&self) -> impl Iterator<Item = Header<'_>> + '_ {
         self.raw().map(|(name, value)| {
-            // SAFETY: `push` copied the name whole from a `&str`, and each field's lengths
-            // fall on its name's and its value's ends.
+            // SAFETY: names are copied whole from a `&str` (pushed) or from httparse's
+            // `&str` (parsed), and each span falls on a name's ends.
             let name = unsafe { std::str::from_utf8_unchecked(name) };
             Header { name, value }
         })
@@ -68,76 +142,94 @@ impl Fields {
     /// The first value of the field named `name` (case-insensitive).
     pub fn value(&self, name: &str) -> Option<&[u8]> {
         let name = name.as_bytes();
-        let mut rest = self.buf.as_slice();
-        while let Some((n, value, after)) = split_field(rest) {
-            if n.eq_ignore_ascii_case(name) {
+        let (text, spans) = self.buf.split_at(self.text.min(self.buf.len()));
+        for s in spans.as_chunks::<SPAN>().0 {
+            if let Some((n, value)) = field(text, s)
+                && n.eq_ignore_ascii_case(name)
+            {
                 return Some(value);
             }
-            rest = after;
         }
         None
     }
 
     /// Each field's name and value bytes, in order.
-    fn raw(&self) -> RawFields<'_> {
-        RawFields { rest: &self.buf }
+    fn raw(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        let (text, spans) = self.buf.split_at(self.text.min(self.buf.len()));
+        spans
+            .as_chunks::<SPAN>()
+            .0
+            .iter()
+            .filter_map(move |s| field(text, s))
     }
 
     /// RFC 9112 §5.2: a recipient of a folded response field replaces each obs-fold with SP
     /// before interpreting it (only a folded value holds CR or LF; names cannot).
     fn unfold(&mut self) {
-        // A length's bytes can be CR or LF too: the first check only rules the walk out.
-        if memchr::memchr2(b'\r', b'\n', &self.buf).is_none() {
+        let at = self.text.min(self.buf.len());
+        let (text, spans) = self.buf.split_at_mut(at);
+        // A line break between each two fields, none inside a value unless it folds.
+        if memchr::memchr_iter(b'\n', text).count() < self.count {
             return;
         }
-        let mut at = 0;
-        while let Some((lengths, _)) = self.buf[at..].split_first_chunk::<FIELD_LENGTHS>() {
-            let (name, value) = field_lengths(lengths);
-            let end = (at + FIELD_LENGTHS + name + value).min(self.buf.len());
-            let value_at = (at + FIELD_LENGTHS + name).min(end);
-            for b in &mut self.buf[value_at..end] {
-                if *b == b'\r' || *b == b'\n' {
-                    *b = b' ';
+        for s in spans.as_chunks::<SPAN>().0 {
+            let [_, _, from, to] = span_of(s);
+            if let Some(value) = text.get_mut(from..to) {
+                for b in value {
+                    if *b == b'\r' || *b == b'\n' {
+                        *b = b' ';
+                    }
                 }
             }
-            at = end;
         }
     }
 }
 
-/// A field's name and value lengths.
+/// A span as stored.
 #[inline]
-fn field_lengths(lengths: &[u8; FIELD_LENGTHS]) -> (usize, usize) {
-    let [n0, n1, n2, n3, v0, v1, v2, v3] = *lengths;
-    (
-        u32::from_ne_bytes([n0, n1, n2, n3]) as usize,
-        u32::from_ne_bytes([v0, v1, v2, v3]) as usize,
-    )
-}
-
-/// The first field of `buf` (its name and its value) and the fields after it; None at the end.
-#[inline]
-fn split_field(buf: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
-    let (lengths, rest) = buf.split_first_chunk::<FIELD_LENGTHS>()?;
-    let (name, value) = field_lengths(lengths);
-    let (name, rest) = rest.split_at_checked(name)?;
-    let (value, rest) = rest.split_at_checked(value)?;
-    Some((name, value, rest))
-}
-
-struct RawFields<'a> {
-    rest: &'a [u8],
-}
-
-impl<'a> Iterator for RawFields<'a> {
-    type Item = (&'a [u8], &'a [u8]);
-
-    #[inline]
-    fn next(&mut self) -> Option<Self::Item> {
-        let (name, value, rest) = split_field(self.rest)?;
-        self.rest = rest;
-        Some((name, value))
+fn span_bytes(span: [usize; 4]) -> [u8; SPAN] {
+    let mut bytes = [0; SPAN];
+    for (chunk, at) in bytes.as_chunks_mut::<4>().0.iter_mut().zip(span) {
+        *chunk = (at as u32).to_ne_bytes();
     }
+    bytes
+}
+
+/// A field's span: its name's start and end, its value's start and end.
+#[inline]
+fn span_of(s: &[u8; SPAN]) -> [usize; 4] {
+    let [
+        n0,
+        n1,
+        n2,
+        n3,
+        m0,
+        m1,
+        m2,
+        m3,
+        v0,
+        v1,
+        v2,
+        v3,
+        w0,
+        w1,
+        w2,
+        w3,
+    ] = *s;
+    let word = |b| u32::from_ne_bytes(b) as usize;
+    [
+        word([n0, n1, n2, n3]),
+        word([m0, m1, m2, m3]),
+        word([v0, v1, v2, v3]),
+        word([w0, w1, w2, w3]),
+    ]
+}
+
+/// A field's name and value in `text`, by its span (None: the span is not in the text).
+#[inline]
+fn field<'a>(text: &'a [u8], s: &[u8; SPAN]) -> Option<(&'a [u8], &'a [u8])> {
+    let [ns, ne, vs, ve] = span_of(s);
+    Some((text.get(ns..ne)?, text.get(vs..ve)?))
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -224,13 +316,12 @@ fn response_config() -> httparse::ParserConfig {
     c
 }
 
-fn to_headers(hs: &[httparse::Header<'_>]) -> Fields {
-    let bytes = hs.iter().map(|h| h.name.len() + h.value.len()).sum();
-    let mut fields = Fields::with_capacity(hs.len(), bytes);
-    for h in hs {
-        fields.push(h.name, h.value);
+/// `folds`: the parser accepted obs-fold (responses only, see [`response_config`]).
+fn to_headers(wire: &[u8], hs: &[httparse::Header<'_>], folds: bool) -> Fields {
+    let mut fields = Fields::from_wire(wire, hs);
+    if folds {
+        fields.unfold();
     }
-    fields.unfold();
     fields
 }
 
@@ -251,7 +342,7 @@ pub fn parse_head(buf: &[u8]) -> HeadParse {
                     reason: resp.reason.unwrap_or("").to_owned(),
                     version: resp.version.unwrap_or(1),
                 },
-                headers: to_headers(resp.headers),
+                headers: to_headers(buf, resp.headers, true),
                 len,
                 cgi: Vec::new(),
             }),
@@ -267,7 +358,7 @@ pub fn parse_head(buf: &[u8]) -> HeadParse {
                     target: req.path.unwrap_or("").to_owned(),
                     version: req.version.unwrap_or(1),
                 },
-                headers: to_headers(req.headers),
+                headers: to_headers(buf, req.headers, false),
                 len,
                 cgi: Vec::new(),
             }),
@@ -481,10 +572,10 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn unfolding_leaves_lengths_that_read_as_cr_or_lf_alone() {
-        // Field lengths of 10 and 13 are an LF and a CR byte in the fields' buffer: only the
-        // folded value's line break becomes SP.
-        let raw = b"HTTP/1.1 200 OK\r\nX-Ten: 0123456789\r\nX-Thirteen-Ab: 0123456789abc\r\nX-Fold: a\r\n b\r\n\r\n";
+    fn folded_values_are_unfolded_and_the_field_lines_kept_apart() {
+        // Only the folded value's line break becomes SP; the line breaks between fields,
+        // which the fields' buffer holds as sent, are no value's.
+        let raw = b"HTTP/1.1 200 OK\r\nX-Ten: 0123456789\r\nX-Thirteen-Ab:0123456789abc \r\nX-Fold: a\r\n b\r\n\r\n";
         let h = head(raw);
         let fields: Vec<(&str, &[u8])> = h.headers.iter().map(|f| (f.name, f.value)).collect();
         assert_eq!(
@@ -497,6 +588,19 @@ pub(crate) mod tests {
         );
         assert_eq!(h.header("x-fold"), Some(&b"a   b"[..]));
         assert_eq!(h.headers_named("X-TEN").count(), 1);
+        // The same fields built one by one are equal, and more can follow either.
+        let mut built = Fields::default();
+        for (name, value) in &fields {
+            built.push(name, value);
+        }
+        assert_eq!(built, h.headers);
+        let mut parsed = h.headers.clone();
+        parsed.push("Late", b"1");
+        built.push("Late", b"1");
+        assert_eq!(parsed, built);
+        assert_eq!(parsed.len(), 4);
+        assert_eq!(parsed.value("late"), Some(&b"1"[..]));
+        assert_eq!(parsed.value("x-ten"), Some(&b"0123456789"[..]));
     }
 
     #[test]
