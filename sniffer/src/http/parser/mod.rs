@@ -304,12 +304,23 @@ impl DirParser {
                 State::Head => {
                     let before = self.buf.len();
                     let take = bytes.len().min(MAX_HEAD + 1 - before);
+                    if before == 0
+                        && let HeadParse::Complete(head) = self.parse_head(&bytes[..take])
+                    {
+                        // A head whole in one piece (most are) is read where it lies, not
+                        // copied first.
+                        let notes = if head.cgi.is_empty() {
+                            lenient_notes(&bytes[..head.len])
+                        } else {
+                            Vec::new()
+                        };
+                        bytes = &bytes[head.len..];
+                        at += head.len as u64;
+                        self.head_done(head, notes, ts, rule, out);
+                        continue;
+                    }
                     self.buf.extend_from_slice(&bytes[..take]);
-                    let parsed = if self.requests && uwsgi::is_packet_start(&self.buf) {
-                        uwsgi::parse_packet(&self.buf)
-                    } else {
-                        parse_head(&self.buf)
-                    };
+                    let parsed = self.parse_head(&self.buf);
                     match parsed {
                         HeadParse::Complete(head) => {
                             // buf held no complete head before, so the head ends in `bytes`.
@@ -406,6 +417,16 @@ impl DirParser {
             }
         }
         None
+    }
+
+    /// A head at the start of `buf`: a uwsgi packet's on a request stream that starts like
+    /// one, else HTTP's.
+    fn parse_head(&self, buf: &[u8]) -> HeadParse {
+        if self.requests && uwsgi::is_packet_start(buf) {
+            uwsgi::parse_packet(buf)
+        } else {
+            parse_head(buf)
+        }
     }
 
     /// Looks for a start line in `buf`. Found: returns the bytes from it on, to be parsed from
