@@ -32,7 +32,7 @@ use crate::{
 const MAX_HELD: usize = 1 << 20;
 
 /// One message of one connection: (connection id, carries a request, sequence in direction).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct MsgKey {
     pub conn: u64,
     pub request: bool,

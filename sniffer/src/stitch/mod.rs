@@ -8,6 +8,7 @@
 //! message that began before it can still arrive: events from other CPUs reach userspace a
 //! little late, so the order is final after a short slack. One end's view can come much later
 //! than the other's (a client reading its response late): it joins the written exchange.
+mod few;
 mod fold;
 mod late;
 mod model;
@@ -311,10 +312,10 @@ impl<L: LogSink> Stitcher<L> {
                 listed: false,
                 written: [false, false],
                 head: None,
-                keys: Vec::new(),
+                keys: Default::default(),
                 resolved: false,
                 done_at: None,
-                answered_by: Vec::new(),
+                answered_by: Default::default(),
             }),
         );
         id

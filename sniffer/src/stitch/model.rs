@@ -71,11 +71,11 @@ pub struct Exchange {
     pub(super) listed: bool,
     pub(super) written: [bool; 2],
     pub(super) head: Option<std::sync::Arc<Head>>,
-    pub(super) keys: Vec<MsgKey>,
+    pub(super) keys: super::few::Few<MsgKey, 2>,
     pub(super) resolved: bool,
     pub(super) done_at: Option<u64>,
     /// The connections whose view of the final response came.
-    pub(super) answered_by: Vec<u64>,
+    pub(super) answered_by: super::few::Few<u64, 2>,
 }
 
 impl Exchange {
