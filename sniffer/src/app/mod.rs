@@ -1,16 +1,10 @@
-//! One sniffer run: attach, choose targets, start the command, pump events until the end,
-//! flush, report.
-use std::{
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-    path::Path,
-    process::ExitStatus,
-    time::Duration,
-};
+//! One sniffer run: attach, choose targets, start the command ([`command`]), pump events until
+//! the end, flush, report ([`summary`]).
+use std::{path::Path, process::ExitStatus, time::Duration};
 
 use anyhow::Context as _;
-use sniffer_common::{CHUNK_SIZE, counters};
+use sniffer_common::CHUNK_SIZE;
 use tokio::{
-    process::{Child, Command},
     signal::unix::{SignalKind, signal},
     time::{Instant, MissedTickBehavior},
 };
@@ -23,7 +17,6 @@ use crate::{
     conns::ConnSink,
     events::{Event, Reader},
     exchange::Exchanges,
-    exit,
     filter::Filter,
     live::{
         follow::Follow,
@@ -33,7 +26,7 @@ use crate::{
     names::Names,
     otlp::{self, Endpoint, Exporter, sink::OtlpSink},
     pipeline::Pipeline,
-    probe::{self, CopyControl, Probe, ProbeOptions, target_flags},
+    probe::{CopyControl, Probe, ProbeOptions, target_flags},
     procs::{self, ProcTable},
     proxy::Proxies,
     record::Host,
@@ -42,13 +35,20 @@ use crate::{
         dump::DumpSink,
         jsonl::{HarSink, Jsonl, LogFanout, Recorder},
         log::NumberedLog,
-        output::{Failure, Output, Outputs},
+        output::{Output, Outputs},
         raw::RawSink,
         safe_open::{self, OpenError, OutDir, Target},
     },
     stitch::Stitcher,
     tls::{TlsLibs, TlsScope},
 };
+
+mod command;
+mod summary;
+
+use command::{exit_code, spawn_traced, stop_requested, wait_child};
+pub use summary::own_usage;
+use summary::{outputs_summary, report_losses, summary};
 
 /// A mistake in what the user asked for: reported in one sentence, exit code 2.
 #[derive(Debug, thiserror::Error)]
@@ -71,8 +71,6 @@ const UNPROBE_WAIT: Duration = Duration::from_secs(5);
 const CGROUP_EVERY: u64 = 10;
 /// Ticks between two counts of the traced processes for the status line (1 s).
 const COUNT_TARGETS_EVERY: u64 = 10;
-/// After a stop signal, how long the traced command gets to finish.
-const COMMAND_STOP_WAIT: Duration = Duration::from_secs(5);
 
 /// The poll's next period: back to [`POLL`] when records came, doubled (up to [`POLL_IDLE`])
 /// when none did.
@@ -100,15 +98,6 @@ fn unix_ns() -> i128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i128)
-}
-
-/// Exit status of a command, shell style.
-fn exit_code(status: ExitStatus) -> i32 {
-    use std::os::unix::process::ExitStatusExt as _;
-    status
-        .code()
-        .or_else(|| status.signal().map(|s| 128 + s))
-        .unwrap_or(1)
 }
 
 /// Runs the sniffer; returns the process exit code.
@@ -498,23 +487,6 @@ fn apply_cgroups(probe: &mut Probe, ch: cgroups::Changes) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Says which outputs lost what; returns the exit code: the command's status (0 without
-/// one), unless an output is incomplete.
-fn outputs_summary(failures: &[Failure], status: Option<i32>) -> i32 {
-    for f in failures {
-        eprintln!("sniffer: {f}");
-    }
-    if failures.is_empty() {
-        return status.unwrap_or(0);
-    }
-    let command = status.map_or(String::new(), |s| format!(" (the command exited with {s})"));
-    eprintln!(
-        "sniffer: exit code {}: the outputs above are incomplete{command}",
-        exit::OUTPUT_INCOMPLETE
-    );
-    i32::from(exit::OUTPUT_INCOMPLETE)
-}
-
 /// What the ring said of processes since the last look, for the TLS probes.
 #[derive(Default)]
 struct ProcNews {
@@ -579,244 +551,6 @@ fn place_tls_probes(tls: &mut TlsLibs, probe: &mut Probe, news: &mut ProcNews) {
     }
     for pid in news.ended.drain(..) {
         tls.forget(pid);
-    }
-}
-
-/// Starts the traced command. Between fork and exec it adds itself to the targets, then waits
-/// while its TLS probes are placed: even its first syscalls and TLS calls are seen (a program
-/// such as curl is done with a TLS exchange on loopback before probes placed after its exec
-/// could be on).
-fn spawn_traced(
-    probe: &mut Probe,
-    tls: &mut TlsLibs,
-    program: &str,
-    args: &[String],
-) -> anyhow::Result<Child> {
-    let fd = probe.targets_fd();
-    // The command gets the file limit sniffer was given, not the one it raised for itself.
-    let limit = probe::inherited_file_limit();
-    // The child tells its pid on one pipe, then waits on the other for the word to exec.
-    let (pid_r, pid_w) = pipe_cloexec().context("creating a pipe for the command")?;
-    let (go_r, go_w) = pipe_cloexec().context("creating a pipe for the command")?;
-    let (pid_wr, go_rd, go_wr) = (pid_w.as_raw_fd(), go_r.as_raw_fd(), go_w.as_raw_fd());
-    let mut cmd = Command::new(program);
-    cmd.args(args);
-    // SAFETY: the closure only makes the setrlimit, bpf, close, getpid, write and read
-    // syscalls, which are async-signal-safe, on descriptors this function keeps open until
-    // the child has exec'd.
-    unsafe {
-        cmd.pre_exec(move || {
-            if let Some((cur, max)) = limit {
-                let rlim = libc::rlimit {
-                    rlim_cur: cur,
-                    rlim_max: max,
-                };
-                libc::setrlimit(libc::RLIMIT_NOFILE, &rlim);
-            }
-            probe::add_self_to_targets(fd)?;
-            // Its own copy of the write end would keep the read below from ever ending.
-            libc::close(go_wr);
-            let pid = libc::getpid();
-            libc::write(
-                pid_wr,
-                std::ptr::from_ref(&pid).cast(),
-                size_of::<libc::pid_t>(),
-            );
-            // A byte: the probes are on; end of file: sniffer gave up waiting. Exec either way.
-            let mut b = 0u8;
-            libc::read(go_rd, std::ptr::from_mut(&mut b).cast(), 1);
-            Ok(())
-        });
-    }
-    // spawn() returns once the child has exec'd, so it runs on a thread of its own while this
-    // one places the probes. The pipe ends the child uses stay open until then.
-    let rt = tokio::runtime::Handle::current();
-    let spawner = std::thread::spawn(move || {
-        let _rt = rt.enter();
-        let r = cmd.spawn();
-        drop((pid_w, go_r));
-        r
-    });
-    let mut pid_file = std::fs::File::from(pid_r);
-    let mut buf = [0u8; size_of::<libc::pid_t>()];
-    // Nothing (end of file) when the child failed before it could say.
-    if std::io::Read::read_exact(&mut pid_file, &mut buf).is_ok() {
-        let pid = libc::pid_t::from_ne_bytes(buf);
-        if let Ok(pid) = u32::try_from(pid) {
-            tls.follow(pid, probe);
-        }
-    }
-    drop(go_w);
-    spawner
-        .join()
-        .map_err(|_| anyhow::anyhow!("starting {program}: the thread panicked"))?
-        .map_err(|e| UsageError(format!("cannot start {program}: {e}")).into())
-}
-
-/// A pipe whose ends close on exec.
-fn pipe_cloexec() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two descriptors into the array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors were just created and are owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-async fn wait_child(child: &mut Option<Child>) -> std::io::Result<ExitStatus> {
-    match child {
-        Some(c) => c.wait().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// First stop signal while the command runs: give it time to end (Ctrl-C reached it too, from
-/// the terminal; a SIGTERM is passed on). Otherwise, or on a second signal, stop now. Returns
-/// whether to keep running.
-fn stop_requested(
-    child: &mut Option<Child>,
-    status: &Option<ExitStatus>,
-    signals: u32,
-    sig: i32,
-    stop_at: &mut Option<Instant>,
-) -> bool {
-    match child.as_ref().and_then(Child::id) {
-        Some(pid) if status.is_none() && signals == 1 => {
-            if sig == libc::SIGTERM {
-                // SAFETY: kill has no memory-safety preconditions.
-                unsafe { libc::kill(pid as i32, sig) };
-            }
-            *stop_at = Some(Instant::now() + COMMAND_STOP_WAIT);
-            true
-        }
-        _ => false,
-    }
-}
-
-/// Warns when the kernel side dropped events since the last check; returns the new count.
-fn report_losses(probe: &Probe, reported: u64) -> u64 {
-    let Ok(c) = probe.counters() else {
-        return reported;
-    };
-    let lost = c[counters::DATA_EVENTS_LOST as usize] + c[counters::CONTROL_EVENTS_LOST as usize];
-    if lost > reported {
-        tracing::warn!(
-            "the kernel dropped {} events so far (ring buffer full); the streams they belong to \
-             show exact 'lost' gaps; a bigger --ring-mib helps",
-            lost
-        );
-    }
-    lost
-}
-
-/// CPU seconds in user space and in the kernel, and peak resident memory (bytes), of this
-/// process so far.
-pub fn own_usage() -> (f64, f64, u64) {
-    // SAFETY: getrusage fills a zeroed rusage struct.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: RUSAGE_SELF with a valid pointer.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    (
-        secs(ru.ru_utime),
-        secs(ru.ru_stime),
-        ru.ru_maxrss as u64 * 1024,
-    )
-}
-
-/// `, 41 connections set aside as not HTTP (redis 40, mysql 1)`, or nothing.
-fn set_aside(by: &std::collections::BTreeMap<crate::classify::Protocol, u64>) -> String {
-    let n: u64 = by.values().sum();
-    if n == 0 {
-        return String::new();
-    }
-    let mut each: Vec<String> = by.iter().map(|(p, k)| format!("{p} {k}")).collect();
-    each.sort();
-    format!(
-        ", {n} connection{} set aside as not HTTP ({})",
-        if n == 1 { "" } else { "s" },
-        each.join(", ")
-    )
-}
-
-fn summary(probe: &Probe, reader: &Reader, pipeline: &Pipeline) {
-    let t = pipeline.totals;
-    let (user, sys, rss) = own_usage();
-    let cpu = user + sys;
-    let h = pipeline.http_stats();
-    // The kernel time of sniffer's programs, when --bpf-stats asked the kernel to count it.
-    let bpf = probe
-        .run_time()
-        .map(|(t, runs)| format!(", bpf {:.1} ms in {runs} runs", t.as_secs_f64() * 1e3))
-        .unwrap_or_default();
-    let counters = probe.counters().unwrap_or_default();
-    let lost = counters[counters::DATA_EVENTS_LOST as usize]
-        + counters[counters::CONTROL_EVENTS_LOST as usize];
-    eprintln!(
-        "sniffer: {} exchanges, {} messages, {} body bytes, {} events lost, {} broken \
-         ({} connections, {} kernel events, {} payload bytes captured, cpu {cpu:.2} s (user \
-         {user:.2}, sys {sys:.2}){bpf}, peak rss {} KiB{})",
-        h.exchanges,
-        h.messages,
-        h.body_bytes,
-        lost,
-        h.broken,
-        pipeline.conns.created(),
-        t.events,
-        t.bytes_captured,
-        rss >> 10,
-        [
-            (h.filtered, "exchanges filtered out"),
-            (h.folded, "proxy hops folded"),
-            (pipeline.conns.tls_read, "TLS connections read"),
-            (pipeline.conns.tls_unread, "TLS connections not read")
-        ]
-        .iter()
-        .filter(|(n, _)| *n > 0)
-        .map(|(n, what)| format!(", {n} {what}"))
-        .collect::<String>()
-            + &set_aside(&pipeline.conns.set_aside)
-    );
-    let nonzero: Vec<String> = counters
-        .iter()
-        .zip(counters::NAMES)
-        .filter(|(v, _)| **v > 0)
-        .map(|(v, name)| format!("{name}: {v}"))
-        .collect();
-    if !nonzero.is_empty() {
-        eprintln!("sniffer: kernel side: {}", nonzero.join(", "));
-    }
-    if reader.malformed > 0 {
-        eprintln!(
-            "sniffer: {} malformed kernel records skipped",
-            reader.malformed
-        );
-    }
-    if pipeline.conns.evicted > 0 || h.forced > 0 {
-        eprintln!(
-            "sniffer: memory bounds reached: {} connections let go (idlest first), {} messages \
-             written before their time",
-            pipeline.conns.evicted, h.forced
-        );
-    }
-    if h.out_of_order > 0 {
-        eprintln!(
-            "sniffer: {} messages written out of order: their events came more than {} ms after \
-             their kernel time, once messages that began later were written",
-            h.out_of_order,
-            crate::stitch::ORDER_SLACK_NS / 1_000_000
-        );
-    }
-    tracing::info!(
-        "order: first bytes came at most {} µs behind the latest one placed",
-        h.reorder_ns / 1000
-    );
-    if pipeline.conns.opens_lost > 0 {
-        eprintln!(
-            "sniffer: {} connections had their open event lost (addresses unknown)",
-            pipeline.conns.opens_lost
-        );
     }
 }
 
