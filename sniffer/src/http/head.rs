@@ -1,6 +1,8 @@
 //! Message heads (start line + header fields, RFC 9112 §2-5) and finding the next start line,
 //! as small pure functions over bytes. How long a body is: [`super::framing`].
 
+use std::borrow::Cow;
+
 /// A header field as it was sent (name case kept, value raw).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Header<'a> {
@@ -235,14 +237,16 @@ fn field<'a>(text: &'a [u8], s: &[u8; SPAN]) -> Option<(&'a [u8], &'a [u8])> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StartLine {
     Request {
-        method: String,
+        /// The usual methods are shared, not allocated per message ([`shared`]).
+        method: Cow<'static, str>,
         target: String,
         /// Minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
         version: u8,
     },
     Response {
         status: u16,
-        reason: String,
+        /// The usual reason phrases are shared, not allocated per message ([`shared`]).
+        reason: Cow<'static, str>,
         version: u8,
     },
 }
@@ -296,6 +300,50 @@ impl Head {
     }
 }
 
+/// Methods and reason phrases that most messages carry.
+const METHODS: &[&str] = &[
+    "GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+];
+const REASONS: &[&str] = &[
+    "OK",
+    "Created",
+    "Accepted",
+    "No Content",
+    "Partial Content",
+    "Moved Permanently",
+    "Found",
+    "See Other",
+    "Not Modified",
+    "Temporary Redirect",
+    "Bad Request",
+    "Unauthorized",
+    "Forbidden",
+    "Not Found",
+    "Method Not Allowed",
+    "Conflict",
+    "Request Entity Too Large",
+    "Internal Server Error",
+    "Bad Gateway",
+    "Service Unavailable",
+    "Gateway Timeout",
+    "Continue",
+    "Switching Protocols",
+    "",
+];
+
+/// A request's method, shared when it is a usual one.
+pub(crate) fn method(text: &str) -> Cow<'static, str> {
+    shared(text, METHODS)
+}
+
+/// `text` as one of `known` (as sent: the comparison keeps case), else a copy.
+fn shared(text: &str, known: &'static [&'static str]) -> Cow<'static, str> {
+    match known.iter().find(|k| **k == text) {
+        Some(k) => Cow::Borrowed(k),
+        None => Cow::Owned(text.to_owned()),
+    }
+}
+
 /// Result of trying to parse a head from the bytes seen so far.
 #[derive(Debug, PartialEq, Eq)]
 pub enum HeadParse {
@@ -339,7 +387,7 @@ pub fn parse_head(buf: &[u8]) -> HeadParse {
             Ok(httparse::Status::Complete(len)) => HeadParse::Complete(Head {
                 start: StartLine::Response {
                     status: resp.code.unwrap_or(0),
-                    reason: resp.reason.unwrap_or("").to_owned(),
+                    reason: shared(resp.reason.unwrap_or(""), REASONS),
                     version: resp.version.unwrap_or(1),
                 },
                 headers: to_headers(buf, resp.headers, true),
@@ -354,7 +402,7 @@ pub fn parse_head(buf: &[u8]) -> HeadParse {
         match req.parse(buf) {
             Ok(httparse::Status::Complete(len)) => HeadParse::Complete(Head {
                 start: StartLine::Request {
-                    method: req.method.unwrap_or("").to_owned(),
+                    method: method(req.method.unwrap_or("")),
                     target: req.path.unwrap_or("").to_owned(),
                     version: req.version.unwrap_or(1),
                 },

@@ -121,7 +121,7 @@ pub fn parse_packet(buf: &[u8]) -> HeadParse {
         _ => 1,
     };
     let start = StartLine::Request {
-        method: method.to_owned(),
+        method: super::head::method(method),
         target,
         version,
     };

@@ -98,7 +98,7 @@ impl Recorder {
     pub fn record(&self, x: &Exchange) -> ExchangeRecord {
         let (status, reason) = match x.response.as_ref().map(|m| &m.head.start) {
             Some(StartLine::Response { status, reason, .. }) => {
-                (Some(*status), Some(reason.clone()))
+                (Some(*status), Some(reason.to_string()))
             }
             _ => (None, None),
         };

@@ -92,7 +92,7 @@ fn title_text(
 fn response_of(which: Which, msg: &Message) -> Option<(u16, &str)> {
     match (which, &msg.head.start) {
         (Which::Response, StartLine::Response { status, reason, .. }) => {
-            Some((*status, reason.as_str()))
+            Some((*status, reason.as_ref()))
         }
         _ => None,
     }
