@@ -82,7 +82,7 @@ impl Fields {
                     all = false;
                     break;
                 };
-                if ns < from || ve > to {
+                if ns < from || vs < from || ne > to || ve > to {
                     all = false;
                     break;
                 }
@@ -649,6 +649,25 @@ pub(crate) mod tests {
         assert_eq!(parsed.len(), 4);
         assert_eq!(parsed.value("late"), Some(&b"1"[..]));
         assert_eq!(parsed.value("x-ten"), Some(&b"0123456789"[..]));
+    }
+
+    #[test]
+    fn empty_values_and_a_lone_field_keep_their_place() {
+        let h = head(b"GET / HTTP/1.1\r\nX-Empty:\r\nHost: a\r\nX-Last: \r\n\r\n");
+        let fields: Vec<(&str, &[u8])> = h.headers.iter().map(|f| (f.name, f.value)).collect();
+        assert_eq!(
+            fields,
+            [
+                ("X-Empty", &b""[..]),
+                ("Host", &b"a"[..]),
+                ("X-Last", &b""[..])
+            ]
+        );
+        assert_eq!(h.header("x-empty"), Some(&b""[..]));
+        let h = head(b"HTTP/1.1 204 No Content\r\nDate: x\r\n\r\n");
+        assert_eq!(h.headers.len(), 1);
+        assert_eq!(h.header("date"), Some(&b"x"[..]));
+        assert!(head(b"HTTP/1.1 204 No Content\r\n\r\n").headers.is_empty());
     }
 
     #[test]
