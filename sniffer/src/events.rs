@@ -84,11 +84,47 @@ pub enum Endpoint {
 impl std::fmt::Display for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Self::Inet(SocketAddr::V4(a)) => {
+                // What std writes, without its detour through a second formatter (~1,600
+                // instructions a call: a peer with no name is formatted for each exchange).
+                let mut buf = [0u8; 21];
+                let mut n = 0;
+                for (i, octet) in a.ip().octets().into_iter().enumerate() {
+                    if i > 0 {
+                        buf[n] = b'.';
+                        n += 1;
+                    }
+                    n += decimal(u32::from(octet), &mut buf[n..]);
+                }
+                buf[n] = b':';
+                n += 1;
+                n += decimal(u32::from(a.port()), &mut buf[n..]);
+                // Digits and punctuation only: ASCII.
+                f.pad(std::str::from_utf8(&buf[..n]).unwrap_or("?"))
+            }
             Self::Inet(a) => write!(f, "{a}"),
             Self::Unix(p) => write!(f, "unix:{p}"),
             Self::Unknown => f.write_str("?"),
         }
     }
+}
+
+/// Writes `v` in decimal at the start of `out` (room for 5 digits); returns the digits written.
+fn decimal(mut v: u32, out: &mut [u8]) -> usize {
+    let mut digits = [0u8; 5];
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (v % 10) as u8;
+        len += 1;
+        v /= 10;
+        if v == 0 || len == digits.len() {
+            break;
+        }
+    }
+    for (slot, d) in out.iter_mut().zip(digits[..len].iter().rev()) {
+        *slot = *d;
+    }
+    len
 }
 
 /// How the kernel side learnt about a socket.
@@ -519,6 +555,27 @@ impl Reader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_endpoint_reads_as_std_writes_its_address() {
+        for (ip, port) in [
+            ([0, 0, 0, 0], 0),
+            ([127, 0, 0, 1], 8080),
+            ([198, 18, 0, 10], 65535),
+            ([255, 255, 255, 255], 1),
+            ([10, 200, 3, 99], 443),
+        ] {
+            let a = SocketAddr::from((Ipv4Addr::from(ip), port));
+            assert_eq!(Endpoint::Inet(a).to_string(), a.to_string());
+            assert_eq!(format!("{:>24}", Endpoint::Inet(a)), format!("{a:>24}"));
+        }
+        let v6 = SocketAddr::from((Ipv6Addr::LOCALHOST, 5000));
+        assert_eq!(Endpoint::Inet(v6).to_string(), "[::1]:5000");
+        assert_eq!(
+            Endpoint::Unix("/run/x.sock".into()).to_string(),
+            "unix:/run/x.sock"
+        );
+    }
 
     fn as_bytes<T>(v: &T) -> Vec<u8> {
         // SAFETY: test-only view of a repr(C) value as bytes.
