@@ -89,16 +89,17 @@ impl std::fmt::Display for Endpoint {
                 // instructions a call: a peer with no name is formatted for each exchange).
                 let mut buf = [0u8; 21];
                 let mut n = 0;
-                for (i, octet) in a.ip().octets().into_iter().enumerate() {
-                    if i > 0 {
-                        buf[n] = b'.';
-                        n += 1;
-                    }
-                    n += decimal(u32::from(octet), &mut buf[n..]);
+                let mut put = |piece: &[u8]| {
+                    buf[n..n + piece.len()].copy_from_slice(piece);
+                    n += piece.len();
+                };
+                let mut digits = itoa::Buffer::new();
+                let [o0, o1, o2, o3] = a.ip().octets();
+                for (octet, after) in [(o0, b"."), (o1, b"."), (o2, b"."), (o3, b":")] {
+                    put(digits.format(octet).as_bytes());
+                    put(after);
                 }
-                buf[n] = b':';
-                n += 1;
-                n += decimal(u32::from(a.port()), &mut buf[n..]);
+                put(digits.format(a.port()).as_bytes());
                 // Digits and punctuation only: ASCII.
                 f.pad(std::str::from_utf8(&buf[..n]).unwrap_or("?"))
             }
@@ -107,24 +108,6 @@ impl std::fmt::Display for Endpoint {
             Self::Unknown => f.write_str("?"),
         }
     }
-}
-
-/// Writes `v` in decimal at the start of `out` (room for 5 digits); returns the digits written.
-fn decimal(mut v: u32, out: &mut [u8]) -> usize {
-    let mut digits = [0u8; 5];
-    let mut len = 0;
-    loop {
-        digits[len] = b'0' + (v % 10) as u8;
-        len += 1;
-        v /= 10;
-        if v == 0 || len == digits.len() {
-            break;
-        }
-    }
-    for (slot, d) in out.iter_mut().zip(digits[..len].iter().rev()) {
-        *slot = *d;
-    }
-    len
 }
 
 /// How the kernel side learnt about a socket.
