@@ -59,6 +59,18 @@ impl Fields {
     /// The fields httparse found in `wire`: the bytes from the first name to the last value
     /// are copied once, and each field is a span of them.
     fn from_wire(wire: &[u8], hs: &[httparse::Header<'_>]) -> Self {
+        Self::spans_of(wire, hs).unwrap_or_else(|| {
+            // Not slices of `wire` in order (httparse's are): copied field by field instead.
+            let mut fields = Self::default();
+            for h in hs {
+                fields.push(h.name, h.value);
+            }
+            fields
+        })
+    }
+
+    /// [`Self::from_wire`], where every field lies in `wire`, in order.
+    fn spans_of(wire: &[u8], hs: &[httparse::Header<'_>]) -> Option<Self> {
         let base = wire.as_ptr() as usize;
         // Where a slice of `wire` starts and ends in it (None: not in it).
         let span = |s: &[u8]| {
@@ -67,41 +79,26 @@ impl Fields {
             (end <= wire.len()).then_some((start, end))
         };
         let (Some(first), Some(last)) = (hs.first(), hs.last()) else {
-            return Self::default();
+            return Some(Self::default());
         };
-        if let (Some((from, _)), Some((_, to))) = (span(first.name.as_bytes()), span(last.value))
-            && from <= to
-        {
-            let text = to - from;
-            let mut buf = Vec::with_capacity(text + hs.len() * SPAN);
-            buf.extend_from_slice(&wire[from..to]);
-            let mut all = true;
-            for h in hs {
-                let (Some((ns, ne)), Some((vs, ve))) = (span(h.name.as_bytes()), span(h.value))
-                else {
-                    all = false;
-                    break;
-                };
-                if ns < from || vs < from || ne > to || ve > to {
-                    all = false;
-                    break;
-                }
-                buf.extend_from_slice(&span_bytes([ns - from, ne - from, vs - from, ve - from]));
-            }
-            if all {
-                return Self {
-                    buf,
-                    text,
-                    count: hs.len(),
-                };
-            }
-        }
-        // Not slices of `wire` in order (httparse's are): copied field by field instead.
-        let mut fields = Self::default();
+        let (from, _) = span(first.name.as_bytes())?;
+        let (_, to) = span(last.value)?;
+        let text = wire.get(from..to)?;
+        let mut buf = Vec::with_capacity(text.len() + hs.len() * SPAN);
+        buf.extend_from_slice(text);
         for h in hs {
-            fields.push(h.name, h.value);
+            let (ns, ne) = span(h.name.as_bytes())?;
+            let (vs, ve) = span(h.value)?;
+            if ns < from || vs < from || ne > to || ve > to {
+                return None;
+            }
+            buf.extend_from_slice(&span_bytes([ns - from, ne - from, vs - from, ve - from]));
         }
-        fields
+        Some(Self {
+            buf,
+            text: to - from,
+            count: hs.len(),
+        })
     }
 
     pub fn push(&mut self, name: &str, value: &[u8]) {
@@ -143,21 +140,12 @@ impl Fields {
 
     /// The first value of the field named `name` (case-insensitive).
     pub fn value(&self, name: &str) -> Option<&[u8]> {
-        let name = name.as_bytes();
-        let (text, spans) = self.buf.split_at(self.text.min(self.buf.len()));
-        for s in spans.as_chunks::<SPAN>().0 {
-            if let Some((n, value)) = field(text, s)
-                && n.eq_ignore_ascii_case(name)
-            {
-                return Some(value);
-            }
-        }
-        None
+        self.values(name).next()
     }
 
     /// Each field's name and value bytes, in order.
     fn raw(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
-        let (text, spans) = self.buf.split_at(self.text.min(self.buf.len()));
+        let (text, spans) = self.buf.split_at(self.text);
         spans
             .as_chunks::<SPAN>()
             .0
@@ -168,8 +156,7 @@ impl Fields {
     /// RFC 9112 §5.2: a recipient of a folded response field replaces each obs-fold with SP
     /// before interpreting it (only a folded value holds CR or LF; names cannot).
     fn unfold(&mut self) {
-        let at = self.text.min(self.buf.len());
-        let (text, spans) = self.buf.split_at_mut(at);
+        let (text, spans) = self.buf.split_at_mut(self.text);
         // A line break between each two fields, none inside a value unless it folds.
         if memchr::memchr_iter(b'\n', text).count() < self.count {
             return;
@@ -200,31 +187,8 @@ fn span_bytes(span: [usize; 4]) -> [u8; SPAN] {
 /// A field's span: its name's start and end, its value's start and end.
 #[inline]
 fn span_of(s: &[u8; SPAN]) -> [usize; 4] {
-    let [
-        n0,
-        n1,
-        n2,
-        n3,
-        m0,
-        m1,
-        m2,
-        m3,
-        v0,
-        v1,
-        v2,
-        v3,
-        w0,
-        w1,
-        w2,
-        w3,
-    ] = *s;
-    let word = |b| u32::from_ne_bytes(b) as usize;
-    [
-        word([n0, n1, n2, n3]),
-        word([m0, m1, m2, m3]),
-        word([v0, v1, v2, v3]),
-        word([w0, w1, w2, w3]),
-    ]
+    let words = s.as_chunks::<4>().0;
+    std::array::from_fn(|i| u32::from_ne_bytes(words[i]) as usize)
 }
 
 /// A field's name and value in `text`, by its span (None: the span is not in the text).
