@@ -21,6 +21,9 @@ use crate::{run_cmd, workspace};
 
 mod peers;
 mod redis;
+mod syscalls;
+
+pub use syscalls::loop_main as syscall_loop;
 
 /// Settings of a bench run.
 pub struct Settings {
@@ -28,6 +31,8 @@ pub struct Settings {
     pub pairs: usize,
     pub soak_seconds: u64,
     pub big_mib: u64,
+    /// Only the syscall loops.
+    pub syscalls_only: bool,
 }
 
 /// A child killed when dropped.
@@ -618,6 +623,21 @@ pub fn bench(bin: &Path, s: &Settings) -> anyhow::Result<()> {
     ensure_tools()?;
     let dir = workspace().join("target").join("bench");
     let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir)?;
+    let syscalls = syscalls::case(bin, &dir, s.pairs)?;
+    if s.syscalls_only {
+        println!(
+            "{}, {} pairs\n\n{}",
+            machine(),
+            s.pairs,
+            syscalls::table(&syscalls)
+        );
+        fs::write(
+            dir.join("results.json"),
+            serde_json::to_string_pretty(&serde_json::json!({ "syscalls": syscalls }))?,
+        )?;
+        return Ok(());
+    }
     let www = dir.join("www");
     fs::create_dir_all(&www)?;
     fs::write(
@@ -776,7 +796,8 @@ pub fn bench(bin: &Path, s: &Settings) -> anyhow::Result<()> {
             soak["seconds"], soak["rss_start_kib"], soak["rss_peak_kib"], soak["rss_end_kib"]
         );
     }
-    let _ = writeln!(table, "\n{}", peers::table(&peers));
+    let _ = writeln!(table, "\n{}", syscalls::table(&syscalls));
+    let _ = writeln!(table, "{}", peers::table(&peers));
     let _ = writeln!(table, "{}", redis::table(&redis));
     let date = Command::new("date")
         .arg("-u")
@@ -797,6 +818,7 @@ pub fn bench(bin: &Path, s: &Settings) -> anyhow::Result<()> {
         "seconds": s.seconds,
         "pairs": s.pairs,
         "cases": cases,
+        "syscalls": syscalls,
         "peers": peers,
         "redis": redis,
         "soak": soak,

@@ -82,7 +82,13 @@ enum Task {
         /// Size of the large download and upload, in MiB.
         #[arg(long, default_value_t = 1024)]
         big_mib: u64,
+        /// Only the syscall loops (what one syscall costs, untraced and traced).
+        #[arg(long)]
+        syscalls_only: bool,
     },
+    /// The bench's syscall loop, run as a child that sniffer traces by pid.
+    #[command(hide = true)]
+    SyscallLoop,
     /// End to end on a real OpenStack: keystone, glance-api and the openstack CLI from PyPI.
     E2e {
         /// Extra arguments for `cargo test` (after --).
@@ -166,6 +172,7 @@ fn main() -> std::process::ExitCode {
             pairs,
             soak_seconds,
             big_mib,
+            syscalls_only,
         } => build(true).and_then(|bin| {
             bench::bench(
                 &bin,
@@ -174,9 +181,11 @@ fn main() -> std::process::ExitCode {
                     pairs,
                     soak_seconds,
                     big_mib,
+                    syscalls_only,
                 },
             )
         }),
+        Task::SyscallLoop => bench::syscall_loop(),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -66,8 +66,12 @@ struct ConnInfo {
     netns: u32,
     client: bool,
     transport: Transport,
-    /// Exchanges of this connection, in order, for pairing with the other end's.
+    /// Exchanges of this connection, in order.
     exchanges: VecDeque<u64>,
+    /// Those of them with this end's view only, in order: what the other end's views pair
+    /// with. Paired ones wait in `exchanges` until written, thousands on a busy keep-alive
+    /// connection traced at both ends; a search for a partner goes through these only.
+    unpaired: VecDeque<u64>,
     /// The other end's name, when it is not traced (looked up while it is alive).
     far_name: Option<String>,
     /// This end's process is a reverse proxy.
@@ -195,6 +199,7 @@ impl<L: LogSink> Stitcher<L> {
             client,
             transport: conn.transport,
             exchanges: VecDeque::new(),
+            unpaired: VecDeque::new(),
             far_name: None,
             near_proxy: self.proxies.is_proxy(&self.names.of(conn.tgid, procs)),
             far_proxy: false,
@@ -343,6 +348,7 @@ impl<L: LogSink> Stitcher<L> {
             self.by_key.insert(key, x);
             if let Some(info) = self.conns.get_mut(&conn.id) {
                 info.exchanges.push_back(x);
+                info.unpaired.push_back(x);
             }
             self.placed(ts);
             self.enqueue(ts, Item::Msg(x, Which::Request));
@@ -380,6 +386,7 @@ impl<L: LogSink> Stitcher<L> {
                 }
                 if let Some(info) = self.conns.get_mut(&conn.id) {
                     info.exchanges.push_back(x);
+                    info.unpaired.push_back(x);
                 }
                 x
             }
@@ -523,10 +530,12 @@ impl<L: LogSink> Stitcher<L> {
             for v in [e.client, e.server].into_iter().flatten() {
                 if let Some(info) = self.conns.get_mut(&v.conn) {
                     // Exchanges go in the order they came, mostly: the front, not a scan.
-                    if info.exchanges.front() == Some(&x) {
-                        info.exchanges.pop_front();
-                    } else {
-                        info.exchanges.retain(|i| *i != x);
+                    for list in [&mut info.exchanges, &mut info.unpaired] {
+                        if list.front() == Some(&x) {
+                            list.pop_front();
+                        } else {
+                            list.retain(|i| *i != x);
+                        }
                     }
                 }
             }

@@ -52,7 +52,7 @@ impl<L: LogSink> Stitcher<L> {
                 let Some(pinfo) = self.conns.get(peer) else {
                     continue;
                 };
-                let found = pinfo.exchanges.iter().copied().find(|y| {
+                let found = pinfo.unpaired.iter().copied().find(|y| {
                     *y != x
                         && self
                             .exchanges
@@ -82,13 +82,15 @@ impl<L: LogSink> Stitcher<L> {
         for k in &g.keys {
             self.by_key.insert(*k, keep);
         }
-        // The gone exchange is listed on the connections of its views only.
+        // The gone exchange is listed on the connections of its views only, once, and near
+        // the end: it began late, or it would have been kept.
         for v in [&g.client, &g.server].into_iter().flatten() {
             if let Some(info) = self.conns.get_mut(&v.conn) {
-                for e in info.exchanges.iter_mut() {
-                    if *e == gone {
-                        *e = keep;
-                    }
+                if let Some(e) = info.exchanges.iter_mut().rev().find(|e| **e == gone) {
+                    *e = keep;
+                }
+                if let Some(e) = info.unpaired.iter_mut().rev().find(|e| **e == gone) {
+                    *e = keep;
                 }
             }
         }
@@ -123,9 +125,18 @@ impl<L: LogSink> Stitcher<L> {
         if let Some(ts) = g.response_ts {
             k.response_ts = Some(k.response_ts.map_or(ts, |t| t.min(ts)));
         }
+        // Both views now: nothing more pairs with it.
+        let paired = (k.client.as_ref())
+            .zip(k.server.as_ref())
+            .map(|(c, s)| [c.conn, s.conn]);
         let written = k.written;
         let response_ts = k.response_ts;
         let request_ts = k.request_ts;
+        for conn in paired.into_iter().flatten() {
+            if let Some(info) = self.conns.get_mut(&conn) {
+                info.unpaired.retain(|e| *e != keep);
+            }
+        }
         if linked {
             for e in self.exchanges.values_mut() {
                 if e.upstream == Some(gone) {

@@ -768,3 +768,38 @@ fn a_unix_socket_address_reused_names_the_new_connection_only() {
         "the ended pair still pairs"
     );
 }
+
+#[test]
+fn a_busy_connection_traced_at_both_ends_pairs_each_view_without_a_search_of_the_paired() {
+    let mut w = World::new(None);
+    // The same request again and again on one keep-alive connection, both ends traced, with
+    // no tick: every exchange stays listed on its connections until the next tick writes it.
+    let n = 2_000;
+    let mut longest_unpaired = 0;
+    for i in 0..n {
+        let t = 100 + i * 10;
+        w.bytes(1, Dir::Send, t, IMAGES);
+        w.bytes(2, Dir::Recv, t + 1, IMAGES);
+        w.bytes(2, Dir::Send, t + 2, IMAGES_OK);
+        w.bytes(1, Dir::Recv, t + 3, IMAGES_OK);
+        for c in [1, 2] {
+            longest_unpaired = longest_unpaired.max(w.http.sink.conns[&c].unpaired.len());
+        }
+    }
+    let listed = w.http.sink.conns[&2].exchanges.len();
+    assert!(
+        listed > n as usize / 2,
+        "the paired exchanges wait listed ({listed})"
+    );
+    assert!(
+        longest_unpaired <= 1,
+        "a view waits unpaired only until the other end's comes ({longest_unpaired})"
+    );
+    let lines = w.end_all(1_000_000);
+    assert_eq!(lines.len(), 2 * n as usize);
+    let ex = &w.http.sink.sink.exchanges;
+    assert_eq!(ex.len(), n as usize);
+    assert!(ex.iter().all(|(_, both)| *both), "each has both views");
+    let st = &w.http.sink;
+    assert!(st.conns.values().all(|c| c.unpaired.is_empty()));
+}
