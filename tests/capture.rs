@@ -707,3 +707,60 @@ fn kernel_diagnostics_show_with_vv_and_only_then() {
         assert_eq!(said, expect, "-vv {verbose}:\n{}", cap.stderr);
     }
 }
+
+/// A traced client's socket fd comes to hold a file without a close(2) sniffer sees (dup2,
+/// close_range and a reopen, an exec closing the close-on-exec socket and a reopen), and the
+/// fd is then read: the file's bytes, which look like an HTTP response, are not the
+/// connection's. The kernel side must notice the fd holds another file, in each way.
+#[test]
+fn an_fd_replaced_without_a_close_is_not_read_as_its_old_socket() {
+    if !kernel_tests() {
+        return;
+    }
+    let www = www();
+    let fake = www.path().join("fake");
+    fs::write(
+        &fake,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\nnot a socket\n",
+    )
+    .expect("write");
+    let server = Server::start(www.path(), &[]);
+    let port = server.port.to_string();
+    let script = fixture("fd_replaced.py");
+    for mode in ["dup2", "close_range", "exec"] {
+        let cap = sniff_command(
+            &[],
+            &[
+                "python3",
+                script.to_str().unwrap(),
+                "127.0.0.1",
+                &port,
+                "/hi.txt",
+                fake.to_str().unwrap(),
+                mode,
+            ],
+            Duration::from_secs(60),
+        );
+        assert!(cap.status.success(), "{mode}: {}", cap.describe());
+        let conns: Vec<&ConnRecord> = cap
+            .conns
+            .iter()
+            .filter(|c| c.peer == format!("127.0.0.1:{}", server.port))
+            .collect();
+        let c = one(conns, mode, &cap);
+        let recv = cap.stream(c, "recv");
+        assert!(recv.ends_with(HELLO), "{mode}: {}", cap.describe());
+        assert!(
+            !recv.windows(12).any(|w| w == b"not a socket"),
+            "{mode}: the file's bytes were taken for the connection's: {}",
+            cap.describe()
+        );
+        assert_eq!(c.recv.bytes, recv.len() as u64, "{mode}: {c:#?}");
+        let log = fs::read_to_string(cap.log_path()).expect("log");
+        assert_eq!(
+            log.matches(" RESP <<< ").count(),
+            1,
+            "{mode}: one response only:\n{log}"
+        );
+    }
+}
