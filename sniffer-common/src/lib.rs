@@ -13,7 +13,7 @@ pub mod maps {
     /// Default ring buffer size; `--ring-mib` overrides it at load time.
     pub const EVENTS_DEFAULT_BYTES: u32 = 8 << 20;
 
-    /// tgid -> target flags: the processes whose sockets are traced.
+    /// tgid -> [`crate::Target`]: the processes whose sockets are traced.
     pub const TARGETS: &str = "TARGETS";
     pub const TARGETS_CAPACITY: u32 = 16384;
 
@@ -476,11 +476,27 @@ pub struct SockKey {
     pub fd: i32,
 }
 
+/// Value of the targets map: a traced process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Target {
+    /// How it became one (userspace's target flags, [`maps::TARGET_BY_CGROUP`]).
+    pub how: u32,
+    pub _pad: u32,
+    /// Kernel time (CLOCK_MONOTONIC, ns) of the last thing that may have put another file
+    /// behind one of its fds without a close(2) the programs see: becoming a target, an exec
+    /// (which closes close-on-exec fds), dup2/dup3, close_range. A socket whose fd was found
+    /// holding it after that ([`SockState::checked_ns`]) needs no new look at the fd table.
+    pub replaced_ns: u64,
+}
+
 /// Value of the sockets map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct SockState {
     pub sk: u64,
+    /// Kernel time the fd was last found holding this socket (see [`Target::replaced_ns`]).
+    pub checked_ns: u64,
     /// Bytes sent so far: the offset of the next byte sent.
     pub send_off: u64,
     /// Bytes received so far.
@@ -850,7 +866,8 @@ const _: () = {
     assert!(size_of::<SockEvent>() == 88 + 2 * 136);
     assert!(size_of::<ProcEvent>() == 40);
     assert!(size_of::<SockKey>() == 8);
-    assert!(size_of::<SockState>() == 56);
+    assert!(size_of::<SockState>() == 64);
+    assert!(size_of::<Target>() == 16);
     assert!(size_of::<TlsArgs>() == 40);
     assert!(size_of::<SslKey>() == 16);
     assert!(size_of::<KernelOffsets>() == 116);
@@ -874,6 +891,7 @@ mod pod {
     unsafe impl aya::Pod for ProcEvent {}
     unsafe impl aya::Pod for SockKey {}
     unsafe impl aya::Pod for SockState {}
+    unsafe impl aya::Pod for Target {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for StreamKey {}
     unsafe impl aya::Pod for connectors::Connector {}

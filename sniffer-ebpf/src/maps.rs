@@ -2,12 +2,12 @@
 //! all programs share: the configuration, the counters, whether the current process is traced.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid},
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use sniffer_common::{
-    COMM_LEN, Config, CopyCtl, DataEvent, SockKey, SockState, SslKey, StreamKey, TlsArgs,
+    COMM_LEN, Config, CopyCtl, DataEvent, SockKey, SockState, SslKey, StreamKey, Target, TlsArgs,
     config_flags, connectors::Connector, counters, entered, maps,
 };
 
@@ -16,7 +16,7 @@ use crate::copy::Copy;
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(maps::EVENTS_DEFAULT_BYTES, 0);
 #[map]
-pub static TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(maps::TARGETS_CAPACITY, 0);
+pub static TARGETS: HashMap<u32, Target> = HashMap::with_max_entries(maps::TARGETS_CAPACITY, 0);
 #[map]
 pub static COMMS: HashMap<[u8; COMM_LEN], u32> = HashMap::with_max_entries(maps::COMMS_CAPACITY, 0);
 /// cgroup v2 id -> 1: a process in one of these cgroups becomes a target at its first traced
@@ -89,30 +89,64 @@ pub fn config() -> Option<&'static Config> {
     (c.flags & config_flags::READY != 0).then_some(c)
 }
 
+/// A new target's entry, made at kernel time now.
+#[inline(always)]
+pub fn new_target(how: u32) -> Target {
+    Target {
+        how,
+        _pad: 0,
+        // SAFETY: no preconditions.
+        replaced_ns: unsafe { bpf_ktime_get_ns() },
+    }
+}
+
+/// Notes in target `t` that its fds may hold other files now (see `Target::replaced_ns`). The
+/// later time wins when two threads race here.
+#[inline(always)]
+pub fn fds_replaced(t: *mut Target) {
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: map value pointer, valid during this program run; aligned u64 loads and stores.
+    unsafe {
+        if (*t).replaced_ns < now {
+            (*t).replaced_ns = now;
+        }
+    }
+}
+
 /// The current process if it is a target: (tgid, tid). A process that is not one yet becomes
 /// one here when its cgroup is in CGROUPS (only looked up when userspace said CGROUPS is used,
 /// so untraced processes pay nothing for it otherwise).
 #[inline(always)]
 pub fn current_target() -> Option<(u32, u32)> {
+    current_target_entry().map(|(tgid, tid, _)| (tgid, tid))
+}
+
+/// [`current_target`], with its entry in the targets map.
+#[inline(always)]
+pub fn current_target_entry() -> Option<(u32, u32, *mut Target)> {
     let id = bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
-    // SAFETY: the value is only tested for presence.
-    if unsafe { TARGETS.get(tgid) }.is_none() {
-        let cfg = config()?;
-        if cfg.flags & config_flags::CGROUPS == 0 {
-            return None;
-        }
-        // SAFETY: no preconditions (the task's cgroup on the v2 hierarchy, since 4.18).
-        let cgroup = unsafe { bpf_get_current_cgroup_id() };
-        // SAFETY: presence test only.
-        unsafe { CGROUPS.get(cgroup) }?;
-        if TARGETS.insert(tgid, maps::TARGET_BY_CGROUP, 0).is_err() {
-            count(counters::TARGETS_FULL, 1);
-            crate::diag::map_full(maps::TARGETS);
-            return None;
-        }
+    if let Some(t) = TARGETS.get_ptr_mut(tgid) {
+        return Some((tgid, id as u32, t));
     }
-    Some((tgid, id as u32))
+    let cfg = config()?;
+    if cfg.flags & config_flags::CGROUPS == 0 {
+        return None;
+    }
+    // SAFETY: no preconditions (the task's cgroup on the v2 hierarchy, since 4.18).
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    // SAFETY: presence test only.
+    unsafe { CGROUPS.get(cgroup) }?;
+    if TARGETS
+        .insert(tgid, new_target(maps::TARGET_BY_CGROUP), 0)
+        .is_err()
+    {
+        count(counters::TARGETS_FULL, 1);
+        crate::diag::map_full(maps::TARGETS);
+        return None;
+    }
+    Some((tgid, id as u32, TARGETS.get_ptr_mut(tgid)?))
 }
 
 /// Whether the process of `pid_tgid` (as `bpf_get_current_pid_tgid` gives it) is a target;

@@ -12,14 +12,14 @@ use sniffer_common::{COMM_LEN, OFFSET_ABSENT, counters, kind, maps};
 
 use crate::{
     diag,
-    maps::{COMMS, TARGETS, TLS_CALLS, config, count, current_target, forget_call},
+    maps::{COMMS, TARGETS, TLS_CALLS, config, count, current_target, forget_call, new_target},
     ring::emit_proc,
     sockets::kread,
 };
 
 #[inline(always)]
 fn add_target(tgid: u32, how: u32) -> bool {
-    if TARGETS.insert(tgid, how, 0).is_err() {
+    if TARGETS.insert(tgid, new_target(how), 0).is_err() {
         count(counters::TARGETS_FULL, 1);
         diag::map_full(maps::TARGETS);
         return false;
@@ -59,9 +59,11 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     let old = unsafe { ctx.read_at::<i32>(cfg.tp.exec_old_pid as usize) }.unwrap_or(0) as u32;
     // After exec the caller is the thread group leader: current tgid is the process.
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    // SAFETY: presence tests only.
-    let known = unsafe { TARGETS.get(tgid) }.is_some();
-    if !known {
+    if let Some(t) = TARGETS.get_ptr_mut(tgid) {
+        // The exec closed the close-on-exec fds: what the new program opens may take their
+        // numbers, so every socket of the process gets its fd looked at again.
+        crate::maps::fds_replaced(t);
+    } else {
         let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
         // SAFETY: presence test only.
         if unsafe { COMMS.get(comm) }.is_none() || !add_target(tgid, 2) {

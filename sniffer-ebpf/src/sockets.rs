@@ -299,6 +299,7 @@ pub fn track_socket(
     tid: u32,
     fd: i32,
     new_role: Option<u32>,
+    replaced_ns: u64,
 ) -> Option<u64> {
     let key = SockKey { tgid, fd };
     let known = SOCKETS.get_ptr_mut(key);
@@ -306,14 +307,21 @@ pub fn track_socket(
         && let Some(st) = known
     {
         // SAFETY: map value pointer, valid during this program run.
-        let (flags, sk) = unsafe { ((*st).flags, (*st).sk) };
+        let (flags, sk, checked_ns) = unsafe { ((*st).flags, (*st).sk, (*st).checked_ns) };
         // A socket set aside: nothing to do, not even the fd walk. (Its close still ends it;
         // an fd replaced without a close we see, by dup2, stays ignored until then.)
         if flags & sock_flags::IGNORED != 0 {
             return None;
         }
-        // The steady state: the fd still holds the socket recorded for it.
+        // The steady state: nothing could have put another file behind the fd since it was
+        // last found holding this socket (a close we see removes the entry; the rest moves
+        // the process's `replaced_ns`), so the fd table is not read at all.
+        if checked_ns > replaced_ns {
+            return Some(sk);
+        }
         if fd_holds(&cfg.kernel, fd, sk) {
+            // SAFETY: as above; no preconditions for the time.
+            unsafe { (*st).checked_ns = bpf_ktime_get_ns() };
             return Some(sk);
         }
     }
@@ -322,6 +330,8 @@ pub fn track_socket(
         // SAFETY: map value pointer, valid during this program run.
         let st = unsafe { &mut *st };
         if found.sk != 0 && found.sk == st.sk {
+            // SAFETY: no preconditions.
+            st.checked_ns = unsafe { bpf_ktime_get_ns() };
             if let Some(r) = new_role {
                 // connect/accept on a socket we already knew: addresses are known now.
                 set_sk_role(found.sk, found.ino, r);
@@ -352,6 +362,8 @@ pub fn track_socket(
     };
     let st = SockState {
         sk,
+        // SAFETY: no preconditions.
+        checked_ns: unsafe { bpf_ktime_get_ns() },
         send_off: 0,
         recv_off: 0,
         tls_send_off: 0,

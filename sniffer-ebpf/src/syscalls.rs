@@ -26,8 +26,8 @@ use crate::{
     atomic::{fetch_add, read_then_add},
     callers, copy,
     maps::{
-        COPY_TAIL, SOCKETS, SSL_FDS, TLS_CALLS, config, count, current_target, enter_call,
-        is_target, take_call, take_pending,
+        COPY_TAIL, SOCKETS, SSL_FDS, TLS_CALLS, config, count, current_target_entry, enter_call,
+        fds_replaced, is_target, take_call, take_pending,
     },
     ring::{emit_proc, emit_uncopied},
     sockets::{emit_sock, fd_holds, track_socket},
@@ -42,6 +42,9 @@ mod nr {
     pub const READ: u64 = 0;
     pub const WRITE: u64 = 1;
     pub const CLOSE: u64 = 3;
+    pub const DUP2: u64 = 33;
+    pub const DUP3: u64 = 292;
+    pub const CLOSE_RANGE: u64 = 436;
     pub const MMAP: u64 = 9;
     pub const READV: u64 = 19;
     pub const WRITEV: u64 = 20;
@@ -58,6 +61,7 @@ mod nr {
     pub const LOW_MASK: u64 = 1 << READ
         | 1 << WRITE
         | 1 << CLOSE
+        | 1 << DUP2
         | 1 << MMAP
         | 1 << READV
         | 1 << WRITEV
@@ -76,7 +80,7 @@ fn wanted(id: u64) -> bool {
     if id < 64 {
         nr::LOW_MASK & (1 << id) != 0
     } else {
-        id == nr::ACCEPT4
+        id == nr::ACCEPT4 || id == nr::DUP3 || id == nr::CLOSE_RANGE
     }
 }
 
@@ -120,14 +124,24 @@ pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
     }
     // Here a process of a traced cgroup becomes a target, at its first syscall sniffer reads;
     // the exit only asks.
-    let Some((tgid, tid)) = current_target() else {
+    let Some((tgid, tid, target)) = current_target_entry() else {
         return 0;
     };
     let Some(cfg) = config() else { return 0 };
     let regs = regs(&ctx);
     match data_syscall(id) {
-        Some(sc) => enter_data(cfg, regs, tgid, tid, sc),
+        Some(sc) => {
+            // SAFETY: map value pointer, valid during this program run.
+            let replaced_ns = unsafe { (*target).replaced_ns };
+            enter_data(cfg, regs, tgid, tid, sc, replaced_ns)
+        }
         None if id == nr::CLOSE => enter_close(cfg, regs, tgid, tid),
+        // Another file may take an fd's number without a close we see: at the enter, so that
+        // a data syscall of another thread entering after it looks at its fd again.
+        None if id == nr::DUP2 || id == nr::DUP3 || id == nr::CLOSE_RANGE => {
+            fds_replaced(target);
+            0
+        }
         // connect, accept and mmap are read at their exit.
         None => 0,
     }
@@ -154,12 +168,19 @@ fn data_syscall(id: u64) -> Option<Syscall> {
 /// which reads the other arguments from the registers. Recorded for every data syscall of a
 /// traced thread, 0 when not on a socket sniffer reads, so that the exit knows it.
 #[inline(always)]
-fn enter_data(cfg: &Config, regs: *const pt_regs, tgid: u32, tid: u32, sc: Syscall) -> i32 {
+fn enter_data(
+    cfg: &Config,
+    regs: *const pt_regs,
+    tgid: u32,
+    tid: u32,
+    sc: Syscall,
+    replaced_ns: u64,
+) -> i32 {
     let fd = arg(regs, 0) as i32;
     let sk = if peeks(regs, sc) {
         0
     } else {
-        track_socket(cfg, tgid, tid, fd, None).unwrap_or(0)
+        track_socket(cfg, tgid, tid, fd, None, replaced_ns).unwrap_or(0)
     };
     if sk != 0 && cfg.flags & config_flags::TLS != 0 {
         tls_socket(tgid, tid, fd);
@@ -217,6 +238,10 @@ fn enter_close(cfg: &Config, regs: *const pt_regs, tgid: u32, tid: u32) -> i32 {
         // when the fd is reused, the process exits, or the sniffer stops.
         if emit_sock(cfg, kind::SOCK_CLOSE, &key, &st, tid, false) {
             let _ = SOCKETS.remove(key);
+        } else if let Some(st) = SOCKETS.get_ptr_mut(key) {
+            // The entry outlives its fd: whatever takes the number next is looked at.
+            // SAFETY: map value pointer, valid during this program run.
+            unsafe { (*st).checked_ns = 0 };
         }
     }
     0
@@ -276,7 +301,14 @@ fn exit_other(regs: *const pt_regs, id: u64, ret: i64) {
             // 0 or -EINPROGRESS: the socket's addresses are set.
             Some((tgid, tid)) => {
                 if ret == 0 || ret == -EINPROGRESS {
-                    track_socket(cfg, tgid, tid, arg(regs, 0) as i32, Some(role::CLIENT));
+                    track_socket(
+                        cfg,
+                        tgid,
+                        tid,
+                        arg(regs, 0) as i32,
+                        Some(role::CLIENT),
+                        u64::MAX,
+                    );
                 }
             }
             // An untraced process connected: who it was, for a traced server's accept.
@@ -286,7 +318,7 @@ fn exit_other(regs: *const pt_regs, id: u64, ret: i64) {
             if let Some((tgid, tid)) = target
                 && ret >= 0
             {
-                track_socket(cfg, tgid, tid, ret as i32, Some(role::SERVER));
+                track_socket(cfg, tgid, tid, ret as i32, Some(role::SERVER), u64::MAX);
             }
         }
         nr::MMAP => {

@@ -27,8 +27,8 @@ use aya::{
     },
 };
 use sniffer_common::{
-    CHUNK_SIZE, COMM_LEN, Config, CopyCtl, SockKey, SockState, StreamKey, Variant, config_flags,
-    counters, maps, programs,
+    CHUNK_SIZE, COMM_LEN, Config, CopyCtl, SockKey, SockState, StreamKey, Target, Variant,
+    config_flags, counters, maps, programs,
 };
 
 pub use features::Features;
@@ -133,7 +133,7 @@ pub struct ProbeOptions {
 pub struct Probe {
     /// Keeps the programs and their attachments alive; dropping it detaches everything.
     ebpf: Ebpf,
-    targets: HashMap<MapData, u32, u32>,
+    targets: HashMap<MapData, u32, Target>,
     comms: HashMap<MapData, [u8; COMM_LEN], u32>,
     cgroups: HashMap<MapData, u64, u32>,
     /// The configuration as written; `add_cgroup` turns the cgroup lookup on in it, and the
@@ -424,7 +424,7 @@ impl Probe {
     /// Traces process `tgid` (all its threads) from now on.
     pub fn add_target(&mut self, tgid: u32, how: u32) -> Result<(), ProbeError> {
         self.targets
-            .insert(tgid, how, 0)
+            .insert(tgid, new_target(how), 0)
             .map_err(map_err(maps::TARGETS))
     }
 
@@ -742,6 +742,28 @@ fn raise_memlock_limit() {
     }
 }
 
+/// A targets map entry for a process that becomes a target now: its fds are looked at afresh
+/// (`Target::replaced_ns`, in the kernel's clock: CLOCK_MONOTONIC, as `bpf_ktime_get_ns`).
+/// clock_gettime is async-signal-safe: [`add_self_to_targets`] calls this between fork and exec.
+fn new_target(how: u32) -> Target {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given. CLOCK_MONOTONIC always exists;
+    // were it to fail, u64::MAX still makes every socket's fd looked at.
+    let replaced_ns = if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } == 0 {
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    } else {
+        u64::MAX
+    };
+    Target {
+        how,
+        _pad: 0,
+        replaced_ns,
+    }
+}
+
 /// Adds the calling process to the targets map behind `fd` with the raw bpf(2) syscall.
 ///
 /// For a child between fork and exec (`pre_exec`), where only async-signal-safe calls are
@@ -759,15 +781,16 @@ pub fn add_self_to_targets(fd: RawFd) -> io::Result<()> {
     const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() } as u32;
-    let how = target_flags::BY_COMMAND;
+    let target = new_target(target_flags::BY_COMMAND);
     let attr = MapUpdate {
         map_fd: fd as u32,
         _pad: 0,
         key: std::ptr::from_ref(&pid) as u64,
-        value: std::ptr::from_ref(&how) as u64,
+        value: std::ptr::from_ref(&target) as u64,
         flags: 0,
     };
-    // SAFETY: attr points at a valid bpf_attr prefix whose key/value point at live u32s.
+    // SAFETY: attr points at a valid bpf_attr prefix whose key and value point at a live u32
+    // and a live Target.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_bpf,
