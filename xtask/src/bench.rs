@@ -1,8 +1,9 @@
 //! `cargo xtask bench`: what tracing costs, as ratios measured in the same run.
 //!
 //! nginx (Debian's) is the traced server and wrk the load, both on 127.0.0.1. Each case runs
-//! untraced and traced alternately (pairs), so the machine's noise hits both sides alike. The
-//! table goes to stdout and `target/bench/results.json`.
+//! untraced and traced alternately (pairs), so the machine's noise hits both sides alike. First,
+//! what one syscall costs, from a loop of them (`syscalls`). The table goes to stdout and
+//! `target/bench/results.json`.
 use std::{
     fmt::Write as _,
     fs,
