@@ -764,3 +764,45 @@ fn an_fd_replaced_without_a_close_is_not_read_as_its_old_socket() {
         );
     }
 }
+
+/// The other way round: an fd number that held a file (read, so the kernel side noted it holds
+/// no socket) is taken after its close by a dup of a socket, a way sniffer does not watch. The
+/// close must have cleared the note, or the dup's traffic would go unseen.
+#[test]
+fn a_socket_taking_a_closed_files_fd_number_is_read() {
+    if !kernel_tests() {
+        return;
+    }
+    let www = www();
+    let server = Server::start(www.path(), &[]);
+    let port = server.port.to_string();
+    let script = fixture("fd_reused_by_dup.py");
+    let file = www.path().join("hi.txt");
+    let cap = sniff_command(
+        &[],
+        &[
+            "python3",
+            script.to_str().unwrap(),
+            "127.0.0.1",
+            &port,
+            "/hi.txt",
+            file.to_str().unwrap(),
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(cap.status.success(), "{}", cap.describe());
+    // The socket's own fd (known from its connect) moved nothing; the dup moved it all.
+    let conns: Vec<&ConnRecord> = cap
+        .conns
+        .iter()
+        .filter(|c| c.peer == format!("127.0.0.1:{}", server.port) && c.send.bytes > 0)
+        .collect();
+    let c = one(conns, "the dup", &cap);
+    assert!(
+        cap.stream(c, "send")
+            .starts_with(b"GET /hi.txt HTTP/1.1\r\n"),
+        "{}",
+        cap.describe()
+    );
+    assert!(cap.stream(c, "recv").ends_with(HELLO), "{}", cap.describe());
+}
