@@ -32,13 +32,6 @@ pub mod maps {
     pub const SOCKETS: &str = "SOCKETS";
     pub const SOCKETS_CAPACITY: u32 = 65536;
 
-    /// (tgid, fd) -> kernel time the fd was found holding no socket sniffer reads (a file, a
-    /// pipe, a socket of another kind): its reads and writes skip the fd walk until its close
-    /// or something else that may replace it (`Target::replaced_ns`). An LRU: when full, the
-    /// oldest go and are walked again.
-    pub const NOT_SOCKETS: &str = "NOT_SOCKETS";
-    pub const NOT_SOCKETS_CAPACITY: u32 = 16384;
-
     /// (tgid, fd, dir) -> what userspace wants copied of that stream (bounded copy).
     pub const COPY_CTL: &str = "COPY_CTL";
     pub const COPY_CTL_CAPACITY: u32 = 2 * SOCKETS_CAPACITY;

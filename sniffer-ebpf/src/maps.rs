@@ -26,10 +26,6 @@ pub static CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(maps::CGROUPS_
 #[map]
 pub static SOCKETS: HashMap<SockKey, SockState> =
     HashMap::with_max_entries(maps::SOCKETS_CAPACITY, 0);
-/// See `sniffer_common::maps::NOT_SOCKETS`.
-#[map]
-pub static NOT_SOCKETS: LruHashMap<SockKey, u64> =
-    LruHashMap::with_max_entries(maps::NOT_SOCKETS_CAPACITY, 0);
 /// sk -> role: a socket keeps the role it got at connect/accept when another process uses it
 /// (a forking server accepts in the parent and serves in the child). The value is the role in
 /// the low 32 bits and the socket's inode number in the high ones: a closed socket's entry stays

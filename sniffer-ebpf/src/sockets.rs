@@ -18,7 +18,7 @@ use sniffer_common::{
 
 use crate::{
     diag,
-    maps::{EVENTS, NOT_SOCKETS, SK_ROLES, SOCKETS, count},
+    maps::{EVENTS, SK_ROLES, SOCKETS, count},
     mem,
     ring::wakeup,
 };
@@ -303,16 +303,6 @@ pub fn track_socket(
 ) -> Option<u64> {
     let key = SockKey { tgid, fd };
     let known = SOCKETS.get_ptr_mut(key);
-    if new_role.is_none() && known.is_none() {
-        // A file, a pipe, a socket of another kind: known as such since nothing could have
-        // replaced it (its close removes this, the rest moves `replaced_ns`).
-        // SAFETY: plain value read.
-        if let Some(checked_ns) = unsafe { NOT_SOCKETS.get(key) }
-            && *checked_ns > replaced_ns
-        {
-            return None;
-        }
-    }
     if new_role.is_none()
         && let Some(st) = known
     {
@@ -355,11 +345,6 @@ pub fn track_socket(
         let _ = SOCKETS.remove(key);
     }
     if found.sk == 0 {
-        if new_role.is_none() {
-            // SAFETY: no preconditions.
-            let now = unsafe { bpf_ktime_get_ns() };
-            let _ = NOT_SOCKETS.insert(key, now, 0);
-        }
         return None;
     }
     let Found {

@@ -26,8 +26,8 @@ use crate::{
     atomic::{fetch_add, read_then_add},
     callers, copy,
     maps::{
-        COPY_TAIL, NOT_SOCKETS, SOCKETS, SSL_FDS, TLS_CALLS, config, count, current_target_entry,
-        enter_call, fds_replaced, is_target, take_call, take_pending,
+        COPY_TAIL, SOCKETS, SSL_FDS, TLS_CALLS, config, count, current_target_entry, enter_call,
+        fds_replaced, is_target, take_call, take_pending,
     },
     ring::{emit_proc, emit_uncopied},
     sockets::{emit_sock, fd_holds, track_socket},
@@ -243,10 +243,6 @@ fn enter_close(cfg: &Config, regs: *const pt_regs, tgid: u32, tid: u32) -> i32 {
             // SAFETY: map value pointer, valid during this program run.
             unsafe { (*st).checked_ns = 0 };
         }
-    } else {
-        // Whatever takes the number next (a socket from dup, socketpair, SCM_RIGHTS, which
-        // are not watched) is looked at.
-        let _ = NOT_SOCKETS.remove(key);
     }
     0
 }
