@@ -708,6 +708,26 @@ fn kernel_diagnostics_show_with_vv_and_only_then() {
     }
 }
 
+/// `python3 FIXTURE 127.0.0.1 PORT /hi.txt ARGS...` run under sniffer to its end.
+fn sniff_client(fixture_name: &str, port: &str, args: &[&str]) -> Capture {
+    let script = fixture(fixture_name);
+    let mut command = vec![
+        "python3",
+        script.to_str().unwrap(),
+        "127.0.0.1",
+        port,
+        "/hi.txt",
+    ];
+    command.extend_from_slice(args);
+    sniff_command(&[], &command, Duration::from_secs(60))
+}
+
+/// The connections of a capture to 127.0.0.1:`port`.
+fn conns_to<'a>(cap: &'a Capture, port: &str) -> impl Iterator<Item = &'a ConnRecord> {
+    let peer = format!("127.0.0.1:{port}");
+    cap.conns.iter().filter(move |c| c.peer == peer)
+}
+
 /// A traced client's socket fd comes to hold a file without a close(2) sniffer sees (dup2,
 /// close_range and a reopen, an exec closing the close-on-exec socket and a reopen), and the
 /// fd is then read: the file's bytes, which look like an HTTP response, are not the
@@ -726,28 +746,10 @@ fn an_fd_replaced_without_a_close_is_not_read_as_its_old_socket() {
     .expect("write");
     let server = Server::start(www.path(), &[]);
     let port = server.port.to_string();
-    let script = fixture("fd_replaced.py");
     for mode in ["dup2", "close_range", "exec"] {
-        let cap = sniff_command(
-            &[],
-            &[
-                "python3",
-                script.to_str().unwrap(),
-                "127.0.0.1",
-                &port,
-                "/hi.txt",
-                fake.to_str().unwrap(),
-                mode,
-            ],
-            Duration::from_secs(60),
-        );
+        let cap = sniff_client("fd_replaced.py", &port, &[fake.to_str().unwrap(), mode]);
         assert!(cap.status.success(), "{mode}: {}", cap.describe());
-        let conns: Vec<&ConnRecord> = cap
-            .conns
-            .iter()
-            .filter(|c| c.peer == format!("127.0.0.1:{}", server.port))
-            .collect();
-        let c = one(conns, mode, &cap);
+        let c = one(conns_to(&cap, &port), mode, &cap);
         let recv = cap.stream(c, "recv");
         assert!(recv.ends_with(HELLO), "{mode}: {}", cap.describe());
         assert!(
@@ -776,28 +778,12 @@ fn a_socket_taking_a_closed_files_fd_number_is_read() {
     let www = www();
     let server = Server::start(www.path(), &[]);
     let port = server.port.to_string();
-    let script = fixture("fd_reused_by_dup.py");
     let file = www.path().join("hi.txt");
-    let cap = sniff_command(
-        &[],
-        &[
-            "python3",
-            script.to_str().unwrap(),
-            "127.0.0.1",
-            &port,
-            "/hi.txt",
-            file.to_str().unwrap(),
-        ],
-        Duration::from_secs(60),
-    );
+    let cap = sniff_client("fd_reused_by_dup.py", &port, &[file.to_str().unwrap()]);
     assert!(cap.status.success(), "{}", cap.describe());
     // The socket's own fd (known from its connect) moved nothing; the dup moved it all.
-    let conns: Vec<&ConnRecord> = cap
-        .conns
-        .iter()
-        .filter(|c| c.peer == format!("127.0.0.1:{}", server.port) && c.send.bytes > 0)
-        .collect();
-    let c = one(conns, "the dup", &cap);
+    let dup = conns_to(&cap, &port).filter(|c| c.send.bytes > 0);
+    let c = one(dup, "the dup", &cap);
     assert!(
         cap.stream(c, "send")
             .starts_with(b"GET /hi.txt HTTP/1.1\r\n"),

@@ -12,7 +12,10 @@ use sniffer_common::{COMM_LEN, OFFSET_ABSENT, counters, kind, maps};
 
 use crate::{
     diag,
-    maps::{COMMS, TARGETS, TLS_CALLS, config, count, current_target, forget_call, new_target},
+    maps::{
+        COMMS, TARGETS, TLS_CALLS, config, count, current_target, fds_replaced, forget_call,
+        new_target,
+    },
     ring::emit_proc,
     sockets::kread,
 };
@@ -62,7 +65,7 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     if let Some(t) = TARGETS.get_ptr_mut(tgid) {
         // The exec closed the close-on-exec fds: what the new program opens may take their
         // numbers, so every socket of the process gets its fd looked at again.
-        crate::maps::fds_replaced(t);
+        fds_replaced(t);
     } else {
         let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
         // SAFETY: presence test only.

@@ -39,6 +39,18 @@ pub struct Settings {
 /// A child killed when dropped.
 struct Proc(Child);
 
+impl Proc {
+    /// A process that does nothing, for sniffer to trace while others run untraced.
+    fn idle() -> anyhow::Result<Self> {
+        Ok(Self(
+            Command::new("sleep")
+                .arg("100000")
+                .spawn()
+                .context("starting an idle process")?,
+        ))
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         // SIGTERM first: nginx's master stops its workers then (SIGKILL would orphan them).
@@ -655,12 +667,7 @@ pub fn bench(bin: &Path, s: &Settings) -> anyhow::Result<()> {
     let mut cases = Vec::new();
     // Nothing busy traced: sniffer follows an idle process while nginx and wrk run untraced.
     // Every syscall of every process still passes the programs' first test.
-    let idle = Proc(
-        Command::new("sleep")
-            .arg("100000")
-            .spawn()
-            .context("starting an idle process")?,
-    );
+    let idle = Proc::idle()?;
     let idle_args = ["--pid".to_owned(), idle.0.id().to_string()];
     let nginx_args = ["--pid".to_owned(), nginx_pid.to_string()];
     for (name, url, conns, close, args) in [

@@ -133,6 +133,14 @@ pub struct Stitcher<L: LogSink> {
     pub sink: L,
 }
 
+impl ConnInfo {
+    /// Lists a new exchange of this connection, which has this end's view only.
+    fn list(&mut self, x: u64) {
+        self.exchanges.push_back(x);
+        self.unpaired.push_back(x);
+    }
+}
+
 impl<L: LogSink> Stitcher<L> {
     pub fn new(sink: L, names: Names, filter: Option<Filter>) -> Self {
         Self {
@@ -347,8 +355,7 @@ impl<L: LogSink> Stitcher<L> {
             }
             self.by_key.insert(key, x);
             if let Some(info) = self.conns.get_mut(&conn.id) {
-                info.exchanges.push_back(x);
-                info.unpaired.push_back(x);
+                info.list(x);
             }
             self.placed(ts);
             self.enqueue(ts, Item::Msg(x, Which::Request));
@@ -385,8 +392,7 @@ impl<L: LogSink> Stitcher<L> {
                     e.keys.push(key);
                 }
                 if let Some(info) = self.conns.get_mut(&conn.id) {
-                    info.exchanges.push_back(x);
-                    info.unpaired.push_back(x);
+                    info.list(x);
                 }
                 x
             }

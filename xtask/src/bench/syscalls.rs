@@ -25,16 +25,12 @@ use super::{Proc, Sniffer, median};
 const REQUEST: &[u8] = b"GET /syscalls HTTP/1.1\r\nHost: bench\r\n\r\n";
 const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 
-/// The loops, and how many iterations each runs per measure.
-const KINDS: [(&str, u64); 3] = [
-    ("getppid", 2_000_000),
-    ("read", 2_000_000),
-    ("http", 200_000),
+/// The loops: kind, iterations per measure, syscalls per iteration.
+const KINDS: [(&str, u64, f64); 3] = [
+    ("getppid", 2_000_000, 1.0),
+    ("read", 2_000_000, 1.0),
+    ("http", 200_000, 4.0),
 ];
-/// Syscalls per iteration of each kind.
-fn syscalls_per_iteration(kind: &str) -> f64 {
-    if kind == "http" { 4.0 } else { 1.0 }
-}
 
 /// The child's side: answers each order on stdin with the nanoseconds per iteration.
 pub fn loop_main() -> anyhow::Result<()> {
@@ -148,12 +144,7 @@ enum Setting {
 /// Runs the three settings alternately, `pairs` times, and returns the figures as JSON.
 pub fn case(bin: &Path, dir: &Path, pairs: usize) -> anyhow::Result<serde_json::Value> {
     let mut looper = Looper::start()?;
-    let idle = Proc(
-        Command::new("sleep")
-            .arg("100000")
-            .spawn()
-            .context("starting an idle process")?,
-    );
+    let idle = Proc::idle()?;
     let log = dir.join("syscalls.log");
     // ns per iteration: [setting][kind] -> one value per pair.
     let settings = [Setting::Off, Setting::Idle, Setting::Traced];
@@ -174,7 +165,7 @@ pub fn case(bin: &Path, dir: &Path, pairs: usize) -> anyhow::Result<serde_json::
                     &["--pid".to_owned(), looper.child.0.id().to_string()],
                 )?),
             };
-            for (ki, (kind, n)) in KINDS.iter().enumerate() {
+            for (ki, (kind, n, _)) in KINDS.iter().enumerate() {
                 ns[si][ki].push(looper.measure(kind, *n)?);
             }
             if let Some(s) = sniffer {
@@ -187,9 +178,8 @@ pub fn case(bin: &Path, dir: &Path, pairs: usize) -> anyhow::Result<serde_json::
     }
     let http_runs = KINDS[2].1 * pairs.max(1) as u64;
     let mut rows = Vec::new();
-    for (ki, (kind, _)) in KINDS.iter().enumerate() {
-        let per = syscalls_per_iteration(kind);
-        let [off, idle, traced] = [0, 1, 2].map(|si| median(&ns[si][ki]) / per);
+    for (ki, (kind, _, per)) in KINDS.iter().enumerate() {
+        let [off, idle, traced] = [0, 1, 2].map(|si| median(&ns[si][ki]) / *per);
         rows.push(serde_json::json!({
             "kind": kind,
             "ns_per_syscall": { "off": off, "idle": idle, "traced": traced },
