@@ -9,7 +9,10 @@ use std::{
 
 use sha2::{Digest as _, Sha256};
 
-use crate::http::{head::Head, message::Body};
+use crate::http::{
+    head::{Head, Header},
+    message::Body,
+};
 
 /// Header fields whose values are secrets.
 const SECRET_HEADERS: &[&str] = &[
@@ -47,6 +50,15 @@ pub fn header_value<'a>(name: &str, value: &'a [u8], redact: bool) -> Cow<'a, st
         Cow::Owned(fingerprint(value))
     } else {
         text_of(value)
+    }
+}
+
+/// [`header_value`] of a field whose value was read as text already (`Fields::iter_text`).
+pub fn header_shown<'a>(h: &Header<'_>, text: Cow<'a, str>, redact: bool) -> Cow<'a, str> {
+    if redact && is_secret_header(h.name) && !h.value.is_empty() {
+        Cow::Owned(fingerprint(h.value))
+    } else {
+        text
     }
 }
 
@@ -123,6 +135,15 @@ fn is_binary_type(ct: Option<&[u8]>) -> bool {
 
 /// Text that reads as text: UTF-8 without control characters other than whitespace.
 fn looks_like_text(b: &[u8]) -> bool {
+    // The usual body is all ASCII: every byte tested without branches (vector code), then the
+    // careful walk only for what has other bytes.
+    let (control, high) = b.iter().fold((false, false), |(control, high), &c| {
+        let bad = (c < 0x20 && c != b'\n' && c != b'\r' && c != b'\t') || c == 0x7f;
+        (control | bad, high | (c >= 0x80))
+    });
+    if !high {
+        return !control;
+    }
     // ASCII first, a byte at a time: printable, or whitespace.
     let ascii = b.iter().position(|&c| !c.is_ascii()).unwrap_or(b.len());
     if !b[..ascii]

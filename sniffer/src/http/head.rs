@@ -131,6 +131,25 @@ impl Fields {
         })
     }
 
+    /// [`Self::iter`], with each value as text: borrowed when the fields' bytes are UTF-8 (the
+    /// usual case, checked once for all of them: a value's ends lie next to ASCII delimiters
+    /// or at a name's ends, so they fall on character boundaries), else read lossily.
+    pub fn iter_text(&self) -> impl Iterator<Item = (Header<'_>, Cow<'_, str>)> + '_ {
+        let (bytes, spans) = self.buf.split_at(self.text);
+        let text = std::str::from_utf8(bytes).ok();
+        spans.as_chunks::<SPAN>().0.iter().filter_map(move |s| {
+            let (name, value) = field(bytes, s)?;
+            // SAFETY: as in `iter`.
+            let name = unsafe { std::str::from_utf8_unchecked(name) };
+            let [_, _, vs, ve] = span_of(s);
+            let shown = match text.and_then(|t| t.get(vs..ve)) {
+                Some(v) => Cow::Borrowed(v),
+                None => String::from_utf8_lossy(value),
+            };
+            Some((Header { name, value }, shown))
+        })
+    }
+
     /// The values of the fields named `name` (case-insensitive), in order.
     pub fn values<'a, 'n>(&'a self, name: &'n str) -> impl Iterator<Item = &'a [u8]> + use<'a, 'n> {
         self.raw()
@@ -344,10 +363,12 @@ fn to_headers(wire: &[u8], hs: &[httparse::Header<'_>], folds: bool) -> Fields {
 /// request line. A bare LF ends a line as CRLF does (§2.2 lets a recipient accept it); what
 /// was accepted that way is told by [`lenient_notes`].
 pub fn parse_head(buf: &[u8]) -> HeadParse {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    // Room for the fields, not written before the parser fills it (4 KiB zeroed per head
+    // otherwise).
+    let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
     if buf.starts_with(b"HTTP/") || (buf.len() < 5 && b"HTTP/".starts_with(buf)) {
-        let mut resp = httparse::Response::new(&mut headers);
-        match response_config().parse_response(&mut resp, buf) {
+        let mut resp = httparse::Response::new(&mut []);
+        match response_config().parse_response_with_uninit_headers(&mut resp, buf, &mut headers) {
             Ok(httparse::Status::Complete(len)) => HeadParse::Complete(Head {
                 start: StartLine::Response {
                     status: resp.code.unwrap_or(0),
@@ -362,8 +383,8 @@ pub fn parse_head(buf: &[u8]) -> HeadParse {
             Err(e) => HeadParse::Invalid(parse_error(e, buf)),
         }
     } else {
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(buf) {
+        let mut req = httparse::Request::new(&mut []);
+        match req.parse_with_uninit_headers(buf, &mut headers) {
             Ok(httparse::Status::Complete(len)) => HeadParse::Complete(Head {
                 start: StartLine::Request {
                     method: method(req.method.unwrap_or("")),
@@ -417,17 +438,19 @@ pub const NOTE_OBS_FOLD: &str = "a folded header line (obs-fold), unfolded with 
 /// otherwise, so the log says it.
 pub fn lenient_notes(head_bytes: &[u8]) -> Vec<&'static str> {
     let mut notes = Vec::new();
-    // One pass over the line ends (memchr): a bare LF, or a line that starts with SP/HTAB
-    // after the start line (obs-fold).
-    let mut bare_lf = false;
-    let mut fold = false;
-    for i in memchr::memchr_iter(b'\n', head_bytes) {
-        bare_lf |= i == 0 || head_bytes[i - 1] != b'\r';
-        fold |= matches!(head_bytes.get(i + 1), Some(b' ' | b'\t'));
-        if bare_lf && fold {
-            break;
-        }
-    }
+    // A bare LF, or a line that starts with SP/HTAB after the start line (obs-fold): each
+    // byte beside the next, without branches, which the compiler turns into vector code (a
+    // head is a few hundred bytes with a dozen line ends: cheaper than a search per LF).
+    let pairs = || {
+        head_bytes
+            .iter()
+            .zip(&head_bytes[1.min(head_bytes.len())..])
+    };
+    let bare_lf = head_bytes.first() == Some(&b'\n')
+        || pairs().fold(false, |seen, (&a, &b)| seen | ((b == b'\n') & (a != b'\r')));
+    let fold = pairs().fold(false, |seen, (&a, &b)| {
+        seen | ((a == b'\n') & ((b == b' ') | (b == b'\t')))
+    });
     if bare_lf {
         notes.push(NOTE_BARE_LF);
     }
@@ -538,6 +561,45 @@ pub(crate) mod tests {
             HeadParse::Complete(h) => h,
             other => panic!("not a complete head: {other:?}"),
         }
+    }
+
+    #[test]
+    fn lenient_notes_find_bare_lfs_and_folds_anywhere_in_the_head() {
+        assert!(lenient_notes(b"GET / HTTP/1.1\r\nA: b\r\n\r\n").is_empty());
+        assert_eq!(lenient_notes(b"\nGET / HTTP/1.1\r\n\r\n"), [NOTE_BARE_LF]);
+        assert_eq!(
+            lenient_notes(b"GET / HTTP/1.1\r\nA: b\r\n\n"),
+            [NOTE_BARE_LF]
+        );
+        assert_eq!(
+            lenient_notes(b"HTTP/1.1 200 OK\r\nA: b\r\n\tc\r\n\r\n"),
+            [NOTE_OBS_FOLD]
+        );
+        assert_eq!(
+            lenient_notes(b"HTTP/1.1 200 OK\nA: b\r\n c\r\n\r\n"),
+            [NOTE_BARE_LF, NOTE_OBS_FOLD]
+        );
+        assert!(lenient_notes(b"").is_empty());
+        assert_eq!(lenient_notes(b"\n"), [NOTE_BARE_LF]);
+    }
+
+    #[test]
+    fn field_values_read_as_text_are_borrowed_unless_a_byte_is_not_utf8() {
+        let h = head("GET / HTTP/1.1\r\nA: caf\u{e9}\r\nB: x\r\n\r\n".as_bytes());
+        let shown: Vec<_> = h.headers.iter_text().collect();
+        assert_eq!(shown.len(), 2);
+        assert!(matches!(&shown[0].1, Cow::Borrowed("caf\u{e9}")));
+        assert_eq!((shown[1].0.name, shown[1].1.as_ref()), ("B", "x"));
+        let h = head(b"GET / HTTP/1.1\r\nA: a\xffb\r\nB: x\r\n\r\n");
+        let shown: Vec<_> = h.headers.iter_text().map(|(h, t)| (h.name, t)).collect();
+        assert_eq!(shown[0].1, "a\u{fffd}b");
+        assert_eq!(shown[0].0, "A");
+        assert_eq!(shown[1].1, "x");
+        let mut pushed = Fields::default();
+        pushed.push("N", "\u{2603}".as_bytes());
+        pushed.push("M", b"\xe2\x98");
+        let shown: Vec<_> = pushed.iter_text().map(|(_, t)| t.into_owned()).collect();
+        assert_eq!(shown, ["\u{2603}", "\u{fffd}"]);
     }
 
     #[test]

@@ -258,8 +258,8 @@ impl NumberedLog {
             },
             msg.head
                 .headers
-                .iter()
-                .map(|h| (h.name, render::header_value(h.name, h.value, redact))),
+                .iter_text()
+                .map(|(h, text)| (h.name, render::header_shown(&h, text, redact))),
             &notes(e.exchange, e.which, msg),
             |b| render::write_body(b, &msg.head, &msg.body, redact, text_limit),
             trailers.iter().map(String::as_str),
