@@ -52,6 +52,10 @@ const KEEP_DONE_NS: u64 = 2_000_000_000;
 /// written on its own. Under connection churn ended connections are most of the heap (tens of
 /// thousands a second, ~350 bytes each with their addresses).
 const KEEP_ENDED_NS: u64 = 500_000_000;
+/// Forgotten exchanges' boxes kept for the next ones, at most (~1 KiB each). Exchanges come
+/// and go in order, so without them whole pages of the allocator fall free at once, go back to
+/// the kernel and are faulted in again: half of sniffer's page faults under keep-alive load.
+const SPARE_EXCHANGES: usize = 1024;
 /// Exchanges into or out of a reverse proxy waiting for their other hop, at most.
 const MAX_HOP_CANDIDATES: usize = 4096;
 
@@ -87,6 +91,10 @@ pub struct Stitcher<L: LogSink> {
     /// Boxed: an exchange is ~1 KiB, and a map of them inline doubles (and copies) ~1 KiB
     /// per slot as it grows under load; boxed, a slot is 16 bytes.
     exchanges: HashMap<u64, Box<Exchange>>,
+    /// Boxes of forgotten exchanges, reused (see [`SPARE_EXCHANGES`]): the boxes themselves
+    /// are the point, the memory the map's entries move in and out of.
+    #[allow(clippy::vec_box)]
+    spare: Vec<Box<Exchange>>,
     by_key: HashMap<MsgKey, u64>,
     order: order::Order,
     /// Boxed, as exchanges are: under connection churn thousands of ended connections wait
@@ -145,6 +153,7 @@ impl<L: LogSink> Stitcher<L> {
     pub fn new(sink: L, names: Names, filter: Option<Filter>) -> Self {
         Self {
             exchanges: HashMap::default(),
+            spare: Vec::new(),
             by_key: HashMap::default(),
             order: order::Order::default(),
             conns: HashMap::default(),
@@ -295,42 +304,47 @@ impl<L: LogSink> Stitcher<L> {
         } else {
             (None, Some(view))
         };
-        self.exchanges.insert(
+        let exchange = Exchange {
             id,
-            Box::new(Exchange {
-                id,
-                client: c,
-                server: s,
-                request: None,
-                response: None,
-                interim: Vec::new(),
-                interim_conn: None,
-                request_ts: ts,
-                response_ts: None,
-                broken: None,
-                orphan: false,
-                unanswered: false,
-                from: String::new(),
-                to: String::new(),
-                url: String::new(),
-                tls: false,
-                numbers: [None, None],
-                filtered: false,
-                via: None,
-                upstream_view: None,
-                upstream_target: None,
-                folded_into: None,
-                upstream: None,
-                caller: None,
-                listed: false,
-                written: [false, false],
-                head: None,
-                keys: Default::default(),
-                resolved: false,
-                done_at: None,
-                answered_by: Default::default(),
-            }),
-        );
+            client: c,
+            server: s,
+            request: None,
+            response: None,
+            interim: Vec::new(),
+            interim_conn: None,
+            request_ts: ts,
+            response_ts: None,
+            broken: None,
+            orphan: false,
+            unanswered: false,
+            from: String::new(),
+            to: String::new(),
+            url: String::new(),
+            tls: false,
+            numbers: [None, None],
+            filtered: false,
+            via: None,
+            upstream_view: None,
+            upstream_target: None,
+            folded_into: None,
+            upstream: None,
+            caller: None,
+            listed: false,
+            written: [false, false],
+            head: None,
+            keys: Default::default(),
+            resolved: false,
+            done_at: None,
+            answered_by: Default::default(),
+        };
+        let boxed = match self.spare.pop() {
+            Some(mut b) => {
+                *b = exchange;
+                b
+            }
+            None => Box::new(exchange),
+        };
+        self.exchanges.insert(id, boxed);
         id
     }
 
@@ -530,10 +544,10 @@ impl<L: LogSink> Stitcher<L> {
     /// Drops an exchange and its keys.
     fn forget(&mut self, x: u64) {
         if let Some(e) = self.exchanges.remove(&x) {
-            for k in e.keys {
-                self.by_key.remove(&k);
+            for k in &e.keys {
+                self.by_key.remove(k);
             }
-            for v in [e.client, e.server].into_iter().flatten() {
+            for v in [&e.client, &e.server].into_iter().flatten() {
                 if let Some(info) = self.conns.get_mut(&v.conn) {
                     // Exchanges go in the order they came, mostly: the front, not a scan.
                     for list in [&mut info.exchanges, &mut info.unpaired] {
@@ -544,6 +558,9 @@ impl<L: LogSink> Stitcher<L> {
                         }
                     }
                 }
+            }
+            if self.spare.len() < SPARE_EXCHANGES {
+                self.spare.push(e);
             }
         }
     }
@@ -604,6 +621,10 @@ impl<L: LogSink> Stitcher<L> {
         self.release_due(now_ns, procs);
         self.expire();
         self.expire_names();
+        if self.exchanges.is_empty() {
+            // Idle: the spare boxes (and what they still hold) go back.
+            self.spare = Vec::new();
+        }
         self.sink.flush();
     }
 

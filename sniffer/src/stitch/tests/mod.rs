@@ -803,3 +803,45 @@ fn a_busy_connection_traced_at_both_ends_pairs_each_view_without_a_search_of_the
     let st = &w.http.sink;
     assert!(st.conns.values().all(|c| c.unpaired.is_empty()));
 }
+
+#[test]
+fn exchanges_boxes_are_reused_bounded_and_given_back_when_idle() {
+    let mut w = World::new(None);
+    // One end traced: each exchange is forgotten once written, and its box serves a later one.
+    // Two requests in turn, so that a reused box showing anything of the one before would
+    // show it in the log.
+    let n = 3 * SPARE_EXCHANGES as u64;
+    let mut most_spare = 0;
+    for i in 0..n {
+        let t = 1_000 + i * 10;
+        let (req, resp) = if i % 2 == 0 {
+            (IMAGES, IMAGES_OK)
+        } else {
+            (TOKENS, TOKENS_OK)
+        };
+        w.bytes(1, Dir::Send, t, req);
+        w.bytes(1, Dir::Recv, t + 1, resp);
+        most_spare = most_spare.max(w.http.sink.spare.len());
+        if i % 500 == 499 {
+            w.tick(t + 2);
+        }
+    }
+    let lines = w.end_all(1_000_000_000);
+    assert_eq!(lines.len(), 2 * n as usize);
+    for (i, pair) in lines.chunks(2).enumerate() {
+        let url = if i % 2 == 0 {
+            "GET http://127.0.0.1:9292/v2/images"
+        } else {
+            "GET http://127.0.0.1:5000/v3/auth/tokens"
+        };
+        assert!(pair.iter().all(|l| l.ends_with(url)), "{pair:?}");
+    }
+    assert!(
+        most_spare > 0,
+        "forgotten exchanges' boxes are kept for reuse"
+    );
+    assert!(most_spare <= SPARE_EXCHANGES);
+    w.tick(2_000_000_000);
+    assert!(w.http.sink.exchanges.is_empty());
+    assert!(w.http.sink.spare.is_empty(), "idle: the spare boxes go");
+}
