@@ -16,11 +16,13 @@ use std::{
     },
 };
 
-/// Buffered bytes that make a write (what a `BufWriter` holds).
+/// Buffered bytes that make a write (what a `BufWriter` holds), for an output of which a run
+/// has many (a dump's file per stream).
 const FLUSH_AT: usize = 8 << 10;
-/// A buffer grown past this by a large record shrinks back after the write (a dump keeps one
-/// per live stream).
-const KEEP_AT_MOST: usize = 2 * FLUSH_AT;
+/// The same for a run's few main outputs (the log, the JSONL, a dump's index): under load a
+/// write per 8 KiB of the log was half of sniffer's system time (ext4's cost per call).
+/// Records still reach the file at each tick (100 ms) at the latest.
+const MAIN_FLUSH_AT: usize = 64 << 10;
 
 /// How one output fared: shared by its writers (a dump's many stream files share one) and the
 /// end-of-run summary.
@@ -136,7 +138,9 @@ impl Outputs {
         name: impl fmt::Display,
         unit: &'static str,
     ) -> Output {
-        Output::new(out, self.track(name, unit))
+        let mut o = Output::new(out, self.track(name, unit));
+        o.flush_at = MAIN_FLUSH_AT;
+        o
     }
 
     /// The outputs that lost records.
@@ -157,6 +161,9 @@ pub struct Output {
     buf: Vec<u8>,
     /// Per buffered record: where it ends in `buf`, and how many units it holds.
     records: Vec<(usize, u64)>,
+    /// Buffered bytes that make a write; a buffer grown past twice this by a large record
+    /// shrinks back after the write.
+    flush_at: usize,
 }
 
 impl Output {
@@ -166,6 +173,7 @@ impl Output {
             health,
             buf: Vec::new(),
             records: Vec::new(),
+            flush_at: FLUSH_AT,
         }
     }
 
@@ -178,7 +186,7 @@ impl Output {
             return;
         }
         self.records.push((self.buf.len(), units));
-        if self.buf.len() >= FLUSH_AT {
+        if self.buf.len() >= self.flush_at {
             self.flush();
         }
     }
@@ -213,8 +221,8 @@ impl Output {
         }
         self.buf.clear();
         self.records.clear();
-        if self.buf.capacity() > KEEP_AT_MOST {
-            self.buf.shrink_to(FLUSH_AT);
+        if self.buf.capacity() > 2 * self.flush_at {
+            self.buf.shrink_to(self.flush_at);
         }
     }
 }
