@@ -28,7 +28,7 @@ pub struct View {
     pub netns: u32,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Exchange {
     pub id: u64,
     pub client: Option<View>,
