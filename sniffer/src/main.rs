@@ -13,7 +13,7 @@ use tracing_subscriber::EnvFilter;
 /// mimalloc: the pipeline allocates and frees many small buffers per message; glibc's malloc
 /// spent a sixth of the daemon's instructions on them, musl's (the static build) far more.
 #[global_allocator]
-static ALLOC: sniffer::heap::Mimalloc = sniffer::heap::Mimalloc;
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     sniffer::heap::configure();
