@@ -54,7 +54,7 @@ const KEEP_DONE_NS: u64 = 2_000_000_000;
 const KEEP_ENDED_NS: u64 = 500_000_000;
 /// Forgotten exchanges' boxes kept for the next ones, at most (~1 KiB each). Exchanges come
 /// and go in order, so without them whole pages of the allocator fall free at once, go back to
-/// the kernel and are faulted in again: half of sniffer's page faults under keep-alive load.
+/// the kernel and are faulted in again (0.33 page faults per keep-alive exchange, 0.04 with).
 const SPARE_EXCHANGES: usize = 1024;
 /// Exchanges into or out of a reverse proxy waiting for their other hop, at most.
 const MAX_HOP_CANDIDATES: usize = 4096;
