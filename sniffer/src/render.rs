@@ -46,11 +46,7 @@ pub fn is_secret_header(name: &str) -> bool {
 
 /// A header value for display: lossy UTF-8, or its fingerprint when secret and `redact`.
 pub fn header_value<'a>(name: &str, value: &'a [u8], redact: bool) -> Cow<'a, str> {
-    if redact && is_secret_header(name) && !value.is_empty() {
-        Cow::Owned(fingerprint(value))
-    } else {
-        text_of(value)
-    }
+    header_shown(&Header { name, value }, text_of(value), redact)
 }
 
 /// [`header_value`] of a field whose value was read as text already (`Fields::iter_text`).

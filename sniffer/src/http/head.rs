@@ -135,18 +135,16 @@ impl Fields {
     /// usual case, checked once for all of them: a value's ends lie next to ASCII delimiters
     /// or at a name's ends, so they fall on character boundaries), else read lossily.
     pub fn iter_text(&self) -> impl Iterator<Item = (Header<'_>, Cow<'_, str>)> + '_ {
-        let (bytes, spans) = self.buf.split_at(self.text);
+        let bytes = &self.buf[..self.text];
         let text = std::str::from_utf8(bytes).ok();
-        spans.as_chunks::<SPAN>().0.iter().filter_map(move |s| {
-            let (name, value) = field(bytes, s)?;
-            // SAFETY: as in `iter`.
-            let name = unsafe { std::str::from_utf8_unchecked(name) };
-            let [_, _, vs, ve] = span_of(s);
-            let shown = match text.and_then(|t| t.get(vs..ve)) {
+        self.iter().map(move |h| {
+            // The value is a slice of the text: its place there.
+            let at = h.value.as_ptr() as usize - bytes.as_ptr() as usize;
+            let shown = match text.and_then(|t| t.get(at..at + h.value.len())) {
                 Some(v) => Cow::Borrowed(v),
-                None => String::from_utf8_lossy(value),
+                None => String::from_utf8_lossy(h.value),
             };
-            Some((Header { name, value }, shown))
+            (h, shown)
         })
     }
 
@@ -441,16 +439,18 @@ pub fn lenient_notes(head_bytes: &[u8]) -> Vec<&'static str> {
     // A bare LF, or a line that starts with SP/HTAB after the start line (obs-fold): each
     // byte beside the next, without branches, which the compiler turns into vector code (a
     // head is a few hundred bytes with a dozen line ends: cheaper than a search per LF).
-    let pairs = || {
-        head_bytes
-            .iter()
-            .zip(&head_bytes[1.min(head_bytes.len())..])
-    };
-    let bare_lf = head_bytes.first() == Some(&b'\n')
-        || pairs().fold(false, |seen, (&a, &b)| seen | ((b == b'\n') & (a != b'\r')));
-    let fold = pairs().fold(false, |seen, (&a, &b)| {
-        seen | ((a == b'\n') & ((b == b' ') | (b == b'\t')))
-    });
+    let pairs = head_bytes
+        .iter()
+        .zip(&head_bytes[1.min(head_bytes.len())..]);
+    let (bare_lf, fold) = pairs.fold(
+        (head_bytes.first() == Some(&b'\n'), false),
+        |(bare_lf, fold), (&a, &b)| {
+            (
+                bare_lf | ((b == b'\n') & (a != b'\r')),
+                fold | ((a == b'\n') & ((b == b' ') | (b == b'\t'))),
+            )
+        },
+    );
     if bare_lf {
         notes.push(NOTE_BARE_LF);
     }
