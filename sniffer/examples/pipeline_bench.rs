@@ -137,7 +137,7 @@ fn main() {
                 off: *o,
                 len: bytes.len() as u64,
                 syscall_len: bytes.len() as u64,
-                data: bytes.to_vec(),
+                data: bytes,
                 tls: Tls::No,
             }));
             *o += bytes.len() as u64;

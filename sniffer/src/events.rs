@@ -54,9 +54,10 @@ pub enum Tls {
 }
 
 /// A piece of one socket's byte stream: `len` bytes at `off`, of which `data` holds the first
-/// `data.len()` (the rest were not copied by the kernel).
+/// `data.len()` (the rest were not copied by the kernel). `data` lies in the ring buffer's
+/// record, read where it lies.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Chunk {
+pub struct Chunk<'a> {
     pub ts_ns: u64,
     pub tgid: u32,
     pub tid: u32,
@@ -67,7 +68,7 @@ pub struct Chunk {
     pub off: u64,
     pub len: u64,
     pub syscall_len: u64,
-    pub data: Vec<u8>,
+    pub data: &'a [u8],
     pub tls: Tls,
 }
 
@@ -189,8 +190,8 @@ pub struct FinalOffsets {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Event {
-    Data(Chunk),
+pub enum Event<'a> {
+    Data(Chunk<'a>),
     SockOpen(SockInfo),
     SockClose(SockInfo),
     Fork {
@@ -218,7 +219,7 @@ pub enum Event {
     },
 }
 
-impl Event {
+impl Event<'_> {
     pub const fn ts_ns(&self) -> u64 {
         match self {
             Self::Data(c) => c.ts_ns,
@@ -311,7 +312,7 @@ fn sock_info(ev: &SockEvent) -> SockInfo {
 }
 
 /// Decodes one ring buffer record.
-pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
     let k: u32 = read(bytes)?;
     match k {
         kind::DATA | kind::TLS_DATA => {
@@ -344,7 +345,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 off: h.off,
                 len: h.len,
                 syscall_len: h.syscall_len,
-                data: payload[..cap].to_vec(),
+                data: &payload[..cap],
                 tls: if k == kind::TLS_DATA {
                     Tls::Plaintext
                 } else if h.flags & data_flags::CIPHERTEXT != 0 {
@@ -401,15 +402,21 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
 /// Reads the ring buffer and keeps the kernel's sockets map tidy.
 pub struct Reader {
     ring: AsyncFd<RingBuf<MapData>>,
+    books: Books,
+    /// Records that did not decode (a bug on one side of the contract if ever non-zero).
+    pub malformed: u64,
+    /// Records read.
+    pub records: u64,
+}
+
+/// Which kernel socket entries are live, kept beside the ring (a field apart from it, so that
+/// an event is handled while its record is still borrowed).
+struct Books {
     sockets: HashMap<MapData, SockKey, SockState>,
     /// fds with a live kernel socket entry, per process.
     live: foldhash::HashMap<u32, HashSet<i32>>,
     /// The last data event's (tgid, fd): runs of chunks skip the set insert.
     last_data: Option<(u32, i32)>,
-    /// Records that did not decode (a bug on one side of the contract if ever non-zero).
-    pub malformed: u64,
-    /// Records read.
-    pub records: u64,
 }
 
 impl Reader {
@@ -422,9 +429,11 @@ impl Reader {
         let ring = unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?;
         Ok(Self {
             ring,
-            sockets,
-            live: foldhash::HashMap::default(),
-            last_data: None,
+            books: Books {
+                sockets,
+                live: foldhash::HashMap::default(),
+                last_data: None,
+            },
             malformed: 0,
             records: 0,
         })
@@ -439,22 +448,16 @@ impl Reader {
         Ok(())
     }
 
-    /// Reads every record available now, in ring order, into `out`. Returns how many.
-    pub fn drain(&mut self, out: &mut impl FnMut(Event)) -> usize {
+    /// Reads every record available now, in ring order, into `out`. Returns how many. Each
+    /// event is handled while its record is held: a chunk's bytes are read where they lie,
+    /// and the record's room goes back to the kernel when `out` returns.
+    pub fn drain(&mut self, out: &mut impl FnMut(Event<'_>)) -> usize {
         let mut n = 0;
-        loop {
-            // Decode inside the borrow of the ring, act after it.
-            let decoded = {
-                let ring = self.ring.get_mut();
-                let Some(item) = ring.next() else { break };
-                decode(&item)
-            };
+        let ring = self.ring.get_mut();
+        while let Some(item) = ring.next() {
             n += 1;
-            match decoded {
-                Ok(ev) => {
-                    let ev = self.bookkeep(ev);
-                    out(ev);
-                }
+            match decode(&item) {
+                Ok(ev) => out(self.books.bookkeep(ev)),
                 Err(e) => {
                     self.malformed += 1;
                     tracing::warn!("skipping a malformed kernel record: {e}");
@@ -465,7 +468,18 @@ impl Reader {
         n
     }
 
-    fn bookkeep(&mut self, ev: Event) -> Event {
+    /// Final offsets of every socket still open, at shutdown.
+    pub fn live_offsets(&self) -> Vec<FinalOffsets> {
+        let b = &self.books;
+        b.live
+            .iter()
+            .flat_map(|(&tgid, fds)| fds.iter().filter_map(move |&fd| b.offsets(tgid, fd)))
+            .collect()
+    }
+}
+
+impl Books {
+    fn bookkeep<'a>(&mut self, ev: Event<'a>) -> Event<'a> {
         match ev {
             // A socket whose open event was lost is known from its data.
             Event::Data(ref c) if self.last_data != Some((c.tgid, c.fd)) => {
@@ -524,14 +538,6 @@ impl Reader {
         let f = self.offsets(tgid, fd)?;
         let _ = self.sockets.remove(&SockKey { tgid, fd });
         Some(f)
-    }
-
-    /// Final offsets of every socket still open, at shutdown.
-    pub fn live_offsets(&self) -> Vec<FinalOffsets> {
-        self.live
-            .iter()
-            .flat_map(|(&tgid, fds)| fds.iter().filter_map(move |&fd| self.offsets(tgid, fd)))
-            .collect()
     }
 }
 

@@ -11,7 +11,7 @@ use crate::{
     events::{Chunk, Dir, Endpoint, FinalOffsets, Role, SockInfo, Tls, Transport},
     probe::CopyHint,
     procs::ProcTable,
-    stream::{Piece, Stream},
+    stream::{Piece, Stream, recycle},
 };
 
 /// Why a connection ended.
@@ -193,7 +193,7 @@ pub struct ConnTable {
     /// What the kernel should stop sending (connections set aside), for the probe to apply.
     pub hints: Vec<CopyHint>,
     max_conns: usize,
-    scratch: Vec<Piece>,
+    scratch: Vec<Piece<'static>>,
 }
 
 impl ConnTable {
@@ -306,7 +306,7 @@ impl ConnTable {
     }
 
     /// Bytes moved on a socket.
-    pub fn data(&mut self, chunk: Chunk, sink: &mut dyn ConnSink, procs: &ProcTable) {
+    pub fn data(&mut self, chunk: Chunk<'_>, sink: &mut dyn ConnSink, procs: &ProcTable) {
         let key = (chunk.tgid, chunk.fd);
         let known = self.live.get(&key).is_some_and(|c| c.sk == chunk.sk);
         if !known {
@@ -359,13 +359,13 @@ impl ConnTable {
                 // Before the kernel knew (the library was probed late) or without a library
                 // it reads: TLS by its first bytes, counted, never parsed as HTTP.
                 let first = conn.streams[d].is_untouched() && chunk.off == 0;
-                if conn.tls.is_some() || (first && starts_tls_record(&chunk.data)) {
+                if conn.tls.is_some() || (first && starts_tls_record(chunk.data)) {
                     conn.tls.get_or_insert_default().ciphertext[d] += len;
                     return;
                 }
                 if first
                     && !chunk.data.is_empty()
-                    && let Some(p) = not_http(conn, chunk.dir, &chunk.data)
+                    && let Some(p) = not_http(conn, chunk.dir, chunk.data)
                 {
                     conn.not_http = Some(p);
                     *self.set_aside.entry(p).or_default() += 1;
@@ -395,13 +395,12 @@ impl ConnTable {
                 }
             }
         }
-        let mut out = std::mem::take(&mut self.scratch);
+        let mut out = recycle(std::mem::take(&mut self.scratch));
         conn.streams[chunk.dir.index()].push(chunk.off, len, chunk.data, chunk.ts_ns, &mut out);
         if !out.is_empty() {
             sink.pieces(conn, chunk.dir, &out, procs);
         }
-        out.clear();
-        self.scratch = out;
+        self.scratch = recycle(out);
     }
 
     /// A process exited: its connections end at the offsets the kernel had for them.

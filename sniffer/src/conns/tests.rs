@@ -58,7 +58,7 @@ pub(crate) fn sock(fd: i32, sk: u64, sent: u64, received: u64) -> SockInfo {
     }
 }
 
-pub(crate) fn chunk(fd: i32, sk: u64, dir: Dir, off: u64, data: &[u8]) -> Chunk {
+pub(crate) fn chunk(fd: i32, sk: u64, dir: Dir, off: u64, data: &[u8]) -> Chunk<'_> {
     Chunk {
         ts_ns: 2,
         tgid: 7,
@@ -70,7 +70,7 @@ pub(crate) fn chunk(fd: i32, sk: u64, dir: Dir, off: u64, data: &[u8]) -> Chunk 
         off,
         len: data.len() as u64,
         syscall_len: data.len() as u64,
-        data: data.to_vec(),
+        data,
         tls: Tls::No,
     }
 }
@@ -178,7 +178,7 @@ fn exit_ends_connections_at_kernel_offsets() {
     assert_eq!(r.log[3], "end #1 Some(ProcessExit)");
 }
 
-fn tls_chunk(dir: Dir, off: u64, data: &[u8], tls: Tls) -> Chunk {
+fn tls_chunk(dir: Dir, off: u64, data: &[u8], tls: Tls) -> Chunk<'_> {
     Chunk {
         tls,
         ..chunk(3, 0xa, dir, off, data)

@@ -101,7 +101,7 @@ struct HttpConn {
     /// Requests with a head, waiting for their final response.
     pending: VecDeque<PendingRequest>,
     /// Pieces held until `req_dir` is known or a request is pending, with their directions.
-    held: Vec<(Dir, Piece)>,
+    held: Vec<(Dir, Piece<'static>)>,
     held_bytes: usize,
     seq: [u64; 2],
     /// The message in progress per direction (after its Begin).
@@ -230,7 +230,7 @@ impl<S: HttpSink> Exchanges<S> {
                     st.parsers[other(req_dir).index()] = Some(DirParser::new(false, preview_limit));
                 }
                 None if wait => {
-                    hold(st, dir, piece.clone());
+                    hold(st, dir, piece);
                     return;
                 }
                 None => return,
@@ -251,7 +251,7 @@ impl<S: HttpSink> Exchanges<S> {
             .as_ref()
             .is_some_and(DirParser::is_idle);
         if !is_request && wait && st.pending.is_empty() && resp_idle {
-            hold(st, dir, piece.clone());
+            hold(st, dir, piece);
             if st.held_bytes >= MAX_HELD {
                 self.release_held(conn, procs, false);
             }
@@ -449,11 +449,11 @@ fn other(d: Dir) -> Dir {
     }
 }
 
-fn hold(st: &mut HttpConn, dir: Dir, piece: Piece) {
-    if let Piece::Data { bytes, .. } = &piece {
+fn hold(st: &mut HttpConn, dir: Dir, piece: &Piece) {
+    if let Piece::Data { bytes, .. } = piece {
         st.held_bytes += bytes.len();
     }
-    st.held.push((dir, piece));
+    st.held.push((dir, piece.to_owned_piece()));
 }
 
 impl<S: HttpSink> ConnSink for Exchanges<S> {

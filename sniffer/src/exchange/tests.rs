@@ -93,7 +93,7 @@ impl Feeder {
         self.ts += 10;
         let p = Piece::Data {
             off: self.off[dir.index()],
-            bytes: bytes.to_vec(),
+            bytes: bytes.to_vec().into(),
             ts_ns: self.ts,
         };
         self.off[dir.index()] += bytes.len() as u64;

@@ -112,7 +112,7 @@ impl Line<'_> {
             c.off
         )?;
         if !c.data.is_empty() {
-            write!(self.out, "\"{}\"", escape(&c.data))?;
+            write!(self.out, "\"{}\"", escape(c.data))?;
         }
         match c.tls {
             // SSL_read/SSL_write name the plaintext already; the wire bytes say what they are.

@@ -81,7 +81,10 @@ enum State {
     /// After a request whose answer may switch protocols: the pieces since, held until the
     /// answer says whether they are HTTP ([`DirParser::resume`]) or a tunnel's
     /// ([`DirParser::switch_protocols`]); `bytes` counts their data.
-    Await { held: Vec<Piece>, bytes: usize },
+    Await {
+        held: Vec<Piece<'static>>,
+        bytes: usize,
+    },
     /// No longer HTTP (CONNECT tunnel, Upgrade).
     Tunnel,
 }
@@ -201,7 +204,7 @@ impl DirParser {
                 *bytes += b.len();
             }
             let too_much = *bytes > MAX_AWAIT;
-            held.push(piece.clone());
+            held.push(piece.to_owned_piece());
             if too_much {
                 // The answer is long in coming: read what waited as HTTP.
                 self.resume(rule, out);
@@ -285,7 +288,7 @@ impl DirParser {
                     *n += bytes.len();
                     held.push(Piece::Data {
                         off: at,
-                        bytes: bytes.to_vec(),
+                        bytes: bytes.to_vec().into(),
                         ts_ns: ts,
                     });
                     return None;

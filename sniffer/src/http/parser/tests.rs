@@ -4,15 +4,15 @@ use crate::http::{
     message::Message,
 };
 
-pub(super) fn data(off: u64, bytes: &[u8], ts: u64) -> Piece {
+pub(super) fn data(off: u64, bytes: &[u8], ts: u64) -> Piece<'static> {
     Piece::Data {
         off,
-        bytes: bytes.to_vec(),
+        bytes: bytes.to_vec().into(),
         ts_ns: ts,
     }
 }
 
-pub(super) fn gap(off: u64, len: u64) -> Piece {
+pub(super) fn gap(off: u64, len: u64) -> Piece<'static> {
     Piece::Gap {
         off,
         len,
@@ -40,7 +40,7 @@ pub(super) fn run(requests: bool, pieces: &[Piece]) -> Vec<Parsed> {
 }
 
 /// Cuts `bytes` into pieces at `cuts` (offsets), with increasing times.
-pub(super) fn split(bytes: &[u8], cuts: &[usize]) -> Vec<Piece> {
+pub(super) fn split(bytes: &[u8], cuts: &[usize]) -> Vec<Piece<'static>> {
     let mut pieces = Vec::new();
     let mut start = 0;
     for (i, &c) in cuts.iter().chain(std::iter::once(&bytes.len())).enumerate() {

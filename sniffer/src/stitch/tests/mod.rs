@@ -180,7 +180,7 @@ impl World {
         let off = self.off.entry((c, dir.index())).or_insert(0);
         let p = Piece::Data {
             off: *off,
-            bytes: bytes.to_vec(),
+            bytes: bytes.to_vec().into(),
             ts_ns: ts,
         };
         *off += bytes.len() as u64;
@@ -626,7 +626,7 @@ fn records_give_back_the_log_entries_byte_for_byte() {
     let mut send = |c: usize, dir: Dir, ts: u64, b: &[u8], http: &mut Exchanges<_>| {
         let p = Piece::Data {
             off: off[c][dir.index()],
-            bytes: b.to_vec(),
+            bytes: b.to_vec().into(),
             ts_ns: ts,
         };
         off[c][dir.index()] += b.len() as u64;
