@@ -61,6 +61,8 @@ const MAX_HOP_CANDIDATES: usize = 4096;
 
 #[derive(Debug)]
 struct ConnInfo {
+    /// The process at this end.
+    tgid: u32,
     local: Endpoint,
     peer: Endpoint,
     sk: u64,
@@ -207,6 +209,7 @@ impl<L: LogSink> Stitcher<L> {
             return;
         }
         let mut info = ConnInfo {
+            tgid: conn.tgid,
             local: conn.local.clone(),
             peer: conn.peer.clone(),
             sk: conn.sk,

@@ -71,11 +71,25 @@ impl<L: LogSink> Stitcher<L> {
         Some(self.pid_name(pid, procs))
     }
 
-    /// The server of an exchange by name: its own view, else who owns the far end.
+    /// The other end of connection `c` by name: who owns it when it is not traced, else the
+    /// traced process on the connection's other end (whose view of an exchange may come after
+    /// the exchange was written from this end's).
+    fn other_end_name(&self, c: &ConnInfo, procs: &ProcTable) -> Option<String> {
+        c.far_name.clone().or_else(|| {
+            let peer = self.peer_conns(c).into_iter().next()?;
+            let peer = self.conns.get(&peer)?;
+            Some(self.names.of(peer.tgid, procs))
+        })
+    }
+
+    /// The server of an exchange by name: its own view, else who is at the far end.
     pub(super) fn server_name(&self, e: &Exchange, procs: &ProcTable) -> Option<String> {
         match (&e.server, &e.client) {
             (Some(s), _) => Some(self.names.of(s.pid, procs)),
-            (None, Some(c)) => self.conns.get(&c.conn).and_then(|i| i.far_name.clone()),
+            (None, Some(c)) => self
+                .conns
+                .get(&c.conn)
+                .and_then(|i| self.other_end_name(i, procs)),
             _ => None,
         }
     }
@@ -96,7 +110,7 @@ impl<L: LogSink> Stitcher<L> {
             (Some(c), _) => self.names.of(c.pid, procs),
             (None, Some(s)) => {
                 let info = self.conns.get(&s.conn);
-                let far = info.and_then(|i| i.far_name.clone());
+                let far = info.and_then(|i| self.other_end_name(i, procs));
                 let forwarded = info.is_some_and(|i| i.far_proxy) && fold;
                 if forwarded {
                     e.caller.clone().or(far)

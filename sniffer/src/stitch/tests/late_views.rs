@@ -158,3 +158,47 @@ fn late_views_are_kept_within_a_cap() {
     assert_eq!(orphans.count() as u64, 2 * PAIRS);
     assert_eq!(lines.len() as u64, 2 * n + 2 * PAIRS);
 }
+
+#[test]
+fn a_request_the_client_sends_late_is_named_by_the_traced_client_on_its_connection() {
+    let mut w = two_connections();
+    // A first exchange seen from both ends: the two ends of the connection are known.
+    late_reader(&mut w, 1, 1_000, 0, false);
+    // On the same keep-alive connection the server's view of the next request is written
+    // before the client's comes (a loaded host: its events came later than the slack).
+    let t = 10_000_000_000;
+    w.bytes(2, Dir::Recv, t + 1, IMAGES);
+    w.tick(t + 1_000_000);
+    assert_eq!(
+        w.http.sink.sink.lines.get(2).map(String::as_str),
+        Some(LIST_2[0]),
+        "the caller is the traced process at the connection's other end, not its address"
+    );
+    w.bytes(1, Dir::Send, t, IMAGES);
+    w.bytes(2, Dir::Send, t + 2, IMAGES_OK);
+    w.bytes(1, Dir::Recv, t + 3, IMAGES_OK);
+    let lines = w.end_all(t + 2_000_000);
+    let want: Vec<&str> = LIST_1.iter().chain(&LIST_2).copied().collect();
+    assert_eq!(lines, want, "written once, the late view joined");
+}
+
+#[test]
+fn a_request_the_server_reads_late_is_named_by_the_traced_server_on_its_connection() {
+    let mut w = two_connections();
+    late_reader(&mut w, 1, 1_000, 0, false);
+    // The server is slow to read the next request: the client's view is written first.
+    let t = 10_000_000_000;
+    w.bytes(1, Dir::Send, t, IMAGES);
+    w.tick(t + 1_000_000);
+    assert_eq!(
+        w.http.sink.sink.lines.get(2).map(String::as_str),
+        Some(LIST_2[0]),
+        "the callee is the traced process at the connection's other end, not the Host"
+    );
+    w.bytes(2, Dir::Recv, t + 1, IMAGES);
+    w.bytes(2, Dir::Send, t + 2, IMAGES_OK);
+    w.bytes(1, Dir::Recv, t + 3, IMAGES_OK);
+    let lines = w.end_all(t + 2_000_000);
+    let want: Vec<&str> = LIST_1.iter().chain(&LIST_2).copied().collect();
+    assert_eq!(lines, want, "written once, the late view joined");
+}
