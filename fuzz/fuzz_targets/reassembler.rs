@@ -120,7 +120,7 @@ impl End {
         self.off = [0, 0];
     }
 
-    fn chunk(&self, dir: Dir, len: u64, data: Vec<u8>, ts: u64) -> Chunk {
+    fn chunk<'a>(&self, dir: Dir, len: u64, data: &'a [u8], ts: u64) -> Chunk<'a> {
         Chunk {
             ts_ns: ts,
             tgid: self.sock.tgid,
@@ -224,7 +224,7 @@ fn run(input: &[u8], procs: &ProcTable) {
                     break;
                 };
                 let n = usize::from(n).min(rest.len());
-                let c = end.chunk(dir, n as u64, rest[..n].to_vec(), ts);
+                let c = end.chunk(dir, n as u64, &rest[..n], ts);
                 end.off[dir.index()] += n as u64;
                 ops = &rest[n..];
                 if kind == 5 {
@@ -247,7 +247,7 @@ fn run(input: &[u8], procs: &ProcTable) {
                 ops = rest;
                 // A piece the kernel counted but did not copy.
                 let len = u64::from(n) * 1024 + 1;
-                let c = end.chunk(dir, len, Vec::new(), ts);
+                let c = end.chunk(dir, len, &[], ts);
                 end.off[dir.index()] += len;
                 conns.data(c, &mut down, procs);
             }
