@@ -106,8 +106,8 @@ enum Task {
         /// Guest memory in MiB.
         #[arg(long, default_value_t = 3072)]
         memory_mib: u64,
-        /// An extra guest kernel argument, repeatable (`loglevel=8`,
-        /// `softlockup_all_cpu_backtrace=1` to read a stuck guest's stacks).
+        /// An extra guest kernel argument, repeatable (`loglevel=8` for every kernel message;
+        /// a stuck CPU's backtrace shows at the default, loglevel=5).
         #[arg(long = "kernel-arg", value_name = "ARG")]
         kernel_args: Vec<String>,
         /// Extra arguments for every test binary (after --), e.g. a test name filter.

@@ -744,8 +744,10 @@ fn boot_and_test(
             // falls back to the HPET, whose every read is an emulated MMIO access; on a loaded
             // host the guest then spent its time in timer interrupts (soft lockups on both
             // CPUs, read_hpet in every backtrace). The TSC of one qemu process is consistent.
+            // loglevel=5: warnings, and the backtrace a soft lockup report prints (at the
+            // default level, 4), reach the console; notices and below do not.
             .arg(format!(
-                "console=ttyS0 panic=-1 quiet loglevel=4 tsc=reliable vmtest={} {}",
+                "console=ttyS0 panic=-1 quiet loglevel=5 tsc=reliable vmtest={} {}",
                 script.display(),
                 settings.kernel_args.join(" ")
             ))
