@@ -647,7 +647,9 @@ pub struct Config {
     pub flags: u32,
     /// Bytes of a stream copied before userspace says more (KiB; 0: no limit).
     pub initial_credit_kib: u32,
-    pub _pad: u32,
+    /// The ring buffer's size in bytes (`EVENTS`' max_entries, set at load): data records
+    /// leave its last eighth free, checked against what waits without asking the size.
+    pub ring_bytes: u32,
 }
 
 /// Who connected: the kernel's table of the untraced processes that connected, by a hash of

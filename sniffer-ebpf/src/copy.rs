@@ -30,7 +30,7 @@ use crate::{
     diag,
     maps::{COPY_CTL, COPY_STATE, COPY_TAIL, COPY_TAIL_TLS, EVENTS, SCRATCH, count},
     mem,
-    ring::{emit_uncopied, room_for_data},
+    ring::{data_limit, emit_uncopied, room_for_data},
 };
 
 /// No word from userspace about a stream: `sk` 0 is no socket's.
@@ -110,6 +110,7 @@ pub fn prepare(cfg: &Config, hdr: DataHeader, ctl: CopyCtl) -> Option<*mut Copy>
         ptr::write_volatile(&raw mut (*state).skip_at, skip_at);
         ptr::write_volatile(&raw mut (*state).skip_to, skip_to);
         ptr::write_volatile(&raw mut (*state).stop_at, stop_at);
+        ptr::write_volatile(&raw mut (*state).ring_limit, data_limit(cfg.ring_bytes));
     }
     Some(state)
 }
@@ -134,6 +135,8 @@ pub struct Copy {
     pub skip_at: u64,
     pub skip_to: u64,
     pub stop_at: u64,
+    /// Bytes waiting in the ring past which data records are dropped (`ring::data_limit`).
+    pub ring_limit: u64,
 }
 
 /// One step: move to the next iovec when the current segment is used up, then emit one chunk
@@ -216,7 +219,7 @@ fn step(c: &mut Copy) -> bool {
         };
         (*ev).hdr.cap = cap as u32;
         let size = size_of::<DataHeader>() as u64 + cap;
-        let sent = match room_for_data(size) {
+        let sent = match room_for_data(size, c.ring_limit) {
             Some(flags) => {
                 bpf_ringbuf_output(
                     ptr::addr_of!(EVENTS).cast_mut().cast(),

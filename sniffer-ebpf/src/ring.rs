@@ -11,10 +11,10 @@ use sniffer_common::{COMM_LEN, DataHeader, ProcEvent, counters, kind};
 
 use crate::maps::{EVENTS, count};
 
-/// Bytes waiting in the ring buffer past which the reader is woken up. Below it, records wait
-/// for the reader's own short poll: one wakeup per record (the default) costs a context switch
-/// per syscall traced, which a busy server pays for.
-const WAKEUP_BYTES: u64 = 256 << 10;
+/// Bytes waiting in the ring buffer at which the reader is woken up, and again at each
+/// multiple. Below it, records wait for the reader's own short poll: one wakeup per record (the
+/// default) costs a context switch per syscall traced, which a busy server pays for.
+const WAKEUP_SHIFT: u32 = 18;
 
 /// Wakeup flag for a record of `size` bytes.
 #[inline(always)]
@@ -22,10 +22,13 @@ pub fn wakeup(size: u64) -> u64 {
     wakeup_at(EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)), size)
 }
 
-/// Wakeup flag for a record of `size` bytes when `used` bytes wait in the ring.
+/// Wakeup flag for a record of `size` bytes when `used` bytes wait in the ring: forced when the
+/// record crosses a multiple of 256 KiB, not for every record past it. A woken reader takes a
+/// while to run on a busy host, and a forced wakeup is an interrupt on the writer's CPU (a
+/// self-IPI, a VM exit in a guest) for each record meanwhile.
 #[inline(always)]
 fn wakeup_at(used: u64, size: u64) -> u64 {
-    if used + size >= WAKEUP_BYTES {
+    if (used + size) >> WAKEUP_SHIFT != used >> WAKEUP_SHIFT {
         u64::from(BPF_RB_FORCE_WAKEUP)
     } else {
         u64::from(BPF_RB_NO_WAKEUP)
@@ -33,14 +36,26 @@ fn wakeup_at(used: u64, size: u64) -> u64 {
 }
 
 /// Whether a data event of `size` bytes may use the ring buffer, and if so with which wakeup
-/// flag (one query of what waits serves both): data leaves the last eighth free for socket
-/// and process events, which are few and small but carry what makes the data readable
-/// (addresses, final stream lengths, who is who).
+/// flag (one query of what waits serves both): data stops at `limit` bytes waiting (the ring
+/// less its last eighth, see [`data_limit`]), which stays free for socket and process events,
+/// few and small but carrying what makes the data readable (addresses, final stream lengths,
+/// who is who).
 #[inline(always)]
-pub fn room_for_data(size: u64) -> Option<u64> {
+pub fn room_for_data(size: u64, limit: u64) -> Option<u64> {
     let used = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
-    let total = EVENTS.query(u64::from(BPF_RB_RING_SIZE));
-    (used + size + (total >> 3) <= total).then(|| wakeup_at(used, size))
+    (used + size <= limit).then(|| wakeup_at(used, size))
+}
+
+/// The bytes data records may fill of a ring of `ring_bytes` (userspace's word, from the
+/// configuration; asked of the ring when 0).
+#[inline(always)]
+pub fn data_limit(ring_bytes: u32) -> u64 {
+    let total = if ring_bytes == 0 {
+        EVENTS.query(u64::from(BPF_RB_RING_SIZE))
+    } else {
+        u64::from(ring_bytes)
+    };
+    total - (total >> 3)
 }
 
 /// A length-only event: `len` bytes at `hdr.off` that were counted but not copied.

@@ -220,7 +220,7 @@ impl Probe {
                 .min(variant.max_chunks()),
             flags,
             initial_credit_kib: opts.initial_credit_kib,
-            _pad: 0,
+            ring_bytes: opts.ring_bytes,
         };
         tracing::debug!(?config, "BPF configuration");
 
