@@ -671,23 +671,33 @@ pub mod connectors {
         pub daddr: [u8; 16],
     }
 
-    /// The key's size in 8-byte words; a [`Connector`] is these and one word of `tgid` (low
-    /// half, little-endian) and `check` (high half).
+    /// The key's size in 8-byte words; a [`Connector`] is these, one word of `tgid` (low half,
+    /// little-endian) and `check` (high half), and one word `at`.
     pub const KEY_WORDS: usize = size_of::<TcpKey>() / 8;
 
-    /// One slot of [`crate::maps::CONNECTORS`]: who connected, the connection, and a check over both.
+    /// Slots per set: a connection may sit in either slot of its set.
+    pub const WAYS: u32 = 2;
+
+    /// One slot of [`crate::maps::CONNECTORS`]: who connected, the connection, a check over
+    /// both, and when it was written.
     ///
-    /// The table is direct-mapped (the slot is a hash of the connection): a write is a few stores,
-    /// where an LRU hash took a node, evicted others under churn and cost about 1 µs a connect.
-    /// A connect whose slot another one took before the accept read it is not found (the name is
-    /// then looked up in /proc). A slot read while another CPU writes it may mix two entries:
-    /// `check` then does not match and the slot counts as empty, never as a wrong process.
+    /// The table is a hash table of fixed sets of [`WAYS`] slots (the set is a hash of the
+    /// connection): a write is a few stores into the set's older slot, where an LRU hash took a
+    /// node, evicted others under churn and cost about 1 µs a connect. A connect is lost only
+    /// when two later connects of its set come before its accept (or userspace) reads it; a
+    /// table of one slot per set lost it at the first (then the name is looked up in /proc,
+    /// which misses a client that closed meanwhile). A slot read while another CPU writes it
+    /// may mix two entries: `check` then does not match and the slot counts as empty, never as
+    /// a wrong process.
     #[repr(C, align(8))]
     #[derive(Clone, Copy)]
     pub struct Connector {
         pub key: TcpKey,
         pub tgid: u32,
         pub check: u32,
+        /// When it was written (bpf_ktime_get_ns): the set's older slot takes the next write,
+        /// and of two slots holding the same connection (its port reused) the newer counts.
+        pub at: u64,
     }
 
     /// Word `i` (< KEY_WORDS) of the key, for hashing and comparing (a derived comparison or an
@@ -708,7 +718,8 @@ pub mod connectors {
         diff == 0
     }
 
-    /// (slot, check base) of a connection.
+    /// (first slot of its set, check base) of a connection: it may sit in that slot or in the
+    /// [`WAYS`]` - 1` after it.
     #[inline(always)]
     pub fn slot_of(key: &TcpKey) -> (u32, u32) {
         let mut h: u64 = 0;
@@ -717,9 +728,31 @@ pub mod connectors {
             h ^= h >> 29;
         }
         (
-            ((h >> 32) as u32) & (crate::maps::CONNECTORS_CAPACITY - 1),
+            ((h >> 32) as u32) & (crate::maps::CONNECTORS_CAPACITY - WAYS),
             h as u32,
         )
+    }
+
+    /// Which slot of a set a write takes, given when each slot was written (0: never): the
+    /// older one (the first when both are as old).
+    #[inline(always)]
+    pub fn way_to_write(at: [u64; WAYS as usize]) -> u32 {
+        u32::from(at[1] < at[0])
+    }
+
+    /// The process that made connection `key` (hash check `check`), from the slots of its set:
+    /// the newer of the slots that hold it whole.
+    #[inline(always)]
+    pub fn find(set: &[Connector; WAYS as usize], key: &TcpKey, check: u32) -> Option<u32> {
+        let mut best: Option<(u64, u32)> = None;
+        for slot in set {
+            if let Some(tgid) = slot.tgid_for(key, check)
+                && best.is_none_or(|(at, _)| slot.at > at)
+            {
+                best = Some((slot.at, tgid));
+            }
+        }
+        best.map(|(_, tgid)| tgid)
     }
 
     /// An IPv4-mapped IPv6 address (::ffff:a.b.c.d) as the IPv4 one: a dual-stack server's
@@ -746,6 +779,7 @@ pub mod connectors {
             },
             tgid: 0,
             check: 0,
+            at: 0,
         };
 
         /// The process in this slot if it holds connection `key` whose hash gave `check`
@@ -880,7 +914,7 @@ const _: () = {
     assert!(align_of::<DataEvent>() == 8);
     assert!(align_of::<SockEvent>() == 8);
     assert!(size_of::<connectors::TcpKey>() == 40);
-    assert!(size_of::<connectors::Connector>() == 48);
+    assert!(size_of::<connectors::Connector>() == 56);
 };
 
 #[cfg(feature = "user")]

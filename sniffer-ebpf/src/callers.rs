@@ -19,9 +19,11 @@
 
 use core::ptr::{read_volatile, write_volatile};
 
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+
 use sniffer_common::{
     Config, KernelOffsets, SockAddr,
-    connectors::{KEY_WORDS, TcpKey, plain, slot_of},
+    connectors::{KEY_WORDS, TcpKey, WAYS, plain, slot_of, way_to_write},
     family,
 };
 
@@ -76,26 +78,36 @@ pub fn connector(netns: u32, local: &SockAddr, peer: &SockAddr) -> u32 {
         saddr: plain(peer.addr),
         daddr: plain(local.addr),
     };
-    let (idx, check) = slot_of(&key);
-    let Some(slot) = CONNECTORS.get_ptr(idx) else {
-        return 0;
-    };
-    // Read in place, each word once (volatile: another CPU may be writing the slot; a copy
-    // on the stack would cost the exit program stack it does not have on 6.1's verifier).
-    let slot = slot.cast::<u64>();
-    let mine = (&key as *const TcpKey).cast::<u64>();
-    let mut diff = 0;
-    for i in 0..KEY_WORDS {
-        // SAFETY: within the map value and the key, both 8-byte aligned.
-        diff |= unsafe { read_volatile(slot.add(i)) ^ *mine.add(i) };
+    let (first, check) = slot_of(&key);
+    // The newer of the set's slots that hold this connection whole.
+    let (mut found, mut found_at) = (0, 0);
+    for way in 0..WAYS {
+        let Some(slot) = CONNECTORS.get_ptr(first + way) else {
+            return 0;
+        };
+        // Read in place, each word once (volatile: another CPU may be writing the slot; a copy
+        // on the stack would cost the exit program stack it does not have on 6.1's verifier).
+        let slot = slot.cast::<u64>();
+        let mine = (&key as *const TcpKey).cast::<u64>();
+        let mut diff = 0;
+        for i in 0..KEY_WORDS {
+            // SAFETY: within the map value and the key, both 8-byte aligned.
+            diff |= unsafe { read_volatile(slot.add(i)) ^ *mine.add(i) };
+        }
+        // SAFETY: the map value's last two words: tgid in the low half of the first and check
+        // in its high one, then when it was written.
+        let (last, at) = unsafe {
+            (
+                read_volatile(slot.add(KEY_WORDS)),
+                read_volatile(slot.add(KEY_WORDS + 1)),
+            )
+        };
+        let (tgid, got) = (last as u32, (last >> 32) as u32);
+        if diff == 0 && tgid != 0 && got == check ^ tgid && (found == 0 || at > found_at) {
+            (found, found_at) = (tgid, at);
+        }
     }
-    // SAFETY: the last word of the map value: tgid in its low half, check in its high one.
-    let last = unsafe { read_volatile(slot.add(KEY_WORDS)) };
-    let (tgid, got) = (last as u32, (last >> 32) as u32);
-    if diff != 0 || tgid == 0 || got != check ^ tgid {
-        return 0;
-    }
-    tgid
+    found
 }
 
 /// The exit of an untraced process's `connect` on `fd` that returned `ret`: remember who
@@ -113,8 +125,16 @@ pub fn connected(cfg: &Config, tgid: u32, fd: i32, ret: i64) {
     let Some(key) = client_key(&cfg.kernel, sk) else {
         return;
     };
-    let (idx, check) = slot_of(&key);
-    if let Some(slot) = CONNECTORS.get_ptr_mut(idx) {
+    let (first, check) = slot_of(&key);
+    // The set's older slot (see `sniffer_common::connectors::Connector`).
+    let mut at = [0u64; WAYS as usize];
+    for (way, at) in at.iter_mut().enumerate() {
+        if let Some(slot) = CONNECTORS.get_ptr(first + way as u32) {
+            // SAFETY: the map value's last word.
+            *at = unsafe { read_volatile(slot.cast::<u64>().add(KEY_WORDS + 1)) };
+        }
+    }
+    if let Some(slot) = CONNECTORS.get_ptr_mut(first + way_to_write(at)) {
         // Written in place, word by word (see `connector`).
         let slot = slot.cast::<u64>();
         let mine = (&key as *const TcpKey).cast::<u64>();
@@ -123,7 +143,10 @@ pub fn connected(cfg: &Config, tgid: u32, fd: i32, ret: i64) {
             unsafe { write_volatile(slot.add(i), *mine.add(i)) };
         }
         let last = u64::from(tgid) | u64::from(check ^ tgid) << 32;
-        // SAFETY: the last word of the map value.
-        unsafe { write_volatile(slot.add(KEY_WORDS), last) };
+        // SAFETY: the map value's last two words.
+        unsafe {
+            write_volatile(slot.add(KEY_WORDS), last);
+            write_volatile(slot.add(KEY_WORDS + 1), bpf_ktime_get_ns());
+        }
     }
 }

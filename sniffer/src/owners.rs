@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sniffer_common::connectors::{Connector, TcpKey, plain, slot_of};
+use sniffer_common::connectors::{Connector, TcpKey, WAYS, find, plain, slot_of};
 
 use crate::procs::{Proc, parse_cmdline, parse_stat};
 
@@ -136,8 +136,9 @@ impl Owners {
             saddr: key_addr(client.ip()),
             daddr: key_addr(server.ip()),
         };
-        let (index, check) = slot_of(&key);
-        table.slot(index)?.tgid_for(&key, check)
+        let (first, check) = slot_of(&key);
+        let set = [table.slot(first)?, table.slot(first + WAYS - 1)?];
+        find(&set, &key, check)
     }
 
     /// Rereads who holds which socket, and the socket tables too unless `tables` is false (the
@@ -359,16 +360,44 @@ mod tests {
         );
     }
 
-    /// A table of one written slot.
-    struct OneSlot(u32, Connector);
+    /// The kernel's table in memory, written as the connect exit writes it.
+    struct Table(Vec<Connector>);
 
-    impl ConnectorTable for OneSlot {
+    impl Table {
+        fn new() -> Self {
+            Self(vec![
+                Connector::EMPTY;
+                sniffer_common::maps::CONNECTORS_CAPACITY as usize
+            ])
+        }
+
+        /// As `callers::connected` does: the set's older slot takes the write.
+        fn connect(&mut self, key: TcpKey, tgid: u32, at: u64) {
+            let (first, check) = slot_of(&key);
+            let at_of = |i: u32| self.0[i as usize].at;
+            let way = sniffer_common::connectors::way_to_write([at_of(first), at_of(first + 1)]);
+            self.0[(first + way) as usize] = Connector {
+                key,
+                tgid,
+                check: check ^ tgid,
+                at,
+            };
+        }
+    }
+
+    impl ConnectorTable for Table {
         fn slot(&self, index: u32) -> Option<Connector> {
-            Some(if index == self.0 {
-                self.1
-            } else {
-                Connector::EMPTY
-            })
+            self.0.get(index as usize).copied()
+        }
+    }
+
+    fn v4_key(netns: u32, client: SocketAddr, server: SocketAddr) -> TcpKey {
+        TcpKey {
+            netns,
+            sport: client.port(),
+            dport: server.port(),
+            saddr: key_addr(client.ip()),
+            daddr: key_addr(server.ip()),
         }
     }
 
@@ -380,29 +409,76 @@ mod tests {
         );
         // As the kernel writes it for a dual-stack client: the IPv4-mapped form made plain.
         let key = TcpKey {
-            netns: 7,
-            sport: 40000,
-            dport: 9292,
             saddr: key_addr("::ffff:127.0.0.1".parse().unwrap()),
-            daddr: key_addr(server.ip()),
+            ..v4_key(7, client, server)
         };
-        let (index, check) = slot_of(&key);
-        let slot = Connector {
-            key,
-            tgid: 4242,
-            check: check ^ 4242,
-        };
+        let mut table = Table::new();
+        table.connect(key, 4242, 1);
         let mut o = Owners::new();
         assert_eq!(o.connector(7, client, server), None, "no table yet");
-        o.set_connectors(Box::new(OneSlot(index, slot)));
+        o.set_connectors(Box::new(table));
         assert_eq!(o.connector(7, client, server), Some(4242));
         assert_eq!(o.connector(8, client, server), None, "another namespace");
         let other: SocketAddr = "127.0.0.1:40001".parse().unwrap();
         assert_eq!(o.connector(7, other, server), None, "another connection");
         // Another write's process with this connection: the check does not hold.
-        let mixed = Connector { tgid: 99, ..slot };
-        o.set_connectors(Box::new(OneSlot(index, mixed)));
+        let mut table = Table::new();
+        table.connect(key, 4242, 1);
+        let (first, _) = slot_of(&key);
+        table.0[first as usize].tgid = 99;
+        o.set_connectors(Box::new(table));
         assert_eq!(o.connector(7, client, server), None);
+    }
+
+    #[test]
+    fn a_connect_stays_in_the_table_until_two_later_ones_share_its_set() {
+        let server: SocketAddr = "127.0.0.1:9292".parse().unwrap();
+        // Three clients whose connections hash to one set.
+        let first = |c: SocketAddr| slot_of(&v4_key(1, c, server)).0;
+        let set = first("127.0.0.1:40000".parse().unwrap());
+        let candidates = (1..=254u8).flat_map(|host| {
+            (40001..40100u16).map(move |p| SocketAddr::from(([127, 0, 0, host], p)))
+        });
+        let same: Vec<SocketAddr> = candidates.filter(|c| first(*c) == set).take(2).collect();
+        assert_eq!(same.len(), 2, "two more clients of the set");
+        let clients = ["127.0.0.1:40000".parse().unwrap(), same[0], same[1]];
+        let client = |i: usize| clients[i];
+        let mut table = Table::new();
+        table.connect(v4_key(1, client(0), server), 100, 10);
+        table.connect(v4_key(1, client(1), server), 101, 20);
+        let mut o = Owners::new();
+        o.set_connectors(Box::new(table));
+        // A table of one slot per set had lost the first.
+        assert_eq!(o.connector(1, client(0), server), Some(100));
+        assert_eq!(o.connector(1, client(1), server), Some(101));
+
+        let mut table = Table::new();
+        for i in 0..3 {
+            table.connect(
+                v4_key(1, client(i), server),
+                100 + i as u32,
+                10 * (i as u64 + 1),
+            );
+        }
+        o.set_connectors(Box::new(table));
+        assert_eq!(o.connector(1, client(0), server), None, "the oldest went");
+        assert_eq!(o.connector(1, client(1), server), Some(101));
+        assert_eq!(o.connector(1, client(2), server), Some(102));
+    }
+
+    #[test]
+    fn of_two_slots_holding_one_connection_the_newer_names_it() {
+        // A client port reused for the same server: the later connect's process.
+        let (client, server): (SocketAddr, SocketAddr) = (
+            "127.0.0.1:40000".parse().unwrap(),
+            "127.0.0.1:9292".parse().unwrap(),
+        );
+        let mut table = Table::new();
+        table.connect(v4_key(1, client, server), 100, 10);
+        table.connect(v4_key(1, client, server), 200, 20);
+        let mut o = Owners::new();
+        o.set_connectors(Box::new(table));
+        assert_eq!(o.connector(1, client, server), Some(200));
     }
 
     #[test]
