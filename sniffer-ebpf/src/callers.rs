@@ -15,7 +15,9 @@
 //!
 //! A server can accept before its client's `connect` returns (loopback completes the
 //! handshake inside it): that connection is not found here, and userspace reads the table
-//! itself when it names the connection, by then long after.
+//! itself when it names the connection, by then long after. So a connect stays in the table
+//! until two later ones of its set came (sets of two slots, the older one written; see
+//! `sniffer_common::connectors::Connector`).
 
 use core::ptr::{read_volatile, write_volatile};
 
