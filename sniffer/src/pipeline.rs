@@ -95,6 +95,11 @@ impl Pipeline {
         hints
     }
 
+    /// Whether a hint waits to be taken.
+    pub fn has_hints(&self) -> bool {
+        !self.conns.hints.is_empty() || !self.sinks.http.hints.is_empty()
+    }
+
     /// Exchanges, messages and breakage so far.
     pub fn http_stats(&self) -> Stats {
         self.sinks.http.sink.stats

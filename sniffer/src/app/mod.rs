@@ -525,7 +525,16 @@ fn pump(
     tls: &mut TlsLibs,
     probe: &mut Probe,
 ) -> usize {
-    let n = reader.drain(&mut |ev| handle(pipeline, news, ev));
+    let n = reader.drain(&mut |ev| {
+        handle(pipeline, news, ev);
+        // At once, not after the drain: a drain of a full ring can take longer than a busy
+        // stream's credit lasts in the kernel (bounded copy), whose bytes would then go uncopied.
+        if pipeline.has_hints() {
+            for h in pipeline.take_hints() {
+                copy_control.apply(&h);
+            }
+        }
+    });
     if n > 0 {
         pipeline.tick_if_due(monotonic_ns());
     }
