@@ -792,3 +792,58 @@ fn a_socket_taking_a_closed_files_fd_number_is_read() {
     );
     assert!(cap.stream(c, "recv").ends_with(HELLO), "{}", cap.describe());
 }
+
+#[test]
+fn small_iovecs_of_one_sendmsg_go_in_one_record_and_the_streams_stay_exact() {
+    if !kernel_tests() {
+        return;
+    }
+    let script = fixture("gather.py");
+    let cap = sniff_command(&[], &["python3", script.to_str().unwrap()], LIMIT);
+    assert!(cap.status.success(), "{}", cap.describe());
+    let client = one(
+        cap.conns.iter().filter(|c| c.role == "client"),
+        "client",
+        &cap,
+    );
+    let server = one(
+        cap.conns.iter().filter(|c| c.role == "server"),
+        "server",
+        &cap,
+    );
+    assert_no_gaps(client);
+    assert_no_gaps(server);
+    let request = b"GET /gather HTTP/1.1\r\nHost: gather\r\n\r\n".to_vec();
+    assert_eq!(cap.stream(client, "send"), request);
+    assert_eq!(cap.stream(server, "recv"), request);
+    let big: Vec<u8> = (0..40000u32).map(|i| ((i * 7 + 3) % 251) as u8).collect();
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+        11 + big.len() + 5
+    );
+    let mut response = head.clone().into_bytes();
+    response.extend_from_slice(b"small-part|");
+    response.extend_from_slice(&big);
+    response.extend_from_slice(b"|tail");
+    assert_eq!(cap.stream(server, "send"), response);
+    assert_eq!(cap.stream(client, "recv"), response);
+
+    // The records, as the raw view lists them: the request's three iovecs in one; the
+    // response's head and first part in one, the large iovec in chunks, the small one after it
+    // alone.
+    let sizes = |c: &ConnRecord| -> Vec<String> {
+        let marker = format!("fd {} {} -> {} send sendmsg ", c.fd, c.local, c.peer);
+        cap.raw
+            .lines()
+            .filter_map(|l| l.split_once(&marker))
+            .map(|(_, rest)| rest.split(' ').next().unwrap_or("").to_owned())
+            .collect()
+    };
+    assert_eq!(sizes(client), [request.len().to_string()], "{}", cap.raw);
+    let total = response.len();
+    let expect: Vec<String> = [head.len() + 11, 16384, 16384, 40000 - 2 * 16384, 5]
+        .iter()
+        .map(|n| format!("{n}/{total}"))
+        .collect();
+    assert_eq!(sizes(server), expect, "{}", cap.raw);
+}

@@ -1,6 +1,8 @@
 //! Copying what a syscall moved: one ring buffer record per chunk of at most `CHUNK_SIZE`
 //! bytes, walking a single buffer or an iovec array, leaving out what bounded copy skips, and
-//! ending with one length-only record for what was not copied.
+//! ending with one length-only record for what was not copied. Small iovecs that follow each
+//! other go out in one record (a server's head and body in one `writev`: one record, not two),
+//! up to `GATHER` bytes.
 //!
 //! Two loops drive the same step: `bpf_loop` (kernel 5.17 on, up to `MAX_LOOP_ITERATIONS`
 //! chunks) and, on older kernels, tail calls: the `copy_more` program takes
@@ -32,6 +34,19 @@ use crate::{
     mem,
     ring::{data_limit, emit_uncopied, room_for_data},
 };
+
+/// Bytes of small iovecs gathered into one record at most: a piece that would take the record
+/// past it goes into a record of its own. A power of two.
+pub const GATHER: u64 = 2048;
+
+/// A record being put together: the header, then the bytes. Room for `GATHER` bytes more than
+/// a chunk, so that the verifier, which sees a gathered piece's place (below `GATHER`) and its
+/// length (up to a chunk) apart, finds every write inside.
+#[repr(C)]
+pub struct Scratch {
+    pub hdr: DataHeader,
+    pub data: [u8; CHUNK_SIZE + GATHER as usize],
+}
 
 /// No word from userspace about a stream: `sk` 0 is no socket's.
 const NO_CTL: CopyCtl = CopyCtl {
@@ -111,6 +126,7 @@ pub fn prepare(cfg: &Config, hdr: DataHeader, ctl: CopyCtl) -> Option<*mut Copy>
         ptr::write_volatile(&raw mut (*state).skip_to, skip_to);
         ptr::write_volatile(&raw mut (*state).stop_at, stop_at);
         ptr::write_volatile(&raw mut (*state).ring_limit, data_limit(cfg.ring_bytes));
+        ptr::write_volatile(&raw mut (*state).fill, 0);
     }
     Some(state)
 }
@@ -137,23 +153,31 @@ pub struct Copy {
     pub stop_at: u64,
     /// Bytes waiting in the ring past which data records are dropped (`ring::data_limit`).
     pub ring_limit: u64,
+    /// Bytes gathered in `SCRATCH` and not yet sent: the record covers the stream from
+    /// `hdr.off - fill`.
+    pub fill: u64,
 }
 
-/// One step: move to the next iovec when the current segment is used up, then emit one chunk
-/// (or one length-only record for a skipped body). `false` when nothing more is to be copied.
+/// One step: move to the next iovec when the current segment is used up, then copy one piece
+/// (at most a chunk) into the record being put together, sending it unless the next iovec's
+/// bytes may join it (or send one length-only record for a skipped body). `false` when nothing
+/// more is to be copied; what was gathered is sent by then.
 #[inline(always)]
 fn step(c: &mut Copy) -> bool {
     if c.remaining == 0 || c.chunks_left == 0 || c.hdr.off >= c.stop_at {
         // The rest goes as one length-only event (see `finish`).
+        send(c);
         return false;
     }
     if c.seg_left == 0 {
         if c.iov == 0 || c.iov_left == 0 {
+            send(c);
             return false;
         }
         // struct iovec { void *iov_base; size_t iov_len; } (user ABI)
         // SAFETY: helper-checked user read.
         let Ok(iov) = (unsafe { bpf_probe_read_user(c.iov as *const [u64; 2]) }) else {
+            send(c);
             return false;
         };
         c.iov += 16;
@@ -172,15 +196,13 @@ fn step(c: &mut Copy) -> bool {
     let off = c.hdr.off;
     if off >= c.skip_at && off < c.skip_to {
         // A body beyond its preview: counted, not copied.
+        send(c);
         let mut n = c.skip_to - off;
         if n > c.seg_left {
             n = c.seg_left;
         }
         emit_uncopied(c.hdr, n);
-        c.hdr.off += n;
-        c.base += n;
-        c.seg_left -= n;
-        c.remaining -= n;
+        advance(c, n);
         return true;
     }
     let mut n = c.seg_left;
@@ -193,32 +215,83 @@ fn step(c: &mut Copy) -> bool {
     if c.stop_at - off < n {
         n = c.stop_at - off;
     }
+    if c.fill > 0 && c.fill + n > GATHER {
+        // Too big to join what was gathered: that goes first.
+        send(c);
+        if c.chunks_left == 0 {
+            return true;
+        }
+    }
     let Some(ev) = SCRATCH.get_ptr_mut(0) else {
         return false;
     };
-    // The bound again, where the verifier sees it: some verifiers lose the one above.
+    // The bounds again, where the verifier sees them: some verifiers lose the ones above. What
+    // was gathered is below GATHER (else it went out).
     let mut n = opaque(n);
     if n > CHUNK_SIZE as u64 {
         n = CHUNK_SIZE as u64;
     }
-    // SAFETY: per-CPU scratch value, exclusively ours during this run; n <= CHUNK_SIZE.
-    unsafe {
-        mem::copy(&raw mut (*ev).hdr, &c.hdr);
-        (*ev).hdr.len = n;
-        let r = raw_read_user(
-            (*ev).data.as_mut_ptr().cast(),
+    let at = opaque(c.fill) & (GATHER - 1);
+    // SAFETY: per-CPU scratch value, exclusively ours during this run; at + n is within data.
+    let r = unsafe {
+        raw_read_user(
+            (*ev).data.as_mut_ptr().add(at as usize).cast(),
             n as u32,
             c.base as *const c_void,
-        );
-        let cap = if r == 0 {
-            n
-        } else {
-            count(counters::USER_READ_FAULTS, 1);
-            diag::user_read_fault(c.hdr.tgid, c.hdr.fd, n);
-            0
-        };
-        (*ev).hdr.cap = cap as u32;
-        let size = size_of::<DataHeader>() as u64 + cap;
+        )
+    };
+    if r != 0 {
+        count(counters::USER_READ_FAULTS, 1);
+        diag::user_read_fault(c.hdr.tgid, c.hdr.fd, n);
+        // What was gathered before it, then this piece by length only.
+        send(c);
+        emit_uncopied(c.hdr, n);
+        advance(c, n);
+        return true;
+    }
+    c.fill = at + n;
+    advance(c, n);
+    // Gather on while the next iovec's bytes may join: this segment done, another to come.
+    let more = c.seg_left == 0 && c.iov != 0 && c.iov_left > 0 && c.remaining > 0;
+    if !more || c.fill >= GATHER {
+        send(c);
+    }
+    true
+}
+
+/// `n` bytes of the current segment are dealt with.
+#[inline(always)]
+fn advance(c: &mut Copy, n: u64) {
+    c.hdr.off += n;
+    c.base += n;
+    c.seg_left -= n;
+    c.remaining -= n;
+}
+
+/// Sends the record gathered in `SCRATCH` (nothing when empty): `fill` bytes of the stream
+/// ending at `hdr.off`.
+#[inline(always)]
+fn send(c: &mut Copy) {
+    let fill = c.fill;
+    if fill == 0 {
+        return;
+    }
+    c.fill = 0;
+    c.chunks_left = c.chunks_left.saturating_sub(1);
+    let Some(ev) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    let mut len = opaque(fill);
+    if len > CHUNK_SIZE as u64 {
+        len = CHUNK_SIZE as u64;
+    }
+    // SAFETY: per-CPU scratch value, exclusively ours during this run; len <= CHUNK_SIZE.
+    unsafe {
+        mem::copy(&raw mut (*ev).hdr, &c.hdr);
+        (*ev).hdr.off = c.hdr.off - len;
+        (*ev).hdr.len = len;
+        (*ev).hdr.cap = len as u32;
+        let size = size_of::<DataHeader>() as u64 + len;
         let sent = match room_for_data(size, c.ring_limit) {
             Some(flags) => {
                 bpf_ringbuf_output(
@@ -232,16 +305,10 @@ fn step(c: &mut Copy) -> bool {
         };
         if !sent {
             count(counters::DATA_EVENTS_LOST, 1);
-            count(counters::DATA_BYTES_LOST, n);
-            diag::data_lost(c.hdr.tgid, c.hdr.fd, n);
+            count(counters::DATA_BYTES_LOST, len);
+            diag::data_lost(c.hdr.tgid, c.hdr.fd, len);
         }
     }
-    c.hdr.off += n;
-    c.base += n;
-    c.seg_left -= n;
-    c.remaining -= n;
-    c.chunks_left -= 1;
-    true
 }
 
 /// One bpf_loop iteration.
@@ -276,11 +343,14 @@ pub fn run<const BPF_LOOP: bool, C: EbpfContext>(ctx: &C, tail: &ProgramArray, s
     finish(state);
 }
 
-/// Sends what the steps left of the syscall as one length-only record.
+/// Sends what the steps gathered and did not send (the loop's bound came first), then what they
+/// left of the syscall as one length-only record.
 #[inline(always)]
 fn finish(state: *mut Copy) {
-    // The steps changed the state behind `state`: read it afresh.
     // SAFETY: per-CPU map value, used by this program run only.
+    send(unsafe { &mut *state });
+    // The steps changed the state behind `state`: read it afresh.
+    // SAFETY: as above.
     let (hdr, remaining) = unsafe {
         (
             ptr::read_volatile(&raw const (*state).hdr),

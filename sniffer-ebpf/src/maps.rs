@@ -7,11 +7,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use sniffer_common::{
-    COMM_LEN, Config, CopyCtl, DataEvent, SockKey, SockState, SslKey, StreamKey, Target, TlsArgs,
+    COMM_LEN, Config, CopyCtl, SockKey, SockState, SslKey, StreamKey, Target, TlsArgs,
     config_flags, connectors::Connector, counters, entered, maps,
 };
 
-use crate::copy::Copy;
+use crate::copy::{Copy, Scratch};
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(maps::EVENTS_DEFAULT_BYTES, 0);
@@ -45,7 +45,7 @@ pub static ENTERED: Array<u64> = Array::with_max_entries(maps::ENTERED_CAPACITY,
 #[map]
 pub static PENDING: HashMap<u32, u64> = HashMap::with_max_entries(maps::PENDING_CAPACITY, 0);
 #[map]
-pub static SCRATCH: PerCpuArray<DataEvent> = PerCpuArray::with_max_entries(1, 0);
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 /// The chunk loop's state lives in a map, not on the stack: the verifier tracks stack values
 /// exactly and would explore every bpf_loop iteration as a new state (1M-instruction limit);
 /// map memory it treats as unknown, so one pass over the callback suffices.
