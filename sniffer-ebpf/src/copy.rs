@@ -343,20 +343,22 @@ pub fn run<const BPF_LOOP: bool, C: EbpfContext>(ctx: &C, tail: &ProgramArray, s
     finish(state);
 }
 
-/// Sends what the steps gathered and did not send (the loop's bound came first), then what they
-/// left of the syscall as one length-only record.
+/// Sends what the steps left of the syscall as one length-only record, from the bytes they
+/// gathered and did not send (only when the loop's bound came first: then those go by length
+/// too, which keeps the record's sending out of the exit program's frame, at 6.1's limit).
 #[inline(always)]
 fn finish(state: *mut Copy) {
-    // SAFETY: per-CPU map value, used by this program run only.
-    send(unsafe { &mut *state });
     // The steps changed the state behind `state`: read it afresh.
-    // SAFETY: as above.
-    let (hdr, remaining) = unsafe {
+    // SAFETY: per-CPU map value, used by this program run only.
+    let (mut hdr, remaining, fill) = unsafe {
         (
             ptr::read_volatile(&raw const (*state).hdr),
             ptr::read_volatile(&raw const (*state).remaining),
+            ptr::read_volatile(&raw const (*state).fill),
         )
     };
+    let remaining = remaining + fill;
+    hdr.off -= fill;
     if remaining > 0 {
         diag::copy_cut_short(hdr.tgid, hdr.fd, remaining);
         emit_uncopied(hdr, remaining);
