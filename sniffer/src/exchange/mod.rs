@@ -112,6 +112,9 @@ struct HttpConn {
     /// Whether the kernel was told anything of each direction (its word is taken back at the
     /// end).
     said: [bool; 2],
+    /// Bytes of the responses went missing since the last response began: the next one may
+    /// answer a later request than the oldest pending.
+    response_gap: bool,
 }
 
 impl HttpConn {
@@ -131,6 +134,7 @@ impl HttpConn {
             current: [None, None],
             told: [first, first],
             said: [false, false],
+            response_gap: false,
         }
     }
 }
@@ -245,6 +249,9 @@ impl<S: HttpSink> Exchanges<S> {
         }
         let req_dir = st.req_dir.unwrap_or(Dir::Send);
         let is_request = dir == req_dir;
+        if !is_request && matches!(piece, Piece::Gap { .. }) {
+            st.response_gap = true;
+        }
         // A response waits for a request head to be known, unless a response is already being
         // read, or the connection is ending. Too much waiting goes on without the request.
         let resp_idle = st.parsers[dir.index()]
@@ -316,6 +323,9 @@ impl<S: HttpSink> Exchanges<S> {
                     let answers = if is_request {
                         None
                     } else {
+                        if std::mem::take(&mut st.response_gap) {
+                            skip_answers_lost(&mut st.pending, ts);
+                        }
                         st.pending.front().map(|r| r.key)
                     };
                     self.sink
@@ -446,6 +456,18 @@ fn other(d: Dir) -> Dir {
     match d {
         Dir::Recv => Dir::Send,
         Dir::Send => Dir::Recv,
+    }
+}
+
+/// After bytes of the responses went missing, a response that begins at `ts` answers the
+/// latest pending request that began before it: a client that does not pipeline sends a request
+/// only after the answer to the one before, so the older pending ones had their answers in the
+/// gap (they stay unanswered). Without it every later response would be paired with the
+/// request before its own. (A pipelining client's responses after a gap can be paired wrongly
+/// either way.)
+fn skip_answers_lost(pending: &mut VecDeque<PendingRequest>, ts: u64) {
+    while pending.len() >= 2 && pending.get(1).is_some_and(|r| r.first_ts <= ts) {
+        pending.pop_front();
     }
 }
 

@@ -250,6 +250,42 @@ fn a_request_lost_in_a_gap_leaves_its_response_unpaired_not_shifted() {
 }
 
 #[test]
+fn responses_lost_in_a_gap_leave_their_requests_unanswered_not_shifted() {
+    let mut f = Feeder::new(Role::Client);
+    f.data(Dir::Send, b"GET /a HTTP/1.1\r\n\r\n")
+        .data(Dir::Recv, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nA")
+        .data(Dir::Send, b"GET /b HTTP/1.1\r\n\r\n")
+        .gap(Dir::Recv, 44) // the answer to /b lost
+        .data(Dir::Send, b"GET /c HTTP/1.1\r\n\r\n")
+        .data(Dir::Recv, b"HTTP/1.1 203 Non\r\nContent-Length: 1\r\n\r\nC")
+        .data(Dir::Send, b"GET /d HTTP/1.1\r\n\r\n")
+        .data(Dir::Recv, b"HTTP/1.1 204 No Content\r\n\r\n")
+        .data(Dir::Send, b"GET /e HTTP/1.1\r\n\r\n")
+        // The answer to /e broken by a gap inside its head, the one to /f whole.
+        .data(Dir::Recv, b"HTTP/1.1 205 Re")
+        .gap(Dir::Recv, 30)
+        .data(Dir::Send, b"GET /f HTTP/1.1\r\n\r\n")
+        .data(
+            Dir::Recv,
+            b"HTTP/1.1 206 Partial\r\nContent-Length: 1\r\n\r\nF",
+        );
+    let log = f.end();
+    assert_eq!(
+        lines(&log, "resp"),
+        vec![
+            "resp r0 200 for q0",
+            "resp r1 203 for q2",
+            "resp r2 204 for q3",
+            "resp r4 206 for q5"
+        ]
+    );
+    assert_eq!(
+        lines(&log, "broken"),
+        vec!["broken r3 bytes missing in a header block"]
+    );
+}
+
+#[test]
 fn connection_end_flushes_incomplete_messages() {
     let mut f = Feeder::new(Role::Client);
     f.data(
