@@ -112,9 +112,6 @@ struct HttpConn {
     /// Whether the kernel was told anything of each direction (its word is taken back at the
     /// end).
     said: [bool; 2],
-    /// Bytes of the responses went missing since the last response began: the next one may
-    /// answer a later request than the oldest pending.
-    response_gap: bool,
 }
 
 impl HttpConn {
@@ -134,7 +131,6 @@ impl HttpConn {
             current: [None, None],
             told: [first, first],
             said: [false, false],
-            response_gap: false,
         }
     }
 }
@@ -249,9 +245,6 @@ impl<S: HttpSink> Exchanges<S> {
         }
         let req_dir = st.req_dir.unwrap_or(Dir::Send);
         let is_request = dir == req_dir;
-        if !is_request && matches!(piece, Piece::Gap { .. }) {
-            st.response_gap = true;
-        }
         // A response waits for a request head to be known, unless a response is already being
         // read, or the connection is ending. Too much waiting goes on without the request.
         let resp_idle = st.parsers[dir.index()]
@@ -310,7 +303,7 @@ impl<S: HttpSink> Exchanges<S> {
         let mut answer: Option<bool> = None;
         for p in out.drain(..) {
             match p {
-                Parsed::Begin { ts, .. } => {
+                Parsed::Begin { ts, after_gap, .. } => {
                     let req_dir = if is_request { dir } else { other(dir) };
                     let key = MsgKey {
                         conn: conn.id,
@@ -323,7 +316,7 @@ impl<S: HttpSink> Exchanges<S> {
                     let answers = if is_request {
                         None
                     } else {
-                        if std::mem::take(&mut st.response_gap) {
+                        if after_gap {
                             skip_answers_lost(&mut st.pending, ts);
                         }
                         st.pending.front().map(|r| r.key)
@@ -459,7 +452,8 @@ fn other(d: Dir) -> Dir {
     }
 }
 
-/// After bytes of the responses went missing, a response that begins at `ts` answers the
+/// After bytes of the responses went missing where messages may have been (not inside a known
+/// body: a body beyond its preview is skipped by length), a response that begins at `ts` answers the
 /// latest pending request that began before it: a client that does not pipeline sends a request
 /// only after the answer to the one before, so the older pending ones had their answers in the
 /// gap (they stay unanswered). Without it every later response would be paired with the

@@ -286,6 +286,28 @@ fn responses_lost_in_a_gap_leave_their_requests_unanswered_not_shifted() {
 }
 
 #[test]
+fn a_gap_inside_a_known_body_keeps_pipelined_responses_in_order() {
+    // Both requests are pending when the first answer begins; a body beyond its preview is
+    // skipped by length, and no answer can be in it.
+    let mut f = Feeder::new(Role::Client);
+    f.data(Dir::Send, b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n")
+        .data(
+            Dir::Recv,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nAB",
+        )
+        .gap(Dir::Recv, 8)
+        .data(
+            Dir::Recv,
+            b"HTTP/1.1 201 Created\r\nContent-Length: 1\r\n\r\nB",
+        );
+    let log = f.end();
+    assert_eq!(
+        lines(&log, "resp"),
+        vec!["resp r0 200 for q0", "resp r1 201 for q1"]
+    );
+}
+
+#[test]
 fn connection_end_flushes_incomplete_messages() {
     let mut f = Feeder::new(Role::Client);
     f.data(

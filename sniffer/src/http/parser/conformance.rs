@@ -142,7 +142,8 @@ fn a_refused_connect_leaves_http_and_what_waited_is_read() {
         out[0],
         Parsed::Begin {
             off: CONNECT_HEAD as u64,
-            ts: 100
+            ts: 100,
+            after_gap: false
         },
         "its first byte keeps its time"
     );

@@ -42,8 +42,9 @@ pub struct CopyWant {
 /// What the parser reports, in stream order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Parsed {
-    /// The first byte of what should be a message.
-    Begin { off: u64, ts: u64 },
+    /// The first byte of what should be a message; `after_gap`: bytes went missing since the
+    /// message before ended (messages may have been lost in them).
+    Begin { off: u64, ts: u64, after_gap: bool },
     /// Its head is complete (before its body).
     Head {
         off: u64,
@@ -247,7 +248,11 @@ impl DirParser {
         self.buf.clear();
         self.buf_off = off;
         self.buf_ts = ts;
-        out.push(Parsed::Begin { off, ts });
+        out.push(Parsed::Begin {
+            off,
+            ts,
+            after_gap: self.after_gap,
+        });
     }
 
     /// Parses data bytes at stream offset `at`. Bytes that must be read again (after a

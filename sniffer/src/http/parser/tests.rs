@@ -89,7 +89,14 @@ fn a_request_split_at_every_point_parses_the_same() {
         assert_eq!(m.body.len, 11);
         assert_eq!(m.ending, Ending::Complete);
         assert_eq!(m.first_ts, first, "cut {cut}: first byte time");
-        assert_eq!(out[0], Parsed::Begin { off: 0, ts: first });
+        assert_eq!(
+            out[0],
+            Parsed::Begin {
+                off: 0,
+                ts: first,
+                after_gap: false
+            }
+        );
     }
 }
 
