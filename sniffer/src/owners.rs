@@ -114,6 +114,17 @@ fn key_addr(ip: IpAddr) -> [u8; 16] {
     }
 }
 
+/// The table's key of the connection from `client` to `server` in namespace `netns`.
+fn tcp_key(netns: u32, client: SocketAddr, server: SocketAddr) -> TcpKey {
+    TcpKey {
+        netns,
+        sport: client.port(),
+        dport: server.port(),
+        saddr: key_addr(client.ip()),
+        daddr: key_addr(server.ip()),
+    }
+}
+
 impl Owners {
     pub fn new() -> Self {
         Self::default()
@@ -129,13 +140,7 @@ impl Owners {
     /// its accept found nothing; by the time a connection is named, the connect has returned).
     pub fn connector(&self, netns: u32, client: SocketAddr, server: SocketAddr) -> Option<u32> {
         let table = self.connectors.as_ref()?;
-        let key = TcpKey {
-            netns,
-            sport: client.port(),
-            dport: server.port(),
-            saddr: key_addr(client.ip()),
-            daddr: key_addr(server.ip()),
-        };
+        let key = tcp_key(netns, client, server);
         let (first, check) = slot_of(&key);
         let set = [table.slot(first)?, table.slot(first + WAYS - 1)?];
         find(&set, &key, check)
@@ -391,16 +396,6 @@ mod tests {
         }
     }
 
-    fn v4_key(netns: u32, client: SocketAddr, server: SocketAddr) -> TcpKey {
-        TcpKey {
-            netns,
-            sport: client.port(),
-            dport: server.port(),
-            saddr: key_addr(client.ip()),
-            daddr: key_addr(server.ip()),
-        }
-    }
-
     #[test]
     fn the_kernels_table_names_who_connected_and_a_mixed_slot_names_no_one() {
         let (client, server): (SocketAddr, SocketAddr) = (
@@ -410,7 +405,7 @@ mod tests {
         // As the kernel writes it for a dual-stack client: the IPv4-mapped form made plain.
         let key = TcpKey {
             saddr: key_addr("::ffff:127.0.0.1".parse().unwrap()),
-            ..v4_key(7, client, server)
+            ..tcp_key(7, client, server)
         };
         let mut table = Table::new();
         table.connect(key, 4242, 1);
@@ -434,7 +429,7 @@ mod tests {
     fn a_connect_stays_in_the_table_until_two_later_ones_share_its_set() {
         let server: SocketAddr = "127.0.0.1:9292".parse().unwrap();
         // Three clients whose connections hash to one set.
-        let first = |c: SocketAddr| slot_of(&v4_key(1, c, server)).0;
+        let first = |c: SocketAddr| slot_of(&tcp_key(1, c, server)).0;
         let set = first("127.0.0.1:40000".parse().unwrap());
         let candidates = (1..=254u8).flat_map(|host| {
             (40001..40100u16).map(move |p| SocketAddr::from(([127, 0, 0, host], p)))
@@ -444,8 +439,8 @@ mod tests {
         let clients = ["127.0.0.1:40000".parse().unwrap(), same[0], same[1]];
         let client = |i: usize| clients[i];
         let mut table = Table::new();
-        table.connect(v4_key(1, client(0), server), 100, 10);
-        table.connect(v4_key(1, client(1), server), 101, 20);
+        table.connect(tcp_key(1, client(0), server), 100, 10);
+        table.connect(tcp_key(1, client(1), server), 101, 20);
         let mut o = Owners::new();
         o.set_connectors(Box::new(table));
         // A table of one slot per set had lost the first.
@@ -455,7 +450,7 @@ mod tests {
         let mut table = Table::new();
         for i in 0..3 {
             table.connect(
-                v4_key(1, client(i), server),
+                tcp_key(1, client(i), server),
                 100 + i as u32,
                 10 * (i as u64 + 1),
             );
@@ -474,8 +469,8 @@ mod tests {
             "127.0.0.1:9292".parse().unwrap(),
         );
         let mut table = Table::new();
-        table.connect(v4_key(1, client, server), 100, 10);
-        table.connect(v4_key(1, client, server), 200, 20);
+        table.connect(tcp_key(1, client, server), 100, 10);
+        table.connect(tcp_key(1, client, server), 200, 20);
         let mut o = Owners::new();
         o.set_connectors(Box::new(table));
         assert_eq!(o.connector(1, client, server), Some(200));

@@ -453,14 +453,14 @@ fn other(d: Dir) -> Dir {
 }
 
 /// After bytes of the responses went missing where messages may have been (not inside a known
-/// body: a body beyond its preview is skipped by length), a response that begins at `ts` answers the
-/// latest pending request that began before it: a client that does not pipeline sends a request
-/// only after the answer to the one before, so the older pending ones had their answers in the
-/// gap (they stay unanswered). Without it every later response would be paired with the
-/// request before its own. (A pipelining client's responses after a gap can be paired wrongly
-/// either way.)
+/// body: a body beyond its preview is skipped by length), a response that begins at `ts`
+/// answers the latest pending request that began before it: a client that does not pipeline
+/// sends a request only after the answer to the one before, so the older pending ones had their
+/// answers in the gap (they stay unanswered). Without it every later response would be paired
+/// with the request before its own. (A pipelining client's responses after a gap can be paired
+/// wrongly either way.)
 fn skip_answers_lost(pending: &mut VecDeque<PendingRequest>, ts: u64) {
-    while pending.len() >= 2 && pending.get(1).is_some_and(|r| r.first_ts <= ts) {
+    while pending.get(1).is_some_and(|r| r.first_ts <= ts) {
         pending.pop_front();
     }
 }
