@@ -400,6 +400,17 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
 }
 
 /// Reads the ring buffer and keeps the kernel's sockets map tidy.
+/// What one [`Reader::drain`] read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Drained {
+    pub records: usize,
+    /// It stopped at its bound: records may still wait.
+    pub more: bool,
+}
+
+/// The kernel's header before each ring buffer record (its length and flags, 8 bytes).
+const RECORD_HEADER: usize = 8;
+
 pub struct Reader {
     ring: AsyncFd<RingBuf<MapData>>,
     books: Books,
@@ -448,14 +459,21 @@ impl Reader {
         Ok(())
     }
 
-    /// Reads every record available now, in ring order, into `out`. Returns how many. Each
-    /// event is handled while its record is held: a chunk's bytes are read where they lie,
-    /// and the record's room goes back to the kernel when `out` returns.
-    pub fn drain(&mut self, out: &mut impl FnMut(Event<'_>)) -> usize {
-        let mut n = 0;
+    /// Reads the records available now, in ring order, into `out`, until the ring is empty or
+    /// `max_bytes` of records were read (under a load the reader barely outpaces the ring does
+    /// not empty for seconds: the caller's other work, releasing what waits and answering
+    /// signals, has to come between). Each event is handled while its record is held: a
+    /// chunk's bytes are read where they lie, and the record's room goes back to the kernel
+    /// when `out` returns.
+    pub fn drain(&mut self, max_bytes: usize, out: &mut impl FnMut(Event<'_>)) -> Drained {
+        let mut records = 0;
+        let mut bytes = 0;
         let ring = self.ring.get_mut();
-        while let Some(item) = ring.next() {
-            n += 1;
+        while bytes < max_bytes
+            && let Some(item) = ring.next()
+        {
+            records += 1;
+            bytes += item.len() + RECORD_HEADER;
             match decode(&item) {
                 Ok(ev) => out(self.books.bookkeep(ev)),
                 Err(e) => {
@@ -464,8 +482,11 @@ impl Reader {
                 }
             }
         }
-        self.records += n as u64;
-        n
+        self.records += records as u64;
+        Drained {
+            records,
+            more: bytes >= max_bytes,
+        }
     }
 
     /// Final offsets of every socket still open, at shutdown.

@@ -3,7 +3,7 @@
 //! direction: no step reaches back.
 use crate::{
     conns::{Conn, ConnSink, ConnTable},
-    events::{Dir, Event, FinalOffsets},
+    events::{Dir, Drained, Event, FinalOffsets},
     exchange::Exchanges,
     procs::ProcTable,
     sinks::{Fanout, jsonl::LogFanout, raw::RawSink},
@@ -62,6 +62,8 @@ pub struct Pipeline {
     pub totals: Totals,
     /// Kernel time of the last release of what waited (a tick or [`Pipeline::tick_if_due`]).
     last_release_ns: u64,
+    /// The newest kernel time of an event read.
+    newest_ns: u64,
 }
 
 /// How often events read between the app's ticks also release what waited long enough (see
@@ -85,6 +87,7 @@ impl Pipeline {
             },
             totals: Totals::default(),
             last_release_ns: 0,
+            newest_ns: 0,
         }
     }
 
@@ -105,8 +108,21 @@ impl Pipeline {
         self.sinks.http.sink.stats
     }
 
+    /// How far the events read reach in kernel time, for releasing what waited: `now_ns` when
+    /// the ring was read to its end, else the newest event read (a message that began before
+    /// `now_ns` may still wait in the ring behind it: after a stall the reader runs seconds
+    /// behind the kernel, and released by the clock every message would be out of order).
+    pub fn horizon(&self, drained: Drained, now_ns: u64) -> u64 {
+        if drained.more {
+            self.newest_ns.min(now_ns)
+        } else {
+            now_ns
+        }
+    }
+
     pub fn handle(&mut self, ev: Event) {
         self.totals.events += 1;
+        self.newest_ns = self.newest_ns.max(ev.ts_ns());
         // Name a process by what it became before printing its fork or exec.
         match &ev {
             Event::Fork {
@@ -243,5 +259,42 @@ mod tests {
         assert_eq!(p.http_stats().messages, 2);
         p.tick_if_due(first + RELEASE_EVERY_NS);
         assert_eq!(p.http_stats().messages, 4);
+    }
+
+    #[test]
+    fn a_drain_cut_short_releases_only_to_the_newest_event_read() {
+        let http = Exchanges::new(
+            Stitcher::new(LogFanout::default(), Names::default(), None).offline(),
+            64 << 10,
+        );
+        let mut p = Pipeline::new(ProcTable::new(), None, Vec::new(), http);
+        let t0 = 1_000 * MS;
+        p.handle(Event::SockOpen(sock(3, 0xa, 0, 0)));
+        p.tick(t0);
+        let mut off = [0; 2];
+        exchange(&mut p, t0 + 1, &mut off);
+        // The reader is a second behind: the clock says both messages' places are final, but
+        // events of messages that began within the slack before them may still be in the ring.
+        let now = t0 + 1_000 * MS;
+        let behind = Drained {
+            records: 2,
+            more: true,
+        };
+        assert_eq!(p.horizon(behind, now), t0 + 1);
+        p.tick_if_due(p.horizon(behind, now));
+        assert_eq!(p.http_stats().messages, 0);
+        // The reader reads on: the newest event is past the first exchange's slack, which is
+        // released; the second waits for the reader to get past its own.
+        exchange(&mut p, t0 + 1 + ORDER_SLACK_NS + RELEASE_EVERY_NS, &mut off);
+        p.tick_if_due(p.horizon(behind, now));
+        assert_eq!(p.http_stats().messages, 2);
+        let caught_up = Drained {
+            records: 2,
+            more: false,
+        };
+        assert_eq!(p.horizon(caught_up, now), now);
+        p.tick_if_due(p.horizon(caught_up, now));
+        assert_eq!(p.http_stats().messages, 4);
+        assert_eq!(p.http_stats().out_of_order, 0);
     }
 }

@@ -15,7 +15,7 @@ use crate::{
     cgroups::{self, Spec, Watch},
     cli::{RunArgs, TlsProbes},
     conns::ConnSink,
-    events::{Event, Reader},
+    events::{Drained, Event, Reader},
     exchange::Exchanges,
     filter::Filter,
     live::{
@@ -71,6 +71,16 @@ const UNPROBE_WAIT: Duration = Duration::from_secs(5);
 const CGROUP_EVERY: u64 = 10;
 /// Ticks between two counts of the traced processes for the status line (1 s).
 const COUNT_TARGETS_EVERY: u64 = 10;
+
+/// Records read by one pump at most (some milliseconds of work) before the loop's other work:
+/// after a stall the ring can stay full for seconds while the reader catches up, and in that
+/// time messages are released, the tick runs and signals are answered.
+const PUMP_BYTES: usize = 256 << 10;
+
+/// When to pump next: at once when the last pump stopped at its bound, else after `every`.
+fn next_pump(every: Duration, d: Drained) -> Duration {
+    if d.more { Duration::ZERO } else { every }
+}
 
 /// The poll's next period: back to [`POLL`] when records came, doubled (up to [`POLL_IDLE`])
 /// when none did.
@@ -254,8 +264,9 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
         _ => None,
     };
 
+    let ring_bytes = (cli.ring_mib as usize) << 20;
     let mut probe = Probe::load(&ProbeOptions {
-        ring_bytes: cli.ring_mib << 20,
+        ring_bytes: ring_bytes as u32,
         max_capture_per_syscall: (cli.max_capture_kib << 10).max(CHUNK_SIZE as u32),
         unix: !cli.no_unix,
         initial_credit_kib: if full_capture { 0 } else { cli.copy_window_kib },
@@ -342,18 +353,18 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
         tokio::select! {
             r = reader.readable() => {
                 r.context("waiting on the BPF ring buffer")?;
-                pump(&mut reader, &mut pipeline, &mut news, &mut copy_control, &mut tls, &mut probe);
+                let d = pump(&mut reader, &mut pipeline, &mut news, &mut copy_control, &mut tls, &mut probe);
                 poll_every = POLL;
-                poll.as_mut().reset(tokio::time::Instant::now() + poll_every);
+                poll.as_mut().reset(tokio::time::Instant::now() + next_pump(poll_every, d));
             }
             _ = &mut poll => {
-                let n = pump(&mut reader, &mut pipeline, &mut news, &mut copy_control, &mut tls, &mut probe);
-                poll_every = next_poll(poll_every, n);
-                poll.as_mut().reset(tokio::time::Instant::now() + poll_every);
+                let d = pump(&mut reader, &mut pipeline, &mut news, &mut copy_control, &mut tls, &mut probe);
+                poll_every = next_poll(poll_every, d.records);
+                poll.as_mut().reset(tokio::time::Instant::now() + next_pump(poll_every, d));
             }
             _ = tick.tick() => {
-                reader.drain(&mut |ev| handle(&mut pipeline, &mut news, ev));
-                pipeline.tick(monotonic_ns());
+                let d = reader.drain(PUMP_BYTES, &mut |ev| handle(&mut pipeline, &mut news, ev));
+                pipeline.tick(pipeline.horizon(d, monotonic_ns()));
                 ticks += 1;
                 if ticks.is_multiple_of(TRIM_EVERY) {
                     // Bursts leave freed heap behind; give it back so memory follows the load.
@@ -401,7 +412,9 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
         }
     }
 
-    reader.drain(&mut |ev| pipeline.handle(ev));
+    // What waited when the loop ended, at most a ring's worth: traced processes that go on
+    // writing faster than this reads would otherwise hold the end off for ever.
+    reader.drain(ring_bytes, &mut |ev| pipeline.handle(ev));
     tls.finish(UNPROBE_WAIT);
     let finals = reader.live_offsets();
     status.clear();
@@ -516,7 +529,7 @@ fn handle(pipeline: &mut Pipeline, news: &mut ProcNews, ev: Event) {
 
 /// Reads every record the ring holds into the pipeline, tells the kernel what to copy from now
 /// on, and places the TLS probes of processes that joined or mapped code (taking those of the
-/// ended off). Returns the records read.
+/// ended off). Reads at most [`PUMP_BYTES`] of records.
 fn pump(
     reader: &mut Reader,
     pipeline: &mut Pipeline,
@@ -524,8 +537,8 @@ fn pump(
     copy_control: &mut CopyControl,
     tls: &mut TlsLibs,
     probe: &mut Probe,
-) -> usize {
-    let n = reader.drain(&mut |ev| {
+) -> Drained {
+    let d = reader.drain(PUMP_BYTES, &mut |ev| {
         handle(pipeline, news, ev);
         // At once, not after the drain: a drain of a full ring can take longer than a busy
         // stream's credit lasts in the kernel (bounded copy), whose bytes would then go uncopied.
@@ -535,14 +548,14 @@ fn pump(
             }
         }
     });
-    if n > 0 {
-        pipeline.tick_if_due(monotonic_ns());
+    if d.records > 0 {
+        pipeline.tick_if_due(pipeline.horizon(d, monotonic_ns()));
     }
     for h in pipeline.take_hints() {
         copy_control.apply(&h);
     }
     place_tls_probes(tls, probe, news);
-    n
+    d
 }
 
 /// Probes the TLS libraries of processes that joined or mapped code; unprobes those that ended.
