@@ -66,6 +66,10 @@ pub enum HttpEvent {
         /// A 1xx before the final response.
         interim: bool,
     },
+    /// The request `key` will have no response on this connection: the answers to it went
+    /// missing with bytes the kernel lost or did not copy (a later response answers a later
+    /// request).
+    Unanswered { key: MsgKey },
     /// What began as `key` is not a usable message.
     Broken {
         key: MsgKey,
@@ -317,7 +321,9 @@ impl<S: HttpSink> Exchanges<S> {
                         None
                     } else {
                         if after_gap {
-                            skip_answers_lost(&mut st.pending, ts);
+                            skip_answers_lost(&mut st.pending, ts, &mut |key| {
+                                self.sink.event(conn, HttpEvent::Unanswered { key }, procs);
+                            });
                         }
                         st.pending.front().map(|r| r.key)
                     };
@@ -458,10 +464,16 @@ fn other(d: Dir) -> Dir {
 /// sends a request only after the answer to the one before, so the older pending ones had their
 /// answers in the gap (they stay unanswered). Without it every later response would be paired
 /// with the request before its own. (A pipelining client's responses after a gap can be paired
-/// wrongly either way.)
-fn skip_answers_lost(pending: &mut VecDeque<PendingRequest>, ts: u64) {
+/// wrongly either way.) Each request skipped goes to `skipped`.
+fn skip_answers_lost(
+    pending: &mut VecDeque<PendingRequest>,
+    ts: u64,
+    skipped: &mut impl FnMut(MsgKey),
+) {
     while pending.get(1).is_some_and(|r| r.first_ts <= ts) {
-        pending.pop_front();
+        if let Some(r) = pending.pop_front() {
+            skipped(r.key);
+        }
     }
 }
 

@@ -39,6 +39,7 @@ impl HttpSink for Record {
                 if interim { " interim" } else { "" }
             ),
             HttpEvent::Broken { key, reason, .. } => format!("broken {} {reason}", k(&key)),
+            HttpEvent::Unanswered { key } => format!("unanswered {}", k(&key)),
         };
         self.log.push(line);
     }
@@ -282,6 +283,12 @@ fn responses_lost_in_a_gap_leave_their_requests_unanswered_not_shifted() {
     assert_eq!(
         lines(&log, "broken"),
         vec!["broken r3 bytes missing in a header block"]
+    );
+    // Said at once, not left to the connection's end: the stitcher holds an exchange until
+    // its answer or word that none comes.
+    assert_eq!(
+        lines(&log, "unanswered"),
+        vec!["unanswered q1", "unanswered q4"]
     );
 }
 

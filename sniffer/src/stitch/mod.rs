@@ -457,6 +457,42 @@ impl<L: LogSink> Stitcher<L> {
         }
     }
 
+    /// The request `key`'s answer went missing on `conn`: the exchange is written without one,
+    /// now rather than when the connection ends (a pooled connection lives for hours, and the
+    /// exchange would be held all that time), unless the other end's view may still bring it.
+    fn on_unanswered(&mut self, conn: u64, key: MsgKey) {
+        let Some(x) = self.by_key.get(&key).copied() else {
+            return;
+        };
+        let other = self.other_may_answer(x, conn);
+        let Some(e) = self.exchanges.get_mut(&x) else {
+            return;
+        };
+        if e.response.is_some() || e.done_at.is_some() {
+            return;
+        }
+        if other {
+            e.answer_lost_on = Some(conn);
+            return;
+        }
+        e.unanswered = true;
+        self.maybe_done(x);
+    }
+
+    /// Whether the other end's view of exchange `x` (not `conn`'s) may still bring its
+    /// response: that end is seen, its connection goes on, and it did not say the answer went
+    /// missing.
+    fn other_may_answer(&self, x: u64, conn: u64) -> bool {
+        let Some(e) = self.exchanges.get(&x) else {
+            return false;
+        };
+        let (Some(c), Some(s)) = (&e.client, &e.server) else {
+            return false;
+        };
+        let other = if c.conn == conn { s.conn } else { c.conn };
+        e.answer_lost_on != Some(other) && self.conns.get(&other).is_some_and(|i| i.ended.is_none())
+    }
+
     fn write(&mut self, x: u64, which: Which, procs: &ProcTable) {
         self.resolve(x, procs);
         let Some(e) = self.exchanges.get_mut(&x) else {
@@ -659,6 +695,7 @@ impl<L: LogSink> HttpSink for Stitcher<L> {
                 self.on_response(conn, key, msg, request, interim);
             }
             HttpEvent::Broken { key, reason, .. } => self.on_broken(key, reason),
+            HttpEvent::Unanswered { key } => self.on_unanswered(conn.id, key),
         }
     }
 
@@ -671,24 +708,13 @@ impl<L: LogSink> HttpSink for Stitcher<L> {
         self.ended.push_back((now, conn.id));
         let xs: Vec<u64> = info.exchanges.iter().copied().collect();
         for x in xs {
+            // Unless the other end's view still brings the response.
+            let other = self.other_may_answer(x, conn.id);
             if let Some(e) = self.exchanges.get_mut(&x)
                 && e.response.is_none()
+                && !other
             {
-                // Unless the other end's view still brings the response.
-                let other = if e.client.is_some() && e.server.is_some() {
-                    let other_conn = if e.client.as_ref().is_some_and(|c| c.conn == conn.id) {
-                        e.server.as_ref().map(|s| s.conn)
-                    } else {
-                        e.client.as_ref().map(|c| c.conn)
-                    };
-                    other_conn
-                        .is_some_and(|c| self.conns.get(&c).is_some_and(|i| i.ended.is_none()))
-                } else {
-                    false
-                };
-                if !other {
-                    e.unanswered = true;
-                }
+                e.unanswered = true;
             }
             self.maybe_done(x);
             // A view this connection was to bring will not come now.

@@ -76,6 +76,8 @@ pub struct Exchange {
     pub(super) done_at: Option<u64>,
     /// The connections whose view of the final response came.
     pub(super) answered_by: super::few::Few<u64, 2>,
+    /// The connection whose view said the response went missing (`HttpEvent::Unanswered`).
+    pub(super) answer_lost_on: Option<u64>,
 }
 
 impl Exchange {

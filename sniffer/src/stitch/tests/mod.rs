@@ -673,6 +673,7 @@ fn records_give_back_the_log_entries_byte_for_byte() {
 }
 
 mod late_views;
+mod lost_answers;
 mod marks;
 
 #[test]
