@@ -2,8 +2,8 @@
 //!
 //! nginx (Debian's) is the traced server and wrk the load, both on 127.0.0.1. Each case runs
 //! untraced and traced alternately (pairs), so the machine's noise hits both sides alike. First,
-//! what one syscall costs, from a loop of them (`syscalls`). The table goes to stdout and
-//! `target/bench/results.json`.
+//! what one syscall costs, from a loop of them (`syscalls`); later, sniffer held up under load
+//! (`stall`). The table goes to stdout and `target/bench/results.json`.
 use std::{
     fmt::Write as _,
     fs,
@@ -22,6 +22,7 @@ use crate::{run_cmd, workspace};
 
 mod peers;
 mod redis;
+mod stall;
 mod syscalls;
 
 pub use syscalls::loop_main as syscall_loop;
@@ -34,6 +35,8 @@ pub struct Settings {
     pub big_mib: u64,
     /// Only the syscall loops.
     pub syscalls_only: bool,
+    /// Only the held-up reader.
+    pub stall_only: bool,
 }
 
 /// A child killed when dropped.
@@ -309,13 +312,29 @@ impl Sniffer {
         self.child.0.id()
     }
 
-    fn stop(mut self) -> anyhow::Result<Summary> {
+    fn stop(self) -> anyhow::Result<Summary> {
+        self.stop_with_text().map(|(s, _)| s)
+    }
+
+    /// Its summary and everything it wrote to stderr after starting.
+    fn stop_with_text(mut self) -> anyhow::Result<(Summary, String)> {
         // SAFETY: kill has no memory-safety preconditions.
         unsafe { libc::kill(self.child.0.id() as i32, libc::SIGINT) };
         let _ = self.child.0.wait();
-        let text: Vec<String> = self.stderr.try_iter().collect();
-        let text = text.join("\n");
-        parse_summary(&text).ok_or_else(|| anyhow!("no summary from sniffer:\n{text}"))
+        // Its stderr's reader stops at the pipe's end: every line, the notes after the
+        // summary too (bounded, should something else hold the pipe).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut lines = Vec::new();
+        while let Ok(l) = self
+            .stderr
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            lines.push(l);
+        }
+        let text = lines.join("\n");
+        let summary =
+            parse_summary(&text).ok_or_else(|| anyhow!("no summary from sniffer:\n{text}"))?;
+        Ok((summary, text))
     }
 }
 
@@ -664,6 +683,20 @@ pub fn bench(bin: &Path, s: &Settings) -> anyhow::Result<()> {
     let small = format!("http://127.0.0.1:{port}/small.txt");
     let tls_small = format!("https://127.0.0.1:{tls_port}/small.txt");
     let unix_small = format!("unix:{}", unix_socket().display());
+    if s.stall_only {
+        let stall = stall::case(bin, &dir, nginx_pid, &small, s)?;
+        println!(
+            "{}, {} runs of each\n\n{}",
+            machine(),
+            s.pairs,
+            stall::table(&stall)
+        );
+        fs::write(
+            dir.join("results.json"),
+            serde_json::to_string_pretty(&serde_json::json!({ "stall": stall }))?,
+        )?;
+        return Ok(());
+    }
     let mut cases = Vec::new();
     // Nothing busy traced: sniffer follows an idle process while nginx and wrk run untraced.
     // Every syscall of every process still passes the programs' first test.
@@ -729,6 +762,7 @@ pub fn bench(bin: &Path, s: &Settings) -> anyhow::Result<()> {
         "speed_upload",
         s,
     )?);
+    let stall = stall::case(bin, &dir, nginx_pid, &small, s)?;
     let peers = peers::compare(bin, &dir, nginx_pid, port, s)?;
     let redis = redis::case(bin, &dir, s)?;
     let soak = if s.soak_seconds > 0 {
@@ -804,7 +838,8 @@ pub fn bench(bin: &Path, s: &Settings) -> anyhow::Result<()> {
             soak["seconds"], soak["rss_start_kib"], soak["rss_peak_kib"], soak["rss_end_kib"]
         );
     }
-    let _ = writeln!(table, "\n{}", syscalls::table(&syscalls));
+    let _ = writeln!(table, "\n{}", stall::table(&stall));
+    let _ = writeln!(table, "{}", syscalls::table(&syscalls));
     let _ = writeln!(table, "{}", peers::table(&peers));
     let _ = writeln!(table, "{}", redis::table(&redis));
     let date = Command::new("date")
@@ -830,6 +865,7 @@ pub fn bench(bin: &Path, s: &Settings) -> anyhow::Result<()> {
         "peers": peers,
         "redis": redis,
         "soak": soak,
+        "stall": stall,
         "table": table,
     });
     let out: PathBuf = dir.join("results.json");

@@ -85,6 +85,9 @@ enum Task {
         /// Only the syscall loops (what one syscall costs, untraced and traced).
         #[arg(long)]
         syscalls_only: bool,
+        /// Only the held-up reader (sniffer stopped under load: memory, losses).
+        #[arg(long)]
+        stall_only: bool,
     },
     /// The bench's syscall loop, run as a child that sniffer traces by pid.
     #[command(hide = true)]
@@ -173,6 +176,7 @@ fn main() -> std::process::ExitCode {
             soak_seconds,
             big_mib,
             syscalls_only,
+            stall_only,
         } => build(true).and_then(|bin| {
             bench::bench(
                 &bin,
@@ -182,6 +186,7 @@ fn main() -> std::process::ExitCode {
                     soak_seconds,
                     big_mib,
                     syscalls_only,
+                    stall_only,
                 },
             )
         }),
