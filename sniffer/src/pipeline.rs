@@ -7,7 +7,7 @@ use crate::{
     exchange::Exchanges,
     procs::ProcTable,
     sinks::{Fanout, jsonl::LogFanout, raw::RawSink},
-    stitch::{Stats, Stitcher},
+    stitch::{ORDER_SLACK_NS, Stats, Stitcher},
     stream::Piece,
 };
 
@@ -45,6 +45,11 @@ impl ConnSink for Downstream {
 /// How long a hole in a stream is waited for before it is reported lost: pieces from other
 /// CPUs land in the ring buffer a little out of order, lost ones never land.
 pub const HOLE_WAIT_NS: u64 = 200_000_000;
+/// How long a hole is waited for while the kernel has lately lost events (the ring was full):
+/// the order's slack, past which a piece that filled it would be written out of order anyway.
+/// Waiting longer holds every message behind the hole (written out of order once it is given
+/// up) and the stream's bytes after it (up to 4 MiB a stream).
+const HOLE_WAIT_AFTER_LOSS_NS: u64 = ORDER_SLACK_NS;
 
 /// Totals for the end-of-run summary.
 #[derive(Debug, Default, Clone, Copy)]
@@ -64,6 +69,10 @@ pub struct Pipeline {
     last_release_ns: u64,
     /// The newest kernel time of an event read.
     newest_ns: u64,
+    /// The kernel's count of lost events when last told ([`Pipeline::lost_events`]).
+    lost_seen: u64,
+    /// Holes are waited for [`HOLE_WAIT_AFTER_LOSS_NS`] only, up to this kernel time.
+    losses_until_ns: u64,
 }
 
 /// How often events read between the app's ticks also release what waited long enough (see
@@ -88,6 +97,8 @@ impl Pipeline {
             totals: Totals::default(),
             last_release_ns: 0,
             newest_ns: 0,
+            lost_seen: 0,
+            losses_until_ns: 0,
         }
     }
 
@@ -173,19 +184,42 @@ impl Pipeline {
     pub fn tick_if_due(&mut self, now_ns: u64) {
         if now_ns.saturating_sub(self.last_release_ns) >= RELEASE_EVERY_NS {
             self.last_release_ns = now_ns;
+            if now_ns <= self.losses_until_ns {
+                // Holes left by lost events are given up on as they are found, not at the tick.
+                self.conns
+                    .expire(self.hole_deadline(now_ns), &mut self.sinks, &self.procs);
+            }
             self.sinks.http.sink.release_due(now_ns, &self.procs);
         }
+    }
+
+    /// The kernel's count of lost events so far, `total`, read at kernel time `now_ns`. When it
+    /// grew, the holes found in the streams up to a while after `now_ns` are most likely its
+    /// events, not pieces still on their way from another CPU: they are waited for
+    /// [`HOLE_WAIT_AFTER_LOSS_NS`] only.
+    pub fn lost_events(&mut self, total: u64, now_ns: u64) {
+        if total > self.lost_seen {
+            self.lost_seen = total;
+            self.losses_until_ns = now_ns.saturating_add(HOLE_WAIT_NS);
+        }
+    }
+
+    /// Holes whose next piece came before this are given up on at kernel time `now_ns`.
+    fn hole_deadline(&self, now_ns: u64) -> u64 {
+        let wait = if now_ns <= self.losses_until_ns {
+            HOLE_WAIT_AFTER_LOSS_NS
+        } else {
+            HOLE_WAIT_NS
+        };
+        now_ns.saturating_sub(wait)
     }
 
     /// Periodic work: report stream holes that waited too long as lost, write the messages
     /// whose place in the order is final.
     pub fn tick(&mut self, now_ns: u64) {
         self.last_release_ns = now_ns;
-        self.conns.expire(
-            now_ns.saturating_sub(HOLE_WAIT_NS),
-            &mut self.sinks,
-            &self.procs,
-        );
+        self.conns
+            .expire(self.hole_deadline(now_ns), &mut self.sinks, &self.procs);
         self.sinks.http.sink.tick(now_ns, &self.procs);
         self.flush_raw();
     }
@@ -296,5 +330,37 @@ mod tests {
         p.tick_if_due(p.horizon(caught_up, now));
         assert_eq!(p.http_stats().messages, 4);
         assert_eq!(p.http_stats().out_of_order, 0);
+    }
+
+    #[test]
+    fn after_lost_events_a_hole_is_given_up_on_within_the_order_slack() {
+        for lost in [false, true] {
+            let http = Exchanges::new(
+                Stitcher::new(LogFanout::default(), Names::default(), None).offline(),
+                64 << 10,
+            );
+            let mut p = Pipeline::new(ProcTable::new(), None, Vec::new(), http);
+            let t0 = 1_000 * MS;
+            p.handle(Event::SockOpen(sock(3, 0xa, 0, 0)));
+            p.tick(t0);
+            // The first 100 bytes received never come (their event lost, or late).
+            p.handle(Event::Data(Chunk {
+                ts_ns: t0 + 1,
+                ..chunk(3, 0xa, Dir::Recv, 100, b"HTTP/1.1 200 OK\r\n")
+            }));
+            if lost {
+                p.lost_events(1, t0 + 2);
+            }
+            let hole = |p: &Pipeline| {
+                p.conns.get(7, 3).expect("the connection").streams[Dir::Recv.index()].has_hole()
+            };
+            p.tick_if_due(t0 + 1 + ORDER_SLACK_NS + RELEASE_EVERY_NS);
+            assert_eq!(hole(&p), !lost, "between ticks, lost: {lost}");
+            p.tick(t0 + 1 + 50 * MS);
+            assert_eq!(hole(&p), !lost, "at a tick, lost: {lost}");
+            // Without word of a loss it is waited for longer: a piece from another CPU.
+            p.tick(t0 + 1 + HOLE_WAIT_NS + MS);
+            assert!(!hole(&p));
+        }
     }
 }

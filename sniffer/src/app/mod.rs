@@ -364,6 +364,8 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
             }
             _ = tick.tick() => {
                 let d = reader.drain(PUMP_BYTES, &mut |ev| handle(&mut pipeline, &mut news, ev));
+                lost_reported = report_losses(&probe, lost_reported);
+                pipeline.lost_events(lost_reported, monotonic_ns());
                 pipeline.tick(pipeline.horizon(d, monotonic_ns()));
                 ticks += 1;
                 if ticks.is_multiple_of(TRIM_EVERY) {
@@ -373,7 +375,6 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
                 for h in pipeline.take_hints() {
                     copy_control.apply(&h);
                 }
-                lost_reported = report_losses(&probe, lost_reported);
                 probe.flush_kernel_log();
                 if ticks.is_multiple_of(CGROUP_EVERY)
                     && let Some(w) = &mut watch
@@ -548,6 +549,12 @@ fn pump(
             }
         }
     });
+    if d.more
+        && let Ok(lost) = probe.lost_events()
+    {
+        // Behind: the ring may have been full.
+        pipeline.lost_events(lost, monotonic_ns());
+    }
     if d.records > 0 {
         pipeline.tick_if_due(pipeline.horizon(d, monotonic_ns()));
     }

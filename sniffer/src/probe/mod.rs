@@ -496,6 +496,23 @@ impl Probe {
         }
         Ok(out)
     }
+
+    /// Events the kernel could not put in the ring buffer so far (data and control): two map
+    /// reads, for the reader to check while it is behind.
+    pub fn lost_events(&self) -> Result<u64, ProbeError> {
+        let map = self
+            .ebpf
+            .map(maps::COUNTERS)
+            .ok_or(ProbeError::MissingMap(maps::COUNTERS))?;
+        let arr: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(map).map_err(map_err(maps::COUNTERS))?;
+        let mut lost = 0;
+        for key in [counters::DATA_EVENTS_LOST, counters::CONTROL_EVENTS_LOST] {
+            let values = arr.get(&key, 0).map_err(map_err(maps::COUNTERS))?;
+            lost += values.iter().sum::<u64>();
+        }
+        Ok(lost)
+    }
 }
 
 /// What one direction of one socket should copy from now on; `ctl: None` forgets the stream.
