@@ -40,8 +40,11 @@ use crate::{
 
 /// How long after a message's first byte its place in the order is taken as final.
 pub const ORDER_SLACK_NS: u64 = 10_000_000;
-/// Messages waiting for their place at most; past it the oldest are written as they are.
-pub const MAX_QUEUED: usize = 100_000;
+/// What the messages waiting for their place may hold at most, by their weights (their bytes
+/// and ~1 KiB each); past it the oldest are written as they are. A long message at the front
+/// (a download, an upload) holds back all that came after it: 16 MiB are ~10,000 small
+/// messages, minutes of a devstack's calls, a fraction of a second of a load test.
+pub const MAX_QUEUED_BYTES: usize = 16 << 20;
 /// How long a written exchange with one end's view only stays matchable for the other end's
 /// view (it comes within the order slack unless events were lost). Exchanges seen from both
 /// ends wait for a late view differently: see [`late`].
@@ -683,6 +686,16 @@ impl<L: LogSink> HttpSink for Stitcher<L> {
                         e.head = Some(msg.head.clone());
                     }
                     e.request = better(e.request.take(), Some(msg));
+                    let item = Item::Msg(x, Which::Request);
+                    let (written, ts) = (e.written[0], e.request_ts);
+                    let w = order::weight(e.request.as_ref());
+                    if self.order.place_of(item).is_some() {
+                        self.order.weigh(item, w);
+                    } else if !written {
+                        // Its place went while its bytes came (too much waited): it takes it
+                        // again, behind messages that began later (counted out of order).
+                        self.enqueue(ts, item);
+                    }
                 }
             }
             HttpEvent::Response {

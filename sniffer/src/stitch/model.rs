@@ -134,7 +134,7 @@ pub struct Stats {
     pub body_bytes: u64,
     pub broken: u64,
     pub filtered: u64,
-    /// Messages written before their time because too many waited ([`MAX_QUEUED`]).
+    /// Messages written before their time because too many waited ([`super::MAX_QUEUED_BYTES`]).
     pub forced: u64,
     /// Messages placed before the last one written: their events came later than the order's
     /// slack ([`super::ORDER_SLACK_NS`]), so they are written after messages that began later.

@@ -672,6 +672,7 @@ fn records_give_back_the_log_entries_byte_for_byte() {
     assert_eq!(from_records, log);
 }
 
+mod bounds;
 mod late_views;
 mod lost_answers;
 mod marks;
