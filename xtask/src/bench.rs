@@ -684,7 +684,8 @@ pub fn bench(bin: &Path, s: &Settings) -> anyhow::Result<()> {
     let tls_small = format!("https://127.0.0.1:{tls_port}/small.txt");
     let unix_small = format!("unix:{}", unix_socket().display());
     if s.stall_only {
-        let stall = stall::case(bin, &dir, nginx_pid, &small, s)?;
+        let big_url = format!("http://127.0.0.1:{port}/big.bin");
+        let stall = stall::case(bin, &dir, nginx_pid, &small, &big_url, s)?;
         println!(
             "{}, {} runs of each\n\n{}",
             machine(),
@@ -762,7 +763,7 @@ pub fn bench(bin: &Path, s: &Settings) -> anyhow::Result<()> {
         "speed_upload",
         s,
     )?);
-    let stall = stall::case(bin, &dir, nginx_pid, &small, s)?;
+    let stall = stall::case(bin, &dir, nginx_pid, &small, &big_url, s)?;
     let peers = peers::compare(bin, &dir, nginx_pid, port, s)?;
     let redis = redis::case(bin, &dir, s)?;
     let soak = if s.soak_seconds > 0 {
