@@ -126,6 +126,14 @@ pub(super) fn summary(probe: &Probe, reader: &Reader, pipeline: &Pipeline) {
             pipeline.conns.evicted, h.forced
         );
     }
+    if h.answers_missing > 0 {
+        eprintln!(
+            "sniffer: {} requests without their answer: it was in bytes sniffer did not get \
+             (not copied: it fell more than --copy-window-kib behind on a busy stream; or lost \
+             with the events above)",
+            h.answers_missing
+        );
+    }
     if h.out_of_order > 0 {
         eprintln!(
             "sniffer: {} messages written out of order: their events came more than {} ms after \

@@ -455,3 +455,47 @@ fn bounded_copy_says_only_what_differs_from_the_first_window() {
         "only the direction told is taken back"
     );
 }
+
+/// Wanted bytes the kernel did not copy (its credit ran out) double that stream's window,
+/// up to [`MAX_WINDOW`]; bytes of a body told skipped do not.
+#[test]
+fn uncopied_wanted_bytes_widen_the_streams_window() {
+    let mut f = Feeder::new(Role::Client);
+    f.ex = Exchanges::new(Record::default(), 4).with_bounded_copy(1000);
+    let uncopied = |f: &mut Feeder, dir: Dir, len: u64| {
+        f.ts += 10;
+        let p = Piece::Gap {
+            off: f.off[dir.index()],
+            len,
+            kind: GapKind::Uncaptured,
+            ts_ns: f.ts,
+        };
+        f.off[dir.index()] += len;
+        f.ex.pieces(&f.conn, dir, &[p], &ProcTable::new());
+    };
+    let credit = |f: &Feeder| {
+        f.ex.hints
+            .iter()
+            .rev()
+            .find(|h| h.dir == kernel_dir(Dir::Recv))
+            .and_then(|h| h.ctl)
+            .map(|c| c.credit_until)
+    };
+    f.data(Dir::Send, b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n");
+    let head = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789";
+    f.data(Dir::Recv, head);
+    let h = head.len() as u64 - 10;
+    // The body beyond its preview comes uncopied, as told: the window stays 1000.
+    uncopied(&mut f, Dir::Recv, 990);
+    assert_eq!(f.ex.conns[&f.conn.id].window, [1000, 1000]);
+    // The next answer's head never came (the kernel's credit ran out): twice the window.
+    f.data(Dir::Send, b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n");
+    uncopied(&mut f, Dir::Recv, 300);
+    assert_eq!(f.ex.conns[&f.conn.id].window[Dir::Recv.index()], 2000);
+    assert_eq!(credit(&f), Some(h + 1000 + 300 + 2000), "said at once");
+    for _ in 0..20 {
+        uncopied(&mut f, Dir::Recv, 10);
+    }
+    assert_eq!(f.ex.conns[&f.conn.id].window[Dir::Recv.index()], MAX_WINDOW);
+    assert_eq!(f.ex.conns[&f.conn.id].window[Dir::Send.index()], 1000);
+}

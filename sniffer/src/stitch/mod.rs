@@ -479,6 +479,7 @@ impl<L: LogSink> Stitcher<L> {
             return;
         }
         e.unanswered = true;
+        self.stats.answers_missing += 1;
         self.maybe_done(x);
     }
 

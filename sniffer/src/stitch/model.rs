@@ -143,6 +143,9 @@ pub struct Stats {
     pub reorder_ns: u64,
     /// Proxies' upstream hops folded into their client's exchange.
     pub folded: u64,
+    /// Requests written without an answer because it was in bytes sniffer did not get (not
+    /// copied or lost), with no other view to bring it.
+    pub answers_missing: u64,
 }
 
 /// Of two views of one message, the one that shows more.

@@ -57,6 +57,10 @@ fn an_answer_lost_on_the_only_view_writes_the_exchange_unanswered_while_the_conn
         ]
     );
     assert_eq!(w.http.sink.exchanges.len(), 0, "nothing held");
+    assert_eq!(
+        w.http.sink.stats.answers_missing, 1,
+        "counted for the summary"
+    );
 }
 
 #[test]
@@ -89,5 +93,6 @@ fn an_answer_one_end_lost_comes_from_the_other_end_and_one_both_lost_is_unanswer
             vec![first, (IMAGE_URL.to_owned(), Some(204), false)],
             "the server's view lost it too: {other_lost_too}"
         );
+        assert_eq!(w.http.sink.stats.answers_missing, u64::from(other_lost_too));
     }
 }
