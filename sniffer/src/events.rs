@@ -399,7 +399,6 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
     }
 }
 
-/// Reads the ring buffer and keeps the kernel's sockets map tidy.
 /// What one [`Reader::drain`] read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Drained {
@@ -411,6 +410,7 @@ pub struct Drained {
 /// The kernel's header before each ring buffer record (its length and flags, 8 bytes).
 const RECORD_HEADER: usize = 8;
 
+/// Reads the ring buffer and keeps the kernel's sockets map tidy.
 pub struct Reader {
     ring: AsyncFd<RingBuf<MapData>>,
     books: Books,

@@ -528,9 +528,9 @@ fn handle(pipeline: &mut Pipeline, news: &mut ProcNews, ev: Event) {
     pipeline.handle(ev);
 }
 
-/// Reads every record the ring holds into the pipeline, tells the kernel what to copy from now
-/// on, and places the TLS probes of processes that joined or mapped code (taking those of the
-/// ended off). Reads at most [`PUMP_BYTES`] of records.
+/// Reads the records the ring holds, at most [`PUMP_BYTES`] of them, into the pipeline, tells
+/// the kernel what to copy from now on, and places the TLS probes of processes that joined or
+/// mapped code (taking those of the ended off).
 fn pump(
     reader: &mut Reader,
     pipeline: &mut Pipeline,
