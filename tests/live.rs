@@ -168,13 +168,16 @@ fn the_status_line_is_drawn_on_a_terminal_and_q_silences_it() {
     );
 }
 
-/// Downloads /slow.bin from the port in argv[1], 64 KiB every 50 ms.
+/// Downloads /slow.bin from the port in argv[1], 64 KiB every 50 ms; says READING once its
+/// answer has begun.
 const SLOW_READER: &str = "
 import socket, sys, time
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
 s.connect(('127.0.0.1', int(sys.argv[1])))
 s.sendall(b'GET /slow.bin HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')
+s.recv(65536)
+print('READING', flush=True)
 while s.recv(65536):
     time.sleep(0.05)
 ";
@@ -189,7 +192,7 @@ fn a_slow_download_holds_back_the_calls_after_it_only_up_to_the_bound() {
         return;
     }
     let www = tempfile::tempdir().unwrap();
-    fs::write(www.path().join("slow.bin"), vec![b's'; 32 << 20]).unwrap();
+    fs::write(www.path().join("slow.bin"), vec![b's'; 64 << 20]).unwrap();
     fs::write(www.path().join("page.bin"), vec![b'p'; 64 << 10]).unwrap();
     let server = Server::start(www.path(), &[]);
     let out = tempfile::tempdir().unwrap();
@@ -207,10 +210,15 @@ fn a_slow_download_holds_back_the_calls_after_it_only_up_to_the_bound() {
     err.expect("sniffer: tracing", Duration::from_secs(60));
     let base = format!("http://127.0.0.1:{}", server.port);
     // A client reading 64 KiB every 50 ms (a small receive buffer, so that the server's
-    // writes wait for it): 32 MiB would take 25 s; cut once the log was looked at.
-    let mut download =
-        Guard::spawn(Command::new("python3").args(["-c", SLOW_READER, &server.port.to_string()]));
-    std::thread::sleep(Duration::from_millis(500));
+    // writes wait for it): 64 MiB would take 50 s; cut once the log was looked at.
+    let mut download = Guard::spawn(
+        Command::new("python3")
+            .args(["-c", SLOW_READER, &server.port.to_string()])
+            .stdout(Stdio::piped()),
+    );
+    // Its answer has begun (a slow guest takes a while to start Python) before the pages.
+    let reading = Lines::new(download.child.stdout.take().unwrap());
+    reading.expect("READING", Duration::from_secs(60));
     // 600 pages of 64 KiB on one connection: ~40 MiB of messages to hold, past the bound.
     let pages = Command::new("curl")
         .arg("-s")
