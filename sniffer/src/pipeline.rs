@@ -256,6 +256,15 @@ mod tests {
 
     const MS: u64 = 1_000_000;
 
+    /// A pipeline with an offline stitcher and 64 KiB previews.
+    fn pipeline() -> Pipeline {
+        let http = Exchanges::new(
+            Stitcher::new(LogFanout::default(), Names::default(), None).offline(),
+            64 << 10,
+        );
+        Pipeline::new(ProcTable::new(), None, Vec::new(), http)
+    }
+
     /// One exchange on the client socket `sock(3, 0xa, ..)`, both messages at `ts`.
     fn exchange(p: &mut Pipeline, ts: u64, off: &mut [u64; 2]) {
         let request: &[u8] = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
@@ -272,11 +281,7 @@ mod tests {
 
     #[test]
     fn reads_between_ticks_release_what_waited_once_the_release_interval_passed() {
-        let http = Exchanges::new(
-            Stitcher::new(LogFanout::default(), Names::default(), None).offline(),
-            64 << 10,
-        );
-        let mut p = Pipeline::new(ProcTable::new(), None, Vec::new(), http);
+        let mut p = pipeline();
         let t0 = 1_000 * MS;
         let half = RELEASE_EVERY_NS / 2;
         p.handle(Event::SockOpen(sock(3, 0xa, 0, 0)));
@@ -297,11 +302,7 @@ mod tests {
 
     #[test]
     fn a_drain_cut_short_releases_only_to_the_newest_event_read() {
-        let http = Exchanges::new(
-            Stitcher::new(LogFanout::default(), Names::default(), None).offline(),
-            64 << 10,
-        );
-        let mut p = Pipeline::new(ProcTable::new(), None, Vec::new(), http);
+        let mut p = pipeline();
         let t0 = 1_000 * MS;
         p.handle(Event::SockOpen(sock(3, 0xa, 0, 0)));
         p.tick(t0);
@@ -335,11 +336,7 @@ mod tests {
     #[test]
     fn after_lost_events_a_hole_is_given_up_on_within_the_order_slack() {
         for lost in [false, true] {
-            let http = Exchanges::new(
-                Stitcher::new(LogFanout::default(), Names::default(), None).offline(),
-                64 << 10,
-            );
-            let mut p = Pipeline::new(ProcTable::new(), None, Vec::new(), http);
+            let mut p = pipeline();
             let t0 = 1_000 * MS;
             p.handle(Event::SockOpen(sock(3, 0xa, 0, 0)));
             p.tick(t0);

@@ -651,24 +651,41 @@ fn machine() -> String {
     format!("{cores} cores, kernel {}", kernel.trim())
 }
 
+/// A run of one case alone: its table to stdout, its figures to `results.json`.
+fn one_case(
+    dir: &Path,
+    runs: &str,
+    s: &Settings,
+    table: String,
+    json: serde_json::Value,
+) -> anyhow::Result<()> {
+    println!("{}, {} {runs}\n\n{table}", machine(), s.pairs);
+    fs::write(
+        dir.join("results.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
+    Ok(())
+}
+
 pub fn bench(bin: &Path, s: &Settings) -> anyhow::Result<()> {
     ensure_tools()?;
     let dir = workspace().join("target").join("bench");
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir)?;
-    let syscalls = syscalls::case(bin, &dir, s.pairs)?;
+    let syscalls = if s.stall_only {
+        serde_json::Value::Null
+    } else {
+        syscalls::case(bin, &dir, s.pairs)?
+    };
     if s.syscalls_only {
-        println!(
-            "{}, {} pairs\n\n{}",
-            machine(),
-            s.pairs,
-            syscalls::table(&syscalls)
+        let table = syscalls::table(&syscalls);
+        return one_case(
+            &dir,
+            "pairs",
+            s,
+            table,
+            serde_json::json!({ "syscalls": syscalls }),
         );
-        fs::write(
-            dir.join("results.json"),
-            serde_json::to_string_pretty(&serde_json::json!({ "syscalls": syscalls }))?,
-        )?;
-        return Ok(());
     }
     let www = dir.join("www");
     fs::create_dir_all(&www)?;
@@ -686,17 +703,14 @@ pub fn bench(bin: &Path, s: &Settings) -> anyhow::Result<()> {
     if s.stall_only {
         let big_url = format!("http://127.0.0.1:{port}/big.bin");
         let stall = stall::case(bin, &dir, nginx_pid, &small, &big_url, s)?;
-        println!(
-            "{}, {} runs of each\n\n{}",
-            machine(),
-            s.pairs,
-            stall::table(&stall)
+        let table = stall::table(&stall);
+        return one_case(
+            &dir,
+            "runs of each",
+            s,
+            table,
+            serde_json::json!({ "stall": stall }),
         );
-        fs::write(
-            dir.join("results.json"),
-            serde_json::to_string_pretty(&serde_json::json!({ "stall": stall }))?,
-        )?;
-        return Ok(());
     }
     let mut cases = Vec::new();
     // Nothing busy traced: sniffer follows an idle process while nginx and wrk run untraced.

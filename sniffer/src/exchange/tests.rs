@@ -103,11 +103,15 @@ impl Feeder {
     }
 
     fn gap(&mut self, dir: Dir, len: u64) -> &mut Self {
+        self.gap_of(dir, len, GapKind::Lost)
+    }
+
+    fn gap_of(&mut self, dir: Dir, len: u64, kind: GapKind) -> &mut Self {
         self.ts += 10;
         let p = Piece::Gap {
             off: self.off[dir.index()],
             len,
-            kind: GapKind::Lost,
+            kind,
             ts_ns: self.ts,
         };
         self.off[dir.index()] += len;
@@ -463,15 +467,7 @@ fn uncopied_wanted_bytes_widen_the_streams_window() {
     let mut f = Feeder::new(Role::Client);
     f.ex = Exchanges::new(Record::default(), 4).with_bounded_copy(1000);
     let uncopied = |f: &mut Feeder, dir: Dir, len: u64| {
-        f.ts += 10;
-        let p = Piece::Gap {
-            off: f.off[dir.index()],
-            len,
-            kind: GapKind::Uncaptured,
-            ts_ns: f.ts,
-        };
-        f.off[dir.index()] += len;
-        f.ex.pieces(&f.conn, dir, &[p], &ProcTable::new());
+        f.gap_of(dir, len, GapKind::Uncaptured);
     };
     let credit = |f: &Feeder| {
         f.ex.hints

@@ -483,35 +483,30 @@ impl Probe {
 
     /// Sums of the per-CPU counters, indexed by [`sniffer_common::counters`].
     pub fn counters(&self) -> Result<[u64; counters::COUNT as usize], ProbeError> {
+        let mut out = [0u64; counters::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            *slot = self.counter(i as u32)?;
+        }
+        Ok(out)
+    }
+
+    /// One per-CPU counter summed over the CPUs.
+    fn counter(&self, key: u32) -> Result<u64, ProbeError> {
         let map = self
             .ebpf
             .map(maps::COUNTERS)
             .ok_or(ProbeError::MissingMap(maps::COUNTERS))?;
         let arr: PerCpuArray<_, u64> =
             PerCpuArray::try_from(map).map_err(map_err(maps::COUNTERS))?;
-        let mut out = [0u64; counters::COUNT as usize];
-        for (i, slot) in out.iter_mut().enumerate() {
-            let values = arr.get(&(i as u32), 0).map_err(map_err(maps::COUNTERS))?;
-            *slot = values.iter().sum();
-        }
-        Ok(out)
+        let values = arr.get(&key, 0).map_err(map_err(maps::COUNTERS))?;
+        Ok(values.iter().sum())
     }
 
     /// Events the kernel could not put in the ring buffer so far (data and control): two map
     /// reads, for the reader to check while it is behind.
     pub fn lost_events(&self) -> Result<u64, ProbeError> {
-        let map = self
-            .ebpf
-            .map(maps::COUNTERS)
-            .ok_or(ProbeError::MissingMap(maps::COUNTERS))?;
-        let arr: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(map).map_err(map_err(maps::COUNTERS))?;
-        let mut lost = 0;
-        for key in [counters::DATA_EVENTS_LOST, counters::CONTROL_EVENTS_LOST] {
-            let values = arr.get(&key, 0).map_err(map_err(maps::COUNTERS))?;
-            lost += values.iter().sum::<u64>();
-        }
-        Ok(lost)
+        Ok(self.counter(counters::DATA_EVENTS_LOST)?
+            + self.counter(counters::CONTROL_EVENTS_LOST)?)
     }
 }
 

@@ -352,7 +352,7 @@ impl<L: LogSink> Stitcher<L> {
                 info.list(x);
             }
             self.placed(ts);
-            self.enqueue(ts, Item::Msg(x, Which::Request));
+            self.enqueue_weighed(ts, Item::Msg(x, Which::Request), order::weight(None));
         } else {
             let written = answers
                 .and_then(|r| self.by_key.get(&r))
@@ -360,7 +360,7 @@ impl<L: LogSink> Stitcher<L> {
                 .is_some_and(|e| e.written[1]);
             if !written {
                 self.placed(ts);
-                self.enqueue(ts, Item::Pending(key));
+                self.enqueue_weighed(ts, Item::Pending(key), order::weight(None));
             }
         }
     }

@@ -125,15 +125,21 @@ impl Order {
 }
 
 impl<L: LogSink> Stitcher<L> {
+    /// Places `item` at `ts`, weighed by its exchange's message as it is now.
     pub(super) fn enqueue(&mut self, ts: u64, item: Item) {
-        if ts < self.written_to {
-            // Its events came after messages that began later were written.
-            self.stats.out_of_order += 1;
-        }
         let w = match item {
             Item::Msg(x, which) => weight(self.exchanges.get(&x).and_then(|e| e.message(which))),
             Item::Pending(_) => weight(None),
         };
+        self.enqueue_weighed(ts, item, w);
+    }
+
+    /// Places `item` at `ts` with weight `w` (a first byte: no message yet, no lookup).
+    pub(super) fn enqueue_weighed(&mut self, ts: u64, item: Item, w: usize) {
+        if ts < self.written_to {
+            // Its events came after messages that began later were written.
+            self.stats.out_of_order += 1;
+        }
         self.order.insert(ts, item, w);
     }
 
