@@ -198,8 +198,8 @@ fn a_slow_download_holds_back_the_calls_after_it_only_up_to_the_bound() {
     let out = tempfile::tempdir().unwrap();
     let log = out.path().join("sniffer.log");
     // Every byte copied: at this test's 60 MB/s of small answers, sniffer held up a few tens
-    // of ms on this 2-core machine outruns bounded copy's credit (answers not copied, see the
-    // README's Limits); this test is about the order's bound alone.
+    // of ms on this 2-core machine outruns bounded copy's credit (bodies cut, see the test
+    // below), and this test is about the order's bound, which full bodies reach.
     let mut sniffer = Guard::spawn(
         Command::new(sniffer_bin())
             .args(["--full-capture", "--pid", &server.pid().to_string(), "-o"])
@@ -265,4 +265,65 @@ fn a_slow_download_holds_back_the_calls_after_it_only_up_to_the_bound() {
         rest.contains("messages written before their time"),
         "{rest}"
     );
+}
+
+/// A reader held up while a traced server answers past the stream's credit (bounded copy):
+/// the kernel, which no one tells to copy more, still copies the first bytes of each syscall,
+/// so every answer's head comes and every exchange is logged, its body cut where the copy
+/// stopped. (Before, past the credit only lengths came: 1 answer of 20 was logged.)
+#[test]
+fn a_reader_held_up_past_the_credit_still_logs_every_answer() {
+    if !kernel_tests() {
+        return;
+    }
+    let www = tempfile::tempdir().unwrap();
+    fs::write(www.path().join("page.bin"), vec![b'p'; 64 << 10]).unwrap();
+    let server = Server::start(www.path(), &[]);
+    let out = tempfile::tempdir().unwrap();
+    let log = out.path().join("sniffer.log");
+    // The smallest window: the first page's answer takes the whole credit.
+    let mut sniffer = Guard::spawn(
+        Command::new(sniffer_bin())
+            .args(["--copy-window-kib", "64", "--pid"])
+            .arg(server.pid().to_string())
+            .arg("-o")
+            .arg(&log)
+            .stderr(Stdio::piped()),
+    );
+    let err = Lines::from_reader(sniffer.child.stderr.take().unwrap());
+    err.expect("sniffer: tracing", Duration::from_secs(60));
+    // Held off its CPU (a busy host): nothing read, no credit given, while 20 pages of 64 KiB
+    // go on one connection (1.3 MiB: the 8 MiB ring holds every record).
+    sniffer.signal(libc::SIGSTOP);
+    let pages = Command::new("curl")
+        .arg("-s")
+        .arg(format!("http://127.0.0.1:{}/page.bin?[1-20]", server.port))
+        .stdout(Stdio::null())
+        .status();
+    sniffer.signal(libc::SIGCONT);
+    assert!(pages.unwrap().success());
+    sniffer.signal(libc::SIGINT);
+    let status = sniffer.wait_timeout(Duration::from_secs(60));
+    let rest = err.rest(Duration::from_secs(5));
+    assert!(status.success(), "{status:?}: {rest}");
+    let text = fs::read_to_string(&log).unwrap();
+    let answers: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("### [") && l.contains("RESP <<<") && l.contains("/page.bin?"))
+        .collect();
+    assert_eq!(
+        answers.len(),
+        20,
+        "every answer; sniffer said:\n{rest}\nthe log:\n{text}"
+    );
+    assert!(
+        answers.iter().all(|t| t.contains(": 200 OK GET ")),
+        "{answers:?}"
+    );
+    assert!(!rest.contains("without their answer"), "{rest}");
+    // Past the credit, bodies are cut: counted, not copied (the first one too, its head and
+    // body a little more than the 64 KiB credit).
+    let cut = text.matches("bytes counted, not copied]").count();
+    assert_eq!(cut, 20, "bodies cut past the credit\n{text}");
+    assert!(rest.contains(" 0 events lost, 0 broken"), "{rest}");
 }

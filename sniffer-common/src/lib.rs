@@ -191,6 +191,12 @@ pub mod counters {
     ];
 }
 
+/// Bytes copied at the start of each syscall past a stream's credit (bounded copy), so that
+/// a message's head, which a sender writes at the start of a syscall, comes even when the
+/// reader is too far behind to extend the credit: 2 KiB holds an OpenStack request's or
+/// response's head with its tokens.
+pub const HEAD_BYTES: u64 = 2048;
+
 /// Bytes of payload one data event carries at most.
 pub const CHUNK_SIZE: usize = 16384;
 /// Default cap on the payload copied per syscall, in chunks; the rest is reported by length only.
@@ -524,9 +530,10 @@ pub struct StreamKey {
 }
 
 /// What userspace wants copied of a stream, in stream offsets: everything before
-/// `credit_until`, except `[skip_from, skip_until)` (a body beyond its preview). Bytes not
-/// copied are still counted, in length-only events. Without an entry the kernel copies up to
-/// [`Config::initial_credit_kib`].
+/// `credit_until`, except `[skip_from, skip_until)` (a body beyond its preview), and with
+/// [`copy_flags::HEADS`] past `credit_until` the first [`HEAD_BYTES`] of each syscall. Bytes
+/// not copied are still counted, in length-only events. Without an entry the kernel copies up
+/// to [`Config::initial_credit_kib`], and the first [`HEAD_BYTES`] of each syscall past it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CopyCtl {
@@ -546,6 +553,11 @@ pub mod copy_flags {
     /// exit program marks the socket [`crate::sock_flags::IGNORED`], which the enter program
     /// checks first, before it looks at the fd.
     pub const IGNORE: u32 = 1;
+    /// Heads are expected at the start of the stream's syscalls: past the credit, copy the
+    /// first [`crate::HEAD_BYTES`] of each one still. A reader that fell behind then misses
+    /// bodies, not whole messages. Not set where the stream's bytes are unwanted (a tunnel, a
+    /// body read until the close, bytes that are not HTTP).
+    pub const HEADS: u32 = 2;
 }
 
 /// Which TLS library call a [`TlsArgs`] belongs to.

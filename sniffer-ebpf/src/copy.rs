@@ -23,8 +23,8 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RetProbeContext},
 };
 use sniffer_common::{
-    CHUNK_SIZE, Config, CopyCtl, DataHeader, MAX_LOOP_ITERATIONS, STEPS_PER_TAIL_CALL, StreamKey,
-    counters,
+    CHUNK_SIZE, Config, CopyCtl, DataHeader, HEAD_BYTES, MAX_LOOP_ITERATIONS, STEPS_PER_TAIL_CALL,
+    StreamKey, copy_flags, counters,
 };
 
 use crate::{
@@ -97,13 +97,28 @@ pub fn control_of(tgid: u32, fd: i32, dir: u32, sk: u64) -> CopyCtl {
 /// `iov`/`iov_left`).
 #[inline(always)]
 pub fn prepare(cfg: &Config, hdr: DataHeader, ctl: CopyCtl) -> Option<*mut Copy> {
-    let (skip_at, skip_to, stop_at) = if ctl.sk != 0 {
-        (ctl.skip_from, ctl.skip_until, ctl.credit_until)
+    let (skip_at, skip_to, mut stop_at, heads) = if ctl.sk != 0 {
+        (
+            ctl.skip_from,
+            ctl.skip_until,
+            ctl.credit_until,
+            ctl.flags & copy_flags::HEADS != 0,
+        )
     } else if cfg.initial_credit_kib == 0 {
-        (u64::MAX, u64::MAX, u64::MAX)
+        (u64::MAX, u64::MAX, u64::MAX, false)
     } else {
-        (u64::MAX, u64::MAX, u64::from(cfg.initial_credit_kib) << 10)
+        (
+            u64::MAX,
+            u64::MAX,
+            u64::from(cfg.initial_credit_kib) << 10,
+            true,
+        )
     };
+    // Past the credit, a syscall's first bytes still (a head starts a write): a reader behind
+    // loses bodies, not messages.
+    if heads && stop_at < hdr.off + HEAD_BYTES {
+        stop_at = hdr.off + HEAD_BYTES;
+    }
     let state = COPY_STATE.get_ptr_mut(0)?;
     // SAFETY: per-CPU map value, used by this program run only. Field by field: a struct
     // assignment would zero its zero fields with the byte-loop memset.

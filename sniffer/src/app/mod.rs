@@ -323,6 +323,10 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
     let mut pipeline = Pipeline::new(table, raw, conn_sinks, http);
     pipeline.conns.tls_probes_per_process = tls.scope() == TlsScope::Traced;
 
+    // Before anyone is told to stop it with Ctrl-C: a SIGINT right after "tracing" (a script
+    // waiting for that line) would otherwise end sniffer with nothing written.
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut child = match cli.command.split_first() {
         Some((program, args)) => Some(spawn_traced(&mut probe, &mut tls, program, args)?),
         None => None,
@@ -331,8 +335,6 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
         term::err_line("sniffer: tracing; stop with Ctrl-C");
     }
 
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut poll_every = POLL;

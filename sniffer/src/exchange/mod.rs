@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 
 use foldhash::HashMap;
 
-use sniffer_common::{CopyCtl, dir as kdir};
+use sniffer_common::{CopyCtl, copy_flags, dir as kdir};
 
 use crate::{
     conns::{Conn, ConnSink},
@@ -134,6 +134,7 @@ impl HttpConn {
         let first = CopyWant {
             credit_until: window.unwrap_or(u64::MAX),
             skip: None,
+            heads: true,
         };
         Self {
             req_dir: None,
@@ -196,6 +197,7 @@ impl<S: HttpSink> Exchanges<S> {
         let want = parser.copy_want(window);
         let told = &mut st.told[dir.index()];
         let worth = told.skip != want.skip
+            || told.heads != want.heads
             || want.credit_until < told.credit_until
             || want.credit_until >= told.credit_until + window / 2;
         if !worth {
@@ -209,7 +211,7 @@ impl<S: HttpSink> Exchanges<S> {
             fd: conn.fd,
             dir: kernel_dir(dir),
             ctl: Some(CopyCtl {
-                flags: 0,
+                flags: if want.heads { copy_flags::HEADS } else { 0 },
                 _pad: 0,
                 sk: conn.sk,
                 credit_until: want.credit_until,

@@ -441,11 +441,16 @@ fn bounded_copy_says_only_what_differs_from_the_first_window() {
             .map(|h| {
                 (
                     h.dir,
-                    h.ctl.map(|c| (c.skip_from, c.skip_until, c.credit_until)),
+                    h.ctl
+                        .map(|c| (c.skip_from, c.skip_until, c.credit_until, c.flags)),
                 )
             })
             .collect();
-    assert_eq!(said, [(recv, Some((91, 1081, 2081)))]);
+    assert_eq!(
+        said,
+        [(recv, Some((91, 1081, 2081, copy_flags::HEADS)))],
+        "past the credit, the kernel still copies each syscall's first bytes"
+    );
     f.ex.hints.clear();
     f.end();
     let taken_back: Vec<_> =
@@ -458,6 +463,22 @@ fn bounded_copy_says_only_what_differs_from_the_first_window() {
         [(recv, true)],
         "only the direction told is taken back"
     );
+}
+
+/// A body read until the close, past its preview, is not copied at all: not even the first
+/// bytes of each syscall, which may hold a head elsewhere.
+#[test]
+fn a_body_read_until_the_close_past_its_preview_copies_nothing() {
+    let mut f = Feeder::new(Role::Client);
+    f.ex = Exchanges::new(Record::default(), 4).with_bounded_copy(1000);
+    f.data(Dir::Send, b"GET /a HTTP/1.0\r\n\r\n");
+    f.data(Dir::Recv, b"HTTP/1.0 200 OK\r\n\r\n0123456789");
+    let ctl: Vec<_> =
+        f.ex.hints
+            .iter()
+            .filter_map(|h| h.ctl.map(|c| (c.credit_until, c.flags)))
+            .collect();
+    assert_eq!(ctl, [(29, 0)]);
 }
 
 /// Wanted bytes the kernel did not copy (its credit ran out) double that stream's window,

@@ -32,11 +32,13 @@ pub const MAX_AWAIT: usize = 64 << 10;
 pub const MAX_GARBAGE: u64 = 1 << 20;
 
 /// What of this direction is worth copying from now on, in stream offsets: everything before
-/// `credit_until` except the `skip` range (a body beyond its preview).
+/// `credit_until` except the `skip` range (a body beyond its preview), and with `heads` past
+/// the credit the first bytes of each syscall (where a head would start).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CopyWant {
     pub credit_until: u64,
     pub skip: Option<(u64, u64)>,
+    pub heads: bool,
 }
 
 /// What the parser reports, in stream order.
@@ -671,10 +673,12 @@ impl DirParser {
         let open = CopyWant {
             credit_until: pos + window,
             skip: None,
+            heads: true,
         };
         let stop = CopyWant {
             credit_until: pos,
             skip: None,
+            heads: false,
         };
         match &self.state {
             State::Tunnel => stop,
@@ -697,6 +701,7 @@ impl DirParser {
                 CopyWant {
                     credit_until: pos + left + window,
                     skip: Some((pos, pos + left)),
+                    heads: true,
                 }
             }
             _ => open,

@@ -301,7 +301,8 @@ fn copy_wants_skip_bodies_beyond_the_preview() {
         p.copy_want(100),
         CopyWant {
             credit_until: 100,
-            skip: None
+            skip: None,
+            heads: true
         }
     );
     let head = b"PUT /f HTTP/1.1\r\nContent-Length: 1000\r\n\r\n";
@@ -311,7 +312,8 @@ fn copy_wants_skip_bodies_beyond_the_preview() {
         p.copy_want(100),
         CopyWant {
             credit_until: h + 100,
-            skip: None
+            skip: None,
+            heads: true
         },
         "preview first"
     );
@@ -320,7 +322,8 @@ fn copy_wants_skip_bodies_beyond_the_preview() {
         p.copy_want(100),
         CopyWant {
             credit_until: h + 1000 + 100,
-            skip: Some((h + 6, h + 1000))
+            skip: Some((h + 6, h + 1000)),
+            heads: true
         },
         "the rest of the body skipped, the next head copied"
     );
@@ -331,7 +334,7 @@ fn copy_wants_skip_bodies_beyond_the_preview() {
     p.feed(&data(0, bytes, 1), &mut rule, &mut out);
     let end = bytes.len() as u64;
     assert_eq!(p.copy_want(8).skip, Some((end, end + 12)));
-    // Close-delimited and tunnels: nothing more.
+    // Close-delimited and tunnels: nothing more, not even a syscall's first bytes.
     let mut p = DirParser::new(false, 2);
     p.feed(
         &data(0, b"HTTP/1.0 200 OK\r\n\r\nabc", 1),
@@ -342,7 +345,8 @@ fn copy_wants_skip_bodies_beyond_the_preview() {
         p.copy_want(8),
         CopyWant {
             credit_until: 22,
-            skip: None
+            skip: None,
+            heads: false
         }
     );
 }
