@@ -1,5 +1,5 @@
 //! What a sniffer leaves behind: nothing. Its BPF programs go with its process, even when it is
-//! killed with SIGKILL; SIGINT and SIGTERM flush what was half done, marked incomplete.
+//! killed with SIGKILL; SIGINT, SIGTERM and SIGHUP flush what was half done, marked incomplete.
 use std::{
     collections::HashSet,
     io::Write as _,
@@ -60,33 +60,38 @@ fn sigkill_leaves_no_bpf_program_attached() {
     }
 }
 
+/// SIGTERM, and SIGHUP (the ssh session sniffer ran in ended), stop it as Ctrl-C does.
 #[test]
-fn sigterm_flushes_a_half_done_exchange_marked_incomplete() {
+fn sigterm_and_sighup_flush_a_half_done_exchange_marked_incomplete() {
     if !kernel_tests() {
         return;
     }
-    let www = tempfile::tempdir().unwrap();
-    let server = Server::start(www.path(), &[]);
-    let running = Running::start(&["--pid", &server.pid().to_string()]);
-    // A request whose body never finishes arriving.
-    let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-    s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nonly part of it")
+    for sig in [libc::SIGTERM, libc::SIGHUP] {
+        let www = tempfile::tempdir().unwrap();
+        let server = Server::start(www.path(), &[]);
+        let running = Running::start(&["--pid", &server.pid().to_string()]);
+        // A request whose body never finishes arriving.
+        let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+        s.write_all(
+            b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nonly part of it",
+        )
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    let cap = running.stop_with(libc::SIGTERM);
-    assert!(cap.status.success(), "{}", cap.describe());
-    assert!(
-        cap.log
-            .contains("REQ >>> (http_server.py) : POST http://x/upload"),
-        "{}",
-        cap.describe()
-    );
-    assert!(
-        cap.log.contains(
-            "[incomplete: the connection ended before this message did]\nonly part of it"
-        ),
-        "{}",
-        cap.log
-    );
-    drop(s);
+        std::thread::sleep(Duration::from_millis(500));
+        let cap = running.stop_with(sig);
+        assert!(cap.status.success(), "signal {sig}: {}", cap.describe());
+        assert!(
+            cap.log
+                .contains("REQ >>> (http_server.py) : POST http://x/upload"),
+            "signal {sig}: {}",
+            cap.describe()
+        );
+        assert!(
+            cap.log.contains(
+                "[incomplete: the connection ended before this message did]\nonly part of it"
+            ),
+            "signal {sig}: {}",
+            cap.log
+        );
+        drop(s);
+    }
 }

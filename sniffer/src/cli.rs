@@ -255,7 +255,8 @@ pub struct RunArgs {
     pub max_capture_kib: u32,
 
     /// Copy only what the log shows: heads, body previews, and this much credit ahead per
-    /// stream (KiB); bodies beyond their preview are counted, not copied.
+    /// stream (KiB); bodies beyond their preview are counted, not copied. Past the credit (sniffer
+    /// behind), the first 2 KiB of each syscall, where heads start.
     #[arg(long, value_name = "KIB", default_value_t = 512, value_parser = clap::value_parser!(u32).range(64..=1048576))]
     pub copy_window_kib: u32,
 

@@ -327,6 +327,8 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
     // waiting for that line) would otherwise end sniffer with nothing written.
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    // The terminal (an ssh session) going away: stop as on Ctrl-C, outputs written whole.
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut child = match cli.command.split_first() {
         Some((program, args)) => Some(spawn_traced(&mut probe, &mut tls, program, args)?),
         None => None,
@@ -411,6 +413,10 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
             _ = sigterm.recv() => {
                 signals += 1;
                 if !stop_requested(&mut child, &exit_status, signals, libc::SIGTERM, &mut stop_at) { break; }
+            }
+            _ = sighup.recv() => {
+                signals += 1;
+                if !stop_requested(&mut child, &exit_status, signals, libc::SIGHUP, &mut stop_at) { break; }
             }
         }
     }
