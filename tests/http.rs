@@ -315,6 +315,52 @@ fn a_gigabyte_download_copies_under_a_megabyte_and_the_next_exchange_is_framed()
     assert_eq!(ex[0]["response"]["body_size"], GB);
 }
 
+/// A body read until the close gets nothing copied past its preview, not even the first bytes
+/// of each read that bounded copy takes past a stream's credit where heads may start: no
+/// head can follow it.
+#[test]
+fn a_body_read_until_the_close_copies_nothing_past_its_preview() {
+    if !kernel_tests() {
+        return;
+    }
+    const SIZE: u64 = 256 << 20;
+    let server = Server::script("http_variety.py", &[]);
+    let url = format!("http://127.0.0.1:{}/stream?n={SIZE}&close=1", server.port);
+    let cap = run(
+        &[],
+        &[
+            "curl".into(),
+            "-s".into(),
+            "-o".into(),
+            "/dev/null".into(),
+            url.clone(),
+        ],
+    );
+    let t = titles(&cap.log);
+    assert_eq!(
+        t,
+        vec![
+            format!("### [1] (curl) REQ >>> (http_variety.py) : GET {url}"),
+            format!("### [2] (curl) RESP <<< (http_variety.py) : 200 OK GET {url}"),
+        ],
+        "{}",
+        cap.stderr
+    );
+    assert!(entry(&cap.log, 2).contains(&format!("<octet-stream {SIZE} bytes> 0x")));
+    let captured: u64 = cap
+        .stderr
+        .split(" payload bytes captured")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no payload figure in\n{}", cap.stderr));
+    // The first window (512 KiB), no more: 2 KiB of each of curl's reads would be megabytes.
+    assert!(
+        captured < 1 << 20,
+        "{captured} payload bytes went through the ring buffer"
+    );
+}
+
 #[test]
 fn a_client_reading_its_response_late_gets_one_exchange_not_an_orphan() {
     if !kernel_tests() {
