@@ -11,9 +11,14 @@ use std::{borrow::Cow, collections::BTreeMap};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GapKind {
-    /// The kernel counted them but did not copy them (per-syscall cap, sendfile, unreadable
-    /// user memory).
+    /// The kernel counted them but did not copy them (bounded copy, the per-syscall cap,
+    /// unreadable user memory).
     Uncaptured,
+    /// Bytes no program could copy: `sendfile` moves them from a file to the socket inside the
+    /// kernel, never through user memory. Written as `uncaptured`; unlike those, a bigger
+    /// bounded-copy window would not bring them.
+    #[serde(rename = "uncaptured")]
+    Uncopyable,
     /// Their events were lost (ring buffer full): only their count is known.
     Lost,
 }
@@ -94,6 +99,8 @@ struct Held {
     len: u64,
     data: Vec<u8>,
     ts_ns: u64,
+    /// What its bytes past `data` are.
+    uncopied: GapKind,
 }
 
 #[derive(Debug, Default)]
@@ -133,18 +140,37 @@ impl Stream {
         ts_ns: u64,
         out: &mut Vec<Piece<'a>>,
     ) {
+        self.push_kind(off, len, data, ts_ns, GapKind::Uncaptured, out);
+    }
+
+    /// [`Self::push`], with what the bytes past `data` are (`Uncaptured` or `Uncopyable`).
+    pub fn push_kind<'a>(
+        &mut self,
+        off: u64,
+        len: u64,
+        data: &'a [u8],
+        ts_ns: u64,
+        uncopied: GapKind,
+        out: &mut Vec<Piece<'a>>,
+    ) {
         if len == 0 {
             return;
         }
         // The common case: the next piece in order, nothing waiting: straight through, the
         // bytes not copied.
         if off == self.next && self.held.is_empty() {
-            self.accept(off, len, Cow::Borrowed(data), ts_ns, out);
+            self.accept(off, len, Cow::Borrowed(data), ts_ns, uncopied, out);
             return;
         }
         self.held_bytes += len;
         let data = data.to_vec();
-        if let Some(prev) = self.held.insert(off, Held { len, data, ts_ns }) {
+        let held = Held {
+            len,
+            data,
+            ts_ns,
+            uncopied,
+        };
+        if let Some(prev) = self.held.insert(off, held) {
             // The same offset twice: keep the newer, count the older as duplicate.
             self.held_bytes -= prev.len;
             self.stats.duplicate += prev.len;
@@ -162,9 +188,14 @@ impl Stream {
             if off > self.next {
                 break;
             }
-            let Held { len, data, ts_ns } = entry.remove();
+            let Held {
+                len,
+                data,
+                ts_ns,
+                uncopied,
+            } = entry.remove();
             self.held_bytes -= len;
-            self.accept(off, len, Cow::Owned(data), ts_ns, out);
+            self.accept(off, len, Cow::Owned(data), ts_ns, uncopied, out);
         }
     }
 
@@ -175,6 +206,7 @@ impl Stream {
         len: u64,
         mut data: Cow<'a, [u8]>,
         ts_ns: u64,
+        uncopied: GapKind,
         out: &mut Vec<Piece<'a>>,
     ) {
         let end = off + len;
@@ -208,7 +240,7 @@ impl Stream {
             out.push(Piece::Gap {
                 off: start + copied,
                 len: len - copied,
-                kind: GapKind::Uncaptured,
+                kind: uncopied,
                 ts_ns,
             });
         }
@@ -399,6 +431,26 @@ mod tests {
         );
         assert_eq!(s.stats.uncaptured, 7);
         assert_eq!(s.stats.bytes, 11);
+    }
+
+    /// sendfile's bytes are a gap of their own kind, also when they wait for a hole, and are
+    /// written as uncaptured ones.
+    #[test]
+    fn uncopyable_bytes_keep_their_kind_through_a_hole() {
+        let mut s = Stream::new();
+        let mut out = Vec::new();
+        s.push_kind(4, 6, b"", 2, GapKind::Uncopyable, &mut out);
+        assert!(out.is_empty());
+        s.push(0, 4, b"HEAD", 1, &mut out);
+        assert_eq!(
+            strip(&out),
+            vec![data(0, b"HEAD"), gap(4, 6, GapKind::Uncopyable)]
+        );
+        assert_eq!(s.stats.uncaptured, 6);
+        assert_eq!(
+            serde_json::to_string(&GapKind::Uncopyable).unwrap(),
+            "\"uncaptured\""
+        );
     }
 
     #[test]

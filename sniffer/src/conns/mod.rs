@@ -4,14 +4,14 @@
 //! socket that existed before tracing) and ends at close(2), at the owner's exit, or when the
 //! sniffer stops; its streams are then finished up to the kernel's final offsets.
 use foldhash::HashMap;
-use sniffer_common::{CopyCtl, copy_flags, dir as kernel_dir};
+use sniffer_common::{CopyCtl, Syscall, copy_flags, dir as kernel_dir};
 
 use crate::{
     classify::{self, Protocol, Side, Verdict},
     events::{Chunk, Dir, Endpoint, FinalOffsets, Role, SockInfo, Tls, Transport},
     probe::CopyHint,
     procs::ProcTable,
-    stream::{Piece, Stream, recycle},
+    stream::{GapKind, Piece, Stream, recycle},
 };
 
 /// Why a connection ended.
@@ -396,7 +396,20 @@ impl ConnTable {
             }
         }
         let mut out = recycle(std::mem::take(&mut self.scratch));
-        conn.streams[chunk.dir.index()].push(chunk.off, len, chunk.data, chunk.ts_ns, &mut out);
+        // sendfile's bytes never pass through user memory: no window would bring them.
+        let uncopied = if chunk.syscall == Syscall::Sendfile {
+            GapKind::Uncopyable
+        } else {
+            GapKind::Uncaptured
+        };
+        conn.streams[chunk.dir.index()].push_kind(
+            chunk.off,
+            len,
+            chunk.data,
+            chunk.ts_ns,
+            uncopied,
+            &mut out,
+        );
         if !out.is_empty() {
             sink.pieces(conn, chunk.dir, &out, procs);
         }

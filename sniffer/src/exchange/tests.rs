@@ -505,6 +505,16 @@ fn uncopied_wanted_bytes_widen_the_streams_window() {
     // The body beyond its preview comes uncopied, as told: the window stays 1000.
     uncopied(&mut f, Dir::Recv, 990);
     assert_eq!(f.ex.conns[&f.conn.id].window, [1000, 1000]);
+    // A body sent by sendfile: no window brings it, none is said (nginx's static files, a
+    // hint per connection).
+    f.data(Dir::Send, b"GET /s HTTP/1.1\r\nHost: x\r\n\r\n");
+    let sent = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n";
+    f.data(Dir::Recv, sent);
+    let hints = f.ex.hints.len();
+    f.gap_of(Dir::Recv, 6, GapKind::Uncopyable);
+    assert_eq!(f.ex.conns[&f.conn.id].window, [1000, 1000]);
+    assert_eq!(f.ex.hints.len(), hints);
+    let h = h + sent.len() as u64 + 6;
     // The next answer's head never came (the kernel's credit ran out): twice the window.
     f.data(Dir::Send, b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n");
     uncopied(&mut f, Dir::Recv, 300);

@@ -105,7 +105,7 @@ impl ConnLog {
                     dir.name(),
                     match kind {
                         GapKind::Lost => "lost",
-                        GapKind::Uncaptured => "not captured",
+                        GapKind::Uncaptured | GapKind::Uncopyable => "not captured",
                     }
                 )?;
             }
