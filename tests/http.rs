@@ -33,6 +33,16 @@ fn jsonl(cap: &sniffer_tests::Capture) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The payload bytes that went through the ring buffer, from sniffer's summary.
+fn payload_captured(cap: &sniffer_tests::Capture) -> u64 {
+    cap.stderr
+        .split(" payload bytes captured")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no payload figure in\n{}", cap.stderr))
+}
+
 /// A python3 fixture as a command line.
 fn py(script: &str, args: &[&str]) -> Vec<String> {
     let mut v = vec!["python3".to_owned(), fixture(script).display().to_string()];
@@ -300,13 +310,7 @@ fn a_gigabyte_download_copies_under_a_megabyte_and_the_next_exchange_is_framed()
         entry(&cap.log, 4).ends_with("\n\nlength body\n\n"),
         "framed right after the gigabyte"
     );
-    let captured: u64 = cap
-        .stderr
-        .split(" payload bytes captured")
-        .next()
-        .and_then(|s| s.rsplit(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no payload figure in\n{}", cap.stderr));
+    let captured = payload_captured(&cap);
     assert!(
         captured < 1 << 20,
         "{captured} payload bytes went through the ring buffer"
@@ -347,13 +351,7 @@ fn a_body_read_until_the_close_copies_nothing_past_its_preview() {
         cap.stderr
     );
     assert!(entry(&cap.log, 2).contains(&format!("<octet-stream {SIZE} bytes> 0x")));
-    let captured: u64 = cap
-        .stderr
-        .split(" payload bytes captured")
-        .next()
-        .and_then(|s| s.rsplit(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no payload figure in\n{}", cap.stderr));
+    let captured = payload_captured(&cap);
     // The first window (512 KiB), no more: 2 KiB of each of curl's reads would be megabytes.
     assert!(
         captured < 1 << 20,

@@ -182,6 +182,21 @@ while s.recv(65536):
     time.sleep(0.05)
 ";
 
+/// sniffer with `args` tracing `server` into the log `log`, once it says it is tracing; its
+/// stderr, for the rest.
+fn tracing(args: &[&str], server: &Server, log: &std::path::Path) -> (Guard, Lines) {
+    let mut sniffer = Guard::spawn(
+        Command::new(sniffer_bin())
+            .args(args)
+            .args(["--pid", &server.pid().to_string(), "-o"])
+            .arg(log)
+            .stderr(Stdio::piped()),
+    );
+    let err = Lines::from_reader(sniffer.child.stderr.take().unwrap());
+    err.expect("sniffer: tracing", Duration::from_secs(60));
+    (sniffer, err)
+}
+
 /// A download that takes long holds back the messages that began after it (the log is in
 /// the order of their first bytes, and its answer is written when it ends), but only up to
 /// what they may hold (16 MiB): past that the log goes on while the download does. Until
@@ -200,14 +215,7 @@ fn a_slow_download_holds_back_the_calls_after_it_only_up_to_the_bound() {
     // Every byte copied: at this test's 60 MB/s of small answers, sniffer held up a few tens
     // of ms on this 2-core machine outruns bounded copy's credit (bodies cut, see the test
     // below), and this test is about the order's bound, which full bodies reach.
-    let mut sniffer = Guard::spawn(
-        Command::new(sniffer_bin())
-            .args(["--full-capture", "--pid", &server.pid().to_string(), "-o"])
-            .arg(&log)
-            .stderr(Stdio::piped()),
-    );
-    let err = Lines::from_reader(sniffer.child.stderr.take().unwrap());
-    err.expect("sniffer: tracing", Duration::from_secs(60));
+    let (mut sniffer, err) = tracing(&["--full-capture"], &server, &log);
     let base = format!("http://127.0.0.1:{}", server.port);
     // A client reading 64 KiB every 50 ms (a small receive buffer, so that the server's
     // writes wait for it): 64 MiB would take 50 s; cut once the log was looked at.
@@ -282,16 +290,7 @@ fn a_reader_held_up_past_the_credit_still_logs_every_answer() {
     let out = tempfile::tempdir().unwrap();
     let log = out.path().join("sniffer.log");
     // The smallest window: the first page's answer takes the whole credit.
-    let mut sniffer = Guard::spawn(
-        Command::new(sniffer_bin())
-            .args(["--copy-window-kib", "64", "--pid"])
-            .arg(server.pid().to_string())
-            .arg("-o")
-            .arg(&log)
-            .stderr(Stdio::piped()),
-    );
-    let err = Lines::from_reader(sniffer.child.stderr.take().unwrap());
-    err.expect("sniffer: tracing", Duration::from_secs(60));
+    let (mut sniffer, err) = tracing(&["--copy-window-kib", "64"], &server, &log);
     // Held off its CPU (a busy host): nothing read, no credit given, while 20 pages of 64 KiB
     // go on one connection (1.3 MiB: the 8 MiB ring holds every record).
     sniffer.signal(libc::SIGSTOP);

@@ -8,6 +8,7 @@ use std::{
 use anyhow::Context as _;
 use tokio::{
     process::{Child, Command},
+    signal::unix::{Signal, SignalKind, signal},
     time::Instant,
 };
 
@@ -115,6 +116,36 @@ pub(super) async fn wait_child(child: &mut Option<Child>) -> std::io::Result<Exi
     match child {
         Some(c) => c.wait().await,
         None => std::future::pending().await,
+    }
+}
+
+/// The signals that stop sniffer: SIGINT (Ctrl-C), SIGTERM, and SIGHUP (the terminal, an ssh
+/// session, went away). Installed before sniffer says how to stop it.
+pub(super) struct StopSignals {
+    int: Signal,
+    term: Signal,
+    hup: Signal,
+}
+
+impl StopSignals {
+    pub(super) fn install() -> anyhow::Result<Self> {
+        let on = |kind: SignalKind, name: &str| {
+            signal(kind).with_context(|| format!("installing the {name} handler"))
+        };
+        Ok(Self {
+            int: on(SignalKind::interrupt(), "SIGINT")?,
+            term: on(SignalKind::terminate(), "SIGTERM")?,
+            hup: on(SignalKind::hangup(), "SIGHUP")?,
+        })
+    }
+
+    /// The next one to come, by number.
+    pub(super) async fn recv(&mut self) -> i32 {
+        tokio::select! {
+            _ = self.int.recv() => libc::SIGINT,
+            _ = self.term.recv() => libc::SIGTERM,
+            _ = self.hup.recv() => libc::SIGHUP,
+        }
     }
 }
 

@@ -4,10 +4,7 @@ use std::{path::Path, process::ExitStatus, time::Duration};
 
 use anyhow::Context as _;
 use sniffer_common::CHUNK_SIZE;
-use tokio::{
-    signal::unix::{SignalKind, signal},
-    time::{Instant, MissedTickBehavior},
-};
+use tokio::time::{Instant, MissedTickBehavior};
 
 use std::io::IsTerminal as _;
 
@@ -46,7 +43,7 @@ use crate::{
 mod command;
 mod summary;
 
-use command::{exit_code, spawn_traced, stop_requested, wait_child};
+use command::{StopSignals, exit_code, spawn_traced, stop_requested, wait_child};
 pub use summary::own_usage;
 use summary::{outputs_summary, report_losses, summary};
 
@@ -325,10 +322,7 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
 
     // Before anyone is told to stop it with Ctrl-C: a SIGINT right after "tracing" (a script
     // waiting for that line) would otherwise end sniffer with nothing written.
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    // The terminal (an ssh session) going away: stop as on Ctrl-C, outputs written whole.
-    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut stops = StopSignals::install()?;
     let mut child = match cli.command.split_first() {
         Some((program, args)) => Some(spawn_traced(&mut probe, &mut tls, program, args)?),
         None => None,
@@ -406,17 +400,9 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
                 stop_at = Some(Instant::now() + Duration::from_millis(cli.grace_ms));
             }
             _ = tokio::time::sleep_until(deadline), if stop_at.is_some() => break,
-            _ = sigint.recv() => {
+            sig = stops.recv() => {
                 signals += 1;
-                if !stop_requested(&mut child, &exit_status, signals, libc::SIGINT, &mut stop_at) { break; }
-            }
-            _ = sigterm.recv() => {
-                signals += 1;
-                if !stop_requested(&mut child, &exit_status, signals, libc::SIGTERM, &mut stop_at) { break; }
-            }
-            _ = sighup.recv() => {
-                signals += 1;
-                if !stop_requested(&mut child, &exit_status, signals, libc::SIGHUP, &mut stop_at) { break; }
+                if !stop_requested(&mut child, &exit_status, signals, sig, &mut stop_at) { break; }
             }
         }
     }
