@@ -511,13 +511,8 @@ fn a_disk_filled_during_the_run_is_reported_when_it_happens_and_counted() {
         return;
     }
     const REQUESTS: usize = 12;
-    let www = www();
     // 30 kB of text a response: the log shows every byte, so a few fill 64 KiB.
-    fs::write(
-        www.path().join("big.txt"),
-        "0123456789abcdef\n".repeat(1800),
-    )
-    .expect("write");
+    let www = big_www();
     let server = Server::start(www.path(), &[]);
     let full = Tmpfs::mount(64);
     let scene = tempfile::tempdir().expect("tempdir");
@@ -542,12 +537,14 @@ fn a_disk_filled_during_the_run_is_reported_when_it_happens_and_counted() {
     );
     let err_file = fs::File::create(&errors).expect("stderr file");
     let mut cmd = Command::new(sniffer_bin());
+    // No floor of free space: the disk is let fill up.
     cmd.arg("-o")
         .arg(&log)
         .arg("--jsonl")
         .arg(&jsonl)
         .arg("--connections")
         .arg(&conns)
+        .args(["--min-free-mib", "0"])
         .args(["--", "sh", "-c", &script])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -619,6 +616,260 @@ fn a_disk_filled_during_the_run_is_reported_when_it_happens_and_counted() {
     );
     let conns = fs::read_to_string(&conns).expect("read connections");
     assert!(conns.matches("(pid ").count() >= REQUESTS, "{conns}");
+}
+
+/// A www directory with `big.txt`, 30 kB of text: the log shows every byte of it.
+fn big_www() -> tempfile::TempDir {
+    let www = www();
+    fs::write(
+        www.path().join("big.txt"),
+        "0123456789abcdef\n".repeat(1800),
+    )
+    .expect("write");
+    www
+}
+
+/// A server of [`big_www`], a scene directory for the outputs, and big.txt's URL.
+fn big_scene() -> (tempfile::TempDir, Server, tempfile::TempDir, String) {
+    let www = big_www();
+    let server = Server::start(www.path(), &[]);
+    let url = format!("http://127.0.0.1:{}/big.txt", server.port);
+    (www, server, tempfile::tempdir().expect("tempdir"), url)
+}
+
+/// The numbers of the log's titles (`### [n] ...`), in file order.
+fn title_numbers(text: &str) -> Vec<u64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("### ["))
+        .filter_map(|l| l.split_once(']'))
+        .map(|(n, _)| n.parse().expect("a title's number"))
+        .collect()
+}
+
+#[test]
+fn a_filesystem_at_its_floor_is_left_its_room_and_writing_resumes_when_there_is_more() {
+    if !kernel_tests() {
+        return;
+    }
+    let www = big_www();
+    let server = Server::start(www.path(), &[]);
+    // 2 MiB, half of it taken: sniffer starts with 1 MiB free, so its floor is 512 KiB (half
+    // of what was free: the default 1 GiB is more than this disk has).
+    let disk = Tmpfs::mount(2048);
+    let filler = disk.path().join("filler");
+    fs::write(&filler, vec![0u8; 1 << 20]).expect("filler");
+    let scene = tempfile::tempdir().expect("tempdir");
+    let dir = scene.path();
+    let log = disk.path().join("sniffer.log");
+    let errors = dir.join("stderr.txt");
+    let url = format!("http://127.0.0.1:{}/big.txt", server.port);
+    // 40 answers of 30 kB reach the floor; once sniffer said so, the filler goes (1 MiB more
+    // room) and 3 more requests are made, each of which the log should show.
+    let script = format!(
+        "for i in $(seq 40); do curl -s -o /dev/null {url}; done; \
+         for i in $(seq 100); do \
+           if grep -q 'cannot write {log}' {errors}; then break; fi; sleep 0.1; \
+         done; \
+         df -k --output=avail {mnt} | tail -1 > {dir}/avail; \
+         rm {filler}; \
+         for i in 1 2 3; do curl -s -o /dev/null '{url}?after'; done; sleep 0.3",
+        log = log.display(),
+        errors = errors.display(),
+        mnt = disk.path().display(),
+        dir = dir.display(),
+        filler = filler.display(),
+    );
+    let err_file = fs::File::create(&errors).expect("stderr file");
+    let mut cmd = Command::new(sniffer_bin());
+    cmd.arg("-o")
+        .arg(&log)
+        .args(["--", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(err_file);
+    let mut g = Guard::spawn(&mut cmd);
+    let status = g.wait_timeout(LIMIT);
+    let stderr = fs::read_to_string(&errors).expect("read stderr");
+
+    assert_eq!(status.code(), Some(OUTPUT_INCOMPLETE), "{stderr}");
+    let reports: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains(&format!("cannot write {}: ", log.display())))
+        .collect();
+    assert_eq!(reports.len(), 1, "reported once:\n{stderr}");
+    assert!(
+        reports[0].contains(
+            "its filesystem has no more than 512 KiB free, which sniffer leaves to the host \
+             (--min-free-mib)"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("No space left"), "{stderr}");
+    // The floor held while the disk filled: about 512 KiB were still free then.
+    let avail: u64 = fs::read_to_string(dir.join("avail"))
+        .expect("avail")
+        .trim()
+        .parse()
+        .expect("a number");
+    assert!(
+        (400..=600).contains(&avail),
+        "{avail} KiB free at the floor"
+    );
+
+    let totals = stderr
+        .lines()
+        .find(|l| l.contains(" exchanges, ") && l.contains(" messages, "))
+        .unwrap_or_else(|| panic!("no summary:\n{stderr}"));
+    let messages = number_before(totals, " messages,");
+    assert_eq!(messages, 2 * 43, "{stderr}");
+    let lost = stderr
+        .lines()
+        .find(|l| l.starts_with(&format!("sniffer: {}: ", log.display())))
+        .unwrap_or_else(|| panic!("no count of what the log lost:\n{stderr}"));
+    let failed = number_before(lost, " of ");
+    assert!(failed > 0 && failed < messages, "{lost}");
+    // Whole messages only (nothing cut: what passes the floor is not begun), and the 6 of
+    // the requests made after the room came back are among them.
+    let text = fs::read_to_string(&log).expect("read log");
+    assert_eq!(
+        title_numbers(&text).len() as u64,
+        messages - failed,
+        "{lost}"
+    );
+    assert_eq!(text.matches("/big.txt?after").count(), 6, "{lost}");
+}
+
+#[test]
+fn outputs_are_rotated_at_their_size_and_the_newest_files_kept() {
+    if !kernel_tests() {
+        return;
+    }
+    const REQUESTS: u64 = 120;
+    let (_www, _server, scene, url) = big_scene();
+    let dir = scene.path();
+    let log = dir.join("s.log");
+    let jsonl = dir.join("s.jsonl");
+    // 120 answers of 30 kB: about 3.6 MB of log and of JSONL, rotated at each MiB.
+    let script = format!("for i in $(seq {REQUESTS}); do curl -s -o /dev/null {url}; done");
+    let (code, stderr) = sniffer(&[
+        OsStr::new("-o"),
+        log.as_os_str(),
+        OsStr::new("--jsonl"),
+        jsonl.as_os_str(),
+        OsStr::new("--rotate-mib"),
+        OsStr::new("1"),
+        OsStr::new("--rotate-keep"),
+        OsStr::new("2"),
+        OsStr::new("--"),
+        OsStr::new("sh"),
+        OsStr::new("-c"),
+        OsStr::new(&script),
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!(" {} messages", 2 * REQUESTS)),
+        "{stderr}"
+    );
+    for base in [&log, &jsonl] {
+        let name = |n: u32| {
+            let mut p = base.as_os_str().to_owned();
+            if n > 0 {
+                p.push(format!(".{n}"));
+            }
+            PathBuf::from(p)
+        };
+        // The newest file and two rotated ones; the oldest went.
+        assert!(!name(3).exists(), "{} kept", name(3).display());
+        for n in 0..3 {
+            let m = fs::metadata(name(n)).unwrap_or_else(|e| panic!("{}: {e}", name(n).display()));
+            assert!(
+                m.len() <= 1 << 20,
+                "{}: {} bytes",
+                name(n).display(),
+                m.len()
+            );
+            assert!(
+                n == 0 || m.len() > 900 << 10,
+                "{}: {} bytes",
+                name(n).display(),
+                m.len()
+            );
+            assert_eq!(m.mode() & 0o777, 0o600, "{}", name(n).display());
+        }
+        // Oldest to newest, the files take up where the one before ended.
+        let numbers: Vec<Vec<u64>> = (0..3)
+            .rev()
+            .map(|n| {
+                let text = fs::read_to_string(name(n)).expect("read");
+                if base == &log {
+                    title_numbers(&text)
+                } else {
+                    text.lines()
+                        .map(|l| {
+                            let v: serde_json::Value = serde_json::from_str(l).expect("JSON line");
+                            v["id"].as_u64().expect("an id")
+                        })
+                        .collect()
+                }
+            })
+            .collect();
+        let all: Vec<u64> = numbers.concat();
+        assert!(
+            all.windows(2).all(|w| w[1] == w[0] + 1),
+            "{}: {all:?}",
+            base.display()
+        );
+        let last = if base == &log { 2 * REQUESTS } else { REQUESTS };
+        assert_eq!(all.last(), Some(&last), "{}", base.display());
+        assert!(
+            all[0] > 1,
+            "{}: the oldest file was removed",
+            base.display()
+        );
+    }
+}
+
+#[test]
+fn the_har_is_written_as_the_exchanges_come_not_held_for_the_end() {
+    if !kernel_tests() {
+        return;
+    }
+    const REQUESTS: usize = 20;
+    let (_www, _server, scene, url) = big_scene();
+    let dir = scene.path();
+    let har = dir.join("s.har");
+    // While sniffer still runs, the entries are in the file already (a run left going holds
+    // none of them in memory).
+    let script = format!(
+        "for i in $(seq {REQUESTS}); do curl -s -o /dev/null {url}; done; sleep 0.5; \
+         grep -c '\"url\": \"{url}\"' {har} > {dir}/during",
+        har = har.display(),
+        dir = dir.display(),
+    );
+    let (code, stderr) = sniffer(&[
+        OsStr::new("-o"),
+        dir.join("s.log").as_os_str(),
+        OsStr::new("--har"),
+        har.as_os_str(),
+        OsStr::new("--"),
+        OsStr::new("sh"),
+        OsStr::new("-c"),
+        OsStr::new(&script),
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let during = fs::read_to_string(dir.join("during")).expect("during");
+    assert_eq!(during.trim(), REQUESTS.to_string(), "{stderr}");
+    // And the document is whole at the end.
+    let doc: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&har).expect("read har")).expect("HAR is JSON");
+    let entries = doc["log"]["entries"].as_array().expect("entries");
+    assert_eq!(entries.len(), REQUESTS);
+    assert!(
+        entries
+            .iter()
+            .all(|e| e["response"]["status"] == 200 && e["request"]["url"] == url.as_str())
+    );
+    assert_eq!(doc["log"]["creator"]["name"], "sniffer");
 }
 
 #[test]

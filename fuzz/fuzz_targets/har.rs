@@ -7,7 +7,7 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|input: &[u8]| {
     let text = String::from_utf8_lossy(input);
     if let Ok(records) = sniffer::har::read_jsonl(&text) {
-        let har = sniffer::har::from_records(&records);
-        serde_json::to_writer_pretty(std::io::sink(), &har).expect("a HAR serialises");
+        let har = sniffer::har::document(&records).expect("a HAR serialises");
+        let _: serde_json::Value = serde_json::from_slice(&har).expect("the HAR is JSON");
     }
 });

@@ -241,6 +241,22 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
     pub raw: Option<PathBuf>,
 
+    /// Rotate each output file (the log, --jsonl, --raw=FILE, --connections) when it reaches
+    /// MIB: FILE becomes FILE.1 (FILE.1 becomes FILE.2, and so on) and a new FILE begins, for a
+    /// run left going. Off by default.
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..=1048576))]
+    pub rotate_mib: Option<u64>,
+
+    /// Rotated files kept per output with --rotate-mib; older ones are removed.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub rotate_keep: u32,
+
+    /// Leave MIB free on each output's filesystem (or half of what was free when sniffer
+    /// started, if that is less): past it nothing more is written, and counted as not written,
+    /// until there is room again. 0: write until the disk is full.
+    #[arg(long, value_name = "MIB", default_value_t = 1024)]
+    pub min_free_mib: u64,
+
     /// Write each connection's two byte streams to files in DIR, with an index.jsonl.
     #[arg(long, value_name = "DIR")]
     pub dump_streams: Option<PathBuf>,

@@ -2,6 +2,8 @@
 //!
 //! Built from the JSONL records (the live `--har` sink makes the same records first), with
 //! times from the kernel timestamps converted to wall clock.
+use std::io;
+
 use serde_json::{Value, json};
 
 /// `2026-11-24T06:45:14.123Z` for a time in ns since the Unix epoch.
@@ -151,16 +153,70 @@ fn entry(x: &Value) -> Option<Value> {
     Some(e)
 }
 
-/// The HAR document for JSONL exchange records.
-pub fn from_records(records: &[Value]) -> Value {
-    let entries: Vec<Value> = records.iter().filter_map(entry).collect();
-    json!({
-        "log": {
-            "version": "1.2",
-            "creator": {"name": "sniffer", "version": env!("CARGO_PKG_VERSION")},
-            "entries": entries,
+/// A HAR document written entry by entry as exchanges come (`--har`, `sniffer har`), so that
+/// nothing is held in memory for the end: the head (version, creator, the opening of the
+/// entries), each entry, then the tail that closes the document. Entries are indented as a
+/// pretty-printed document would have them.
+#[derive(Debug, Default)]
+pub struct HarStream {
+    /// Entries written so far.
+    pub entries: u64,
+}
+
+impl HarStream {
+    /// The document's opening, up to and with the `[` of its entries.
+    pub fn head(b: &mut Vec<u8>) {
+        b.extend_from_slice(
+            concat!(
+                "{\n  \"log\": {\n    \"version\": \"1.2\",\n    \"creator\": {\n      \"name\": ",
+                "\"sniffer\",\n      \"version\": \"",
+                env!("CARGO_PKG_VERSION"),
+                "\"\n    },\n    \"entries\": ["
+            )
+            .as_bytes(),
+        );
+    }
+
+    /// The entry of one JSONL exchange record, after a comma unless it is the first; nothing
+    /// for an exchange without its request (false).
+    pub fn entry(&mut self, b: &mut Vec<u8>, record: &Value) -> io::Result<bool> {
+        let Some(e) = entry(record) else {
+            return Ok(false);
+        };
+        let mut pretty = Vec::new();
+        serde_json::to_writer_pretty(&mut pretty, &e)?;
+        b.extend_from_slice(if self.entries == 0 { b"\n" } else { b",\n" });
+        // JSON strings hold no raw newline, so every line break is the printer's.
+        for (i, line) in pretty.split(|&c| c == b'\n').enumerate() {
+            if i > 0 {
+                b.push(b'\n');
+            }
+            b.extend_from_slice(b"      ");
+            b.extend_from_slice(line);
         }
-    })
+        self.entries += 1;
+        Ok(true)
+    }
+
+    /// The document's close, after the last entry.
+    pub fn tail(&self, b: &mut Vec<u8>) {
+        if self.entries > 0 {
+            b.extend_from_slice(b"\n    ");
+        }
+        b.extend_from_slice(b"]\n  }\n}\n");
+    }
+}
+
+/// The whole HAR document for JSONL exchange records, as [`HarStream`] writes it.
+pub fn document(records: &[Value]) -> io::Result<Vec<u8>> {
+    let mut b = Vec::new();
+    let mut s = HarStream::default();
+    HarStream::head(&mut b);
+    for r in records {
+        s.entry(&mut b, r)?;
+    }
+    s.tail(&mut b);
+    Ok(b)
 }
 
 /// Parses JSONL text into records, naming the line of the first that does not parse.
@@ -196,7 +252,7 @@ mod tests {
                 "incomplete":false}"#,
         )
         .unwrap();
-        let har = from_records(&[rec]);
+        let har: Value = serde_json::from_slice(&document(&[rec]).unwrap()).unwrap();
         let e = &har["log"]["entries"][0];
         assert_eq!(har["log"]["version"], "1.2");
         assert_eq!(e["startedDateTime"], "1970-01-01T00:00:00.000Z");
@@ -213,5 +269,56 @@ mod tests {
         assert_eq!(e["response"]["redirectURL"], "http://x/");
         assert_eq!(e["response"]["content"]["text"], Value::Null);
         assert_eq!(e["serverIPAddress"], "127.0.0.1");
+    }
+
+    fn record(id: u64, url: &str) -> Value {
+        json!({"id": id, "from": "a", "to": "b", "method": "GET", "url": url, "status": 200,
+            "reason": "OK", "client": null, "server": {"local": "127.0.0.1:80"},
+            "request": {"first_ts_ns": 1, "last_ts_ns": 2, "first_unix_ns": 0, "headers": [],
+                "body_size": 0, "body": "none"},
+            "response": {"first_ts_ns": 3, "last_ts_ns": 4, "headers": [["Content-Type", "text/plain"]],
+                "body_size": 2, "body": "ok"},
+            "incomplete": false})
+    }
+
+    #[test]
+    fn a_streamed_document_is_the_whole_document_entry_by_entry() {
+        let recs = [
+            record(1, "http://h/a"),
+            json!({"id": 2, "request": null}),
+            record(3, "http://h/b?x=1"),
+        ];
+        let doc: Value = serde_json::from_slice(&document(&recs).unwrap()).unwrap();
+        let want = json!({"log": {
+            "version": "1.2",
+            "creator": {"name": "sniffer", "version": env!("CARGO_PKG_VERSION")},
+            "entries": [entry(&recs[0]).unwrap(), entry(&recs[2]).unwrap()],
+        }});
+        assert_eq!(doc, want, "the exchange without a request has no entry");
+    }
+
+    #[test]
+    fn an_empty_document_and_the_entries_indent() {
+        let empty = String::from_utf8(document(&[]).unwrap()).unwrap();
+        assert_eq!(
+            empty,
+            format!(
+                "{{\n  \"log\": {{\n    \"version\": \"1.2\",\n    \"creator\": {{\n      \
+                 \"name\": \"sniffer\",\n      \"version\": \"{}\"\n    }},\n    \"entries\": \
+                 []\n  }}\n}}\n",
+                env!("CARGO_PKG_VERSION")
+            )
+        );
+        // As a pretty-printer writes the whole document (the keys keep their order).
+        let recs = [record(1, "http://h/"), record(2, "http://h/x")];
+        let whole = json!({"log": {
+            "version": "1.2",
+            "creator": {"name": "sniffer", "version": env!("CARGO_PKG_VERSION")},
+            "entries": [entry(&recs[0]).unwrap(), entry(&recs[1]).unwrap()],
+        }});
+        assert_eq!(
+            String::from_utf8(document(&recs).unwrap()).unwrap(),
+            serde_json::to_string_pretty(&whole).unwrap() + "\n"
+        );
     }
 }

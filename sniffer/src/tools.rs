@@ -137,9 +137,9 @@ fn har_file(a: &HarArgs) -> Result<(), ToolError> {
     let text = read(&a.jsonl)?;
     let records = har::read_jsonl(&text)
         .map_err(|e| ToolError::Usage(format!("{}: {e}", a.jsonl.display())))?;
-    let doc = har::from_records(&records);
-    let pretty = serde_json::to_string_pretty(&doc).map_err(|e| ToolError::Usage(e.to_string()))?;
-    write(&[(&a.output, &(pretty + "\n"))])
+    let doc = har::document(&records).map_err(|e| ToolError::Usage(e.to_string()))?;
+    // serde_json writes valid UTF-8.
+    write(&[(&a.output, &String::from_utf8_lossy(&doc))])
 }
 
 fn merge_files(a: &MergeArgs) -> Result<(), ToolError> {

@@ -32,7 +32,7 @@ use crate::{
         dump::DumpSink,
         jsonl::{HarSink, Jsonl, LogFanout, Recorder},
         log::NumberedLog,
-        output::{Output, Outputs},
+        output::{DiskLimits, Output, Outputs},
         raw::RawSink,
         safe_open::{self, OpenError, OutDir, Target},
     },
@@ -186,14 +186,25 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
         .transpose()
         .map_err(usage)?;
     let outputs = Outputs::default();
-    let writer = |target: Target, path: &Path, unit| -> Result<Output, UsageError> {
+    let limits = DiskLimits {
+        rotate_at: cli.rotate_mib.map(|m| m << 20),
+        keep: cli.rotate_keep,
+        min_free: cli.min_free_mib.saturating_mul(1 << 20),
+    };
+    let writer_within = |target: Target, path: &Path, unit, limits| -> Result<Output, UsageError> {
         let name = if path.as_os_str() == "-" {
             "stdout".to_owned()
         } else {
             path.display().to_string()
         };
-        Ok(outputs.writer(target.commit().map_err(usage)?, name, unit))
+        let (out, place) = target.commit_placed().map_err(usage)?;
+        let out = outputs.writer(out, name, unit);
+        Ok(match place {
+            Some(place) => out.on_disk(place, limits),
+            None => out,
+        })
     };
+    let writer = |target: Target, path: &Path, unit| writer_within(target, path, unit, limits);
 
     let redact = !cli.no_redact;
     let preview = (cli.preview_kib as usize) << 10;
@@ -217,7 +228,12 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
         logs.sinks.push(Box::new(Jsonl::new(out, recorder.clone())));
     }
     if let (Some(out), Some(path)) = (har_out, &cli.har) {
-        let out = writer(out, path, "exchanges")?;
+        // One document: not rotated.
+        let whole = DiskLimits {
+            rotate_at: None,
+            ..limits
+        };
+        let out = writer_within(out, path, "exchanges", whole)?;
         logs.sinks
             .push(Box::new(HarSink::new(out, recorder.clone())));
     }

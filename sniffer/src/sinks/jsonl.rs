@@ -2,6 +2,7 @@
 use std::io::Write as _;
 
 use super::output::Output;
+use crate::har::HarStream;
 use crate::{
     http::{
         head::StartLine,
@@ -196,20 +197,25 @@ impl LogSink for LogFanout {
     }
 }
 
-/// `--har FILE`: the exchanges as an HTTP Archive, written at the end.
+/// `--har FILE`: the exchanges as an HTTP Archive, each entry written as its exchange is (a
+/// run left going holds none of them in memory), the document closed at the end.
 pub struct HarSink {
     out: Output,
     rec: Recorder,
-    records: Vec<serde_json::Value>,
+    doc: HarStream,
 }
 
 impl HarSink {
     /// `out` counts in exchanges.
-    pub fn new(out: Output, rec: Recorder) -> Self {
+    pub fn new(mut out: Output, rec: Recorder) -> Self {
+        out.record(0, |b| {
+            HarStream::head(b);
+            Ok(())
+        });
         Self {
             out,
             rec,
-            records: Vec::new(),
+            doc: HarStream::default(),
         }
     }
 }
@@ -219,15 +225,22 @@ impl LogSink for HarSink {
 
     fn exchange(&mut self, x: &Exchange) {
         let record = self.rec.record(x);
-        self.records
-            .push(serde_json::to_value(&record).unwrap_or_default());
+        let doc = &mut self.doc;
+        self.out.record(1, |b| {
+            let value = serde_json::to_value(&record)?;
+            doc.entry(b, &value).map(drop)
+        });
+    }
+
+    fn flush(&mut self) {
+        self.out.flush();
     }
 
     fn close(&mut self) {
-        let har = crate::har::from_records(&self.records);
-        self.out.record(self.records.len() as u64, |b| {
-            serde_json::to_writer_pretty(&mut *b, &har)?;
-            b.write_all(b"\n")
+        let doc = &self.doc;
+        self.out.record(0, |b| {
+            doc.tail(b);
+            Ok(())
         });
         self.out.flush();
     }

@@ -16,6 +16,8 @@ use std::{
     },
 };
 
+use super::safe_open::Place;
+
 /// Buffered bytes that make a write (what a `BufWriter` holds), for an output of which a run
 /// has many (a dump's file per stream).
 const FLUSH_AT: usize = 8 << 10;
@@ -154,9 +156,61 @@ impl Outputs {
     }
 }
 
+/// What an output file may take of its disk, for a run left going (`--rotate-mib`,
+/// `--rotate-keep`, `--min-free-mib`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DiskLimits {
+    /// Bytes a file takes before it is rotated (renamed NAME.1, a new NAME begun); None: never.
+    pub rotate_at: Option<u64>,
+    /// Rotated files kept (NAME.1 the newest).
+    pub keep: u32,
+    /// Bytes its filesystem keeps free: records that would take it under that are not written
+    /// (counted as such) until there is room again. Lowered to half of what was free when the
+    /// output was opened, so that a run on a fuller disk still writes.
+    pub min_free: u64,
+}
+
+/// An output's file on disk, with its limits.
+struct OnDisk {
+    place: Place,
+    limits: DiskLimits,
+    /// Bytes in the current file.
+    in_file: u64,
+}
+
+impl OnDisk {
+    /// Why nothing more may be written now: the filesystem is at its floor.
+    fn no_room(&self, bytes: usize) -> Option<io::Error> {
+        if self.limits.min_free == 0 {
+            return None;
+        }
+        let free = self.place.free_bytes().ok()?;
+        (free < self.limits.min_free.saturating_add(bytes as u64)).then(|| {
+            let floor = self.limits.min_free;
+            let floor = if floor >= 1 << 20 {
+                format!("{} MiB", floor >> 20)
+            } else {
+                format!("{} KiB", floor >> 10)
+            };
+            io::Error::other(format!(
+                "its filesystem has no more than {floor} free, which sniffer leaves to the host \
+                 (--min-free-mib)"
+            ))
+        })
+    }
+
+    /// Bytes the current file takes before it is rotated.
+    fn budget(&self) -> u64 {
+        self.limits
+            .rotate_at
+            .map_or(u64::MAX, |at| at.saturating_sub(self.in_file))
+    }
+}
+
 /// A buffered writer that counts records written and not written instead of failing.
 pub struct Output {
     out: Box<dyn Write + Send>,
+    disk: Option<OnDisk>,
     health: Arc<Health>,
     buf: Vec<u8>,
     /// Per buffered record: where it ends in `buf`, and how many units it holds.
@@ -170,11 +224,25 @@ impl Output {
     pub fn new(out: Box<dyn Write + Send>, health: Arc<Health>) -> Self {
         Self {
             out,
+            disk: None,
             health,
             buf: Vec::new(),
             records: Vec::new(),
             flush_at: FLUSH_AT,
         }
+    }
+
+    /// Writes to the file at `place` within `limits` (the file is the one `out` writes).
+    pub fn on_disk(mut self, place: Place, mut limits: DiskLimits) -> Self {
+        if let Ok(free) = place.free_bytes() {
+            limits.min_free = limits.min_free.min(free / 2);
+        }
+        self.disk = Some(OnDisk {
+            place,
+            limits,
+            in_file: 0,
+        });
+        self
     }
 
     /// One record of `units`, formatted by `f` into the buffer.
@@ -199,31 +267,79 @@ impl Output {
         });
     }
 
-    /// Writes what is buffered; what the write did not reach is counted as not written.
+    /// Writes what is buffered; what the write did not reach is counted as not written. A file
+    /// with a size limit is rotated between records; a filesystem at its floor takes nothing.
     pub fn flush(&mut self) {
         if self.records.is_empty() {
             return;
         }
-        let (done, mut err) = write_some(&mut *self.out, &self.buf);
-        if err.is_none() {
-            err = self.out.flush().err();
-        }
         let all: u64 = self.records.iter().map(|r| r.1).sum();
-        let whole: u64 = self
-            .records
-            .iter()
-            .take_while(|r| r.0 <= done)
-            .map(|r| r.1)
-            .sum();
-        self.health.written(whole);
-        if let Some(e) = err {
-            self.health.failed(all - whole, &e);
+        if let Some(e) = self.disk.as_ref().and_then(|d| d.no_room(self.buf.len())) {
+            self.health.failed(all, &e);
+        } else {
+            self.write_records(all);
         }
         self.buf.clear();
         self.records.clear();
         if self.buf.capacity() > 2 * self.flush_at {
             self.buf.shrink_to(self.flush_at);
         }
+    }
+
+    /// Writes the buffered records, file by file when the file is rotated.
+    fn write_records(&mut self, all: u64) {
+        let (mut from, mut i, mut done_units) = (0, 0, 0);
+        while i < self.records.len() {
+            let budget = self.disk.as_ref().map_or(u64::MAX, OnDisk::budget);
+            let fresh = self.disk.as_ref().is_none_or(|d| d.in_file == 0);
+            // The records that fit in this file; a record larger than a whole file goes into
+            // a fresh one alone.
+            let mut j = i;
+            while j < self.records.len()
+                && ((self.records[j].0 - from) as u64 <= budget || (j == i && fresh))
+            {
+                j += 1;
+            }
+            if j == i {
+                if let Err(e) = self.rotate() {
+                    self.health.failed(all - done_units, &e);
+                    return;
+                }
+                continue;
+            }
+            let end = self.records[j - 1].0;
+            let (done, mut err) = write_some(&mut *self.out, &self.buf[from..end]);
+            if err.is_none() {
+                err = self.out.flush().err();
+            }
+            if let Some(d) = &mut self.disk {
+                d.in_file += done as u64;
+            }
+            let whole: u64 = self.records[i..j]
+                .iter()
+                .take_while(|r| r.0 <= from + done)
+                .map(|r| r.1)
+                .sum();
+            self.health.written(whole);
+            done_units += whole;
+            if let Some(e) = err {
+                self.health.failed(all - done_units, &e);
+                return;
+            }
+            from = end;
+            i = j;
+        }
+    }
+
+    /// Rotates the file (see [`Place::rotate`]); writes go to the new one.
+    fn rotate(&mut self) -> io::Result<()> {
+        let Some(d) = &mut self.disk else {
+            return Ok(());
+        };
+        let file = d.place.rotate(d.limits.keep)?;
+        self.out = Box::new(file);
+        d.in_file = 0;
+        Ok(())
     }
 }
 
@@ -386,5 +502,97 @@ mod tests {
         h.failed(1, &io::Error::from_raw_os_error(libc::ENOSPC));
         h.failed(1, &io::Error::from_raw_os_error(libc::EIO));
         assert_eq!(h.reports(), 2);
+    }
+
+    /// An output on a real file in `dir`, with `limits`.
+    fn file_output(dir: &std::path::Path, limits: DiskLimits) -> (Output, Outputs) {
+        let outputs = Outputs::default();
+        let target = super::super::safe_open::Target::check(&dir.join("s.log")).unwrap();
+        let (w, place) = target.commit_placed().unwrap();
+        let o = outputs.writer(w, "s.log", "messages");
+        (o.on_disk(place.unwrap(), limits), outputs)
+    }
+
+    fn read(dir: &std::path::Path, name: &str) -> String {
+        std::fs::read_to_string(dir.join(name)).unwrap_or_else(|_| "<none>".into())
+    }
+
+    #[test]
+    fn a_file_is_rotated_between_records_and_keeps_its_newest_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = DiskLimits {
+            rotate_at: Some(25),
+            keep: 2,
+            min_free: 0,
+        };
+        let (mut o, outputs) = file_output(dir.path(), limits);
+        // 10 bytes a record: two fit in a file of 25, a third begins the next.
+        for i in 0..5 {
+            line(&mut o, &format!("message {i}\n"));
+        }
+        o.flush();
+        assert_eq!(read(dir.path(), "s.log.2"), "message 0\nmessage 1\n");
+        assert_eq!(read(dir.path(), "s.log.1"), "message 2\nmessage 3\n");
+        assert_eq!(read(dir.path(), "s.log"), "message 4\n");
+        // A record larger than a file goes alone into a fresh one; the oldest file goes.
+        let big = "a record of forty bytes, more than a file\n";
+        line(&mut o, big);
+        line(&mut o, "message 5\n");
+        drop(o);
+        assert_eq!(read(dir.path(), "s.log.2"), "message 4\n");
+        assert_eq!(read(dir.path(), "s.log.1"), big);
+        assert_eq!(read(dir.path(), "s.log"), "message 5\n");
+        assert_eq!(read(dir.path(), "s.log.3"), "<none>");
+        assert!(outputs.failures().is_empty());
+        for name in ["s.log", "s.log.1", "s.log.2"] {
+            let mode = std::fs::metadata(dir.path().join(name))
+                .unwrap()
+                .permissions();
+            assert_eq!(
+                std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+                0o600,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_filesystem_at_its_floor_takes_nothing_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        // A floor of more than the disk has: lowered to half of what is free, so the first
+        // flush writes; then records that would pass it are refused.
+        let limits = DiskLimits {
+            rotate_at: None,
+            keep: 0,
+            min_free: u64::MAX,
+        };
+        let (mut o, outputs) = file_output(dir.path(), limits);
+        let floor = o.disk.as_ref().unwrap().limits.min_free;
+        let free = o.disk.as_ref().unwrap().place.free_bytes().unwrap();
+        assert!(floor <= free / 2 + (1 << 20) && floor >= free / 2 - (1 << 20));
+        line(&mut o, "message 0\n");
+        o.flush();
+        assert_eq!(read(dir.path(), "s.log"), "message 0\n");
+        // As if the disk had filled up to the floor.
+        o.disk.as_mut().unwrap().limits.min_free = free * 2;
+        line(&mut o, "message 1\n");
+        o.flush();
+        line(&mut o, "message 2\n");
+        o.flush();
+        assert_eq!(read(dir.path(), "s.log"), "message 0\n");
+        let f = outputs.failures();
+        assert_eq!((f[0].failed, f[0].total), (2, 3));
+        assert!(
+            f[0].error
+                .contains("free, which sniffer leaves to the host (--min-free-mib)"),
+            "{}",
+            f[0].error
+        );
+        assert_eq!(o.health.reports(), 1);
+        // Room again.
+        o.disk.as_mut().unwrap().limits.min_free = 0;
+        line(&mut o, "message 3\n");
+        drop(o);
+        assert_eq!(read(dir.path(), "s.log"), "message 0\nmessage 3\n");
     }
 }

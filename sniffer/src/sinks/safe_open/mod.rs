@@ -355,16 +355,19 @@ pub struct CheckedFile {
     file: File,
     null: bool,
     id: (u64, u64),
+    /// Its directory and name, for rotation and the free-space guard.
+    place: Place,
 }
 
 impl CheckedFile {
-    fn new(path: &Path, file: File, verdict: Verdict) -> Result<Self, OpenError> {
+    fn new(path: &Path, file: File, verdict: Verdict, place: Place) -> Result<Self, OpenError> {
         let m = file.metadata().map_err(io_error(path))?;
         Ok(Self {
             path: path.to_owned(),
             file,
             null: verdict == Verdict::Null,
             id: (m.dev(), m.ino()),
+            place,
         })
     }
 
@@ -406,17 +409,20 @@ impl Target {
         for _ in 0..RACE_RETRIES {
             match openat(&dir, &name, create, FILE_MODE) {
                 Ok(fd) => {
+                    let place = Place { dir, name };
                     return Ok(Target::File(CheckedFile::new(
                         path,
                         fd.into(),
                         Verdict::Write,
+                        place,
                     )?));
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
                 Err(e) => return Err(io_err(e)),
             }
             if let Some((file, verdict)) = open_existing_file(&dir, &name, dir_mode, path)? {
-                return Ok(Target::File(CheckedFile::new(path, file, verdict)?));
+                let place = Place { dir, name };
+                return Ok(Target::File(CheckedFile::new(path, file, verdict, place)?));
             }
         }
         Err(io_err(io::Error::other(
@@ -431,9 +437,25 @@ impl Target {
 
     /// Ready to write: stdout, or the file made private and empty ([`CheckedFile::commit`]).
     pub fn commit(self) -> Result<Box<dyn Write + Send>, OpenError> {
+        Ok(self.commit_placed()?.0)
+    }
+
+    /// As [`Target::commit`], with the file's place (not for stdout or the null device).
+    pub fn commit_placed(self) -> Result<(Box<dyn Write + Send>, Option<Place>), OpenError> {
         Ok(match self {
-            Target::Stdout => Box::new(io::stdout()),
-            Target::File(f) => Box::new(f.commit()?),
+            Target::Stdout => (Box::new(io::stdout()), None),
+            Target::File(f) => {
+                let place = if f.null {
+                    None
+                } else {
+                    let dir = f.place.dir.try_clone().map_err(io_error(&f.path))?;
+                    Some(Place {
+                        dir,
+                        name: f.place.name.clone(),
+                    })
+                };
+                (Box::new(f.commit()?), place)
+            }
         })
     }
 
@@ -459,6 +481,85 @@ pub fn distinct<'a>(targets: impl IntoIterator<Item = &'a Target>) -> Result<(),
         seen.push((id, path));
     }
     Ok(())
+}
+
+/// Where an output file lives: its directory (open, so that renames and creates happen in the
+/// directory that was checked, whatever its path names later) and its name.
+#[derive(Debug)]
+pub struct Place {
+    dir: File,
+    name: CString,
+}
+
+impl Place {
+    fn numbered(&self, n: u32) -> CString {
+        let mut v = self.name.as_bytes().to_vec();
+        v.extend_from_slice(format!(".{n}").as_bytes());
+        // The name held no NUL, nor does the suffix.
+        CString::new(v).unwrap_or_default()
+    }
+
+    fn rename(&self, from: &CStr, to: &CStr) -> io::Result<()> {
+        let fd = self.dir.as_raw_fd();
+        // SAFETY: a valid directory descriptor and NUL-terminated names.
+        if unsafe { libc::renameat(fd, from.as_ptr(), fd, to.as_ptr()) } != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::ENOENT) {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Rotation: NAME.(keep-1) becomes NAME.keep (the oldest, NAME.keep, goes), ..., NAME becomes
+    /// NAME.1, and a new NAME is created (0600, never through a link: whatever took the name
+    /// meanwhile is removed first). With `keep` 0 the old file is just removed. Renames stay in
+    /// the directory, so the files keep their owner and mode.
+    pub fn rotate(&self, keep: u32) -> io::Result<File> {
+        if keep == 0 {
+            self.unlink(&self.name)?;
+        } else {
+            for n in (1..keep).rev() {
+                self.rename(&self.numbered(n), &self.numbered(n + 1))?;
+            }
+            self.rename(&self.name, &self.numbered(1))?;
+        }
+        let flags =
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_NOCTTY;
+        let fd = match openat(&self.dir, &self.name, flags, FILE_MODE) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                self.unlink(&self.name)?;
+                openat(&self.dir, &self.name, flags, FILE_MODE)?
+            }
+            r => r?,
+        };
+        let file = File::from(fd);
+        file.set_permissions(Permissions::from_mode(FILE_MODE))?;
+        Ok(file)
+    }
+
+    fn unlink(&self, name: &CStr) -> io::Result<()> {
+        // SAFETY: a valid directory descriptor and a NUL-terminated name.
+        if unsafe { libc::unlinkat(self.dir.as_raw_fd(), name.as_ptr(), 0) } != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::ENOENT) {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes free for an unprivileged writer on the file's filesystem (root may go on into the
+    /// reserve, which is what the reserve is for: the services' own writes).
+    pub fn free_bytes(&self) -> io::Result<u64> {
+        // SAFETY: statvfs is plain data; zeroed is a valid value.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid descriptor and a valid out pointer.
+        if unsafe { libc::fstatvfs(self.dir.as_raw_fd(), &mut st) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    }
 }
 
 /// A directory sniffer writes files into (`--dump-streams`): opened without following a link,
