@@ -4,6 +4,7 @@
 //! times from the kernel timestamps converted to wall clock.
 use std::io;
 
+use serde::Serialize;
 use serde_json::{Value, json};
 
 /// `2026-11-24T06:45:14.123Z` for a time in ns since the Unix epoch.
@@ -32,11 +33,27 @@ pub fn iso8601(unix_ns: i128) -> String {
     )
 }
 
-fn headers(v: &Value) -> Vec<Value> {
+/// A name and a value (a header field, a query parameter).
+#[derive(Serialize)]
+struct Pair<'a> {
+    name: &'a Value,
+    value: &'a Value,
+}
+
+#[derive(Serialize)]
+struct QueryPair<'a> {
+    name: &'a str,
+    value: &'a str,
+}
+
+fn headers(v: &Value) -> Vec<Pair<'_>> {
     v.as_array()
         .map(|hs| {
             hs.iter()
-                .map(|h| json!({"name": h[0], "value": h[1]}))
+                .map(|h| Pair {
+                    name: &h[0],
+                    value: &h[1],
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -49,14 +66,14 @@ fn header<'a>(v: &'a Value, name: &str) -> Option<&'a str> {
         .and_then(|h| h[1].as_str())
 }
 
-fn query(url: &str) -> Vec<Value> {
+fn query(url: &str) -> Vec<QueryPair<'_>> {
     url.split_once('?')
         .map(|(_, q)| {
             q.split('&')
                 .filter(|p| !p.is_empty())
                 .map(|p| {
-                    let (n, v) = p.split_once('=').unwrap_or((p, ""));
-                    json!({"name": n, "value": v})
+                    let (name, value) = p.split_once('=').unwrap_or((p, ""));
+                    QueryPair { name, value }
                 })
                 .collect()
         })
@@ -71,86 +88,169 @@ fn ms(from: &Value, to: &Value) -> f64 {
     }
 }
 
+/// A body as the entry shows it: none is null.
+fn body_text(m: &Value) -> &Value {
+    if m["body"] == "none" {
+        &Value::Null
+    } else {
+        &m["body"]
+    }
+}
+
+/// One HAR entry, borrowing from its JSONL record (fields in the order HAR viewers show).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Entry<'a> {
+    started_date_time: String,
+    time: f64,
+    request: Request<'a>,
+    response: Response<'a>,
+    cache: Empty,
+    timings: Timings,
+    #[serde(rename = "_from")]
+    from: &'a Value,
+    #[serde(rename = "_to")]
+    to: &'a Value,
+    #[serde(rename = "_incomplete")]
+    incomplete: &'a Value,
+    #[serde(rename = "serverIPAddress", skip_serializing_if = "Option::is_none")]
+    server_ip: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct Empty {}
+
+#[derive(Serialize)]
+struct Timings {
+    send: f64,
+    wait: f64,
+    receive: f64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Request<'a> {
+    method: &'a Value,
+    url: &'a str,
+    http_version: &'static str,
+    cookies: [(); 0],
+    headers: Vec<Pair<'a>>,
+    query_string: Vec<QueryPair<'a>>,
+    headers_size: i64,
+    body_size: &'a Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    post_data: Option<PostData<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PostData<'a> {
+    mime_type: &'a str,
+    text: &'a Value,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Response<'a> {
+    Answered(Answered<'a>),
+    // HAR needs a response: an unanswered request gets status 0, as browsers write it.
+    Unanswered(Value),
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Answered<'a> {
+    status: &'a Value,
+    status_text: &'a Value,
+    http_version: &'static str,
+    cookies: [(); 0],
+    headers: Vec<Pair<'a>>,
+    content: Content<'a>,
+    #[serde(rename = "redirectURL")]
+    redirect_url: &'a str,
+    headers_size: i64,
+    body_size: &'a Value,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Content<'a> {
+    size: &'a Value,
+    mime_type: &'a str,
+    text: &'a Value,
+}
+
 /// One HAR entry from one JSONL exchange record; None for an exchange without its request.
-fn entry(x: &Value) -> Option<Value> {
+fn entry(x: &Value) -> Option<Entry<'_>> {
     let req = &x["request"];
     if !req.is_object() {
         return None;
     }
     let resp = &x["response"];
     let started = req["first_unix_ns"].as_i64().map_or(0, i128::from);
-    let body_text = |m: &Value| {
-        if m["body"] == "none" {
-            Value::Null
-        } else {
-            m["body"].clone()
-        }
-    };
     let url = x["url"].as_str().unwrap_or("");
     let send = ms(&req["first_ts_ns"], &req["last_ts_ns"]);
     let wait = ms(&req["last_ts_ns"], &resp["first_ts_ns"]);
     let receive = ms(&resp["first_ts_ns"], &resp["last_ts_ns"]);
-    let mut request = json!({
-        "method": x["method"],
-        "url": url,
-        "httpVersion": "HTTP/1.1",
-        "cookies": [],
-        "headers": headers(&req["headers"]),
-        "queryString": query(url),
-        "headersSize": -1,
-        "bodySize": req["body_size"],
-    });
-    if req["body_size"].as_u64().unwrap_or(0) > 0 {
-        request["postData"] = json!({
-            "mimeType": header(&req["headers"], "content-type").unwrap_or(""),
-            "text": body_text(req),
-        });
-    }
+    let request = Request {
+        method: &x["method"],
+        url,
+        http_version: "HTTP/1.1",
+        cookies: [],
+        headers: headers(&req["headers"]),
+        query_string: query(url),
+        headers_size: -1,
+        body_size: &req["body_size"],
+        post_data: (req["body_size"].as_u64().unwrap_or(0) > 0).then(|| PostData {
+            mime_type: header(&req["headers"], "content-type").unwrap_or(""),
+            text: body_text(req),
+        }),
+    };
     let response = if resp.is_object() {
-        json!({
-            "status": x["status"],
-            "statusText": x["reason"],
-            "httpVersion": "HTTP/1.1",
-            "cookies": [],
-            "headers": headers(&resp["headers"]),
-            "content": {
-                "size": resp["body_size"],
-                "mimeType": header(&resp["headers"], "content-type").unwrap_or(""),
-                "text": body_text(resp),
+        Response::Answered(Answered {
+            status: &x["status"],
+            status_text: &x["reason"],
+            http_version: "HTTP/1.1",
+            cookies: [],
+            headers: headers(&resp["headers"]),
+            content: Content {
+                size: &resp["body_size"],
+                mime_type: header(&resp["headers"], "content-type").unwrap_or(""),
+                text: body_text(resp),
             },
-            "redirectURL": header(&resp["headers"], "location").unwrap_or(""),
-            "headersSize": -1,
-            "bodySize": resp["body_size"],
+            redirect_url: header(&resp["headers"], "location").unwrap_or(""),
+            headers_size: -1,
+            body_size: &resp["body_size"],
         })
     } else {
-        // HAR needs a response: an unanswered request gets status 0, as browsers write it.
-        json!({
+        Response::Unanswered(json!({
             "status": 0, "statusText": "", "httpVersion": "HTTP/1.1", "cookies": [], "headers": [],
             "content": {"size": 0, "mimeType": ""}, "redirectURL": "", "headersSize": -1, "bodySize": -1,
-        })
+        }))
     };
     let server_ip = x["server"]["local"]
         .as_str()
         .or(x["client"]["peer"].as_str())
         .and_then(|a| {
             a.rsplit_once(':')
-                .map(|(ip, _)| ip.trim_matches(['[', ']']).to_owned())
+                .map(|(ip, _)| ip.trim_matches(['[', ']']))
         });
-    let mut e = json!({
-        "startedDateTime": iso8601(started),
-        "time": send + wait + receive,
-        "request": request,
-        "response": response,
-        "cache": {},
-        "timings": {"send": send, "wait": wait, "receive": receive},
-        "_from": x["from"],
-        "_to": x["to"],
-        "_incomplete": x["incomplete"],
-    });
-    if let Some(ip) = server_ip {
-        e["serverIPAddress"] = json!(ip);
-    }
-    Some(e)
+    Some(Entry {
+        started_date_time: iso8601(started),
+        time: send + wait + receive,
+        request,
+        response,
+        cache: Empty {},
+        timings: Timings {
+            send,
+            wait,
+            receive,
+        },
+        from: &x["from"],
+        to: &x["to"],
+        incomplete: &x["incomplete"],
+        server_ip,
+    })
 }
 
 /// A HAR document written entry by entry as exchanges come (`--har`, `sniffer har`), so that
@@ -292,7 +392,7 @@ mod tests {
         let want = json!({"log": {
             "version": "1.2",
             "creator": {"name": "sniffer", "version": env!("CARGO_PKG_VERSION")},
-            "entries": [entry(&recs[0]).unwrap(), entry(&recs[2]).unwrap()],
+            "entries": [serde_json::to_value(entry(&recs[0]).unwrap()).unwrap(), serde_json::to_value(entry(&recs[2]).unwrap()).unwrap()],
         }});
         assert_eq!(doc, want, "the exchange without a request has no entry");
     }
@@ -314,7 +414,7 @@ mod tests {
         let whole = json!({"log": {
             "version": "1.2",
             "creator": {"name": "sniffer", "version": env!("CARGO_PKG_VERSION")},
-            "entries": [entry(&recs[0]).unwrap(), entry(&recs[1]).unwrap()],
+            "entries": [serde_json::to_value(entry(&recs[0]).unwrap()).unwrap(), serde_json::to_value(entry(&recs[1]).unwrap()).unwrap()],
         }});
         assert_eq!(
             String::from_utf8(document(&recs).unwrap()).unwrap(),
