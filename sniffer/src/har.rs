@@ -33,20 +33,14 @@ pub fn iso8601(unix_ns: i128) -> String {
     )
 }
 
-/// A name and a value (a header field, a query parameter).
+/// A name and a value: a header field (JSON values of the record), a query parameter (text).
 #[derive(Serialize)]
-struct Pair<'a> {
-    name: &'a Value,
-    value: &'a Value,
+struct Pair<V> {
+    name: V,
+    value: V,
 }
 
-#[derive(Serialize)]
-struct QueryPair<'a> {
-    name: &'a str,
-    value: &'a str,
-}
-
-fn headers(v: &Value) -> Vec<Pair<'_>> {
+fn headers(v: &Value) -> Vec<Pair<&Value>> {
     v.as_array()
         .map(|hs| {
             hs.iter()
@@ -66,14 +60,14 @@ fn header<'a>(v: &'a Value, name: &str) -> Option<&'a str> {
         .and_then(|h| h[1].as_str())
 }
 
-fn query(url: &str) -> Vec<QueryPair<'_>> {
+fn query(url: &str) -> Vec<Pair<&str>> {
     url.split_once('?')
         .map(|(_, q)| {
             q.split('&')
                 .filter(|p| !p.is_empty())
                 .map(|p| {
                     let (name, value) = p.split_once('=').unwrap_or((p, ""));
-                    QueryPair { name, value }
+                    Pair { name, value }
                 })
                 .collect()
         })
@@ -134,8 +128,8 @@ struct Request<'a> {
     url: &'a str,
     http_version: &'static str,
     cookies: [(); 0],
-    headers: Vec<Pair<'a>>,
-    query_string: Vec<QueryPair<'a>>,
+    headers: Vec<Pair<&'a Value>>,
+    query_string: Vec<Pair<&'a str>>,
     headers_size: i64,
     body_size: &'a Value,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -164,7 +158,7 @@ struct Answered<'a> {
     status_text: &'a Value,
     http_version: &'static str,
     cookies: [(); 0],
-    headers: Vec<Pair<'a>>,
+    headers: Vec<Pair<&'a Value>>,
     content: Content<'a>,
     #[serde(rename = "redirectURL")]
     redirect_url: &'a str,
@@ -260,7 +254,7 @@ fn entry(x: &Value) -> Option<Entry<'_>> {
 #[derive(Debug, Default)]
 pub struct HarStream {
     /// Entries written so far.
-    pub entries: u64,
+    entries: u64,
 }
 
 impl HarStream {

@@ -2,8 +2,8 @@
 use std::io::Write as _;
 
 use super::output::Output;
-use crate::har::HarStream;
 use crate::{
+    har::HarStream,
     http::{
         head::StartLine,
         message::{Ending, Message},
