@@ -113,6 +113,9 @@ enum Task {
         /// a stuck CPU's backtrace shows at the default, loglevel=5).
         #[arg(long = "kernel-arg", value_name = "ARG")]
         kernel_args: Vec<String>,
+        /// Guests run at once (each keeps one host CPU busy); default: one per host CPU.
+        #[arg(long)]
+        jobs: Option<usize>,
         /// Extra arguments for every test binary (after --), e.g. a test name filter.
         #[arg(last = true)]
         args: Vec<String>,
@@ -156,6 +159,7 @@ fn main() -> std::process::ExitCode {
             timeout_minutes,
             memory_mib,
             kernel_args,
+            jobs,
             args,
         } => dist::dist().and_then(|bin| {
             // The one file users copy to a host is the one the guests run.
@@ -167,6 +171,7 @@ fn main() -> std::process::ExitCode {
                     timeout_minutes,
                     memory_mib,
                     kernel_args,
+                    jobs,
                 },
             )
         }),

@@ -82,6 +82,8 @@ pub struct Settings {
     pub memory_mib: u64,
     /// Extra guest kernel arguments, after the defaults (a later `loglevel=` wins).
     pub kernel_args: Vec<String>,
+    /// Guests booted at once; `None`: one per host CPU.
+    pub jobs: Option<usize>,
 }
 
 /// What one guest run gave.
@@ -124,15 +126,51 @@ pub fn vm_test(sniffer: &Path, settings: &Settings) -> anyhow::Result<()> {
     let tests = test_binaries()?;
     let root = workspace().join("target").join("vm");
     let apt = Apt::new(&root.join("apt"))?;
-    let mut outcomes = Vec::new();
+    // Kernels are fetched and their initramfs written one after the other (apt-get holds a
+    // lock on its directory), then booted side by side.
+    let mut ready = Vec::new();
     for k in &kernels {
         let unpacked = apt.kernel(k, &root.join("kernels"))?;
         let initrd = root.join(format!("initrd-{}.cpio", unpacked.release));
         write_initramfs(&unpacked, &busybox, &initrd)?;
-        let outcome = boot_and_test(
-            &qemu, &virtiofsd, sniffer, &tests, k, &unpacked, &initrd, &root, settings,
-        )?;
-        outcomes.push(outcome);
+        ready.push((*k, unpacked, initrd));
+    }
+    // A guest emulates both its vCPUs in one host thread (tcg,thread=single), so it keeps one
+    // host CPU busy: as many guests at once as there are CPUs. On a 2-core machine the two
+    // kernels of CI take the time of the slower one rather than the sum.
+    let jobs = settings
+        .jobs
+        .unwrap_or_else(|| thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get));
+    let jobs = jobs.clamp(1, ready.len().max(1));
+    println!(
+        "xtask: {} kernel(s), {jobs} guest(s) at a time",
+        ready.len()
+    );
+    let mut outcomes = Vec::new();
+    for batch in ready.chunks(jobs) {
+        let results: Vec<anyhow::Result<Outcome>> = thread::scope(|scope| {
+            let running: Vec<_> = batch
+                .iter()
+                .map(|(k, unpacked, initrd)| {
+                    let (qemu, virtiofsd, tests, root) = (&qemu, &virtiofsd, &tests, &root);
+                    scope.spawn(move || {
+                        boot_and_test(
+                            qemu, virtiofsd, sniffer, tests, k, unpacked, initrd, root, settings,
+                        )
+                    })
+                })
+                .collect();
+            running
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow!("a guest's thread panicked")))
+                })
+                .collect()
+        });
+        for r in results {
+            outcomes.push(r?);
+        }
     }
     let table = table(&outcomes);
     println!("\n{table}");
