@@ -7,6 +7,8 @@ use std::io;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::record::{ExchangeRecord, MessageRecord};
+
 /// `2026-11-24T06:45:14.123Z` for a time in ns since the Unix epoch.
 pub fn iso8601(unix_ns: i128) -> String {
     let ms_total = unix_ns.div_euclid(1_000_000);
@@ -33,34 +35,27 @@ pub fn iso8601(unix_ns: i128) -> String {
     )
 }
 
-/// A name and a value: a header field (JSON values of the record), a query parameter (text).
+/// A name and a value: a header field, a query parameter.
 #[derive(Serialize)]
-struct Pair<V> {
-    name: V,
-    value: V,
+struct Pair<'a> {
+    name: &'a str,
+    value: &'a str,
 }
 
-fn headers(v: &Value) -> Vec<Pair<&Value>> {
-    v.as_array()
-        .map(|hs| {
-            hs.iter()
-                .map(|h| Pair {
-                    name: &h[0],
-                    value: &h[1],
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+fn headers(hs: &[(String, String)]) -> Vec<Pair<'_>> {
+    hs.iter()
+        .map(|(name, value)| Pair { name, value })
+        .collect()
 }
 
-fn header<'a>(v: &'a Value, name: &str) -> Option<&'a str> {
-    v.as_array()?
+fn header<'a>(m: &'a MessageRecord, name: &str) -> Option<&'a str> {
+    m.headers
         .iter()
-        .find(|h| h[0].as_str().is_some_and(|n| n.eq_ignore_ascii_case(name)))
-        .and_then(|h| h[1].as_str())
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
 }
 
-fn query(url: &str) -> Vec<Pair<&str>> {
+fn query(url: &str) -> Vec<Pair<'_>> {
     url.split_once('?')
         .map(|(_, q)| {
             q.split('&')
@@ -74,21 +69,17 @@ fn query(url: &str) -> Vec<Pair<&str>> {
         .unwrap_or_default()
 }
 
-/// Milliseconds between two kernel times (never negative).
-fn ms(from: &Value, to: &Value) -> f64 {
-    match (from.as_u64(), to.as_u64()) {
+/// Milliseconds between two kernel times (never negative; 0 when one is not known).
+fn ms(from: Option<u64>, to: Option<u64>) -> f64 {
+    match (from, to) {
         (Some(a), Some(b)) if b >= a => (b - a) as f64 / 1e6,
         _ => 0.0,
     }
 }
 
 /// A body as the entry shows it: none is null.
-fn body_text(m: &Value) -> &Value {
-    if m["body"] == "none" {
-        &Value::Null
-    } else {
-        &m["body"]
-    }
+fn body_text(m: &MessageRecord) -> Option<&str> {
+    (m.body != "none").then_some(m.body.as_str())
 }
 
 /// One HAR entry, borrowing from its JSONL record (fields in the order HAR viewers show).
@@ -102,11 +93,11 @@ struct Entry<'a> {
     cache: Empty,
     timings: Timings,
     #[serde(rename = "_from")]
-    from: &'a Value,
+    from: &'a str,
     #[serde(rename = "_to")]
-    to: &'a Value,
+    to: &'a str,
     #[serde(rename = "_incomplete")]
-    incomplete: &'a Value,
+    incomplete: bool,
     #[serde(rename = "serverIPAddress", skip_serializing_if = "Option::is_none")]
     server_ip: Option<&'a str>,
 }
@@ -124,14 +115,14 @@ struct Timings {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Request<'a> {
-    method: &'a Value,
+    method: &'a str,
     url: &'a str,
     http_version: &'static str,
     cookies: [(); 0],
-    headers: Vec<Pair<&'a Value>>,
-    query_string: Vec<Pair<&'a str>>,
+    headers: Vec<Pair<'a>>,
+    query_string: Vec<Pair<'a>>,
     headers_size: i64,
-    body_size: &'a Value,
+    body_size: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     post_data: Option<PostData<'a>>,
 }
@@ -140,7 +131,7 @@ struct Request<'a> {
 #[serde(rename_all = "camelCase")]
 struct PostData<'a> {
     mime_type: &'a str,
-    text: &'a Value,
+    text: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -154,83 +145,80 @@ enum Response<'a> {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Answered<'a> {
-    status: &'a Value,
-    status_text: &'a Value,
+    status: Option<u16>,
+    status_text: Option<&'a str>,
     http_version: &'static str,
     cookies: [(); 0],
-    headers: Vec<Pair<&'a Value>>,
+    headers: Vec<Pair<'a>>,
     content: Content<'a>,
     #[serde(rename = "redirectURL")]
     redirect_url: &'a str,
     headers_size: i64,
-    body_size: &'a Value,
+    body_size: u64,
 }
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Content<'a> {
-    size: &'a Value,
+    size: u64,
     mime_type: &'a str,
-    text: &'a Value,
+    text: Option<&'a str>,
 }
 
-/// One HAR entry from one JSONL exchange record; None for an exchange without its request.
-fn entry(x: &Value) -> Option<Entry<'_>> {
-    let req = &x["request"];
-    if !req.is_object() {
-        return None;
-    }
-    let resp = &x["response"];
-    let started = req["first_unix_ns"].as_i64().map_or(0, i128::from);
-    let url = x["url"].as_str().unwrap_or("");
-    let send = ms(&req["first_ts_ns"], &req["last_ts_ns"]);
-    let wait = ms(&req["last_ts_ns"], &resp["first_ts_ns"]);
-    let receive = ms(&resp["first_ts_ns"], &resp["last_ts_ns"]);
+/// One HAR entry from one exchange record; None for an exchange without its request.
+fn entry(x: &ExchangeRecord) -> Option<Entry<'_>> {
+    let req = x.request.as_ref()?;
+    let resp = x.response.as_ref();
+    let send = ms(Some(req.first_ts_ns), Some(req.last_ts_ns));
+    let wait = ms(Some(req.last_ts_ns), resp.map(|r| r.first_ts_ns));
+    let receive = ms(resp.map(|r| r.first_ts_ns), resp.map(|r| r.last_ts_ns));
     let request = Request {
-        method: &x["method"],
-        url,
+        method: &x.method,
+        url: &x.url,
         http_version: "HTTP/1.1",
         cookies: [],
-        headers: headers(&req["headers"]),
-        query_string: query(url),
+        headers: headers(&req.headers),
+        query_string: query(&x.url),
         headers_size: -1,
-        body_size: &req["body_size"],
-        post_data: (req["body_size"].as_u64().unwrap_or(0) > 0).then(|| PostData {
-            mime_type: header(&req["headers"], "content-type").unwrap_or(""),
+        body_size: req.body_size,
+        post_data: (req.body_size > 0).then(|| PostData {
+            mime_type: header(req, "content-type").unwrap_or(""),
             text: body_text(req),
         }),
     };
-    let response = if resp.is_object() {
-        Response::Answered(Answered {
-            status: &x["status"],
-            status_text: &x["reason"],
+    let response = match resp {
+        Some(resp) => Response::Answered(Answered {
+            status: x.status,
+            status_text: x.reason.as_deref(),
             http_version: "HTTP/1.1",
             cookies: [],
-            headers: headers(&resp["headers"]),
+            headers: headers(&resp.headers),
             content: Content {
-                size: &resp["body_size"],
-                mime_type: header(&resp["headers"], "content-type").unwrap_or(""),
+                size: resp.body_size,
+                mime_type: header(resp, "content-type").unwrap_or(""),
                 text: body_text(resp),
             },
-            redirect_url: header(&resp["headers"], "location").unwrap_or(""),
+            redirect_url: header(resp, "location").unwrap_or(""),
             headers_size: -1,
-            body_size: &resp["body_size"],
-        })
-    } else {
-        Response::Unanswered(json!({
+            body_size: resp.body_size,
+        }),
+        None => Response::Unanswered(json!({
             "status": 0, "statusText": "", "httpVersion": "HTTP/1.1", "cookies": [], "headers": [],
             "content": {"size": 0, "mimeType": ""}, "redirectURL": "", "headersSize": -1, "bodySize": -1,
-        }))
+        })),
     };
-    let server_ip = x["server"]["local"]
-        .as_str()
-        .or(x["client"]["peer"].as_str())
+    let server_ip = x
+        .server
+        .as_ref()
+        .map(|e| e.local.as_str())
+        .filter(|a| !a.is_empty())
+        .or(x.client.as_ref().map(|e| e.peer.as_str()))
         .and_then(|a| {
             a.rsplit_once(':')
                 .map(|(ip, _)| ip.trim_matches(['[', ']']))
         });
     Some(Entry {
-        started_date_time: iso8601(started),
+        started_date_time: iso8601(req.first_unix_ns),
         time: send + wait + receive,
         request,
         response,
@@ -240,11 +228,105 @@ fn entry(x: &Value) -> Option<Entry<'_>> {
             wait,
             receive,
         },
-        from: &x["from"],
-        to: &x["to"],
-        incomplete: &x["incomplete"],
+        from: &x.from,
+        to: &x.to,
+        incomplete: x.incomplete,
         server_ip,
     })
+}
+
+/// How deep an entry sits in the document: in `log.entries`, three levels of two spaces.
+const ENTRY_INDENT: usize = 6;
+const SPACES: [u8; 64] = [b' '; 64];
+
+/// serde_json's pretty layout (two spaces a level, `": "` after keys, `[]` and `{}` when
+/// empty) shifted right by [`ENTRY_INDENT`], written straight into the document's buffer.
+#[derive(Default)]
+struct Indented {
+    level: usize,
+    has_value: bool,
+}
+
+impl Indented {
+    fn newline<W: ?Sized + io::Write>(&self, w: &mut W) -> io::Result<()> {
+        w.write_all(b"\n")?;
+        let mut n = ENTRY_INDENT + 2 * self.level;
+        while n > 0 {
+            let k = n.min(SPACES.len());
+            w.write_all(&SPACES[..k])?;
+            n -= k;
+        }
+        Ok(())
+    }
+
+    fn open<W: ?Sized + io::Write>(&mut self, w: &mut W, c: &[u8]) -> io::Result<()> {
+        self.level += 1;
+        self.has_value = false;
+        w.write_all(c)
+    }
+
+    fn close<W: ?Sized + io::Write>(&mut self, w: &mut W, c: &[u8]) -> io::Result<()> {
+        self.level -= 1;
+        if self.has_value {
+            self.newline(w)?;
+        }
+        w.write_all(c)
+    }
+
+    fn item<W: ?Sized + io::Write>(&mut self, w: &mut W, first: bool) -> io::Result<()> {
+        if !first {
+            w.write_all(b",")?;
+        }
+        self.newline(w)
+    }
+}
+
+impl serde_json::ser::Formatter for Indented {
+    fn begin_array<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
+        self.open(w, b"[")
+    }
+
+    fn end_array<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
+        self.close(w, b"]")
+    }
+
+    fn begin_array_value<W: ?Sized + io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> io::Result<()> {
+        self.item(w, first)
+    }
+
+    fn end_array_value<W: ?Sized + io::Write>(&mut self, _w: &mut W) -> io::Result<()> {
+        self.has_value = true;
+        Ok(())
+    }
+
+    fn begin_object<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
+        self.open(w, b"{")
+    }
+
+    fn end_object<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
+        self.close(w, b"}")
+    }
+
+    fn begin_object_key<W: ?Sized + io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> io::Result<()> {
+        self.item(w, first)
+    }
+
+    fn begin_object_value<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
+        w.write_all(b": ")
+    }
+
+    fn end_object_value<W: ?Sized + io::Write>(&mut self, _w: &mut W) -> io::Result<()> {
+        self.has_value = true;
+        Ok(())
+    }
 }
 
 /// A HAR document written entry by entry as exchanges come (`--har`, `sniffer har`), so that
@@ -273,21 +355,14 @@ impl HarStream {
 
     /// The entry of one JSONL exchange record, after a comma unless it is the first; nothing
     /// for an exchange without its request (false).
-    pub fn entry(&mut self, b: &mut Vec<u8>, record: &Value) -> io::Result<bool> {
+    pub fn entry(&mut self, b: &mut Vec<u8>, record: &ExchangeRecord) -> io::Result<bool> {
         let Some(e) = entry(record) else {
             return Ok(false);
         };
-        let mut pretty = Vec::new();
-        serde_json::to_writer_pretty(&mut pretty, &e)?;
         b.extend_from_slice(if self.entries == 0 { b"\n" } else { b",\n" });
-        // JSON strings hold no raw newline, so every line break is the printer's.
-        for (i, line) in pretty.split(|&c| c == b'\n').enumerate() {
-            if i > 0 {
-                b.push(b'\n');
-            }
-            b.extend_from_slice(b"      ");
-            b.extend_from_slice(line);
-        }
+        b.extend_from_slice(&SPACES[..ENTRY_INDENT]);
+        let mut ser = serde_json::Serializer::with_formatter(&mut *b, Indented::default());
+        e.serialize(&mut ser)?;
         self.entries += 1;
         Ok(true)
     }
@@ -302,7 +377,7 @@ impl HarStream {
 }
 
 /// The whole HAR document for JSONL exchange records, as [`HarStream`] writes it.
-pub fn document(records: &[Value]) -> io::Result<Vec<u8>> {
+pub fn document(records: &[ExchangeRecord]) -> io::Result<Vec<u8>> {
     let mut b = Vec::new();
     let mut s = HarStream::default();
     HarStream::head(&mut b);
@@ -311,15 +386,6 @@ pub fn document(records: &[Value]) -> io::Result<Vec<u8>> {
     }
     s.tail(&mut b);
     Ok(b)
-}
-
-/// Parses JSONL text into records, naming the line of the first that does not parse.
-pub fn read_jsonl(text: &str) -> Result<Vec<Value>, String> {
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| serde_json::from_str(l).map_err(|e| format!("line {}: {e}", i + 1)))
-        .collect()
 }
 
 #[cfg(test)]
@@ -338,7 +404,7 @@ mod tests {
 
     #[test]
     fn an_exchange_becomes_an_entry() {
-        let rec: Value = serde_json::from_str(
+        let rec: ExchangeRecord = serde_json::from_str(
             r#"{"id":1,"from":"openstack","to":"keystone","method":"POST","url":"http://127.0.0.1:5000/v3/auth/tokens?nocatalog","status":201,"reason":"CREATED",
                 "client":{"pid":1,"local":"127.0.0.1:40000","peer":"127.0.0.1:5000","transport":"tcp"},"server":null,
                 "request":{"number":1,"first_ts_ns":1000000,"last_ts_ns":2000000,"first_unix_ns":0,"headers":[["Content-Type","application/json"]],"body_size":2,"body":"{}"},
@@ -365,21 +431,22 @@ mod tests {
         assert_eq!(e["serverIPAddress"], "127.0.0.1");
     }
 
-    fn record(id: u64, url: &str) -> Value {
-        json!({"id": id, "from": "a", "to": "b", "method": "GET", "url": url, "status": 200,
+    fn record(id: u64, url: &str) -> ExchangeRecord {
+        serde_json::from_value(json!({"id": id, "from": "a", "to": "b", "method": "GET", "url": url, "status": 200,
             "reason": "OK", "client": null, "server": {"local": "127.0.0.1:80"},
             "request": {"first_ts_ns": 1, "last_ts_ns": 2, "first_unix_ns": 0, "headers": [],
                 "body_size": 0, "body": "none"},
             "response": {"first_ts_ns": 3, "last_ts_ns": 4, "headers": [["Content-Type", "text/plain"]],
                 "body_size": 2, "body": "ok"},
-            "incomplete": false})
+            "incomplete": false}))
+        .unwrap()
     }
 
     #[test]
     fn a_streamed_document_is_the_whole_document_entry_by_entry() {
         let recs = [
             record(1, "http://h/a"),
-            json!({"id": 2, "request": null}),
+            serde_json::from_value(json!({"id": 2, "request": null})).unwrap(),
             record(3, "http://h/b?x=1"),
         ];
         let doc: Value = serde_json::from_slice(&document(&recs).unwrap()).unwrap();
@@ -403,12 +470,20 @@ mod tests {
                 env!("CARGO_PKG_VERSION")
             )
         );
-        // As a pretty-printer writes the whole document (the keys keep their order).
-        let recs = [record(1, "http://h/"), record(2, "http://h/x")];
+        // As a pretty-printer writes the whole document (the keys keep their order): nested
+        // objects, empty and full arrays, an unanswered request, escapes in a body.
+        let mut unanswered = record(3, "http://h/y?a=1&b");
+        unanswered.response = None;
+        unanswered.status = None;
+        if let Some(r) = unanswered.request.as_mut() {
+            r.body = "line\n\"two\"\t\u{1}".into();
+            r.body_size = 9;
+        }
+        let recs = [record(1, "http://h/"), record(2, "http://h/x"), unanswered];
         let whole = json!({"log": {
             "version": "1.2",
             "creator": {"name": "sniffer", "version": env!("CARGO_PKG_VERSION")},
-            "entries": [serde_json::to_value(entry(&recs[0]).unwrap()).unwrap(), serde_json::to_value(entry(&recs[1]).unwrap()).unwrap()],
+            "entries": recs.iter().map(|r| serde_json::to_value(entry(r).unwrap()).unwrap()).collect::<Vec<_>>(),
         }});
         assert_eq!(
             String::from_utf8(document(&recs).unwrap()).unwrap(),

@@ -135,8 +135,12 @@ fn diagram(a: &DiagramArgs) -> Result<(), ToolError> {
 
 fn har_file(a: &HarArgs) -> Result<(), ToolError> {
     let text = read(&a.jsonl)?;
-    let records = har::read_jsonl(&text)
-        .map_err(|e| ToolError::Usage(format!("{}: {e}", a.jsonl.display())))?;
+    // A run without exchanges wrote an empty file: its HAR has no entries.
+    let records = match record::read_jsonl(&text) {
+        Ok(records) => records,
+        Err(record::ReadError::Empty) => Vec::new(),
+        Err(e) => return Err(ToolError::Usage(format!("{}: {e}", a.jsonl.display()))),
+    };
     let doc = har::document(&records).map_err(|e| ToolError::Usage(e.to_string()))?;
     // serde_json writes valid UTF-8.
     write(&[(&a.output, &String::from_utf8_lossy(&doc))])

@@ -226,10 +226,7 @@ impl LogSink for HarSink {
     fn exchange(&mut self, x: &Exchange) {
         let record = self.rec.record(x);
         let doc = &mut self.doc;
-        self.out.record(1, |b| {
-            let value = serde_json::to_value(&record)?;
-            doc.entry(b, &value).map(drop)
-        });
+        self.out.record(1, |b| doc.entry(b, &record).map(drop));
     }
 
     fn flush(&mut self) {
