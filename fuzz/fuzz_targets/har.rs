@@ -6,7 +6,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: &[u8]| {
     let text = String::from_utf8_lossy(input);
-    if let Ok(records) = sniffer::har::read_jsonl(&text) {
+    if let Ok(records) = sniffer::record::read_jsonl(&text) {
         let har = sniffer::har::document(&records).expect("a HAR serialises");
         let _: serde_json::Value = serde_json::from_slice(&har).expect("the HAR is JSON");
     }
