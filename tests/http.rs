@@ -352,9 +352,12 @@ fn a_body_read_until_the_close_copies_nothing_past_its_preview() {
     );
     assert!(entry(&cap.log, 2).contains(&format!("<octet-stream {SIZE} bytes> 0x")));
     let captured = payload_captured(&cap);
-    // The first window (512 KiB), no more: 2 KiB of each of curl's reads would be megabytes.
+    // The first window (512 KiB), and the first bytes of the reads made before sniffer's word
+    // that no head can follow reached the kernel (1.07 MB all told once, with a CI build's
+    // tests side by side on 2 cores): 2 KiB of each of curl's reads, the whole body long,
+    // were 7.7 MB.
     assert!(
-        captured < 1 << 20,
+        captured < 3 << 20,
         "{captured} payload bytes went through the ring buffer"
     );
 }
