@@ -113,7 +113,8 @@ enum Task {
         /// a stuck CPU's backtrace shows at the default, loglevel=5).
         #[arg(long = "kernel-arg", value_name = "ARG")]
         kernel_args: Vec<String>,
-        /// Guests run at once (each keeps one host CPU busy); default: one per host CPU.
+        /// Guests run at once (each keeps one host CPU busy); default: one per host CPU, as many
+        /// as fit in the memory the host has free.
         #[arg(long)]
         jobs: Option<usize>,
         /// Extra arguments for every test binary (after --), e.g. a test name filter.

@@ -136,11 +136,13 @@ pub fn vm_test(sniffer: &Path, settings: &Settings) -> anyhow::Result<()> {
         ready.push((*k, unpacked, initrd));
     }
     // A guest emulates both its vCPUs in one host thread (tcg,thread=single), so it keeps one
-    // host CPU busy: as many guests at once as there are CPUs. On a 2-core machine the two
-    // kernels of CI take the time of the slower one rather than the sum.
-    let jobs = settings
-        .jobs
-        .unwrap_or_else(|| thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get));
+    // host CPU busy: as many guests at once as there are CPUs, and as fit in the memory the
+    // host has free. On a 2-core machine the two kernels of CI take the time of the slower one
+    // rather than the sum.
+    let jobs = settings.jobs.unwrap_or_else(|| {
+        let cpus = thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        guests_at_once(cpus, mem_available_mib(), settings.memory_mib)
+    });
     let jobs = jobs.clamp(1, ready.len().max(1));
     println!(
         "xtask: {} kernel(s), {jobs} guest(s) at a time",
@@ -189,6 +191,29 @@ pub fn vm_test(sniffer: &Path, settings: &Settings) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Guests to boot at once: one per CPU, each with its memory and a quarter more (qemu's own,
+/// virtiofsd, the page cache the tests need), never fewer than one.
+fn guests_at_once(cpus: usize, available_mib: Option<u64>, guest_mib: u64) -> usize {
+    let by_memory = available_mib.map_or(usize::MAX, |m| {
+        usize::try_from(m / (guest_mib + guest_mib / 4).max(1)).unwrap_or(usize::MAX)
+    });
+    cpus.min(by_memory).max(1)
+}
+
+/// The host's MemAvailable, in MiB.
+fn mem_available_mib() -> Option<u64> {
+    let text = fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024)
 }
 
 fn table(outcomes: &[Outcome]) -> String {
@@ -972,6 +997,17 @@ mod tests {
             (Some(9), Some(2))
         );
         assert_eq!(parse_result("capture  secs=40"), (None, None));
+    }
+
+    #[test]
+    fn guests_fit_the_cpus_and_the_memory() {
+        // 2 cores, 23 GiB free, 3 GiB guests: both cores.
+        assert_eq!(guests_at_once(2, Some(23_000), 3072), 2);
+        // 8 cores but 8 GiB free: two guests of 3 GiB (3.75 with qemu's share).
+        assert_eq!(guests_at_once(8, Some(8192), 3072), 2);
+        // Too little for one: one anyway (as before, one at a time).
+        assert_eq!(guests_at_once(4, Some(1000), 3072), 1);
+        assert_eq!(guests_at_once(3, None, 3072), 3);
     }
 
     #[test]
