@@ -1008,6 +1008,8 @@ mod tests {
         // Too little for one: one anyway (as before, one at a time).
         assert_eq!(guests_at_once(4, Some(1000), 3072), 1);
         assert_eq!(guests_at_once(3, None, 3072), 3);
+        // This host's free memory is read.
+        assert!(mem_available_mib().is_some_and(|m| m > 0));
     }
 
     #[test]
