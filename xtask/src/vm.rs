@@ -82,7 +82,7 @@ pub struct Settings {
     pub memory_mib: u64,
     /// Extra guest kernel arguments, after the defaults (a later `loglevel=` wins).
     pub kernel_args: Vec<String>,
-    /// Guests booted at once; `None`: one per host CPU.
+    /// Guests booted at once; `None`: one per host CPU, as many as fit in free memory.
     pub jobs: Option<usize>,
 }
 
