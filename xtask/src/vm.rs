@@ -769,8 +769,13 @@ fn boot_and_test(
             .arg(format!("--socket-path={}", socket.display()))
             .args(["--shared-dir=/", "--readonly", "--sandbox=none"])
             // Host mounts under / (proc, sys) would be automounts the overlay refuses to cross.
+            // cache=always: the guest keeps what it looked up and read without asking again (the
+            // host's tree does not change while guests run: everything is built before they
+            // boot, and their writes land in the overlay). With cache=auto every exec and open
+            // asked virtiofsd again: measured in a 5.10 guest, /bin/true 0.70 -> 0.11 s,
+            // `python3 -c pass` 2.2-4.9 -> 0.5-1.3 s, importing http.server 6.4 -> 2.1 s.
             .args([
-                "--cache=auto",
+                "--cache=always",
                 "--no-announce-submounts",
                 "--log-level=error",
             ])
