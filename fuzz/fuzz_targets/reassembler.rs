@@ -29,8 +29,9 @@ use sniffer::{
     pipeline::Downstream,
     procs::ProcTable,
     sinks::{
-        Fanout,
-        jsonl::{Jsonl, LogFanout, Recorder},
+        Fanout, LogFanout,
+        jsonl::Jsonl,
+        records::{Recorder, Records},
         log::NumberedLog,
         output::Outputs,
     },
@@ -179,7 +180,9 @@ fn run(input: &[u8], procs: &ProcTable) {
     let outputs = Outputs::default();
     let sink = |unit| outputs.writer(Box::new(std::io::sink()), "sink", unit);
     logs.sinks.push(Box::new(NumberedLog::new(sink("messages"), true, 4096)));
-    logs.sinks.push(Box::new(Jsonl::new(sink("exchanges"), RECORDER)));
+    let mut records = Records::new(RECORDER);
+    records.sinks.push(Box::new(Jsonl::new(sink("exchanges"))));
+    logs.sinks.push(Box::new(records));
     let mut down = Downstream {
         streams: Fanout {
             sinks: vec![Box::new(Contiguous::default())],

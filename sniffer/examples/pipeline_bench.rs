@@ -1,8 +1,9 @@
 //! The userspace pipeline's cost per exchange, without a kernel: the events a traced nginx
 //! worker's keep-alive connections produce (a request read, a response written), replayed
 //! through the whole pipeline (connections, streams, HTTP, stitching, the numbered log and the
-//! JSONL, to nowhere). `cargo run --release --example pipeline_bench [EXCHANGES] [--jsonl]`
-//! (the numbered log only, as `cargo xtask bench` runs sniffer, unless `--jsonl`); under
+//! JSONL, to nowhere). `cargo run --release --example pipeline_bench [EXCHANGES] [--jsonl]
+//! [--har]` (the numbered log only, as `cargo xtask bench` runs sniffer, unless `--jsonl` or
+//! `--har`: each exchange's record is built once for both); under
 //! `valgrind --tool=callgrind` its instruction counts are repeatable on a busy machine.
 use std::time::Instant;
 
@@ -13,9 +14,11 @@ use sniffer::{
     pipeline::Pipeline,
     procs::ProcTable,
     sinks::{
-        jsonl::{Jsonl, LogFanout, Recorder},
+        LogFanout,
+        jsonl::{HarSink, Jsonl},
         log::NumberedLog,
         output::Outputs,
+        records::{Recorder, Records},
     },
     stitch::Stitcher,
 };
@@ -80,10 +83,16 @@ fn main() {
         host: None,
         clock_shift_ns: 0,
     };
+    let mut records = Records::new(rec);
     if std::env::args().any(|a| a == "--jsonl") {
-        logs.sinks
-            .push(Box::new(Jsonl::new(sink("exchanges"), rec)));
+        records.sinks.push(Box::new(Jsonl::new(sink("exchanges"))));
     }
+    if std::env::args().any(|a| a == "--har") {
+        records
+            .sinks
+            .push(Box::new(HarSink::new(sink("exchanges"))));
+    }
+    logs.sinks.push(Box::new(records));
     let http = Exchanges::new(
         Stitcher::new(logs, Names::default(), None).offline(),
         64 << 10,

@@ -6,7 +6,7 @@ use crate::{
     events::{Dir, Drained, Event, FinalOffsets},
     exchange::Exchanges,
     procs::ProcTable,
-    sinks::{Fanout, jsonl::LogFanout, raw::RawSink},
+    sinks::{Fanout, LogFanout, raw::RawSink},
     stitch::{ORDER_SLACK_NS, Stats, Stitcher},
     stream::Piece,
 };
@@ -250,7 +250,7 @@ mod tests {
         conns::tests::{chunk, sock},
         events::{Chunk, Dir, Event},
         names::Names,
-        sinks::jsonl::LogFanout,
+        sinks::LogFanout,
         stitch::{ORDER_SLACK_NS, Stitcher},
     };
 

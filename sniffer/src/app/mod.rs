@@ -28,12 +28,14 @@ use crate::{
     proxy::Proxies,
     record::Host,
     sinks::{
+        LogFanout,
         conn_log::ConnLog,
         dump::DumpSink,
-        jsonl::{HarSink, Jsonl, LogFanout, Recorder},
+        jsonl::{HarSink, Jsonl},
         log::NumberedLog,
         output::{DiskLimits, Output, Outputs},
         raw::RawSink,
+        records::{Recorder, Records},
         safe_open::{self, OpenError, OutDir, Target},
     },
     stitch::Stitcher,
@@ -223,9 +225,10 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
         redact,
         preview,
     )));
+    let mut records = Records::new(recorder.clone());
     if let (Some(out), Some(path)) = (jsonl_out, &cli.jsonl) {
         let out = writer(out, path, "exchanges")?;
-        logs.sinks.push(Box::new(Jsonl::new(out, recorder.clone())));
+        records.sinks.push(Box::new(Jsonl::new(out)));
     }
     if let (Some(out), Some(path)) = (har_out, &cli.har) {
         // One document: not rotated.
@@ -234,20 +237,22 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
             ..limits
         };
         let out = writer_within(out, path, "exchanges", whole)?;
-        logs.sinks
-            .push(Box::new(HarSink::new(out, recorder.clone())));
+        records.sinks.push(Box::new(HarSink::new(out)));
     }
     let otlp = match otlp_endpoint {
         Some(ep) => {
             let health = outputs.track(format!("otlp {ep}"), "spans");
             let exporter = Exporter::start(ep.clone(), otlp::Options::default(), Some(health))
                 .context("starting the OTLP export thread")?;
-            let (sink, summary) = OtlpSink::new(recorder.clone(), exporter);
-            logs.sinks.push(Box::new(sink));
+            let (sink, summary) = OtlpSink::new(&recorder, exporter);
+            records.sinks.push(Box::new(sink));
             Some((ep, summary))
         }
         None => None,
     };
+    if !records.sinks.is_empty() {
+        logs.sinks.push(Box::new(records));
+    }
     if cli.follow {
         term::set_stdout_tty(std::io::stdout().is_terminal());
         logs.sinks.push(Box::new(Follow::new()));

@@ -9,15 +9,15 @@ use super::{
     spans::{End, Party, Tracer, spans},
 };
 use crate::{
-    sinks::jsonl::Recorder,
-    stitch::{Entry, Exchange, LogSink, Which},
+    record::ExchangeRecord,
+    sinks::records::{RecordSink, Recorder},
+    stitch::{Entry, Which},
 };
 
 /// How long the end of a run waits for the last spans to go out.
 pub const FINISH_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub struct OtlpSink {
-    rec: Recorder,
     host: String,
     tracer: Tracer,
     exporter: Option<Exporter>,
@@ -28,7 +28,7 @@ pub struct OtlpSink {
 impl OtlpSink {
     /// Spans of exchanges recorded by `rec` (whose host names them) go to `exporter`; the
     /// returned handle holds the summary once the sink is closed.
-    pub fn new(rec: Recorder, exporter: Exporter) -> (Self, Arc<Mutex<Option<Summary>>>) {
+    pub fn new(rec: &Recorder, exporter: Exporter) -> (Self, Arc<Mutex<Option<Summary>>>) {
         let host = rec
             .host
             .as_ref()
@@ -42,7 +42,6 @@ impl OtlpSink {
         (
             Self {
                 tracer: Tracer::new(seed.as_bytes()),
-                rec,
                 host,
                 exporter: Some(exporter),
                 summary: summary.clone(),
@@ -59,7 +58,7 @@ impl OtlpSink {
     }
 }
 
-impl LogSink for OtlpSink {
+impl RecordSink for OtlpSink {
     fn message(&mut self, e: &Entry<'_>) {
         let x = e.exchange;
         match e.which {
@@ -73,19 +72,18 @@ impl LogSink for OtlpSink {
         }
     }
 
-    fn exchange(&mut self, x: &Exchange) {
-        let ids = self.tracer.finish(x.id);
-        let r = self.rec.record(x);
+    fn record(&mut self, r: &ExchangeRecord) {
+        let ids = self.tracer.finish(r.id);
         let host = self.host.as_str();
         let client = r
             .client
             .as_ref()
-            .map(|c| End::of_record(&r, &r.from, host, Some(c)));
+            .map(|c| End::of_record(r, &r.from, host, Some(c)));
         let server = r
             .server
             .as_ref()
-            .map(|s| End::of_record(&r, &r.to, host, Some(s)));
-        let out = spans(&r, &ids, client, server);
+            .map(|s| End::of_record(r, &r.to, host, Some(s)));
+        let out = spans(r, &ids, client, server);
         if let Some(e) = &self.exporter
             && !out.is_empty()
         {

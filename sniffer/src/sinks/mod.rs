@@ -8,12 +8,14 @@ pub mod jsonl;
 pub mod log;
 pub mod output;
 pub mod raw;
+pub mod records;
 pub mod safe_open;
 
 use crate::{
     conns::{Conn, ConnSink},
     events::Dir,
     procs::ProcTable,
+    stitch::{Entry, Exchange, LogSink},
     stream::Piece,
 };
 
@@ -39,6 +41,38 @@ impl ConnSink for Fanout {
     fn ended(&mut self, conn: &Conn, procs: &ProcTable) {
         for s in &mut self.sinks {
             s.ended(conn, procs);
+        }
+    }
+
+    fn close(&mut self) {
+        for s in &mut self.sinks {
+            s.close();
+        }
+    }
+}
+
+/// Several log sinks fed in turn.
+#[derive(Default)]
+pub struct LogFanout {
+    pub sinks: Vec<Box<dyn LogSink>>,
+}
+
+impl LogSink for LogFanout {
+    fn message(&mut self, e: &Entry<'_>) {
+        for s in &mut self.sinks {
+            s.message(e);
+        }
+    }
+
+    fn exchange(&mut self, x: &Exchange) {
+        for s in &mut self.sinks {
+            s.exchange(x);
+        }
+    }
+
+    fn flush(&mut self) {
+        for s in &mut self.sinks {
+            s.flush();
         }
     }
 

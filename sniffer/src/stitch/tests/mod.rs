@@ -76,7 +76,7 @@ impl LogSink for Titles {
         if !self.keep_records {
             return;
         }
-        let rec = crate::sinks::jsonl::Recorder {
+        let rec = crate::sinks::records::Recorder {
             redact: true,
             text_limit: 4096,
             unix_offset_ns: 0,
@@ -586,14 +586,18 @@ fn two_namespaces_reusing_one_loopback_four_tuple_pair_within_each() {
     assert!(w.http.sink.sink.exchanges.iter().all(|(_, both)| *both));
 }
 
+/// The log, the JSONL and the HAR of one run agree: the JSONL's records give back the log's
+/// entries, and the HAR written live from the same shared records is `sniffer har` of the JSONL.
 #[test]
 fn records_give_back_the_log_entries_byte_for_byte() {
     use crate::sinks::{
-        jsonl::{Jsonl, LogFanout, Recorder},
+        LogFanout,
+        jsonl::{HarSink, Jsonl},
         log::{NumberedLog, record_entry},
         output::Outputs,
+        records::{Recorder, Records},
     };
-    let (log, jsonl) = (Shared::default(), Shared::default());
+    let (log, jsonl, har) = (Shared::default(), Shared::default(), Shared::default());
     let outputs = Outputs::default();
     let rec = Recorder {
         redact: true,
@@ -608,10 +612,18 @@ fn records_give_back_the_log_entries_byte_for_byte() {
         true,
         4096,
     )));
-    fan.sinks.push(Box::new(Jsonl::new(
-        outputs.writer(Box::new(jsonl.clone()), "jsonl", "exchanges"),
-        rec,
-    )));
+    let mut records = Records::new(rec);
+    records.sinks.push(Box::new(Jsonl::new(outputs.writer(
+        Box::new(jsonl.clone()),
+        "jsonl",
+        "exchanges",
+    ))));
+    records.sinks.push(Box::new(HarSink::new(outputs.writer(
+        Box::new(har.clone()),
+        "har",
+        "exchanges",
+    ))));
+    fan.sinks.push(Box::new(records));
     let mut procs = ProcTable::new();
     procs.on_fork(100, 1, "openstack");
     procs.on_fork(200, 1, "glance-api");
@@ -670,6 +682,12 @@ fn records_give_back_the_log_entries_byte_for_byte() {
     assert!(log.contains("[incomplete: "), "{log}");
     assert!(log.contains("<redacted sha256:"), "{log}");
     assert_eq!(from_records, log);
+    assert_eq!(records.len(), 2);
+    let har = har.0.lock().unwrap().clone();
+    assert_eq!(
+        String::from_utf8(har).unwrap(),
+        String::from_utf8(crate::har::document(&records).unwrap()).unwrap()
+    );
 }
 
 mod bounds;
