@@ -330,8 +330,8 @@ env = dict(os.environ, OS_AUTH_URL=kurl, OS_USERNAME="admin", OS_PASSWORD="secre
 if tls:
     env["OS_CACERT"] = cacert
 # What devstack makes with the openstack CLI, made through openstacksdk (what the CLI calls) in
-# one process: an `openstack` command a step started Python and the CLI each time (about 3 s
-# each here, 7 to 14 of them a bed).
+# one process: one `openstack` command per step started Python and the CLI again each time
+# (about 3 s each here, 7 to 14 of them a bed).
 IDENTITY = r"""
 import json, sys
 import openstack
