@@ -149,6 +149,8 @@ fn main() {
                 data: bytes,
                 tls: Tls::No,
             }));
+            // As the daemon's reader: what waited long enough is written as events are read.
+            p.release_read();
             *o += bytes.len() as u64;
         }
         if i % 2000 == 0 {

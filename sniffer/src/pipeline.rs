@@ -7,7 +7,7 @@ use crate::{
     exchange::Exchanges,
     procs::ProcTable,
     sinks::{Fanout, LogFanout, raw::RawSink},
-    stitch::{ORDER_SLACK_NS, Stats, Stitcher},
+    stitch::{MAX_ORDER_SLACK_NS, Stats, Stitcher},
     stream::Piece,
 };
 
@@ -46,10 +46,11 @@ impl ConnSink for Downstream {
 /// CPUs land in the ring buffer a little out of order, lost ones never land.
 pub const HOLE_WAIT_NS: u64 = 200_000_000;
 /// How long a hole is waited for while the kernel has lately lost events (the ring was full):
-/// the order's slack, past which a piece that filled it would be written out of order anyway.
+/// the order's longest slack, past which a piece that filled it would be written out of order
+/// anyway.
 /// Waiting longer holds every message behind the hole (written out of order once it is given
 /// up) and the stream's bytes after it (up to 4 MiB a stream).
-const HOLE_WAIT_AFTER_LOSS_NS: u64 = ORDER_SLACK_NS;
+const HOLE_WAIT_AFTER_LOSS_NS: u64 = MAX_ORDER_SLACK_NS;
 
 /// Totals for the end-of-run summary.
 #[derive(Debug, Default, Clone, Copy)]
@@ -76,8 +77,9 @@ pub struct Pipeline {
 }
 
 /// How often events read between the app's ticks also release what waited long enough (see
-/// [`Pipeline::tick_if_due`]).
-const RELEASE_EVERY_NS: u64 = 2_000_000;
+/// [`Pipeline::tick_if_due`]): a fraction of the order's shortest slack, so that what waits
+/// stays near that slack's worth of exchanges.
+const RELEASE_EVERY_NS: u64 = 250_000;
 
 impl Pipeline {
     pub fn new(
@@ -129,6 +131,15 @@ impl Pipeline {
         } else {
             now_ns
         }
+    }
+
+    /// After each event the reader handled: what waited long enough before the newest event
+    /// read is released (every [`RELEASE_EVERY_NS`] of them), inside a drain too, where a
+    /// message that began before it may still wait in the ring behind (see
+    /// [`Pipeline::horizon`]). A drain of 256 KiB of records holds ~600 exchanges; released as
+    /// they are read, those written are still in the cache.
+    pub fn release_read(&mut self) {
+        self.tick_if_due(self.newest_ns);
     }
 
     pub fn handle(&mut self, ev: Event) {
@@ -251,7 +262,7 @@ mod tests {
         events::{Chunk, Dir, Event},
         names::Names,
         sinks::LogFanout,
-        stitch::{ORDER_SLACK_NS, Stitcher},
+        stitch::{MAX_ORDER_SLACK_NS, MIN_ORDER_SLACK_NS, Stitcher},
     };
 
     const MS: u64 = 1_000_000;
@@ -263,6 +274,21 @@ mod tests {
             64 << 10,
         );
         Pipeline::new(ProcTable::new(), None, Vec::new(), http)
+    }
+
+    /// A pipeline with the client socket `sock(3, 0xa, ..)` open, and the time of its tick.
+    fn opened() -> (Pipeline, u64) {
+        let mut p = pipeline();
+        let t0 = 1_000 * MS;
+        p.handle(Event::SockOpen(sock(3, 0xa, 0, 0)));
+        p.tick(t0);
+        (p, t0)
+    }
+
+    /// [`exchange`] read by the reader, which then releases what waited long enough.
+    fn read(p: &mut Pipeline, ts: u64, off: &mut [u64; 2]) {
+        exchange(p, ts, off);
+        p.release_read();
     }
 
     /// One exchange on the client socket `sock(3, 0xa, ..)`, both messages at `ts`.
@@ -289,8 +315,9 @@ mod tests {
         let mut off = [0; 2];
         exchange(&mut p, t0 + 1, &mut off);
         exchange(&mut p, t0 + 1 + half, &mut off);
-        // The first exchange's place is final (the order's slack passed), the second's not yet.
-        let first = t0 + 1 + ORDER_SLACK_NS;
+        // The first exchange's place is final (the order's slack passed: the longest, in a run's
+        // first seconds), the second's not yet.
+        let first = t0 + 1 + MAX_ORDER_SLACK_NS;
         p.tick_if_due(first);
         assert_eq!(p.http_stats().messages, 2);
         // The second one's is now, but the last release was less than the interval ago.
@@ -301,11 +328,34 @@ mod tests {
     }
 
     #[test]
+    fn with_nothing_late_a_message_is_written_a_millisecond_after_it_began() {
+        let (mut p, t0) = opened();
+        let mut off = [0; 2];
+        read(&mut p, t0 + 1, &mut off);
+        read(
+            &mut p,
+            t0 + 1 + MIN_ORDER_SLACK_NS + RELEASE_EVERY_NS,
+            &mut off,
+        );
+        assert_eq!(
+            p.http_stats().messages,
+            0,
+            "a run's first seconds: the longest slack"
+        );
+        // Three seconds on, nothing came late: the reader releases what waited 1 ms as it reads.
+        let t1 = t0 + 3_000 * MS;
+        read(&mut p, t1, &mut off);
+        assert_eq!(p.http_stats().messages, 4);
+        read(&mut p, t1 + MIN_ORDER_SLACK_NS - 1, &mut off);
+        assert_eq!(p.http_stats().messages, 4);
+        read(&mut p, t1 + MIN_ORDER_SLACK_NS + RELEASE_EVERY_NS, &mut off);
+        assert_eq!(p.http_stats().messages, 6);
+        assert_eq!(p.http_stats().out_of_order, 0);
+    }
+
+    #[test]
     fn a_drain_cut_short_releases_only_to_the_newest_event_read() {
-        let mut p = pipeline();
-        let t0 = 1_000 * MS;
-        p.handle(Event::SockOpen(sock(3, 0xa, 0, 0)));
-        p.tick(t0);
+        let (mut p, t0) = opened();
         let mut off = [0; 2];
         exchange(&mut p, t0 + 1, &mut off);
         // The reader is a second behind: the clock says both messages' places are final, but
@@ -320,7 +370,11 @@ mod tests {
         assert_eq!(p.http_stats().messages, 0);
         // The reader reads on: the newest event is past the first exchange's slack, which is
         // released; the second waits for the reader to get past its own.
-        exchange(&mut p, t0 + 1 + ORDER_SLACK_NS + RELEASE_EVERY_NS, &mut off);
+        exchange(
+            &mut p,
+            t0 + 1 + MAX_ORDER_SLACK_NS + RELEASE_EVERY_NS,
+            &mut off,
+        );
         p.tick_if_due(p.horizon(behind, now));
         assert_eq!(p.http_stats().messages, 2);
         let caught_up = Drained {
@@ -351,7 +405,7 @@ mod tests {
             let hole = |p: &Pipeline| {
                 p.conns.get(7, 3).expect("the connection").streams[Dir::Recv.index()].has_hole()
             };
-            p.tick_if_due(t0 + 1 + ORDER_SLACK_NS + RELEASE_EVERY_NS);
+            p.tick_if_due(t0 + 1 + MAX_ORDER_SLACK_NS + RELEASE_EVERY_NS);
             assert_eq!(hole(&p), !lost, "between ticks, lost: {lost}");
             p.tick(t0 + 1 + 50 * MS);
             assert_eq!(hole(&p), !lost, "at a tick, lost: {lost}");

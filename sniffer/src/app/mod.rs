@@ -382,7 +382,10 @@ pub async fn run(cli: RunArgs) -> anyhow::Result<i32> {
                 poll.as_mut().reset(tokio::time::Instant::now() + next_pump(poll_every, d));
             }
             _ = tick.tick() => {
-                let d = reader.drain(PUMP_BYTES, &mut |ev| handle(&mut pipeline, &mut news, ev));
+                let d = reader.drain(PUMP_BYTES, &mut |ev| {
+                    handle(&mut pipeline, &mut news, ev);
+                    pipeline.release_read();
+                });
                 lost_reported = report_losses(&probe, lost_reported);
                 pipeline.lost_events(lost_reported, monotonic_ns());
                 pipeline.tick(pipeline.horizon(d, monotonic_ns()));
@@ -556,6 +559,7 @@ fn pump(
 ) -> Drained {
     let d = reader.drain(PUMP_BYTES, &mut |ev| {
         handle(pipeline, news, ev);
+        pipeline.release_read();
         // At once, not after the drain: a drain of a full ring can take longer than a busy
         // stream's credit lasts in the kernel (bounded copy), whose bytes would then go uncopied.
         if pipeline.has_hints() {

@@ -136,15 +136,18 @@ pub(super) fn summary(probe: &Probe, reader: &Reader, pipeline: &Pipeline) {
     }
     if h.out_of_order > 0 {
         eprintln!(
-            "sniffer: {} messages written out of order: their events came more than {} ms after \
-             their kernel time, once messages that began later were written",
+            "sniffer: {} messages written out of order: their events came later than the order's \
+             slack (at most {} µs in this run) after their kernel time, once messages that began \
+             later were written",
             h.out_of_order,
-            crate::stitch::ORDER_SLACK_NS / 1_000_000
+            h.slack_ns / 1000
         );
     }
     tracing::info!(
-        "order: first bytes came at most {} µs behind the latest one placed",
-        h.reorder_ns / 1000
+        "order: first bytes came at most {} µs behind the latest one placed; the order's slack \
+         was at most {} µs",
+        h.reorder_ns / 1000,
+        h.slack_ns / 1000
     );
     if pipeline.conns.opens_lost > 0 {
         eprintln!(

@@ -6,7 +6,8 @@
 //! kernel time of its first byte (the earliest of its views), so a call a server makes while it
 //! serves a request sits inside that exchange. A message is written once it is complete and no
 //! message that began before it can still arrive: events from other CPUs reach userspace a
-//! little late, so the order is final after a short slack. One end's view can come much later
+//! little late, so the order is final after a short slack, a few times as long as the furthest
+//! a first byte came late of late. One end's view can come much later
 //! than the other's (a client reading its response late): it joins the written exchange.
 mod few;
 mod fold;
@@ -38,8 +39,10 @@ use crate::{
     proxy::Proxies,
 };
 
-/// How long after a message's first byte its place in the order is taken as final.
-pub const ORDER_SLACK_NS: u64 = 10_000_000;
+/// How long after a message's first byte its place in the order is taken as final, at least
+/// and at most: a few times the furthest a first byte came late of late (see `order::Slack`).
+pub const MIN_ORDER_SLACK_NS: u64 = 1_000_000;
+pub const MAX_ORDER_SLACK_NS: u64 = 10_000_000;
 /// What the messages waiting for their place may hold at most, by their weights (their bytes
 /// and ~1 KiB each); past it the oldest are written as they are. A long message at the front
 /// (a download, an upload) holds back all that came after it: 16 MiB are ~10,000 small
@@ -136,7 +139,7 @@ pub struct Stitcher<L: LogSink> {
     /// Connections by the time they ended, oldest first, for `expire` likewise.
     ended: VecDeque<(u64, u64)>,
     outbound: VecDeque<u64>,
-    slack_ns: u64,
+    slack: order::Slack,
     now: u64,
     /// The place (kernel time) of the last message the order wrote.
     written_to: u64,
@@ -178,7 +181,7 @@ impl<L: LogSink> Stitcher<L> {
             done: VecDeque::new(),
             ended: VecDeque::new(),
             outbound: VecDeque::new(),
-            slack_ns: ORDER_SLACK_NS,
+            slack: order::Slack::default(),
             now: 0,
             written_to: 0,
             newest: 0,

@@ -137,10 +137,12 @@ pub struct Stats {
     /// Messages written before their time because too many waited ([`super::MAX_QUEUED_BYTES`]).
     pub forced: u64,
     /// Messages placed before the last one written: their events came later than the order's
-    /// slack ([`super::ORDER_SLACK_NS`]), so they are written after messages that began later.
+    /// slack ([`super::order::Slack`]), so they are written after messages that began later.
     pub out_of_order: u64,
     /// The furthest a message's first byte came behind the latest one placed before it.
     pub reorder_ns: u64,
+    /// The longest the order's slack was.
+    pub slack_ns: u64,
     /// Proxies' upstream hops folded into their client's exchange.
     pub folded: u64,
     /// Requests written without an answer because it was in bytes sniffer did not get (not

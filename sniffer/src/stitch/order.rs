@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 
 use foldhash::HashMap;
 
-use super::{LogSink, MAX_QUEUED_BYTES, Stitcher, Which};
+use super::{LogSink, MAX_ORDER_SLACK_NS, MAX_QUEUED_BYTES, MIN_ORDER_SLACK_NS, Stitcher, Which};
 use crate::exchange::MsgKey;
 use crate::http::message::Message;
 use crate::procs::ProcTable;
@@ -45,6 +45,76 @@ pub(super) fn weight(msg: Option<&Message>) -> usize {
         + msg.map_or(0, |m| {
             m.head.len + m.body.preview.capacity() + m.trailers.iter().map(Vec::len).sum::<usize>()
         })
+}
+
+/// The slack is this many times the furthest a first byte came late.
+const LATE_FACTOR: u64 = 4;
+/// How long a first byte's lateness counts for the slack: this window of kernel time and the
+/// one before it.
+const LATE_WINDOW_NS: u64 = 2_000_000_000;
+
+/// How long after its first byte a message's place is final: [`LATE_FACTOR`] times the
+/// furthest a first byte came behind the latest one placed, over the last 2-4 s, within
+/// [`MIN_ORDER_SLACK_NS`] and [`MAX_ORDER_SLACK_NS`]; the longest in a run's first 2 s, before
+/// anything is known. Late first bytes come from a thread preempted between its timestamp and
+/// its ring record (tens of microseconds), or from a TLS write, whose record carries the time
+/// its call began and comes at its return (milliseconds, when the writer is preempted inside
+/// the call on a busy host). Short when nothing comes late: what waits is then a millisecond of
+/// exchanges, still in the cache when they are written and freed (10 ms of a busy keep-alive
+/// load are ~500 exchanges, megabytes).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Slack {
+    min_ns: u64,
+    max_ns: u64,
+    /// The furthest a first byte came late in the window before this one, and in this one.
+    late_ns: [u64; 2],
+    /// Kernel time this window began (`None`: nothing placed yet).
+    window_from: Option<u64>,
+}
+
+impl Default for Slack {
+    fn default() -> Self {
+        Self {
+            min_ns: MIN_ORDER_SLACK_NS,
+            max_ns: MAX_ORDER_SLACK_NS,
+            // Nothing known: the longest, through the first window.
+            late_ns: [u64::MAX, 0],
+            window_from: None,
+        }
+    }
+}
+
+impl Slack {
+    /// A slack that does not follow lateness.
+    #[cfg(test)]
+    pub(super) fn fixed(ns: u64) -> Self {
+        Self {
+            min_ns: ns,
+            max_ns: ns,
+            ..Self::default()
+        }
+    }
+
+    pub(super) fn ns(&self) -> u64 {
+        let late = self.late_ns[0].max(self.late_ns[1]);
+        late.saturating_mul(LATE_FACTOR)
+            .clamp(self.min_ns, self.max_ns)
+    }
+
+    /// A first byte came `late_ns` behind the latest one placed, `newest`.
+    pub(super) fn saw(&mut self, newest: u64, late_ns: u64) {
+        let from = *self.window_from.get_or_insert(newest);
+        if newest >= from.saturating_add(LATE_WINDOW_NS) {
+            let before = if newest >= from.saturating_add(2 * LATE_WINDOW_NS) {
+                0
+            } else {
+                self.late_ns[1]
+            };
+            self.late_ns = [before, 0];
+            self.window_from = Some(newest);
+        }
+        self.late_ns[1] = self.late_ns[1].max(late_ns);
+    }
 }
 
 /// Slots kept allocated when the queue empties (a burst's are given back).
@@ -150,17 +220,21 @@ impl<L: LogSink> Stitcher<L> {
     /// A message's first byte came: how far behind the latest one placed (the ring holds
     /// records in the order they were reserved, not of their kernel times).
     pub(super) fn placed(&mut self, ts: u64) {
-        self.stats.reorder_ns = self.stats.reorder_ns.max(self.newest.saturating_sub(ts));
+        let late = self.newest.saturating_sub(ts);
+        self.stats.reorder_ns = self.stats.reorder_ns.max(late);
         self.newest = self.newest.max(ts);
+        self.slack.saw(self.newest, late);
+        self.stats.slack_ns = self.stats.slack_ns.max(self.slack.ns());
     }
 
     /// Writes what is ready: messages at the front of the order that are complete and older
     /// than the slack (all of them when `force`).
     pub(super) fn release(&mut self, force_all: bool, procs: &ProcTable) {
+        let slack = self.slack.ns();
         while let Some(((ts, _), item)) = self.order.first() {
             let crowded = self.order.weight() > MAX_QUEUED_BYTES;
             let force = force_all || crowded;
-            if !force && ts.saturating_add(self.slack_ns) > self.now {
+            if !force && ts.saturating_add(slack) > self.now {
                 break;
             }
             if crowded && !force_all {
@@ -208,6 +282,41 @@ mod tests {
             out.push((ts, x));
         }
         out
+    }
+
+    const MS: u64 = 1_000_000;
+
+    #[test]
+    fn the_slack_follows_the_latest_lateness_within_its_bounds() {
+        const W: u64 = LATE_WINDOW_NS;
+        let mut s = Slack::default();
+        assert_eq!(s.ns(), MAX_ORDER_SLACK_NS, "nothing known yet");
+        // The first window keeps the longest; then what it saw counts.
+        s.saw(W, 50_000);
+        assert_eq!(s.ns(), MAX_ORDER_SLACK_NS);
+        s.saw(2 * W, 0);
+        assert_eq!(
+            s.ns(),
+            MIN_ORDER_SLACK_NS,
+            "preempted threads: tens of microseconds"
+        );
+        // A first byte 1.5 ms late: four times that.
+        s.saw(2 * W + MS, 1_500_000);
+        assert_eq!(s.ns(), 6 * MS);
+        // A TLS write preempted for a second: no longer than the bound.
+        s.saw(2 * W + 2 * MS, 1_000 * MS);
+        assert_eq!(s.ns(), MAX_ORDER_SLACK_NS);
+        // It counts in its window and the next one (2-4 s), then no more.
+        s.saw(3 * W + 3 * MS, 0);
+        assert_eq!(s.ns(), MAX_ORDER_SLACK_NS);
+        s.saw(4 * W + 4 * MS, 10_000);
+        assert_eq!(s.ns(), MIN_ORDER_SLACK_NS);
+        // After a quiet spell longer than both windows, only what comes then counts.
+        s.saw(4 * W + 5 * MS, 2 * MS);
+        assert_eq!(s.ns(), 8 * MS);
+        s.saw(7 * W, 0);
+        assert_eq!(s.ns(), MIN_ORDER_SLACK_NS);
+        assert_eq!(Slack::fixed(100).ns(), 100);
     }
 
     #[test]

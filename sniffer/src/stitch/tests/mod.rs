@@ -150,7 +150,7 @@ impl World {
             conn(4, 300, Role::Server, "127.0.0.1:5000", "127.0.0.1:40001"),
         ];
         let mut st = Stitcher::new(Titles::default(), Names::default(), filter);
-        st.slack_ns = 100;
+        st.slack = order::Slack::fixed(100);
         Self {
             http: Exchanges::new(st, 4096),
             procs,
@@ -166,7 +166,7 @@ impl World {
             table.on_fork(*pid, 1, name);
         }
         let mut st = Stitcher::new(Titles::default(), Names::default(), None).with_proxies(proxies);
-        st.slack_ns = 100;
+        st.slack = order::Slack::fixed(100);
         Self {
             http: Exchanges::new(st, 4096),
             procs: table,
@@ -632,7 +632,7 @@ fn records_give_back_the_log_entries_byte_for_byte() {
         conn(2, 200, Role::Server, "127.0.0.1:9292", "127.0.0.1:40000"),
     ];
     let mut st = Stitcher::new(fan, Names::default(), None);
-    st.slack_ns = 100;
+    st.slack = order::Slack::fixed(100);
     let mut http = Exchanges::new(st, 4096);
     let mut off = [[0u64; 2]; 2];
     let mut send = |c: usize, dir: Dir, ts: u64, b: &[u8], http: &mut Exchanges<_>| {
