@@ -7,7 +7,7 @@
 //! serves a request sits inside that exchange. A message is written once it is complete and no
 //! message that began before it can still arrive: events from other CPUs reach userspace a
 //! little late, so the order is final after a short slack, a few times as long as the furthest
-//! a first byte came late of late. One end's view can come much later
+//! a first byte came late in the last seconds. One end's view can come much later
 //! than the other's (a client reading its response late): it joins the written exchange.
 mod few;
 mod fold;
@@ -40,7 +40,8 @@ use crate::{
 };
 
 /// How long after a message's first byte its place in the order is taken as final, at least
-/// and at most: a few times the furthest a first byte came late of late (see `order::Slack`).
+/// and at most: a few times the furthest a first byte came late in the last seconds (see
+/// `order::Slack`).
 pub const MIN_ORDER_SLACK_NS: u64 = 1_000_000;
 pub const MAX_ORDER_SLACK_NS: u64 = 10_000_000;
 /// What the messages waiting for their place may hold at most, by their weights (their bytes
