@@ -3,7 +3,7 @@
 //! direction: no step reaches back.
 use crate::{
     conns::{Conn, ConnSink, ConnTable},
-    events::{Dir, Drained, Event, FinalOffsets},
+    events::{Dir, Drained, Event, FinalOffsets, Tls},
     exchange::Exchanges,
     procs::ProcTable,
     sinks::{Fanout, LogFanout, raw::RawSink},
@@ -164,6 +164,9 @@ impl Pipeline {
         match ev {
             Event::Data(c) => {
                 self.totals.data_events += 1;
+                if c.tls == Tls::Plaintext {
+                    self.sinks.http.sink.tls_plaintext(c.ts_ns);
+                }
                 self.totals.bytes_captured += c.data.len() as u64;
                 self.procs.ensure(c.tgid);
                 self.conns.data(c, &mut self.sinks, &self.procs);
@@ -259,7 +262,7 @@ mod tests {
     use super::*;
     use crate::{
         conns::tests::{chunk, sock},
-        events::{Chunk, Dir, Event},
+        events::{Chunk, Dir, Event, Tls},
         names::Names,
         sinks::LogFanout,
         stitch::{MAX_ORDER_SLACK_NS, MIN_ORDER_SLACK_NS, Stitcher},
@@ -349,6 +352,37 @@ mod tests {
         read(&mut p, t1 + MIN_ORDER_SLACK_NS - 1, &mut off);
         assert_eq!(p.http_stats().messages, 4);
         read(&mut p, t1 + MIN_ORDER_SLACK_NS + RELEASE_EVERY_NS, &mut off);
+        assert_eq!(p.http_stats().messages, 6);
+        assert_eq!(p.http_stats().out_of_order, 0);
+    }
+
+    #[test]
+    fn while_tls_plaintext_flows_the_order_keeps_its_longest_slack() {
+        let (mut p, t0) = opened();
+        p.handle(Event::SockOpen(sock(4, 0xb, 0, 0)));
+        let mut off = [0; 2];
+        read(&mut p, t0 + 1, &mut off);
+        // Three seconds on, an exchange of TLS plaintext on another connection (each direction's
+        // stream from 0).
+        let t1 = t0 + 3_000 * MS;
+        let request: &[u8] = b"GET /tls HTTP/1.1\r\nHost: x\r\n\r\n";
+        let response: &[u8] = b"HTTP/1.1 204 No Content\r\n\r\n";
+        for (dir, bytes) in [(Dir::Send, request), (Dir::Recv, response)] {
+            p.handle(Event::Data(Chunk {
+                ts_ns: t1,
+                tls: Tls::Plaintext,
+                ..chunk(4, 0xb, dir, 0, bytes)
+            }));
+        }
+        read(&mut p, t1, &mut off);
+        read(&mut p, t1 + MIN_ORDER_SLACK_NS + RELEASE_EVERY_NS, &mut off);
+        assert_eq!(
+            p.http_stats().messages,
+            2,
+            "the first exchange; 10 ms for the rest"
+        );
+        read(&mut p, t1 + MAX_ORDER_SLACK_NS + RELEASE_EVERY_NS, &mut off);
+        // The TLS exchange and the one at t1; the one 1.25 ms later waits its 10 ms.
         assert_eq!(p.http_stats().messages, 6);
         assert_eq!(p.http_stats().out_of_order, 0);
     }

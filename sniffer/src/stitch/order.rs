@@ -56,10 +56,11 @@ const LATE_WINDOW_NS: u64 = 2_000_000_000;
 /// How long after its first byte a message's place is final: [`LATE_FACTOR`] times the
 /// furthest a first byte came behind the latest one placed, over the last 2-4 s, within
 /// [`MIN_ORDER_SLACK_NS`] and [`MAX_ORDER_SLACK_NS`]; the longest in a run's first 2 s, before
-/// anything is known. Late first bytes come from a thread preempted between its timestamp and
-/// its ring record (tens of microseconds), or from a TLS write, whose record carries the time
-/// its call began and comes at its return (milliseconds, when the writer is preempted inside
-/// the call on a busy host). Short when nothing comes late: what waits is then a millisecond of
+/// anything is known, and while TLS plaintext flows (see `Stitcher::tls_plaintext`). Late first
+/// bytes come from a thread preempted between its timestamp and its ring record (tens of
+/// microseconds), or from a TLS write, whose record carries the time its call began and comes
+/// at its return (milliseconds when the writer is preempted inside the call on a busy host,
+/// longer when the call blocks). Short when nothing comes late: what waits is then a millisecond of
 /// exchanges, still in the cache when they are written and freed (10 ms of a busy keep-alive
 /// load are ~500 exchanges, megabytes).
 #[derive(Debug, Clone, Copy)]
@@ -224,6 +225,15 @@ impl<L: LogSink> Stitcher<L> {
         self.stats.reorder_ns = self.stats.reorder_ns.max(late);
         self.newest = self.newest.max(ts);
         self.slack.saw(self.newest, late);
+        self.stats.slack_ns = self.stats.slack_ns.max(self.slack.ns());
+    }
+
+    /// TLS plaintext came at kernel time `ts`: a TLS write's record carries the time its call
+    /// began and comes at its return, as late as the call took (a blocking write waits for its
+    /// peer to read), so the order keeps its longest slack while TLS traffic flows (for 2-4 s
+    /// after the last of it).
+    pub fn tls_plaintext(&mut self, ts: u64) {
+        self.slack.saw(ts, u64::MAX);
         self.stats.slack_ns = self.stats.slack_ns.max(self.slack.ns());
     }
 
