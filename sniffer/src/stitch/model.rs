@@ -141,7 +141,7 @@ pub struct Stats {
     pub out_of_order: u64,
     /// The furthest a message's first byte came behind the latest one placed before it.
     pub reorder_ns: u64,
-    /// The longest the order's slack was.
+    /// The longest slack the order released with.
     pub slack_ns: u64,
     /// Proxies' upstream hops folded into their client's exchange.
     pub folded: u64,

@@ -60,9 +60,9 @@ const LATE_WINDOW_NS: u64 = 2_000_000_000;
 /// bytes come from a thread preempted between its timestamp and its ring record (tens of
 /// microseconds), or from a TLS write, whose record carries the time its call began and comes
 /// at its return (milliseconds when the writer is preempted inside the call on a busy host,
-/// longer when the call blocks). Short when nothing comes late: what waits is then a millisecond of
-/// exchanges, still in the cache when they are written and freed (10 ms of a busy keep-alive
-/// load are ~500 exchanges, megabytes).
+/// longer when the call blocks). Short when nothing comes late: what waits is then a
+/// millisecond of exchanges, still in the cache when they are written and freed (10 ms of a
+/// busy keep-alive load are ~500 exchanges, megabytes).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Slack {
     min_ns: u64,
@@ -225,7 +225,6 @@ impl<L: LogSink> Stitcher<L> {
         self.stats.reorder_ns = self.stats.reorder_ns.max(late);
         self.newest = self.newest.max(ts);
         self.slack.saw(self.newest, late);
-        self.stats.slack_ns = self.stats.slack_ns.max(self.slack.ns());
     }
 
     /// TLS plaintext came at kernel time `ts`: a TLS write's record carries the time its call
@@ -234,13 +233,13 @@ impl<L: LogSink> Stitcher<L> {
     /// after the last of it).
     pub fn tls_plaintext(&mut self, ts: u64) {
         self.slack.saw(ts, u64::MAX);
-        self.stats.slack_ns = self.stats.slack_ns.max(self.slack.ns());
     }
 
     /// Writes what is ready: messages at the front of the order that are complete and older
     /// than the slack (all of them when `force`).
     pub(super) fn release(&mut self, force_all: bool, procs: &ProcTable) {
         let slack = self.slack.ns();
+        self.stats.slack_ns = self.stats.slack_ns.max(slack);
         while let Some(((ts, _), item)) = self.order.first() {
             let crowded = self.order.weight() > MAX_QUEUED_BYTES;
             let force = force_all || crowded;
