@@ -214,8 +214,11 @@ fn a_slow_download_holds_back_the_calls_after_it_only_up_to_the_bound() {
     let log = out.path().join("sniffer.log");
     // Every byte copied: at this test's 60 MB/s of small answers, sniffer held up a few tens
     // of ms on this 2-core machine outruns bounded copy's credit (bodies cut, see the test
-    // below), and this test is about the order's bound, which full bodies reach.
-    let (mut sniffer, err) = tracing(&["--full-capture"], &server, &log);
+    // below), and this test is about the order's bound, which full bodies reach. A ring that
+    // holds all 40 MiB of pages: on a loaded host (a debug build, another job on the two
+    // cores) sniffer falls behind them and the 8 MiB ring overflowed (260 events lost, 16
+    // messages missing, CI of 2026-12-07).
+    let (mut sniffer, err) = tracing(&["--full-capture", "--ring-mib", "64"], &server, &log);
     let base = format!("http://127.0.0.1:{}", server.port);
     // A client reading 64 KiB every 50 ms (a small receive buffer, so that the server's
     // writes wait for it): 64 MiB would take 50 s; cut once the log was looked at.
