@@ -768,10 +768,11 @@ fn an_fd_replaced_without_a_close_is_not_read_as_its_old_socket() {
 }
 
 /// The other way round: an fd number that held a file (read, so the kernel side noted it holds
-/// no socket) is taken after its close by a dup of a socket, a way sniffer does not watch. The
-/// close must have cleared the note, or the dup's traffic would go unseen.
+/// no socket, `Target::no_socket`) is taken by a copy of a socket: after its close by a dup, a
+/// way sniffer does not watch, or by a dup2 over the open file. The close or the dup2 must
+/// have voided the note, or the copy's traffic would go unseen.
 #[test]
-fn a_socket_taking_a_closed_files_fd_number_is_read() {
+fn a_socket_taking_a_files_fd_number_is_read() {
     if !kernel_tests() {
         return;
     }
@@ -779,18 +780,28 @@ fn a_socket_taking_a_closed_files_fd_number_is_read() {
     let server = Server::start(www.path(), &[]);
     let port = server.port.to_string();
     let file = www.path().join("hi.txt");
-    let cap = sniff_client("fd_reused_by_dup.py", &port, &[file.to_str().unwrap()]);
-    assert!(cap.status.success(), "{}", cap.describe());
-    // The socket's own fd (known from its connect) moved nothing; the dup moved it all.
-    let dup = conns_to(&cap, &port).filter(|c| c.send.bytes > 0);
-    let c = one(dup, "the dup", &cap);
-    assert!(
-        cap.stream(c, "send")
-            .starts_with(b"GET /hi.txt HTTP/1.1\r\n"),
-        "{}",
-        cap.describe()
-    );
-    assert!(cap.stream(c, "recv").ends_with(HELLO), "{}", cap.describe());
+    for mode in ["close", "dup2"] {
+        let cap = sniff_client(
+            "fd_reused_by_dup.py",
+            &port,
+            &[file.to_str().unwrap(), mode],
+        );
+        assert!(cap.status.success(), "{mode}: {}", cap.describe());
+        // The socket's own fd (known from its connect) moved nothing; the copy moved it all.
+        let dup = conns_to(&cap, &port).filter(|c| c.send.bytes > 0);
+        let c = one(dup, "the copy", &cap);
+        assert!(
+            cap.stream(c, "send")
+                .starts_with(b"GET /hi.txt HTTP/1.1\r\n"),
+            "{mode}: {}",
+            cap.describe()
+        );
+        assert!(
+            cap.stream(c, "recv").ends_with(HELLO),
+            "{mode}: {}",
+            cap.describe()
+        );
+    }
 }
 
 #[test]

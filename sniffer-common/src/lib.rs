@@ -494,6 +494,34 @@ pub struct Target {
     /// (which closes close-on-exec fds), dup2/dup3, close_range. A socket whose fd was found
     /// holding it after that ([`SockState::checked_ns`]) needs no new look at the fd table.
     pub replaced_ns: u64,
+    /// Moves (an atomic add) at the enter and at the exit of each of the process's syscalls
+    /// that may free an fd's number or put another file behind it (close, dup2, dup3,
+    /// close_range) and at an exec: a note in [`Target::no_socket`] stands while it has not
+    /// moved since the note's fd was found holding no socket.
+    pub fds_gen: u64,
+    /// Those syscalls under way (added to at their enter, taken from at their exit): while any
+    /// is, no note is made or trusted. A count that came out wrong (the value replaced while one
+    /// was under way) stays above 0, and the notes are then never used: the safe side.
+    pub fds_busy: u64,
+    /// Fds found holding no socket (a file the process reads or writes: each such syscall
+    /// would walk the fd table again), [`no_socket::note`] of the fd and `fds_gen`, at index
+    /// `fd % NO_SOCKET_NOTES`; 0: none.
+    pub no_socket: [u64; no_socket::NOTES],
+}
+
+/// The notes of fds holding no socket ([`Target::no_socket`]).
+pub mod no_socket {
+    /// Notes per process, a power of two (a process mostly reads or writes a file or two
+    /// between its sockets: the output a client writes, the file an upload reads).
+    pub const NOTES: usize = 4;
+    /// Fds below this are noted; the rest are walked every time.
+    pub const MAX_FD: i32 = 1 << 16;
+
+    /// The note of `fd` (below [`MAX_FD`]) found holding no socket at generation `gen`; never 0.
+    #[inline(always)]
+    pub const fn note(fd: i32, fds_gen: u64) -> u64 {
+        ((fds_gen + 1) << 16) | (fd as u64 & 0xffff)
+    }
 }
 
 /// Value of the sockets map.
@@ -915,7 +943,7 @@ const _: () = {
     assert!(size_of::<ProcEvent>() == 40);
     assert!(size_of::<SockKey>() == 8);
     assert!(size_of::<SockState>() == 64);
-    assert!(size_of::<Target>() == 16);
+    assert!(size_of::<Target>() == 64);
     assert!(size_of::<TlsArgs>() == 40);
     assert!(size_of::<SslKey>() == 16);
     assert!(size_of::<KernelOffsets>() == 116);

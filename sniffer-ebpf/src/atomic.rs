@@ -37,7 +37,19 @@ pub unsafe fn fetch_add(p: *mut u64, v: u64) -> u64 {
 pub unsafe fn read_then_add(p: *mut u64, v: u64) -> u64 {
     // SAFETY: the caller guarantees `p`.
     let before = unsafe { core::ptr::read_volatile(p) };
-    // SAFETY: as above; BPF_STX | BPF_XADD | BPF_DW with imm 0, known to every kernel with BPF.
+    // SAFETY: as above.
+    unsafe { atomic_add(p, v) };
+    before
+}
+
+/// Adds `v` to `*p` atomically, without the value before (BPF_XADD: every kernel with BPF).
+///
+/// # Safety
+/// `p` must point at a u64 in a map value.
+#[inline(always)]
+pub unsafe fn atomic_add(p: *mut u64, v: u64) {
+    // SAFETY: the caller guarantees `p`; BPF_STX | BPF_XADD | BPF_DW with imm 0, known to every
+    // kernel with BPF.
     unsafe {
         asm!(
             "lock *(u64 *)({p} + 0) += {val}",
@@ -46,7 +58,6 @@ pub unsafe fn read_then_add(p: *mut u64, v: u64) -> u64 {
             options(nostack),
         );
     }
-    before
 }
 
 /// Hides `v` from the optimiser, so that a bound checked after it stays in the program: the

@@ -8,10 +8,13 @@ use aya_ebpf::{
 };
 use sniffer_common::{
     COMM_LEN, Config, CopyCtl, SockKey, SockState, SslKey, StreamKey, Target, TlsArgs,
-    config_flags, connectors::Connector, counters, entered, maps,
+    config_flags, connectors::Connector, counters, entered, maps, no_socket,
 };
 
-use crate::copy::{Copy, Scratch};
+use crate::{
+    atomic::atomic_add,
+    copy::{Copy, Scratch},
+};
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(maps::EVENTS_DEFAULT_BYTES, 0);
@@ -97,6 +100,9 @@ pub fn new_target(how: u32) -> Target {
         _pad: 0,
         // SAFETY: no preconditions.
         replaced_ns: unsafe { bpf_ktime_get_ns() },
+        fds_gen: 0,
+        fds_busy: 0,
+        no_socket: [0; no_socket::NOTES],
     }
 }
 
@@ -111,6 +117,90 @@ pub fn fds_replaced(t: *mut Target) {
         if (*t).replaced_ns < now {
             (*t).replaced_ns = now;
         }
+        // The notes of fds holding no socket go too (an exec's close-on-exec fds).
+        atomic_add(&raw mut (*t).fds_gen, 1);
+    }
+}
+
+/// The enter of a syscall of target `t` that may free an fd's number or put another file
+/// behind one (close, dup2, dup3, close_range): the notes of fds holding no socket are neither
+/// made nor trusted until its exit ([`fds_changed`]), and those made before it are void. The
+/// thread's slot remembers it for the exit, which then knows the count went up.
+#[inline(always)]
+pub fn fds_changing(t: *mut Target, tid: u32) {
+    // SAFETY: map value pointer, valid during this program run; aligned u64s. Busy first, then
+    // the generation (`NoSocket::look` reads them the other way round).
+    unsafe {
+        atomic_add(&raw mut (*t).fds_busy, 1);
+        atomic_add(&raw mut (*t).fds_gen, 1);
+    }
+    enter_call(tid, 0);
+}
+
+/// The exit of a syscall [`fds_changing`] saw enter (this thread's slot, or the hash, says so):
+/// what it did is done, the notes made during it are void.
+#[inline(always)]
+pub fn fds_changed(t: *mut Target, tid: u32) {
+    if take_call(tid).is_none() && take_pending(tid).is_none() {
+        // Its enter was not seen (begun before the process became a target): the count never
+        // went up for it.
+        return;
+    }
+    // SAFETY: as in `fds_changing`.
+    unsafe {
+        atomic_add(&raw mut (*t).fds_busy, u64::MAX);
+        atomic_add(&raw mut (*t).fds_gen, 1);
+    }
+}
+
+/// Whether an fd of a target holds no socket, by the notes ([`Target::no_socket`]): looked
+/// at before the fd table is walked, noted after a walk found no socket.
+pub struct NoSocket {
+    t: *mut Target,
+    fd: i32,
+    /// The note that would say so now; 0: no note may be made or trusted now.
+    note: u64,
+}
+
+impl NoSocket {
+    /// Reads the process's state before the walk: the generation, then whether a syscall that
+    /// changes fds is under way.
+    #[inline(always)]
+    pub fn look(t: *mut Target, fd: i32) -> Self {
+        // SAFETY: map value pointer, valid during this program run; aligned u64 loads.
+        let (fds_gen, busy) = unsafe {
+            let g = (&raw const (*t).fds_gen).read_volatile();
+            (g, (&raw const (*t).fds_busy).read_volatile())
+        };
+        let note = if busy == 0 && (0..no_socket::MAX_FD).contains(&fd) {
+            no_socket::note(fd, fds_gen)
+        } else {
+            0
+        };
+        Self { t, fd, note }
+    }
+
+    /// Whether the fd was found holding no socket with nothing changed since.
+    #[inline(always)]
+    pub fn holds_none(&self) -> bool {
+        // SAFETY: as in `look`; the index is below NOTES.
+        self.note != 0
+            && unsafe { (&raw const (*self.t).no_socket[self.slot()]).read_volatile() } == self.note
+    }
+
+    /// The walk found no socket: noted with the generation read before it. A syscall that
+    /// changed fds since has moved the generation, and the note never matches.
+    #[inline(always)]
+    pub fn remember(&self) {
+        if self.note != 0 {
+            // SAFETY: as in `holds_none`; an aligned u64 store is whole.
+            unsafe { (&raw mut (*self.t).no_socket[self.slot()]).write_volatile(self.note) };
+        }
+    }
+
+    #[inline(always)]
+    fn slot(&self) -> usize {
+        self.fd as usize & (no_socket::NOTES - 1)
     }
 }
 

@@ -12,13 +12,13 @@ use aya_ebpf::{
     },
 };
 use sniffer_common::{
-    Config, KernelOffsets, OFFSET_ABSENT, SockAddr, SockEvent, SockKey, SockState, UNIX_PATH_LEN,
-    config_flags, counters, family, kind, maps, role, sock_flags,
+    Config, KernelOffsets, OFFSET_ABSENT, SockAddr, SockEvent, SockKey, SockState, Target,
+    UNIX_PATH_LEN, config_flags, counters, family, kind, maps, role, sock_flags,
 };
 
 use crate::{
     diag,
-    maps::{EVENTS, SK_ROLES, SOCKETS, count},
+    maps::{EVENTS, NoSocket, SK_ROLES, SOCKETS, count},
     mem,
     ring::wakeup,
 };
@@ -299,13 +299,15 @@ pub fn track_socket(
     tid: u32,
     fd: i32,
     new_role: Option<u32>,
-    replaced_ns: u64,
+    target: Option<*mut Target>,
 ) -> Option<u64> {
     let key = SockKey { tgid, fd };
     let known = SOCKETS.get_ptr_mut(key);
     if new_role.is_none()
         && let Some(st) = known
     {
+        // SAFETY: map value pointer, valid during this program run.
+        let replaced_ns = target.map_or(u64::MAX, |t| unsafe { (*t).replaced_ns });
         // SAFETY: map value pointer, valid during this program run.
         let (flags, sk, checked_ns) = unsafe { ((*st).flags, (*st).sk, (*st).checked_ns) };
         // A socket set aside: nothing to do, not even the fd walk. (Its close still ends it;
@@ -325,7 +327,24 @@ pub fn track_socket(
             return Some(sk);
         }
     }
+    // An fd a data syscall of the process found holding a file, with nothing changed since:
+    // no walk (a client writing what it downloads, an upload reading its file).
+    let no_socket = match (known, target) {
+        (None, Some(t)) => {
+            let n = NoSocket::look(t, fd);
+            if n.holds_none() {
+                return None;
+            }
+            Some(n)
+        }
+        _ => None,
+    };
     let found = fd_socket(&cfg.kernel, tgid, fd, cfg.flags);
+    if found.sk == 0
+        && let Some(n) = &no_socket
+    {
+        n.remember();
+    }
     if let Some(st) = known {
         // SAFETY: map value pointer, valid during this program run.
         let st = unsafe { &mut *st };

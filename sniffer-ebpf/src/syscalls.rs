@@ -18,16 +18,16 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use sniffer_common::{
-    Config, DataHeader, MAX_IOVECS, SockKey, SslKey, Syscall, config_flags, copy_flags, counters,
-    data_flags, dir, entered, kind, role, sock_flags,
+    Config, DataHeader, MAX_IOVECS, SockKey, SslKey, Syscall, Target, config_flags, copy_flags,
+    counters, data_flags, dir, entered, kind, role, sock_flags,
 };
 
 use crate::{
     atomic::{fetch_add, read_then_add},
     callers, copy,
     maps::{
-        COPY_TAIL, SOCKETS, SSL_FDS, TLS_CALLS, config, count, current_target_entry, enter_call,
-        fds_replaced, is_target, take_call, take_pending,
+        COPY_TAIL, SOCKETS, SSL_FDS, TARGETS, TLS_CALLS, config, count, current_target_entry,
+        enter_call, fds_changed, fds_changing, fds_replaced, is_target, take_call, take_pending,
     },
     ring::{emit_proc, emit_uncopied},
     sockets::{emit_sock, fd_holds, track_socket},
@@ -130,21 +130,28 @@ pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
     let Some(cfg) = config() else { return 0 };
     let regs = regs(&ctx);
     match data_syscall(id) {
-        Some(sc) => {
-            // SAFETY: map value pointer, valid during this program run.
-            let replaced_ns = unsafe { (*target).replaced_ns };
-            enter_data(cfg, regs, tgid, tid, sc, replaced_ns)
+        Some(sc) => enter_data(cfg, regs, tgid, tid, sc, target),
+        None if id == nr::CLOSE => {
+            fds_changing(target, tid);
+            enter_close(cfg, regs, tgid, tid)
         }
-        None if id == nr::CLOSE => enter_close(cfg, regs, tgid, tid),
         // Another file may take an fd's number without a close we see: at the enter, so that
         // a data syscall of another thread entering after it looks at its fd again.
-        None if id == nr::DUP2 || id == nr::DUP3 || id == nr::CLOSE_RANGE => {
+        None if changes_fds(id) => {
+            fds_changing(target, tid);
             fds_replaced(target);
             0
         }
         // connect, accept and mmap are read at their exit.
         None => 0,
     }
+}
+
+/// dup2, dup3 and close_range: they put another file behind an fd (or free its number)
+/// without a close(2) of it.
+#[inline(always)]
+fn changes_fds(id: u64) -> bool {
+    id == nr::DUP2 || id == nr::DUP3 || id == nr::CLOSE_RANGE
 }
 
 /// The data syscall of number `id`.
@@ -174,13 +181,13 @@ fn enter_data(
     tgid: u32,
     tid: u32,
     sc: Syscall,
-    replaced_ns: u64,
+    target: *mut Target,
 ) -> i32 {
     let fd = arg(regs, 0) as i32;
     let sk = if peeks(regs, sc) {
         0
     } else {
-        track_socket(cfg, tgid, tid, fd, None, replaced_ns).unwrap_or(0)
+        track_socket(cfg, tgid, tid, fd, None, Some(target)).unwrap_or(0)
     };
     if sk != 0 && cfg.flags & config_flags::TLS != 0 {
         tls_socket(tgid, tid, fd);
@@ -295,6 +302,12 @@ fn exit_other(regs: *const pt_regs, id: u64, ret: i64) {
     let Some(cfg) = config() else { return };
     let pid_tgid = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    if id == nr::CLOSE || changes_fds(id) {
+        if let Some(t) = TARGETS.get_ptr_mut(tgid) {
+            fds_changed(t, tid);
+        }
+        return;
+    }
     let target = is_target(pid_tgid).then_some((tgid, tid));
     match id {
         nr::CONNECT => match target {
@@ -307,7 +320,7 @@ fn exit_other(regs: *const pt_regs, id: u64, ret: i64) {
                         tid,
                         arg(regs, 0) as i32,
                         Some(role::CLIENT),
-                        u64::MAX,
+                        None,
                     );
                 }
             }
@@ -318,7 +331,7 @@ fn exit_other(regs: *const pt_regs, id: u64, ret: i64) {
             if let Some((tgid, tid)) = target
                 && ret >= 0
             {
-                track_socket(cfg, tgid, tid, ret as i32, Some(role::SERVER), u64::MAX);
+                track_socket(cfg, tgid, tid, ret as i32, Some(role::SERVER), None);
             }
         }
         nr::MMAP => {

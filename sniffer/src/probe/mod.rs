@@ -773,6 +773,9 @@ fn new_target(how: u32) -> Target {
         how,
         _pad: 0,
         replaced_ns,
+        fds_gen: 0,
+        fds_busy: 0,
+        no_socket: [0; sniffer_common::no_socket::NOTES],
     }
 }
 
