@@ -139,7 +139,10 @@ pub fn fds_changing(t: *mut Target, tid: u32) {
 
 /// The exit of a syscall [`fds_changing`] saw enter (this thread's slot, or the hash, says so):
 /// what it did is done, the notes made during it are void.
-#[inline(always)]
+///
+/// Not inlined: the exit program's frame, stacked with the copy loop's, is at 6.1's 512-byte
+/// limit (see `callers::connector`).
+#[inline(never)]
 pub fn fds_changed(t: *mut Target, tid: u32) {
     if take_call(tid).is_none() && take_pending(tid).is_none() {
         // Its enter was not seen (begun before the process became a target): the count never

@@ -467,18 +467,21 @@ fn exit_data<const BPF_LOOP: bool, const FETCH: bool>(
 
 /// The full exit program: bpf_loop and atomic fetch-and-add.
 #[btf_tracepoint(function = "sys_exit")]
+#[inline(always)]
 pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
     exit::<true, true>(&ctx)
 }
 
 /// For kernels without bpf_loop (before 5.17): the copy continues in tail calls.
 #[btf_tracepoint(function = "sys_exit")]
+#[inline(always)]
 pub fn sys_exit_noloop(ctx: BtfTracePointContext) -> i32 {
     exit::<false, true>(&ctx)
 }
 
 /// For kernels without atomic fetch-and-add either (before 5.12).
 #[btf_tracepoint(function = "sys_exit")]
+#[inline(always)]
 pub fn sys_exit_noatomic(ctx: BtfTracePointContext) -> i32 {
     exit::<false, false>(&ctx)
 }
