@@ -499,9 +499,11 @@ pub struct Target {
     /// close_range) and at an exec: a note in [`Target::no_socket`] stands while it has not
     /// moved since the note's fd was found holding no socket.
     pub fds_gen: u64,
-    /// Those syscalls under way (added to at their enter, taken from at their exit): while any
-    /// is, no note is made or trusted. A count that came out wrong (the value replaced while one
-    /// was under way) stays above 0, and the notes are then never used: the safe side.
+    /// Those syscalls under way (added to at their enter, taken from at their exit when the
+    /// thread's slot says its enter added): while any is, no note is made or trusted. An entry
+    /// is never written over (both sides insert with BPF_NOEXIST), so the count stays exact; an
+    /// enter whose slot could not be recorded leaves it above 0, and the process's notes are
+    /// then never used: the safe side.
     pub fds_busy: u64,
     /// Fds found holding no socket (a file the process reads or writes: each such syscall
     /// would walk the fd table again), [`no_socket::note`] of the fd and `fds_gen`, at index

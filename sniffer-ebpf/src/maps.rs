@@ -2,6 +2,7 @@
 //! all programs share: the configuration, the counters, whether the current process is traced.
 
 use aya_ebpf::{
+    bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
@@ -231,15 +232,15 @@ pub fn current_target_entry() -> Option<(u32, u32, *mut Target)> {
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
     // SAFETY: presence test only.
     unsafe { CGROUPS.get(cgroup) }?;
-    if TARGETS
-        .insert(tgid, new_target(maps::TARGET_BY_CGROUP), 0)
-        .is_err()
-    {
+    // Never over an entry another thread of the process made meanwhile (its count of fd
+    // changes under way, `Target::fds_busy`, would be lost).
+    let _ = TARGETS.insert(tgid, new_target(maps::TARGET_BY_CGROUP), BPF_NOEXIST as u64);
+    let Some(t) = TARGETS.get_ptr_mut(tgid) else {
         count(counters::TARGETS_FULL, 1);
         crate::diag::map_full(maps::TARGETS);
         return None;
-    }
-    Some((tgid, id as u32, TARGETS.get_ptr_mut(tgid)?))
+    };
+    Some((tgid, id as u32, t))
 }
 
 /// Whether the process of `pid_tgid` (as `bpf_get_current_pid_tgid` gives it) is a target;

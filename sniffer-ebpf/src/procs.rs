@@ -4,6 +4,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
+    bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task},
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
@@ -22,7 +23,13 @@ use crate::{
 
 #[inline(always)]
 fn add_target(tgid: u32, how: u32) -> bool {
-    if TARGETS.insert(tgid, new_target(how), 0).is_err() {
+    // Never over an entry made meanwhile (see `maps::current_target_entry`).
+    if TARGETS
+        .insert(tgid, new_target(how), BPF_NOEXIST as u64)
+        .is_err()
+        // SAFETY: presence test only.
+        && unsafe { TARGETS.get(tgid) }.is_none()
+    {
         count(counters::TARGETS_FULL, 1);
         diag::map_full(maps::TARGETS);
         return false;

@@ -421,11 +421,18 @@ impl Probe {
         })
     }
 
-    /// Traces process `tgid` (all its threads) from now on.
+    /// Traces process `tgid` (all its threads) from now on. A process the kernel side made a
+    /// target already (a traced parent forked it) keeps its entry: its count of fd changes
+    /// under way (`Target::fds_busy`) must not go back to 0 while one is.
     pub fn add_target(&mut self, tgid: u32, how: u32) -> Result<(), ProbeError> {
-        self.targets
-            .insert(tgid, new_target(how), 0)
-            .map_err(map_err(maps::TARGETS))
+        match self.targets.insert(tgid, new_target(how), BPF_NOEXIST) {
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::EEXIST) =>
+            {
+                Ok(())
+            }
+            r => r.map_err(map_err(maps::TARGETS)),
+        }
     }
 
     /// The targets map's fd, for a child to add itself between fork and exec.
@@ -753,6 +760,9 @@ fn raise_memlock_limit() {
         );
     }
 }
+
+/// bpf(2)'s map update flag: only when the key has no value yet (uapi/linux/bpf.h).
+const BPF_NOEXIST: u64 = 1;
 
 /// A targets map entry for a process that becomes a target now: its fds are looked at afresh
 /// (`Target::replaced_ns`, in the kernel's clock: CLOCK_MONOTONIC, as `bpf_ktime_get_ns`).
