@@ -331,7 +331,7 @@ mod tests {
     }
 
     #[test]
-    fn with_nothing_late_a_message_is_written_a_millisecond_after_it_began() {
+    fn with_nothing_late_a_message_is_written_the_shortest_slack_after_it_began() {
         let (mut p, t0) = opened();
         let mut off = [0; 2];
         read(&mut p, t0 + 1, &mut off);
@@ -345,7 +345,8 @@ mod tests {
             0,
             "a run's first seconds: the longest slack"
         );
-        // Three seconds on, nothing came late: the reader releases what waited 1 ms as it reads.
+        // Three seconds on, nothing came late: the reader releases what waited the shortest slack
+        // as it reads.
         let t1 = t0 + 3_000 * MS;
         read(&mut p, t1, &mut off);
         assert_eq!(p.http_stats().messages, 4);
@@ -382,7 +383,7 @@ mod tests {
             "the first exchange; 10 ms for the rest"
         );
         read(&mut p, t1 + MAX_ORDER_SLACK_NS + RELEASE_EVERY_NS, &mut off);
-        // The TLS exchange and the one at t1; the one 1.25 ms later waits its 10 ms.
+        // The TLS exchange and the one at t1; the one just after waits the longest slack.
         assert_eq!(p.http_stats().messages, 6);
         assert_eq!(p.http_stats().out_of_order, 0);
     }

@@ -41,9 +41,12 @@ use crate::{
 
 /// How long after a message's first byte its place in the order is taken as final, at least
 /// and at most: a few times the furthest a first byte came late in the last seconds (see
-/// `order::Slack`).
-pub const MIN_ORDER_SLACK_NS: u64 = 1_000_000;
-pub const MAX_ORDER_SLACK_NS: u64 = 10_000_000;
+/// `order::Slack`). At least 10 ms: the other end's view of an exchange and a proxy's hop come
+/// as late as the other process takes to read (a busy worker's wakeup, milliseconds), and are
+/// stitched or folded only if they come before the message is written. A floor of 1 ms
+/// (2026-12-07) broke Apache's folds and the naming of its hops under load (e2e, twice).
+pub const MIN_ORDER_SLACK_NS: u64 = 10_000_000;
+pub const MAX_ORDER_SLACK_NS: u64 = 20_000_000;
 /// What the messages waiting for their place may hold at most, by their weights (their bytes
 /// and ~1 KiB each); past it the oldest are written as they are. A long message at the front
 /// (a download, an upload) holds back all that came after it: 16 MiB are ~10,000 small

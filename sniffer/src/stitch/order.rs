@@ -60,9 +60,8 @@ const LATE_WINDOW_NS: u64 = 2_000_000_000;
 /// bytes come from a thread preempted between its timestamp and its ring record (tens of
 /// microseconds), or from a TLS write, whose record carries the time its call began and comes
 /// at its return (milliseconds when the writer is preempted inside the call on a busy host,
-/// longer when the call blocks). Short when nothing comes late: what waits is then a
-/// millisecond of exchanges, still in the cache when they are written and freed (10 ms of a
-/// busy keep-alive load are ~500 exchanges, megabytes).
+/// longer when the call blocks). Never shorter than the time another process takes to read
+/// what was sent to it (see [`MIN_ORDER_SLACK_NS`]).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Slack {
     min_ns: u64,
@@ -309,9 +308,9 @@ mod tests {
             MIN_ORDER_SLACK_NS,
             "preempted threads: tens of microseconds"
         );
-        // A first byte 1.5 ms late: four times that.
-        s.saw(2 * W + MS, 1_500_000);
-        assert_eq!(s.ns(), 6 * MS);
+        // A first byte 3 ms late: four times that.
+        s.saw(2 * W + MS, 3 * MS);
+        assert_eq!(s.ns(), 12 * MS);
         // A TLS write preempted for a second: no longer than the bound.
         s.saw(2 * W + 2 * MS, 1_000 * MS);
         assert_eq!(s.ns(), MAX_ORDER_SLACK_NS);
@@ -321,8 +320,8 @@ mod tests {
         s.saw(4 * W + 4 * MS, 10_000);
         assert_eq!(s.ns(), MIN_ORDER_SLACK_NS);
         // After a quiet spell longer than both windows, only what comes then counts.
-        s.saw(4 * W + 5 * MS, 2 * MS);
-        assert_eq!(s.ns(), 8 * MS);
+        s.saw(4 * W + 5 * MS, 4 * MS);
+        assert_eq!(s.ns(), 16 * MS);
         s.saw(7 * W, 0);
         assert_eq!(s.ns(), MIN_ORDER_SLACK_NS);
         assert_eq!(Slack::fixed(100).ns(), 100);
