@@ -380,7 +380,7 @@ mod tests {
         assert_eq!(
             p.http_stats().messages,
             2,
-            "the first exchange; 10 ms for the rest"
+            "the first exchange; the longest slack for the rest"
         );
         read(&mut p, t1 + MAX_ORDER_SLACK_NS + RELEASE_EVERY_NS, &mut off);
         // The TLS exchange and the one at t1; the one just after waits the longest slack.
